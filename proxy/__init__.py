@@ -1,0 +1,59 @@
+"""The domain of rpcproxy: pure functions and immutable values.
+
+No threads, sockets, clocks or randomness of its own: a ``random.Random`` and
+the time are passed in, so every rule of PROTOCOL.md sections 2 and 3 can be
+tested in microseconds and simulated for whole fleets.
+"""
+
+from proxy.address import DEFAULT_PORT, Address, InvalidAddressError, parse_address
+from proxy.heartbeat import (
+    Heartbeat,
+    HeartbeatOutcome,
+    HeartbeatServer,
+    LocalIdentity,
+    apply_heartbeat,
+)
+from proxy.interval import RebalanceTiming
+from proxy.rebalance import (
+    RebalancePlan,
+    ReconcileOutcome,
+    choose_head,
+    plan_rebalance,
+    reconcile,
+)
+from proxy.state import (
+    ProxyState,
+    add_primary,
+    check_invariant,
+    members_of,
+    notify_failed,
+    remove_server,
+    set_backups,
+)
+from proxy.throttle import Throttle
+
+__all__ = [
+    "DEFAULT_PORT",
+    "Address",
+    "Heartbeat",
+    "HeartbeatOutcome",
+    "HeartbeatServer",
+    "InvalidAddressError",
+    "LocalIdentity",
+    "ProxyState",
+    "RebalancePlan",
+    "RebalanceTiming",
+    "ReconcileOutcome",
+    "Throttle",
+    "add_primary",
+    "apply_heartbeat",
+    "check_invariant",
+    "choose_head",
+    "members_of",
+    "notify_failed",
+    "parse_address",
+    "plan_rebalance",
+    "reconcile",
+    "remove_server",
+    "set_backups",
+]
