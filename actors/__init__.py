@@ -1,0 +1,47 @@
+"""Pykka actors: the proxy's one writer, its timer and its pinger.
+
+ProxyActor owns the state and starts TimerActor and PingerActor as its
+children. Requests are the frozen messages of :mod:`actors.messages`; readers
+use the :class:`SnapshotBox` instead of the mailbox.
+"""
+
+from actors.messages import (
+    ActiveServerChanged,
+    AddPrimary,
+    AddResult,
+    ApplyHeartbeat,
+    HeartbeatResult,
+    NotifyFailed,
+    Rebalance,
+    RebalanceResult,
+    RemoveServer,
+    Reply,
+    ResetRebalanceTimer,
+    SetBackups,
+)
+from actors.pinger import Pinger, PingerActor
+from actors.proxy_actor import ProxyActor, ProxySettings
+from actors.snapshot import Snapshot, SnapshotBox
+from actors.timer import TimerActor
+
+__all__ = [
+    "ActiveServerChanged",
+    "AddPrimary",
+    "AddResult",
+    "ApplyHeartbeat",
+    "HeartbeatResult",
+    "NotifyFailed",
+    "Pinger",
+    "PingerActor",
+    "ProxyActor",
+    "ProxySettings",
+    "Rebalance",
+    "RebalanceResult",
+    "RemoveServer",
+    "Reply",
+    "ResetRebalanceTimer",
+    "SetBackups",
+    "Snapshot",
+    "SnapshotBox",
+    "TimerActor",
+]

@@ -1,0 +1,37 @@
+# Every target makes the one virtual environment (.venv) first if needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck unit integration clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## The demo: a local cluster with a live view (ARGS="--duration 30" to stop by itself).
+demo: $(STAMP)
+	$(BIN)/rpcproxy demo $(ARGS)
+
+## The whole suite: lint, types, unit, actor and integration tests.
+test: lint typecheck
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit tests/actors
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

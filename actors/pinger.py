@@ -1,0 +1,49 @@
+"""PingerActor: runs the blocking, parallel ping of a rebalance off ProxyActor's thread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pykka
+
+from actors.messages import PingCandidates, PingResults
+from proxy import Address
+
+log = logging.getLogger(__name__)
+
+Pinger = Callable[[Sequence[Address]], Mapping[Address, bool]]
+"""Pings candidates in parallel, returning within about one ping timeout.
+
+The result holds, in candidate order, every candidate up to and including the
+first one that answered (see ``proxy.choose_head``). Implementations live in
+``bus.ping``; tests pass in-memory ones.
+"""
+
+
+class PingerActor(pykka.ThreadingActor):
+    """Pings what it is asked to and tells the answers back; it keeps no proxy state.
+
+    Its own mailbox is the only thing a ping blocks. ProxyActor runs at most
+    one rebalance at a time, so requests never pile up here.
+    """
+
+    def __init__(self, pinger: Pinger, target: pykka.ActorRef[Any]) -> None:
+        super().__init__()
+        self._pinger = pinger
+        self._target = target
+
+    def on_receive(self, message: Any) -> Any:
+        if not isinstance(message, PingCandidates):
+            log.warning("PingerActor: unexpected message %r", message)
+            return None
+        try:
+            answered: Mapping[Address, bool] = dict(self._pinger(message.candidates))
+        except Exception:
+            # A broken transport must not leave a rebalance waiting forever:
+            # report "nobody answered", which keeps the list as it is.
+            log.exception("pinging %d servers failed", len(message.candidates))
+            answered = {}
+        self._target.tell(PingResults(message.token, answered))
+        return None

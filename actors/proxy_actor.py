@@ -1,0 +1,280 @@
+"""ProxyActor: the one owner and writer of the proxy's state.
+
+Every change goes through this actor's mailbox, one at a time, so no lock
+guards the state. After each change it publishes an immutable snapshot and
+only then replies, which gives read-your-writes to every client. It never
+waits on the network: a rebalance is planned here, pinged by PingerActor and
+reconciled here when the answers come back, with whatever changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.messages import (
+    ActiveServerChanged,
+    AddPrimary,
+    AddResult,
+    ApplyHeartbeat,
+    HeartbeatResult,
+    NotifyFailed,
+    PingCandidates,
+    PingResults,
+    Rebalance,
+    RebalanceResult,
+    RebalanceTick,
+    RemoveServer,
+    Reply,
+    ResetRebalanceTimer,
+    ScheduleTick,
+    SetBackups,
+)
+from actors.pinger import Pinger, PingerActor
+from actors.snapshot import Snapshot, SnapshotBox
+from actors.timer import TimerActor
+from proxy import (
+    Address,
+    Heartbeat,
+    LocalIdentity,
+    ProxyState,
+    RebalancePlan,
+    RebalanceTiming,
+    Throttle,
+    add_primary,
+    apply_heartbeat,
+    choose_head,
+    notify_failed,
+    plan_rebalance,
+    reconcile,
+    remove_server,
+    set_backups,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """What ProxyActor needs from the configuration."""
+
+    local: LocalIdentity = field(default_factory=LocalIdentity)
+    timing: RebalanceTiming = field(default_factory=RebalanceTiming)
+    api_mismatch_log_interval_s: float = 3 * 3600.0
+    primary_servers: tuple[Address, ...] = ()
+    backup_servers: tuple[Address, ...] = ()
+
+
+@dataclass(slots=True)
+class _Rebalancing:
+    token: int
+    plan: RebalancePlan
+    waiters: list[Reply]
+
+
+class ProxyActor(pykka.ThreadingActor):
+    """Owns the ProxyState; starts and stops its TimerActor and PingerActor.
+
+    Args:
+        settings: identity, timing and initial servers.
+        pinger: the parallel ping function PingerActor runs.
+        box: where snapshots are published for lock-free readers.
+        listeners: actors told :class:`ActiveServerChanged` when the head moves.
+        rng: the only source of randomness (shuffles and jitter).
+        clock: monotonic seconds, for the snapshot's rebalance deadline.
+    """
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        pinger: Pinger,
+        box: SnapshotBox,
+        *,
+        listeners: Sequence[pykka.ActorRef[Any]] = (),
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._settings = settings
+        self._pinger_fn = pinger
+        self._box = box
+        self._listeners = tuple(listeners)
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._state = ProxyState()
+        self._deadline = float("inf")
+        self._version = 0
+        self._token = 0
+        self._rebalancing: _Rebalancing | None = None
+        self._mismatch_throttle = Throttle(settings.api_mismatch_log_interval_s)
+        self._timer: pykka.ActorRef[TimerActor] | None = None
+        self._pinger: pykka.ActorRef[PingerActor] | None = None
+
+    # Lifecycle ----------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._timer = TimerActor.start(self.actor_ref, self._clock)
+        self._pinger = PingerActor.start(self._pinger_fn, self.actor_ref)
+        state = self._state
+        for addr in self._settings.primary_servers:
+            state, _ = add_primary(state, addr)
+        state = set_backups(state, self._settings.backup_servers)
+        # Schedule before the first publish, so no snapshot lacks a deadline.
+        self._schedule(self._settings.timing.first_interval(self._rng.random()))
+        self._commit(state, "added")
+        self._publish()
+
+    def on_stop(self) -> None:
+        for child in (self._timer, self._pinger):
+            if child is not None:
+                child.stop(block=True, timeout=5.0)
+        self._answer_rebalance_waiters(RebalanceResult(self._state.head, None))
+
+    def ping(self) -> bool:
+        """Answered once on_start has run; start-up waits on it."""
+        return True
+
+    # Messages -------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case NotifyFailed(addr, reply):
+                state, rotated = notify_failed(self._state, addr)
+                self._commit(state, "failed")
+                reply(rotated)
+            case AddPrimary(addr, reply):
+                state, added = add_primary(self._state, addr)
+                self._commit(state, "added")
+                reply(AddResult(addr, added))
+            case SetBackups(addrs, reply):
+                self._commit(set_backups(self._state, addrs), "backup")
+                reply(self._state.backups)
+            case RemoveServer(addr, reply):
+                state, removed = remove_server(self._state, addr)
+                self._commit(state, "removed")
+                reply(removed)
+            case ApplyHeartbeat(heartbeat, reply):
+                reply(self._apply_heartbeat(heartbeat))
+            case Rebalance(reply):
+                self._start_rebalance(reply)
+            case RebalanceTick():
+                self._start_rebalance(None)
+            case PingResults():
+                self._finish_rebalance(message)
+            case ResetRebalanceTimer(reply):
+                delay = self._settings.timing.reset_interval()
+                self._schedule(delay)
+                self._publish()
+                reply(delay)
+            case _:
+                log.warning("ProxyActor: unexpected message %r", message)
+        return None
+
+    def _apply_heartbeat(self, heartbeat: Heartbeat) -> HeartbeatResult:
+        outcome = apply_heartbeat(self._state, heartbeat, self._settings.local)
+        if outcome.stale:
+            log.debug(
+                "stale heartbeat from %s (seq %s) dropped", heartbeat.publisher, heartbeat.seq
+            )
+            return HeartbeatResult(changed=False, stale=True)
+        now = self._clock()
+        local = self._settings.local
+        for server in outcome.newer_api:
+            if self._mismatch_throttle.allow(server.rpc_advertise_addr, now):
+                log.warning(
+                    "ignoring server %s: it speaks RPC API v%d.%d, newer than our v%d.%d",
+                    server.rpc_advertise_addr,
+                    server.rpc_major_version,
+                    server.rpc_minor_version,
+                    local.rpc_major_version,
+                    local.rpc_minor_version,
+                )
+        for addr, reason in outcome.invalid:
+            log.warning("skipping heartbeat server %r: %s", addr, reason)
+        self._commit(outcome.state, "heartbeat")
+        return HeartbeatResult(changed=outcome.changed, stale=False)
+
+    # Rebalancing ------------------------------------------------------------------
+
+    def _start_rebalance(self, reply: Reply | None) -> None:
+        if self._rebalancing is not None:
+            # One rebalance at a time: later requests share the running one's result.
+            if reply is not None:
+                self._rebalancing.waiters.append(reply)
+            return
+        waiters = [reply] if reply is not None else []
+        plan = plan_rebalance(self._state, self._rng)
+        if plan is None:
+            self._restart_timer()
+            self._publish()
+            for waiter in waiters:
+                waiter(RebalanceResult(self._state.head, None))
+            return
+        self._token += 1
+        self._rebalancing = _Rebalancing(self._token, plan, waiters)
+        assert self._pinger is not None
+        self._pinger.tell(PingCandidates(self._token, plan.candidates))
+
+    def _finish_rebalance(self, results: PingResults) -> None:
+        pending = self._rebalancing
+        if pending is None or pending.token != results.token:
+            return
+        head_index = choose_head(pending.plan.candidates, results.answered)
+        if head_index is None:
+            log.warning(
+                "rebalance: none of %d servers answered a ping; keeping the list",
+                len(pending.plan.candidates),
+            )
+            healthy = False
+        else:
+            outcome = reconcile(self._state, pending.plan, head_index)
+            if outcome.abandoned:
+                log.info("rebalance abandoned: the chosen server was removed while pinging")
+            self._commit(outcome.state, "rebalance")
+            healthy = True
+        self._restart_timer()
+        self._publish()
+        self._answer_rebalance_waiters(RebalanceResult(self._state.head, healthy))
+
+    def _answer_rebalance_waiters(self, result: RebalanceResult) -> None:
+        pending, self._rebalancing = self._rebalancing, None
+        for waiter in pending.waiters if pending else ():
+            waiter(result)
+
+    def _restart_timer(self) -> None:
+        state = self._state
+        delay = self._settings.timing.rebalance_interval(
+            state.num_nodes, len(state.active), self._rng.random()
+        )
+        self._schedule(delay)
+
+    def _schedule(self, delay_s: float) -> None:
+        self._deadline = self._clock() + delay_s
+        assert self._timer is not None
+        self._timer.tell(ScheduleTick(delay_s))
+
+    # Publishing ---------------------------------------------------------------------
+
+    def _commit(self, state: ProxyState, reason: str) -> None:
+        """Adopt ``state``, publish it, and announce a new active server."""
+        if state is self._state:
+            return
+        before = self._state.head
+        self._state = state
+        self._publish()
+        after = state.head
+        if after != before:
+            log.info("active server %s -> %s (%s)", before, after, reason)
+            event = ActiveServerChanged(after, reason)
+            for listener in self._listeners:
+                listener.tell(event)
+
+    def _publish(self) -> None:
+        self._version += 1
+        self._box.publish(Snapshot(self._state, self._deadline, self._version))

@@ -1,0 +1,40 @@
+"""The immutable view of the proxy that read-only queries are answered from.
+
+ProxyActor is the only writer: after each change it builds a new
+:class:`Snapshot` and publishes it with one reference assignment, which is
+atomic in CPython. Readers on other threads take ``box.current`` once and use
+that value; they never lock and never wait on the actor's mailbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy import ProxyState
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One published version of the state.
+
+    Attributes:
+        state: the server lists, node count and leader.
+        rebalance_deadline: ``time.monotonic()`` value at which the next
+            rebalance is due.
+        version: increases with every publication, so readers can cache
+            anything derived from a snapshot.
+    """
+
+    state: ProxyState
+    rebalance_deadline: float
+    version: int
+
+
+class SnapshotBox:
+    """Holds the latest snapshot; written by one thread, read by any."""
+
+    def __init__(self, initial: Snapshot | None = None) -> None:
+        self.current: Snapshot = initial or Snapshot(ProxyState(), float("inf"), 0)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self.current = snapshot

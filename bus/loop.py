@@ -1,0 +1,164 @@
+"""A thread that owns ZeroMQ sockets, modelled on pyzmq's ``zmq/auth/thread.py``.
+
+pyzmq sockets are not thread-safe, so each socket is created, used and closed
+by one thread. Other threads talk to that thread only through an inproc
+control pipe (to stop it) or a :class:`Waker` (to make it look at a queue).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import threading
+from typing import Any
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+_TERMINATE = b"TERMINATE"
+_ids = itertools.count()
+
+
+def needs_ipv6(endpoint: str) -> bool:
+    """Whether a socket must have IPV6 set to bind or connect ``endpoint``.
+
+    Only bracketed literals need it: setting it everywhere would make libzmq
+    report IPv4 binds as ``[::ffff:127.0.0.1]``, which IPv4-only peers cannot use.
+    """
+    return endpoint.startswith("tcp://[")
+
+
+class Waker:
+    """A self-pipe that any thread may poke to wake a poller.
+
+    zmq.Poller can poll plain file descriptors, so this lets a thread that must
+    not touch the loop's sockets (an actor delivering a reply) wake it up.
+    """
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    @property
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def wake(self) -> None:
+        # A full pipe means the reader is already due to wake.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write_fd, b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read_fd, 4096):
+                pass
+
+    def close(self) -> None:
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+
+class SocketThread:
+    """Base for a daemon thread that polls its own sockets until told to stop.
+
+    Subclasses create their sockets in :meth:`setup` (in the thread), react in
+    :meth:`on_readable`, and close them in :meth:`teardown`. :meth:`start`
+    returns once setup is done and re-raises its error (a bind that failed),
+    so a service never runs with a socket that silently did not open.
+    """
+
+    name = "rpcproxy-socket-thread"
+
+    def __init__(self, context: zmq.Context[Any]) -> None:
+        self.context = context
+        self._control_endpoint = f"inproc://{self.name}-{next(_ids)}"
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self.poller = zmq.Poller()
+
+    # To be provided by subclasses -------------------------------------------
+
+    def setup(self) -> None:
+        """Create, configure and bind/connect sockets; register them on ``self.poller``."""
+
+    def on_readable(self, sock: Any) -> None:
+        """A registered socket or file descriptor is readable."""
+
+    def poll_timeout_ms(self) -> int | None:
+        """How long to wait for input; None waits until something arrives."""
+        return None
+
+    def on_idle(self) -> None:
+        """Called after every poll, readable or not (deadline checks)."""
+
+    def teardown(self) -> None:
+        """Close the sockets made in :meth:`setup`."""
+
+    # Lifecycle ------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        if not self._started.wait(timeout_s):
+            raise RuntimeError(f"{self.name} did not start within {timeout_s} s")
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        pipe = self.context.socket(zmq.PAIR)
+        try:
+            pipe.linger = 0
+            pipe.connect(self._control_endpoint)
+            pipe.send(_TERMINATE)
+        finally:
+            pipe.close()
+        self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _dispatch(self, sock: Any) -> None:
+        try:
+            self.on_readable(sock)
+        except zmq.ContextTerminated:
+            raise
+        except Exception:
+            # A bug triggered by one message must not take the socket down
+            # for every later peer.
+            log.exception("%s: error while handling input", self.name)
+
+    def _run(self) -> None:
+        control = self.context.socket(zmq.PAIR)
+        control.linger = 0
+        control.bind(self._control_endpoint)
+        self.poller.register(control, zmq.POLLIN)
+        try:
+            try:
+                self.setup()
+            except BaseException as exc:  # reported to start(), which re-raises it
+                self._error = exc
+                return
+            finally:
+                self._started.set()
+            while True:
+                events = dict(self.poller.poll(self.poll_timeout_ms()))
+                if control in events:
+                    control.recv()
+                    break
+                for sock in events:
+                    self._dispatch(sock)
+                self.on_idle()
+        except Exception:
+            log.exception("%s stopped on an unexpected error", self.name)
+        finally:
+            try:
+                self.teardown()
+            finally:
+                control.close()

@@ -1,0 +1,294 @@
+"""The query socket: a ROUTER that answers clients (PROTOCOL.md section 1).
+
+Read-only ops are answered from the published snapshot, on this thread,
+without a mailbox round trip. State-changing ops become actor messages; the
+actor's reply comes back through a queue and a :class:`Waker`, and is sent
+from this thread, the only one that touches the socket. A write whose reply
+does not come within ``op_timeout_s`` is answered ``unavailable``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import zmq
+
+from actors import (
+    AddPrimary,
+    AddResult,
+    ApplyHeartbeat,
+    HeartbeatResult,
+    NotifyFailed,
+    Rebalance,
+    RebalanceResult,
+    RemoveServer,
+    ResetRebalanceTimer,
+    SetBackups,
+    SnapshotBox,
+)
+from bus.codec import (
+    NO_ID,
+    AddPrimaryRequest,
+    ErrorCode,
+    FindServerRequest,
+    HeartbeatRequest,
+    NotifyFailedRequest,
+    PingRequest,
+    RebalanceRequest,
+    RemoveServerRequest,
+    Request,
+    RequestError,
+    ResetRebalanceTimerRequest,
+    ServersRequest,
+    SetBackupsRequest,
+    StatusRequest,
+    decode_request,
+    encode_error,
+    encode_ok,
+    server_obj,
+)
+from bus.loop import SocketThread, Waker, needs_ipv6
+from proxy import Address
+
+log = logging.getLogger(__name__)
+
+_MAX_FRAMES = 16
+"""A request is a routing envelope and one body; more frames than this is abuse."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    envelope: list[bytes]
+    request: Request
+    encode: Callable[[Any], dict[str, Any]]
+
+
+def _servers(addrs: tuple[Address, ...]) -> list[dict[str, str] | None]:
+    return [server_obj(a) for a in addrs]
+
+
+def _write_op(request: Request) -> tuple[Callable[[Any], Any], Callable[[Any], dict[str, Any]]]:
+    """The actor message factory and the reply encoder of a state-changing op."""
+    match request:
+        case NotifyFailedRequest(addr=addr):
+            return (lambda r: NotifyFailed(addr, r)), lambda rotated: {"rotated": rotated}
+        case AddPrimaryRequest(addr=addr):
+            return (lambda r: AddPrimary(addr, r)), _encode_add
+        case SetBackupsRequest(addrs=addrs):
+            return (lambda r: SetBackups(addrs, r)), lambda backups: {"servers": _servers(backups)}
+        case RemoveServerRequest(addr=addr):
+            return (lambda r: RemoveServer(addr, r)), lambda removed: {"removed": removed}
+        case HeartbeatRequest(heartbeat=heartbeat):
+            return (lambda r: ApplyHeartbeat(heartbeat, r)), _encode_heartbeat
+        case RebalanceRequest():
+            return Rebalance, _encode_rebalance
+        case ResetRebalanceTimerRequest():
+            return ResetRebalanceTimer, lambda delay: {"next_rebalance_s": delay}
+    raise TypeError(f"not a state-changing request: {request!r}")
+
+
+def _encode_add(result: AddResult) -> dict[str, Any]:
+    return {"server": server_obj(result.server), "added": result.added}
+
+
+def _encode_heartbeat(result: HeartbeatResult) -> dict[str, Any]:
+    return {"changed": result.changed, "stale": result.stale}
+
+
+def _encode_rebalance(result: RebalanceResult) -> dict[str, Any]:
+    return {"server": server_obj(result.server), "healthy": result.healthy}
+
+
+class QueryServer(SocketThread):
+    """Serves the query ROUTER on its own thread.
+
+    Args:
+        context: the process's ZeroMQ context.
+        endpoint: where to bind, e.g. ``tcp://127.0.0.1:4650``.
+        proxy: the ProxyActor that applies state changes.
+        box: the snapshot box read-only ops read.
+        max_message_bytes: larger frames disconnect the peer (ZeroMQ MAXMSGSIZE).
+        op_timeout_s: how long a state-changing op may wait for the actor.
+        clock: monotonic seconds, for ``next_rebalance_s`` and op deadlines.
+    """
+
+    name = "rpcproxy-query"
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        endpoint: str,
+        proxy: pykka.ActorRef[Any],
+        box: SnapshotBox,
+        *,
+        max_message_bytes: int = 1 << 20,
+        op_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(context)
+        self._endpoint = endpoint
+        self._proxy = proxy
+        self._box = box
+        self._max_message_bytes = max_message_bytes
+        self._op_timeout_s = op_timeout_s
+        self._clock = clock
+        self._waker = Waker()
+        self._replies: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._pending: dict[int, _Pending] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._tokens = itertools.count(1)
+        self._find_cache: tuple[int, bytes] = (-1, b"")
+        self.bound_endpoint = ""
+        self._router: zmq.Socket[bytes] | None = None
+
+    # SocketThread ---------------------------------------------------------------
+
+    def setup(self) -> None:
+        router: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
+        router.linger = 0
+        router.ipv6 = needs_ipv6(self._endpoint)
+        router.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
+        try:
+            router.bind(self._endpoint)
+        except zmq.ZMQError as exc:
+            router.close()
+            raise OSError(f"cannot bind query socket {self._endpoint}: {exc}") from exc
+        self.bound_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._router = router
+        self.poller.register(router, zmq.POLLIN)
+        self.poller.register(self._waker.fileno, zmq.POLLIN)
+
+    def on_readable(self, sock: Any) -> None:
+        if sock is self._router:
+            self._serve_requests()
+        else:
+            self._waker.drain()
+            self._send_replies()
+
+    def poll_timeout_ms(self) -> int | None:
+        if not self._deadlines:
+            return None
+        return max(0, int((self._deadlines[0][0] - self._clock()) * 1000) + 1)
+
+    def on_idle(self) -> None:
+        now = self._clock()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, token = heapq.heappop(self._deadlines)
+            pending = self._pending.pop(token, None)
+            if pending is not None:
+                log.warning("%s timed out waiting for the proxy", type(pending.request).__name__)
+                self._send_error(pending, ErrorCode.UNAVAILABLE, "the proxy did not answer in time")
+
+    def teardown(self) -> None:
+        for pending in self._pending.values():
+            self._send_error(pending, ErrorCode.UNAVAILABLE, "the proxy is shutting down")
+        self._pending.clear()
+        if self._router is not None:
+            self._router.close()
+        self._waker.close()
+
+    # Requests ---------------------------------------------------------------------
+
+    def _serve_requests(self) -> None:
+        assert self._router is not None
+        # Drain what is queued without blocking, so one poll serves a burst.
+        for _ in range(1024):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2 or len(frames) > _MAX_FRAMES:
+                continue  # Not a REQ/DEALER request; there is no sane place to reply.
+            self._serve(frames[:-1], frames[-1])
+
+    def _serve(self, envelope: list[bytes], body: bytes) -> None:
+        try:
+            request = decode_request(body)
+        except RequestError as exc:
+            self._send(envelope, encode_error(exc.code, exc.message, exc.request_id))
+            return
+        match request:
+            case FindServerRequest():
+                self._send(envelope, self._find_server(request))
+            case PingRequest():
+                self._send(envelope, encode_ok(request.id, pong=True))
+            case ServersRequest():
+                state = self._box.current.state
+                self._send(envelope, encode_ok(request.id, servers=_servers(state.active)))
+            case StatusRequest():
+                self._send(envelope, self._status(request))
+            case _:
+                self._dispatch_write(envelope, request)
+
+    def _find_server(self, request: FindServerRequest) -> bytes:
+        snapshot = self._box.current
+        if request.id is not NO_ID:
+            return encode_ok(request.id, server=server_obj(snapshot.state.head))
+        # The hot path: the same bytes serve every id-less lookup of a snapshot.
+        version, body = self._find_cache
+        if version != snapshot.version:
+            body = encode_ok(request.id, server=server_obj(snapshot.state.head))
+            self._find_cache = (snapshot.version, body)
+        return body
+
+    def _status(self, request: StatusRequest) -> bytes:
+        snapshot = self._box.current
+        state = snapshot.state
+        return encode_ok(
+            request.id,
+            servers=_servers(state.active),
+            primary=_servers(state.primaries),
+            backup=_servers(state.backups),
+            leader_addr=state.leader_addr,
+            num_nodes=state.num_nodes,
+            num_servers=len(state.active),
+            next_rebalance_s=max(0.0, snapshot.rebalance_deadline - self._clock()),
+        )
+
+    def _dispatch_write(self, envelope: list[bytes], request: Request) -> None:
+        make_message, encode = _write_op(request)
+        token = next(self._tokens)
+        pending = _Pending(envelope, request, encode)
+        self._pending[token] = pending
+        heapq.heappush(self._deadlines, (self._clock() + self._op_timeout_s, token))
+        try:
+            self._proxy.tell(make_message(lambda result: self._deliver(token, result)))
+        except pykka.ActorDeadError:
+            del self._pending[token]
+            self._send_error(pending, ErrorCode.UNAVAILABLE, "the proxy is shutting down")
+
+    def _deliver(self, token: int, result: Any) -> None:
+        """Runs on the actor's thread: hand the result over, never touch the socket."""
+        self._replies.put((token, result))
+        self._waker.wake()
+
+    def _send_replies(self) -> None:
+        while True:
+            try:
+                token, result = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            pending = self._pending.pop(token, None)
+            if pending is None:
+                continue  # Already answered "unavailable" after its deadline.
+            self._send(pending.envelope, encode_ok(pending.request.id, **pending.encode(result)))
+
+    def _send_error(self, pending: _Pending, code: ErrorCode, message: str) -> None:
+        self._send(pending.envelope, encode_error(code, message, pending.request.id))
+
+    def _send(self, envelope: list[bytes], body: bytes) -> None:
+        assert self._router is not None
+        try:
+            self._router.send_multipart([*envelope, body], zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("dropping a reply: the client's queue is full")
+        except zmq.ZMQError as exc:
+            log.debug("dropping a reply: %s", exc)

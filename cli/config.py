@@ -1,0 +1,495 @@
+"""Configuration of ``rpcproxy serve``: one table, three sources, one-line errors.
+
+PROTOCOL.md section 6 lets every key come from a TOML file, an environment
+variable ``RPCPROXY_<KEY>`` or a flag ``--<key>``, with flag > environment >
+file > default, and requires a bad value to stop the proxy at start with one
+line naming the key. To keep those four spellings from drifting apart, the
+``Config`` dataclass body *is* the key table: each field line carries its type,
+default, parser and help, and the flags, environment names, validation and the
+README table are all derived from it. Adding a key is one line.
+
+``Config`` validates itself on construction, so a ``Config`` that exists is a
+valid one, however it was built (``load_config``, ``Config(...)`` in tests or
+the demo, or ``with_overrides``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from proxy.address import Address, InvalidAddressError, parse_address
+
+ENV_PREFIX = "RPCPROXY_"
+"""Environment variables are ``ENV_PREFIX + key.upper()``."""
+
+_T = TypeVar("_T")
+_META = "rpcproxy.config.key"
+_SHOW_MAX = 60
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used.
+
+    ``str()`` is always one line, ``<key>: <what is wrong> (from <source>)``,
+    because the CLI prints it as the whole diagnostic before exiting 2 and
+    operators grep logs for the key.
+    """
+
+    def __init__(self, key: str, message: str, source: str | None = None) -> None:
+        super().__init__(key, message, source)
+        self.key = key
+        self.message = message
+        self.source = source
+
+    def __str__(self) -> str:
+        text = f"{self.key}: {self.message}"
+        if self.source:
+            text += f" (from {self.source})"
+        return " ".join(text.split("\n"))
+
+
+Convert = Callable[[object, bool], object]
+"""``convert(value, textual)``: ``textual`` is True for environment and flag
+strings (which need converting) and False for typed TOML / Python values (which
+must already have the right type). Raises ValueError with a message that does
+not name the key; the caller adds key and source."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parser:
+    """How one kind of value is read and checked, plus how it is documented."""
+
+    type_doc: str
+    metavar: str
+    convert: Convert
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One row of the key table, as seen by flags, environment and docs."""
+
+    name: str
+    parser: Parser
+    default: object
+    help: str
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets this key."""
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag that sets this key."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default_text(self) -> str:
+        """The default as a TOML literal, so the docs can be pasted into a file."""
+        return _toml_literal(self.default)
+
+
+def _toml_literal(value: object) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_literal(item) for item in value) + "]"
+    if isinstance(value, str | Address):
+        return json.dumps(str(value))
+    return repr(value)
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it, short and on one line, for messages."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, list | tuple):
+        text = "[" + ", ".join(_show(item) for item in value) + "]"
+    else:
+        text = repr(value)
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 3] + "..."
+
+
+# --- parsers -----------------------------------------------------------------
+
+_INT_TEXT = re.compile(r"[+-]?[0-9]{1,30}")
+
+
+def _integer(minimum: int) -> Parser:
+    """An int >= minimum. TOML floats and booleans are refused: ``true`` is an
+    int in Python, and silently reading it as 1 would hide a mistake."""
+    expected = f"expected an integer >= {minimum}"
+
+    def convert(value: object, textual: bool) -> object:
+        if textual and isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+            number = int(value.strip())
+        elif not textual and isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            raise ValueError(f"{expected}, got {_show(value)}")
+        if number < minimum:
+            raise ValueError(f"{expected}, got {_show(value)}")
+        return number
+
+    return Parser(f"int >= {minimum}", "N", convert)
+
+
+def _real(*, positive: bool) -> Parser:
+    """A finite float, > 0 or >= 0. TOML ints are accepted (``600`` for 600.0)
+    because TOML has no way to say "a float that happens to be whole"."""
+    expected = "expected a positive number" if positive else "expected a number >= 0"
+
+    def convert(value: object, textual: bool) -> object:
+        try:
+            if isinstance(value, bool) or not isinstance(value, str if textual else int | float):
+                raise ValueError
+            number = float(value)
+        except (ValueError, OverflowError):
+            raise ValueError(f"{expected}, got {_show(value)}") from None
+        if not math.isfinite(number) or number < 0 or (positive and number == 0):
+            raise ValueError(f"{expected}, got {_show(value)}")
+        return number
+
+    return Parser("float > 0" if positive else "float >= 0", "NUMBER", convert)
+
+
+def _string(type_doc: str, metavar: str, check: Callable[[str], str]) -> Parser:
+    """A str, normalised and checked by ``check`` (which raises ValueError)."""
+
+    def convert(value: object, textual: bool) -> object:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {_show(value)}")
+        return check(value)
+
+    return Parser(type_doc, metavar, convert)
+
+
+def _non_empty(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _topic_part(text: str) -> str:
+    """The region is spliced into the topic ``heartbeat/<region>``: a '/' or a
+    space would make a topic no publisher sends, and the proxy would hear
+    nothing, silently."""
+    _non_empty(text)
+    if "/" in text or any(char.isspace() or not char.isprintable() for char in text):
+        raise ValueError(f"must not contain whitespace or '/', got {_show(text)}")
+    return text
+
+
+def _choice(*options: str) -> Parser:
+    """One of ``options``, case-insensitively (``INFO`` from an env var is fine)."""
+    listed = ", ".join(repr(option) for option in options)
+
+    def check(text: str) -> str:
+        if text.lower() not in options:
+            raise ValueError(f"expected one of {listed}, got {_show(text)}")
+        return text.lower()
+
+    docs = [f"`{option}`" for option in options]
+    type_doc = ", ".join(docs[:-1]) + " or " + docs[-1]
+    return _string(type_doc, "{" + ",".join(options) + "}", check)
+
+
+_TCP_HOST = re.compile(r"[A-Za-z0-9._-]+")
+_ENDPOINT_HINT = "expected tcp://host:port, ipc://path or inproc://name"
+
+
+def _check_endpoint(text: str, *, connect: bool) -> str:
+    """ZeroMQ endpoint syntax, checked now so a typo is a start-up error naming
+    the key rather than a ZMQError from deep inside an actor. Wildcards (``*``)
+    only make sense when binding, so connect endpoints refuse them."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest or "\x00" in rest:
+        raise ValueError(f"{_ENDPOINT_HINT}, got {_show(text)}")
+    if scheme != "tcp":
+        return text
+    host, sep, port = rest.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{_ENDPOINT_HINT}, got {_show(text)}") from None
+    elif not sep or not (host == "*" or _TCP_HOST.fullmatch(host)):
+        raise ValueError(f"{_ENDPOINT_HINT}, got {_show(text)}")
+    if port != "*" and not (
+        port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    ):
+        raise ValueError(f"tcp port must be 1-65535 or '*', got {_show(text)}")
+    if connect and "*" in (host, port):
+        raise ValueError(f"a connect endpoint cannot use '*', got {_show(text)}")
+    return text
+
+
+def _endpoint(*, connect: bool = False, optional: bool = False) -> Parser:
+    def check(text: str) -> str:
+        if optional and text == "":
+            return text
+        return _check_endpoint(text, connect=connect)
+
+    return _string("endpoint or empty" if optional else "endpoint", "ENDPOINT", check)
+
+
+def _convert_address(value: object, textual: bool) -> object:
+    if isinstance(value, Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address string, got {_show(value)}")
+    try:
+        return parse_address(value)
+    except InvalidAddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+_ADDRESS = Parser("address", "ADDR", _convert_address)
+
+
+def _list_of(item: Parser, what: str) -> Parser:
+    """A tuple of ``item``s: a TOML array, or comma-separated text.
+
+    In text, items are stripped and empty items dropped, so ``""`` is the empty
+    list and a trailing comma is harmless. A TOML string is refused rather than
+    split, because ``heartbeat_bind = "tcp://a"`` is almost always a forgotten
+    pair of brackets, and the fix is worth saying.
+    """
+
+    def convert(value: object, textual: bool) -> object:
+        if textual and isinstance(value, str):
+            items: list[object] = [part.strip() for part in value.split(",") if part.strip()]
+        elif not textual and isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            raise ValueError(f"expected a list of {what} (a TOML array), got {_show(value)}")
+        parsed = []
+        for index, raw in enumerate(items, 1):
+            try:
+                parsed.append(item.convert(raw, textual))
+            except ValueError as exc:
+                raise ValueError(f"item {index}: {exc}") from None
+        return tuple(parsed)
+
+    return Parser(f"list of {what}", f"{item.metavar}[,...]", convert)
+
+
+def _key(default: _T, parser: Parser, doc: str) -> _T:
+    """A field of the key table. Typed as the default so mypy sees plain fields."""
+    result: _T = field(default=default, metadata={_META: (parser, doc)})
+    return result
+
+
+_REGION = _string("str without whitespace or /", "NAME", _topic_part)
+_NAME = _string("str", "NAME", _non_empty)
+_VERSION = _integer(0)
+_POSITIVE = _real(positive=True)
+
+
+# --- the key table -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything ``rpcproxy serve`` can be told. Each line is one key."""
+
+    # fmt: off
+    region: str = _key("global", _REGION, "Nomad region; the proxy hears topic heartbeat/<region> only")  # noqa: E501
+    datacenter: str = _key("dc1", _NAME, "Local datacenter: its heartbeat servers are primaries, others backups")  # noqa: E501
+    rpc_major_version: int = _key(1, _VERSION, "RPC API major version; servers with a newer API are ignored")  # noqa: E501
+    rpc_minor_version: int = _key(1, _VERSION, "RPC API minor version, compared when the majors are equal")  # noqa: E501
+    query: str = _key("tcp://127.0.0.1:4650", _endpoint(), "Endpoint the query ROUTER socket binds")
+    heartbeat_bind: tuple[str, ...] = _key(("tcp://127.0.0.1:4651",), _list_of(_endpoint(), "endpoints"), "Endpoints the heartbeat SUB socket binds")  # noqa: E501
+    heartbeat_connect: tuple[str, ...] = _key((), _list_of(_endpoint(connect=True), "endpoints"), "Endpoints the heartbeat SUB socket connects to")  # noqa: E501
+    events: str = _key("tcp://127.0.0.1:4652", _endpoint(optional=True), "Endpoint the events PUB socket binds; empty turns events off")  # noqa: E501
+    backup_servers: tuple[Address, ...] = _key((), _list_of(_ADDRESS, "addresses"), "Backup servers at start, as if given to set_backup_servers")  # noqa: E501
+    primary_servers: tuple[Address, ...] = _key((), _list_of(_ADDRESS, "addresses"), "Primary servers at start, as if given to add_primary_server")  # noqa: E501
+    ping_method: str = _key("zmq", _choice("zmq", "tcp"), "How a rebalance checks a server: a ZeroMQ ping request or a TCP connect")  # noqa: E501
+    ping_timeout_s: float = _key(1.0, _POSITIVE, "Seconds a ping may take before the server counts as down")  # noqa: E501
+    min_reuse_s: float = _key(600.0, _POSITIVE, "Minimum seconds between rebalances")
+    jitter_fraction: float = _key(2.0, _POSITIVE, "The interval adds U[0, min_reuse_s / jitter_fraction) so a fleet spreads out")  # noqa: E501
+    conns_per_sec_per_server: float = _key(64.0, _POSITIVE, "New connections per second one server should absorb; stretches the interval for big fleets")  # noqa: E501
+    api_mismatch_log_interval_s: float = _key(10800.0, _real(positive=False), "Seconds between warnings about one server with a newer API; 0 warns every time")  # noqa: E501
+    max_message_bytes: int = _key(1048576, _integer(1024), "Largest frame accepted (ZeroMQ MAXMSGSIZE); a peer sending more is disconnected")  # noqa: E501
+    log_level: str = _key("info", _choice("debug", "info", "warning", "error"), "Least severe log level written")  # noqa: E501
+    log_format: str = _key("text", _choice("text", "json"), "Log lines as human text or one JSON object each")  # noqa: E501
+    # fmt: on
+
+    def __post_init__(self) -> None:
+        """Validate and normalise every field, so no invalid Config can exist."""
+        values: dict[str, object] = {}
+        for key in KEYS:
+            value = _parse(key, getattr(self, key.name), textual=False, source=None)
+            object.__setattr__(self, key.name, value)
+            values[key.name] = value
+        _check_distinct_binds(values, {})
+
+    def with_overrides(self, **changes: Any) -> Config:
+        """A copy with some keys changed (typed values, validated like TOML)."""
+        for name in changes:
+            if name not in _KEYS_BY_NAME:
+                raise ConfigError(name, "unknown key")
+        return dataclasses.replace(self, **changes)
+
+
+KEYS: tuple[Key, ...] = tuple(
+    Key(f.name, f.metadata[_META][0], f.default, f.metadata[_META][1])
+    for f in dataclasses.fields(Config)
+)
+"""The key table in declaration order, for flags, environment, docs and tests."""
+
+_KEYS_BY_NAME = {key.name: key for key in KEYS}
+
+
+def _parse(key: Key, value: object, *, textual: bool, source: str | None) -> object:
+    try:
+        return key.parser.convert(value, textual)
+    except ValueError as exc:
+        raise ConfigError(key.name, str(exc), source) from None
+
+
+_BIND_KEYS = ("query", "heartbeat_bind", "events")
+
+
+def _check_distinct_binds(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    """Two sockets cannot bind one endpoint; say which keys clash at start
+    instead of letting the second bind fail with EADDRINUSE later."""
+    owner: dict[str, str] = {}
+    for name in _BIND_KEYS:
+        value = values.get(name, _KEYS_BY_NAME[name].default)
+        endpoints = value if isinstance(value, tuple) else (value,)
+        for endpoint in endpoints:
+            if not isinstance(endpoint, str) or not endpoint or endpoint.endswith(":*"):
+                continue
+            if endpoint in owner:
+                raise ConfigError(
+                    name,
+                    f"endpoint {endpoint!r} is also bound by {owner[endpoint]}",
+                    sources.get(name),
+                )
+            owner[endpoint] = name
+
+
+# --- sources -----------------------------------------------------------------
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE`` and one flag per key.
+
+    Every flag defaults to "absent" (SUPPRESS: the attribute is missing), so
+    ``load_config`` can tell "not given" from "given the default value" and let
+    the environment and the file show through.
+    """
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML file of configuration keys; RPCPROXY_* variables and flags override it",
+    )
+    group = parser.add_argument_group(
+        "configuration keys",
+        "Each key can also be set as RPCPROXY_<KEY> or in the --config file; "
+        "a flag beats the environment, which beats the file. Lists are comma-separated.",
+    )
+    for key in KEYS:
+        kind = key.parser.type_doc.replace("`", "")
+        text = f"{key.help} ({kind}; default {key.default_text}; env {key.env})"
+        group.add_argument(
+            key.flag,
+            dest=key.name,
+            metavar=key.parser.metavar,
+            default=argparse.SUPPRESS,
+            help=text.replace("%", "%%"),
+        )
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    """Read the file and refuse unknown keys, so a typo is not silently a default."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(
+            "config", f"cannot read {path}: {exc.strerror or exc}", "--config"
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}", "--config") from None
+    for name in data:
+        if name not in _KEYS_BY_NAME:
+            close = difflib.get_close_matches(name.replace("-", "_"), _KEYS_BY_NAME, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(name, f"unknown key{hint}", path)
+    return data
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    """Merge file, environment and flags (flag > environment > file > default).
+
+    Only the winning source of each key is parsed, so a flag can always rescue a
+    bad environment variable or file value; a list from a higher source replaces
+    the lower one entirely (no merging). Unknown ``RPCPROXY_*`` variables are
+    ignored (other tools may share the prefix); unknown file keys are errors.
+
+    Raises:
+        ConfigError: the first bad value, naming its key and source.
+    """
+    config_path = getattr(args, "config", None)
+    path = None if config_path is None else os.fspath(config_path)
+    from_file = {} if path is None else _read_toml(path)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in KEYS:
+        flag_value = getattr(args, key.name, None)
+        if flag_value is not None:
+            source, raw, textual = key.flag, flag_value, isinstance(flag_value, str)
+        elif key.env in environ:
+            source, raw, textual = key.env, environ[key.env], True
+        elif path is not None and key.name in from_file:
+            source, raw, textual = path, from_file[key.name], False
+        else:
+            continue
+        values[key.name] = _parse(key, raw, textual=textual, source=source)
+        sources[key.name] = source
+    _check_distinct_binds(values, sources)
+    return Config(**values)
+
+
+def config_reference_markdown() -> str:
+    """The key table for the README, generated so it cannot go stale."""
+    lines = [
+        "| key | type | default | env var | description |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key in KEYS:
+        cells = (
+            f"`{key.name}`",
+            key.parser.type_doc,
+            f"`{key.default_text}`",
+            f"`{key.env}`",
+            key.help,
+        )
+        escaped = (cell.replace("|", "\\|").replace("<", "&lt;") for cell in cells)
+        lines.append("| " + " | ".join(escaped) + " |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "ENV_PREFIX",
+    "KEYS",
+    "Config",
+    "ConfigError",
+    "Key",
+    "Parser",
+    "add_config_arguments",
+    "config_reference_markdown",
+    "load_config",
+]

@@ -1,0 +1,170 @@
+"""The composition root: the one place that knows proxy, actors and bus together.
+
+:class:`ProxyService` starts the parts in dependency order and stops them in
+reverse, in ``try/finally`` so a failed start leaves nothing running. Input
+stops first (heartbeats, then queries, which answer what is still pending
+with ``unavailable``), then the actors, then the ZeroMQ context.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import pykka
+import zmq
+
+from actors import Pinger, ProxyActor, ProxySettings, SnapshotBox
+from bus.events import EventPublisher
+from bus.heartbeats import HeartbeatListener
+from bus.ping import TcpPinger, ZmqPinger
+from bus.query import QueryServer
+from cli.config import Config
+from proxy import LocalIdentity, RebalanceTiming
+
+log = logging.getLogger(__name__)
+
+_ACTOR_START_TIMEOUT_S = 10.0
+
+
+def settings_from(config: Config) -> ProxySettings:
+    return ProxySettings(
+        local=LocalIdentity(
+            datacenter=config.datacenter,
+            rpc_major_version=config.rpc_major_version,
+            rpc_minor_version=config.rpc_minor_version,
+        ),
+        timing=RebalanceTiming(
+            min_reuse_s=config.min_reuse_s,
+            jitter_fraction=config.jitter_fraction,
+            conns_per_sec_per_server=config.conns_per_sec_per_server,
+        ),
+        api_mismatch_log_interval_s=config.api_mismatch_log_interval_s,
+        primary_servers=tuple(config.primary_servers),
+        backup_servers=tuple(config.backup_servers),
+    )
+
+
+def pinger_from(config: Config, context: zmq.Context[Any]) -> Pinger:
+    if config.ping_method == "tcp":
+        return TcpPinger(timeout_s=config.ping_timeout_s)
+    return ZmqPinger(
+        context,
+        region=config.region,
+        rpc_major_version=config.rpc_major_version,
+        timeout_s=config.ping_timeout_s,
+        max_message_bytes=config.max_message_bytes,
+    )
+
+
+class ProxyService:
+    """A running rpcproxy: actors, query socket, heartbeat socket, events socket."""
+
+    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.box = SnapshotBox()
+        self._rng = rng
+        self._context: zmq.Context[Any] | None = None
+        self._events: pykka.ActorRef[EventPublisher] | None = None
+        self._proxy: pykka.ActorRef[ProxyActor] | None = None
+        self._query: QueryServer | None = None
+        self._heartbeats: HeartbeatListener | None = None
+        self.events_endpoint = ""
+
+    def start(self) -> None:
+        """Start every part; on any failure stop what started and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        config = self.config
+        self._context = context = zmq.Context()
+        listeners: list[pykka.ActorRef[Any]] = []
+        if config.events:
+            self._events = EventPublisher.start(context, config.events)
+            # Asking surfaces an on_start failure (a bind error) here, at start.
+            self.events_endpoint = (
+                self._events.proxy().endpoint().get(timeout=_ACTOR_START_TIMEOUT_S)
+            )
+            listeners.append(self._events)
+        self._proxy = ProxyActor.start(
+            settings_from(config),
+            pinger_from(config, context),
+            self.box,
+            listeners=listeners,
+            rng=self._rng,
+        )
+        # Mailboxes are FIFO, so an answered ping means on_start ran; a failed
+        # on_start raises ActorDeadError here instead of running half-started.
+        self._proxy.proxy().ping().get(timeout=_ACTOR_START_TIMEOUT_S)
+        # Rebalance replies can wait one ping timeout behind a running rebalance.
+        op_timeout = max(5.0, 2 * config.ping_timeout_s + 2.0)
+        self._query = QueryServer(
+            context,
+            config.query,
+            self._proxy,
+            self.box,
+            max_message_bytes=config.max_message_bytes,
+            op_timeout_s=op_timeout,
+        )
+        self._query.start()
+        self._heartbeats = HeartbeatListener(
+            context,
+            self._proxy,
+            region=config.region,
+            bind=config.heartbeat_bind,
+            connect=config.heartbeat_connect,
+            max_message_bytes=config.max_message_bytes,
+        )
+        self._heartbeats.start()
+        log.info(
+            "rpcproxy serving queries on %s, heartbeats on %s, events on %s",
+            self._query.bound_endpoint,
+            ", ".join(self._heartbeats.bound_endpoints + list(config.heartbeat_connect)),
+            config.events or "(off)",
+        )
+
+    def dead_parts(self) -> list[str]:
+        """Names of parts that should be running but are not."""
+        parts: list[tuple[str, bool]] = []
+        if self._proxy is not None:
+            parts.append(("proxy actor", self._proxy.is_alive()))
+        if self._events is not None:
+            parts.append(("events publisher", self._events.is_alive()))
+        if self._query is not None:
+            parts.append(("query socket", self._query.alive))
+        if self._heartbeats is not None:
+            parts.append(("heartbeat socket", self._heartbeats.alive))
+        return [name for name, alive in parts if not alive]
+
+    @property
+    def query_endpoint(self) -> str:
+        return self._query.bound_endpoint if self._query else self.config.query
+
+    @property
+    def heartbeat_endpoints(self) -> list[str]:
+        return self._heartbeats.bound_endpoints if self._heartbeats else []
+
+    def stop(self) -> None:
+        """Stop in reverse order of start; safe to call more than once."""
+        if self._heartbeats is not None:
+            self._heartbeats.stop()
+            self._heartbeats = None
+        if self._query is not None:
+            self._query.stop()
+            self._query = None
+        if self._proxy is not None:
+            self._proxy.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
+            self._proxy = None
+        if self._events is not None:
+            self._events.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
+            self._events = None
+        if self._context is not None:
+            # Every socket is closed by now; destroy() only guards against a
+            # thread that did not stop in time, which term() would wait on forever.
+            self._context.destroy(linger=0)
+            self._context = None
