@@ -1,0 +1,591 @@
+"""MessagePack codec for the query, heartbeat and event sockets (PROTOCOL.md).
+
+Decoding and validation are one step: msgspec decodes a frame straight into a
+frozen Struct, or fails. The request ops form a tagged union on ``op``, so the
+hot path (``find_server``) costs one C-level decode and no Python-level checks.
+Only when that decode fails is the frame read a second time, leniently, to tell
+*which* rule it broke and to recover its ``id`` for the error reply; bad input
+is rare and may be slow, good input must be fast.
+
+Everything that reaches an actor is a typed, validated, frozen value carrying
+domain types (:class:`proxy.Address`, :class:`proxy.Heartbeat`), never a raw
+map. Unknown keys are ignored everywhere, so a newer client can add keys
+without breaking an older proxy.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from proxy import Address, Heartbeat, HeartbeatServer, InvalidAddressError, parse_address
+
+__all__ = [
+    "MAX_ADDRS",
+    "MAX_HEARTBEAT_SERVERS",
+    "MAX_NAME_LEN",
+    "NO_ID",
+    "OPS",
+    "PROTOCOL_VERSION",
+    "READ_ONLY_OPS",
+    "AddPrimaryRequest",
+    "ErrorCode",
+    "FindServerRequest",
+    "HeartbeatError",
+    "HeartbeatRequest",
+    "NotifyFailedRequest",
+    "PingRequest",
+    "RebalanceRequest",
+    "RemoveServerRequest",
+    "Request",
+    "RequestError",
+    "ResetRebalanceTimerRequest",
+    "ServersRequest",
+    "SetBackupsRequest",
+    "StatusRequest",
+    "decode_heartbeat",
+    "decode_request",
+    "encode_error",
+    "encode_event",
+    "encode_heartbeat",
+    "encode_ok",
+    "encode_request_error",
+    "server_obj",
+]
+
+PROTOCOL_VERSION: Final = 1
+"""The only value of ``v`` this proxy accepts."""
+
+MAX_ADDRS: Final = 4096
+"""Most addresses one ``set_backup_servers`` may carry."""
+
+MAX_HEARTBEAT_SERVERS: Final = 4096
+"""Most server entries one heartbeat may carry."""
+
+MAX_NAME_LEN: Final = 1024
+"""Longest datacenter, publisher or leader address string accepted.
+
+Server addresses themselves are not bounded here: :func:`proxy.parse_address`
+rejects long ones, and an address that does not parse must give
+``invalid_address`` (requests) or be skipped (heartbeat rule 3), not fail the
+whole message.
+"""
+
+NO_ID: Final = UNSET
+"""The ``request_id`` of a request that carried no ``id`` (or none could be read)."""
+
+_Name = Annotated[str, Meta(max_length=MAX_NAME_LEN)]
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``error.code`` values of PROTOCOL.md's error table."""
+
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_OP = "unknown_op"
+    INVALID_ADDRESS = "invalid_address"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNAVAILABLE = "unavailable"
+
+
+class RequestError(Exception):
+    """A request that must be answered with an error reply.
+
+    Attributes:
+        code: the error code to send.
+        message: a short human-readable reason.
+        request_id: the request's ``id`` to echo, or :data:`NO_ID` when the
+            request had none or it could not be read.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, request_id: Any = NO_ID) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+    def __repr__(self) -> str:
+        return f"RequestError({self.code.value!r}, {self.message!r})"
+
+
+class HeartbeatError(ValueError):
+    """A heartbeat payload that breaks PROTOCOL.md section 2's table (rule 1: drop it)."""
+
+
+# --------------------------------------------------------------------------
+# Public request types: validated domain values plus the ``id`` to echo.
+
+
+class PingRequest(Struct, frozen=True):
+    """``ping``: is the proxy alive."""
+
+    op: ClassVar[str] = "ping"
+    id: Any = NO_ID
+
+
+class FindServerRequest(Struct, frozen=True):
+    """``find_server``: the active server."""
+
+    op: ClassVar[str] = "find_server"
+    id: Any = NO_ID
+
+
+class ServersRequest(Struct, frozen=True):
+    """``servers``: the active list."""
+
+    op: ClassVar[str] = "servers"
+    id: Any = NO_ID
+
+
+class StatusRequest(Struct, frozen=True):
+    """``status``: everything at once."""
+
+    op: ClassVar[str] = "status"
+    id: Any = NO_ID
+
+
+class NotifyFailedRequest(Struct, frozen=True):
+    """``notify_failed_server``: rotate ``addr`` away if it is the active server."""
+
+    op: ClassVar[str] = "notify_failed_server"
+    addr: Address
+    id: Any = NO_ID
+
+
+class AddPrimaryRequest(Struct, frozen=True):
+    """``add_primary_server``: add ``addr`` to the primaries."""
+
+    op: ClassVar[str] = "add_primary_server"
+    addr: Address
+    id: Any = NO_ID
+
+
+class SetBackupsRequest(Struct, frozen=True):
+    """``set_backup_servers``: replace the backups with ``addrs``."""
+
+    op: ClassVar[str] = "set_backup_servers"
+    addrs: tuple[Address, ...]
+    id: Any = NO_ID
+
+
+class RemoveServerRequest(Struct, frozen=True):
+    """``remove_server``: drop ``addr`` from every list."""
+
+    op: ClassVar[str] = "remove_server"
+    addr: Address
+    id: Any = NO_ID
+
+
+class HeartbeatRequest(Struct, frozen=True):
+    """``heartbeat``: apply one heartbeat as if it came from the heartbeat socket."""
+
+    op: ClassVar[str] = "heartbeat"
+    heartbeat: Heartbeat
+    id: Any = NO_ID
+
+
+class RebalanceRequest(Struct, frozen=True):
+    """``rebalance``: run one rebalance now."""
+
+    op: ClassVar[str] = "rebalance"
+    id: Any = NO_ID
+
+
+class ResetRebalanceTimerRequest(Struct, frozen=True):
+    """``reset_rebalance_timer``: restart the timer at the minimum reuse duration."""
+
+    op: ClassVar[str] = "reset_rebalance_timer"
+    id: Any = NO_ID
+
+
+Request: TypeAlias = (
+    PingRequest
+    | FindServerRequest
+    | ServersRequest
+    | StatusRequest
+    | NotifyFailedRequest
+    | AddPrimaryRequest
+    | SetBackupsRequest
+    | RemoveServerRequest
+    | HeartbeatRequest
+    | RebalanceRequest
+    | ResetRebalanceTimerRequest
+)
+
+READ_ONLY_OPS: Final[frozenset[type[Request]]] = frozenset(
+    {PingRequest, FindServerRequest, ServersRequest, StatusRequest}
+)
+"""Request types answered from the published snapshot, without the actor."""
+
+
+# --------------------------------------------------------------------------
+# Wire types: exactly the MessagePack maps of PROTOCOL.md.
+
+
+class _HeartbeatServerWire(Struct, frozen=True):
+    rpc_advertise_addr: str
+    rpc_major_version: int
+    rpc_minor_version: int
+    datacenter: _Name
+
+
+class _HeartbeatWire(Struct, frozen=True):
+    """Section 2's payload table; shared by the SUB payload and the ``heartbeat`` op."""
+
+    servers: Annotated[tuple[_HeartbeatServerWire, ...], Meta(max_length=MAX_HEARTBEAT_SERVERS)]
+    num_nodes: Annotated[int, Meta(ge=0)]
+    leader_rpc_addr: _Name
+    publisher: _Name | None = None
+    seq: int | None = None
+
+
+class _Op(Struct, frozen=True, kw_only=True, tag_field="op"):
+    # Literal[1] makes any other ``v`` (2, True, "1", 1.0) fail the fast decode;
+    # the slow path then reports it as unsupported_version.
+    v: Literal[1] | UnsetType = UNSET
+    id: Any = UNSET
+
+
+class _PingWire(_Op, frozen=True, tag="ping"):
+    pass
+
+
+class _FindServerWire(_Op, frozen=True, tag="find_server"):
+    pass
+
+
+class _ServersWire(_Op, frozen=True, tag="servers"):
+    pass
+
+
+class _StatusWire(_Op, frozen=True, tag="status"):
+    pass
+
+
+class _NotifyFailedWire(_Op, frozen=True, tag="notify_failed_server"):
+    addr: str
+
+
+class _AddPrimaryWire(_Op, frozen=True, tag="add_primary_server"):
+    addr: str
+
+
+class _SetBackupsWire(_Op, frozen=True, tag="set_backup_servers"):
+    addrs: Annotated[tuple[str, ...], Meta(max_length=MAX_ADDRS)]
+
+
+class _RemoveServerWire(_Op, frozen=True, tag="remove_server"):
+    addr: str
+
+
+class _HeartbeatOpWire(_HeartbeatWire, frozen=True, kw_only=True, tag_field="op", tag="heartbeat"):
+    v: Literal[1] | UnsetType = UNSET
+    id: Any = UNSET
+
+
+class _RebalanceWire(_Op, frozen=True, tag="rebalance"):
+    pass
+
+
+class _ResetRebalanceTimerWire(_Op, frozen=True, tag="reset_rebalance_timer"):
+    pass
+
+
+_Wire: TypeAlias = (
+    _PingWire
+    | _FindServerWire
+    | _ServersWire
+    | _StatusWire
+    | _NotifyFailedWire
+    | _AddPrimaryWire
+    | _SetBackupsWire
+    | _RemoveServerWire
+    | _HeartbeatOpWire
+    | _RebalanceWire
+    | _ResetRebalanceTimerWire
+)
+
+
+class _Envelope(Struct, frozen=True):
+    """The lenient second read of a frame that failed: any types, to classify."""
+
+    op: Any = UNSET
+    v: Any = UNSET
+    id: Any = UNSET
+
+
+# --------------------------------------------------------------------------
+# Wire -> domain conversion.
+
+
+def _address(text: str, request_id: Any, where: str | None = None) -> Address:
+    try:
+        return parse_address(text)
+    except InvalidAddressError as exc:
+        message = f"{where}: {exc}" if where else str(exc)
+        raise RequestError(ErrorCode.INVALID_ADDRESS, message, request_id) from None
+
+
+def _to_heartbeat(wire: _HeartbeatWire) -> Heartbeat:
+    servers = tuple(
+        HeartbeatServer(
+            s.rpc_advertise_addr, s.rpc_major_version, s.rpc_minor_version, s.datacenter
+        )
+        for s in wire.servers
+    )
+    return Heartbeat(servers, wire.num_nodes, wire.leader_rpc_addr, wire.publisher, wire.seq)
+
+
+def _convert_set_backups(wire: _SetBackupsWire) -> SetBackupsRequest:
+    addrs = tuple(_address(a, wire.id, f"addrs[{i}]") for i, a in enumerate(wire.addrs))
+    return SetBackupsRequest(addrs, wire.id)
+
+
+def _convert_heartbeat(wire: _HeartbeatOpWire) -> HeartbeatRequest:
+    return HeartbeatRequest(_to_heartbeat(wire), wire.id)
+
+
+_CONVERTERS: Final[dict[type[Any], Callable[[Any], Request]]] = {
+    _PingWire: lambda w: PingRequest(w.id),
+    _FindServerWire: lambda w: FindServerRequest(w.id),
+    _ServersWire: lambda w: ServersRequest(w.id),
+    _StatusWire: lambda w: StatusRequest(w.id),
+    _NotifyFailedWire: lambda w: NotifyFailedRequest(_address(w.addr, w.id), w.id),
+    _AddPrimaryWire: lambda w: AddPrimaryRequest(_address(w.addr, w.id), w.id),
+    _SetBackupsWire: _convert_set_backups,
+    _RemoveServerWire: lambda w: RemoveServerRequest(_address(w.addr, w.id), w.id),
+    _HeartbeatOpWire: _convert_heartbeat,
+    _RebalanceWire: lambda w: RebalanceRequest(w.id),
+    _ResetRebalanceTimerWire: lambda w: ResetRebalanceTimerRequest(w.id),
+}
+
+OPS: Final[frozenset[str]] = frozenset({t.__struct_config__.tag for t in _CONVERTERS})
+"""Every op name this proxy answers."""
+
+
+# --------------------------------------------------------------------------
+# Decoding.
+
+_REQUEST_DECODER: Final = msgspec.msgpack.Decoder(_Wire)
+_ENVELOPE_DECODER: Final = msgspec.msgpack.Decoder(_Envelope)
+_HEARTBEAT_DECODER: Final = msgspec.msgpack.Decoder(_HeartbeatWire)
+
+
+def decode_request(frame: bytes) -> Request:
+    """Decode and validate one query-socket request.
+
+    Args:
+        frame: the request's body frame.
+
+    Returns:
+        The typed request, with its addresses parsed.
+
+    Raises:
+        RequestError: the frame breaks PROTOCOL.md; ``code`` says which rule
+            and ``request_id`` is the request's ``id`` whenever it could be read.
+    """
+    try:
+        wire = _REQUEST_DECODER.decode(frame)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise _classify(frame, exc) from None
+    return _CONVERTERS[type(wire)](wire)
+
+
+def decode_heartbeat(payload: bytes) -> Heartbeat:
+    """Decode and validate a heartbeat payload (PROTOCOL.md section 2).
+
+    Entries whose address does not parse are kept: rule 3 skips them one by
+    one later, whereas anything raised here drops the whole payload (rule 1).
+
+    Raises:
+        HeartbeatError: the payload breaks the table; the message says how.
+    """
+    try:
+        wire = _HEARTBEAT_DECODER.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise HeartbeatError(_describe(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise HeartbeatError(_not_msgpack(exc)) from None
+    except RecursionError:
+        raise HeartbeatError("nesting too deep") from None
+    except UnicodeDecodeError:
+        raise HeartbeatError(_BAD_UTF8) from None
+    return _to_heartbeat(wire)
+
+
+def _classify(frame: bytes, cause: Exception) -> RequestError:
+    """Say which rule a frame that failed the fast decode broke.
+
+    The checks run in PROTOCOL.md's order of precedence: the envelope (so the
+    ``id`` can be echoed), then ``v``, then ``op``, then the op's own keys.
+    """
+    try:
+        envelope = _ENVELOPE_DECODER.decode(frame)
+    except msgspec.ValidationError as exc:
+        # With every field typed Any, only the frame's shape can be wrong.
+        if "`key`" in str(exc):
+            return RequestError(ErrorCode.BAD_REQUEST, "request keys must be strings")
+        return RequestError(ErrorCode.BAD_REQUEST, "request must be a MessagePack map")
+    except msgspec.DecodeError as exc:
+        return RequestError(ErrorCode.BAD_REQUEST, _not_msgpack(exc))
+    except RecursionError:
+        return RequestError(ErrorCode.BAD_REQUEST, "nesting too deep")
+    except UnicodeDecodeError:
+        return RequestError(ErrorCode.BAD_REQUEST, _BAD_UTF8)
+    return _classify_envelope(envelope) or _classify_keys(cause, envelope.id)
+
+
+def _classify_envelope(envelope: _Envelope) -> RequestError | None:
+    op, v, rid = envelope.op, envelope.v, envelope.id
+    if op is UNSET:
+        return RequestError(ErrorCode.BAD_REQUEST, "missing required key 'op'", rid)
+    if not isinstance(op, str):
+        return RequestError(
+            ErrorCode.BAD_REQUEST, f"key 'op' must be str, got {_msgpack_type(op)}", rid
+        )
+    if v is not UNSET and not (type(v) is int and v == PROTOCOL_VERSION):
+        return RequestError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"`v` {_preview(v)} is not supported (this proxy speaks {PROTOCOL_VERSION})",
+            rid,
+        )
+    if op not in OPS:
+        return RequestError(ErrorCode.UNKNOWN_OP, f"op {_preview(op)} is not an operation", rid)
+    return None
+
+
+def _classify_keys(cause: Exception, rid: Any) -> RequestError:
+    if isinstance(cause, RecursionError):
+        return RequestError(ErrorCode.BAD_REQUEST, "nesting too deep", rid)
+    if isinstance(cause, UnicodeDecodeError):
+        return RequestError(ErrorCode.BAD_REQUEST, _BAD_UTF8, rid)
+    if isinstance(cause, msgspec.ValidationError):
+        return RequestError(ErrorCode.BAD_REQUEST, _describe(cause), rid)
+    return RequestError(ErrorCode.BAD_REQUEST, _not_msgpack(cause), rid)
+
+
+_BAD_UTF8: Final = "not valid MessagePack: a string is not valid UTF-8"
+
+
+def _not_msgpack(exc: Exception) -> str:
+    return "not valid MessagePack: " + str(exc).removeprefix("MessagePack data is malformed: ")
+
+
+_MSGPACK_NAMES: Final = (("`object`", "map"), ("`None`", "nil"), ("`bytes`", "bin"))
+"""msgspec speaks of Python types; replies speak of MessagePack ones."""
+
+_MSGSPEC_ERROR = re.compile(r"(?P<what>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?", re.DOTALL)
+_MISSING = re.compile(r"Object missing required field `(?P<key>[^`]*)`")
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """Rephrase a msgspec error in the protocol's words ("key", "map").
+
+    Falls back to msgspec's own text for shapes not recognised: a message
+    that is slightly less tidy beats one that is wrong.
+    """
+    text = str(exc)
+    match = _MSGSPEC_ERROR.fullmatch(text)
+    if match is None:  # pragma: no cover - the pattern matches any text
+        return text
+    what, path = match["what"], match["path"]
+    missing = _MISSING.fullmatch(what)
+    if missing:
+        where = f" in {path}" if path else ""
+        return f"missing required key {missing['key']!r}{where}"
+    for python_name, msgpack_name in _MSGPACK_NAMES:
+        what = what.replace(python_name, msgpack_name)
+    what = what.replace("`", "")
+    if path and what.startswith("Expected "):
+        return f"key {path!r} must be {what.removeprefix('Expected ')}"
+    return f"{what} at {path}" if path else what
+
+
+_MSGPACK_TYPES: Final[dict[type[Any], str]] = {
+    type(None): "nil",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    str: "str",
+    bytes: "bin",
+    list: "array",
+    dict: "map",
+}
+
+
+def _msgpack_type(value: Any) -> str:
+    return _MSGPACK_TYPES.get(type(value), "ext")
+
+
+def _preview(value: Any, limit: int = 60) -> str:
+    """A bounded repr, so a hostile value cannot blow up a reply or a log line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------
+# Encoding.
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+def encode_ok(request_id: Any, /, **fields: Any) -> bytes:
+    """``{"ok": true, "id"?: request_id, **fields}``; ``id`` only if the request had one."""
+    reply: dict[str, Any] = {"ok": True}
+    if request_id is not NO_ID:
+        reply["id"] = request_id
+    reply.update(fields)
+    return _ENCODER.encode(reply)
+
+
+def encode_error(code: ErrorCode, message: str, request_id: Any = NO_ID) -> bytes:
+    """``{"ok": false, "error": {"code", "message"}, "id"?: request_id}``."""
+    reply: dict[str, Any] = {"ok": False, "error": {"code": str(code), "message": message}}
+    if request_id is not NO_ID:
+        reply["id"] = request_id
+    return _ENCODER.encode(reply)
+
+
+def encode_request_error(error: RequestError) -> bytes:
+    """The error reply for a :class:`RequestError` raised by :func:`decode_request`."""
+    return encode_error(error.code, error.message, error.request_id)
+
+
+def server_obj(addr: Address | None) -> dict[str, str] | None:
+    """A reply's server object ``{"addr": canonical}``, or None (nil) for no server."""
+    return None if addr is None else {"addr": addr.canonical}
+
+
+def encode_event(server: Address | None, reason: str) -> bytes:
+    """The events socket's payload ``{"server": server or nil, "reason": reason}``."""
+    return _ENCODER.encode({"server": server_obj(server), "reason": reason})
+
+
+def encode_heartbeat(heartbeat: Heartbeat) -> bytes:
+    """A heartbeat payload that :func:`decode_heartbeat` reads back to an equal value.
+
+    ``publisher`` and ``seq`` are left out when None rather than sent as nil,
+    so that strict readers of the table see only keys they know.
+    """
+    payload: dict[str, Any] = {
+        "servers": [
+            {
+                "rpc_advertise_addr": s.rpc_advertise_addr,
+                "rpc_major_version": s.rpc_major_version,
+                "rpc_minor_version": s.rpc_minor_version,
+                "datacenter": s.datacenter,
+            }
+            for s in heartbeat.servers
+        ],
+        "num_nodes": heartbeat.num_nodes,
+        "leader_rpc_addr": heartbeat.leader_rpc_addr,
+    }
+    if heartbeat.publisher is not None:
+        payload["publisher"] = heartbeat.publisher
+    if heartbeat.seq is not None:
+        payload["seq"] = heartbeat.seq
+    return _ENCODER.encode(payload)
