@@ -45,5 +45,9 @@ class PingerActor(pykka.ThreadingActor):
             # report "nobody answered", which keeps the list as it is.
             log.exception("pinging %d servers failed", len(message.candidates))
             answered = {}
-        self._target.tell(PingResults(message.token, answered))
+        try:
+            self._target.tell(PingResults(message.token, answered))
+        except pykka.ActorDeadError:
+            # ProxyActor stopped while we pinged (shutdown): nobody is waiting.
+            log.debug("ping results %d dropped: the proxy has stopped", message.token)
         return None

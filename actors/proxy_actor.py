@@ -147,20 +147,20 @@ class ProxyActor(pykka.ThreadingActor):
             case NotifyFailed(addr, reply):
                 state, rotated = notify_failed(self._state, addr)
                 self._commit(state, "failed")
-                reply(rotated)
+                _answer(reply, rotated)
             case AddPrimary(addr, reply):
                 state, added = add_primary(self._state, addr)
                 self._commit(state, "added")
-                reply(AddResult(addr, added))
+                _answer(reply, AddResult(addr, added))
             case SetBackups(addrs, reply):
                 self._commit(set_backups(self._state, addrs), "backup")
-                reply(self._state.backups)
+                _answer(reply, self._state.backups)
             case RemoveServer(addr, reply):
                 state, removed = remove_server(self._state, addr)
                 self._commit(state, "removed")
-                reply(removed)
+                _answer(reply, removed)
             case ApplyHeartbeat(heartbeat, reply):
-                reply(self._apply_heartbeat(heartbeat))
+                _answer(reply, self._apply_heartbeat(heartbeat))
             case Rebalance(reply):
                 self._start_rebalance(reply)
             case RebalanceTick():
@@ -171,7 +171,7 @@ class ProxyActor(pykka.ThreadingActor):
                 delay = self._settings.timing.reset_interval()
                 self._schedule(delay)
                 self._publish()
-                reply(delay)
+                _answer(reply, delay)
             case _:
                 log.warning("ProxyActor: unexpected message %r", message)
         return None
@@ -196,7 +196,8 @@ class ProxyActor(pykka.ThreadingActor):
                     local.rpc_minor_version,
                 )
         for addr, reason in outcome.invalid:
-            log.warning("skipping heartbeat server %r: %s", addr, reason)
+            # Both texts come from a peer: cap what one entry can write to the log.
+            log.warning("skipping heartbeat server %r: %s", addr[:80], reason[:200])
         self._commit(outcome.state, "heartbeat")
         return HeartbeatResult(changed=outcome.changed, stale=False)
 
@@ -214,7 +215,7 @@ class ProxyActor(pykka.ThreadingActor):
             self._restart_timer()
             self._publish()
             for waiter in waiters:
-                waiter(RebalanceResult(self._state.head, None))
+                _answer(waiter, RebalanceResult(self._state.head, None))
             return
         self._token += 1
         self._rebalancing = _Rebalancing(self._token, plan, waiters)
@@ -245,7 +246,7 @@ class ProxyActor(pykka.ThreadingActor):
     def _answer_rebalance_waiters(self, result: RebalanceResult) -> None:
         pending, self._rebalancing = self._rebalancing, None
         for waiter in pending.waiters if pending else ():
-            waiter(result)
+            _answer(waiter, result)
 
     def _restart_timer(self) -> None:
         state = self._state
@@ -273,8 +274,26 @@ class ProxyActor(pykka.ThreadingActor):
             log.info("active server %s -> %s (%s)", before, after, reason)
             event = ActiveServerChanged(after, reason)
             for listener in self._listeners:
-                listener.tell(event)
+                try:
+                    listener.tell(event)
+                except pykka.ActorDeadError:
+                    # A listener that stopped first (shutdown, or its own
+                    # failure) must not take the state's only writer with it.
+                    log.debug("listener %s is gone; %r not delivered", listener, event)
 
     def _publish(self) -> None:
         self._version += 1
         self._box.publish(Snapshot(self._state, self._deadline, self._version))
+
+
+def _answer(reply: Reply, result: object) -> None:
+    """Call a request's ``reply``; a broken one is logged, never fatal.
+
+    The reply is the caller's code (a future, the query loop's queue). If it
+    raises, pykka would stop this actor on a told message, and with it the
+    state every other client depends on.
+    """
+    try:
+        reply(result)
+    except Exception:
+        log.exception("replying %r failed", result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -46,7 +47,11 @@ class TimerActor(pykka.ThreadingActor):
                 self._schedule(delay_s)
             case _Fire(generation) if generation == self._generation:
                 self._deadline = float("inf")
-                self._target.tell(RebalanceTick())
+                try:
+                    self._target.tell(RebalanceTick())
+                except pykka.ActorDeadError:
+                    # The target is stopping and will stop us next.
+                    log.debug("rebalance tick dropped: the target has stopped")
             case _Fire():
                 pass
             case _:
@@ -64,11 +69,20 @@ class TimerActor(pykka.ThreadingActor):
         self._cancel()
         self._generation += 1
         self._deadline = self._clock() + delay_s
-        timer = threading.Timer(delay_s, self.actor_ref.tell, args=(_Fire(self._generation),))
+        timer = threading.Timer(delay_s, self._fire, args=(_Fire(self._generation),))
         timer.name = "rpcproxy-rebalance-timer"
         timer.daemon = True
         timer.start()
         self._timer = timer
+
+    def _fire(self, fire: _Fire) -> None:
+        """Runs on the timer's thread: hand the tick to the actor's own mailbox.
+
+        cancel() cannot stop a timer whose function has already started, so
+        the actor may have stopped in between; that is not an error.
+        """
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(fire)
 
     def _cancel(self) -> None:
         if self._timer is not None:

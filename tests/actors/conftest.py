@@ -1,0 +1,92 @@
+"""Fixtures for actor tests: real pykka threads, in-memory network."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+import pykka
+import pytest
+
+from actors import ProxyActor, ProxySettings
+from proxy import Address, LocalIdentity, RebalanceTiming
+
+from ._fakes import TIMEOUT, FakePinger, Harness, RecordingBox, start_recorder
+
+
+@pytest.fixture(autouse=True)
+def stop_actors() -> Iterator[None]:
+    """Every test leaves no actor behind, even when it fails."""
+    yield
+    pykka.ActorRegistry.stop_all(timeout=10.0)
+
+
+class StartProxy(Protocol):
+    def __call__(
+        self,
+        *,
+        primaries: Iterable[Address] = (),
+        backups: Iterable[Address] = (),
+        live: Iterable[Address] = (),
+        gated: bool = False,
+        pinger: FakePinger | None = None,
+        min_reuse_s: float = 600.0,
+        api_mismatch_log_interval_s: float = 3 * 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        listen: bool = False,
+        default_rng: bool = False,
+    ) -> Harness: ...
+
+
+@pytest.fixture
+def start_proxy(stop_actors: None) -> Iterator[StartProxy]:
+    """Start a ProxyActor and wait until its on_start has run."""
+    pingers: list[FakePinger] = []
+
+    def start(
+        *,
+        primaries: Iterable[Address] = (),
+        backups: Iterable[Address] = (),
+        live: Iterable[Address] = (),
+        gated: bool = False,
+        pinger: FakePinger | None = None,
+        min_reuse_s: float = 600.0,
+        api_mismatch_log_interval_s: float = 3 * 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        listen: bool = False,
+        default_rng: bool = False,
+    ) -> Harness:
+        """``rng`` defaults to a seeded one; ``default_rng`` leaves ProxyActor's own."""
+        fake = pinger if pinger is not None else FakePinger(live, gated=gated)
+        pingers.append(fake)
+        settings = ProxySettings(
+            local=LocalIdentity(datacenter="dc1", rpc_major_version=1, rpc_minor_version=1),
+            timing=RebalanceTiming(min_reuse_s=min_reuse_s),
+            api_mismatch_log_interval_s=api_mismatch_log_interval_s,
+            primary_servers=tuple(primaries),
+            backup_servers=tuple(backups),
+        )
+        box = RecordingBox()
+        listener, inbox = start_recorder() if listen else (None, None)
+        ref = ProxyActor.start(
+            settings,
+            fake,
+            box,
+            listeners=(listener,) if listener is not None else (),
+            rng=None if default_rng else (rng or random.Random(1234)),
+            clock=clock,
+        )
+        assert ref.proxy().ping().get(timeout=TIMEOUT) is True
+        harness = Harness(ref, box, fake, clock, listener)
+        if inbox is not None:
+            harness.inbox = inbox
+        return harness
+
+    yield start
+    # A held ping would block PingerActor's stop: open every gate first.
+    for fake in pingers:
+        fake.release()

@@ -1,0 +1,51 @@
+"""ProxyActor keeps answering while a ping is in flight."""
+
+from __future__ import annotations
+
+import time
+
+import pykka
+import pytest
+
+from actors import (
+    AddPrimary,
+    AddResult,
+    ApplyHeartbeat,
+    HeartbeatResult,
+    NotifyFailed,
+    Rebalance,
+    RebalanceResult,
+    RemoveServer,
+    ResetRebalanceTimer,
+    SetBackups,
+)
+
+from ._fakes import TIMEOUT, A, B, C, D, E, hb
+from .conftest import StartProxy
+
+PROMPT = 0.5
+"""A request answered from memory must not take anywhere near a ping timeout."""
+
+
+def test_requests_are_answered_while_a_ping_is_held(start_proxy: StartProxy) -> None:
+    h = start_proxy(primaries=(A, B, C), live=(B,), gated=True)
+    pending = h.send(Rebalance)
+    assert h.pinger.entered.wait(TIMEOUT)
+
+    started = time.monotonic()
+    assert h.send(lambda r: NotifyFailed(A, r)).get(timeout=PROMPT) is True
+    assert h.send(lambda r: AddPrimary(D, r)).get(timeout=PROMPT) == AddResult(D, True)
+    assert h.send(lambda r: SetBackups((E,), r)).get(timeout=PROMPT) == (E,)
+    assert h.send(lambda r: RemoveServer(E, r)).get(timeout=PROMPT) is True
+    assert h.send(
+        lambda r: ApplyHeartbeat(hb((A, "dc1"), (B, "dc1"), (C, "dc1"), (D, "dc1")), r)
+    ).get(timeout=PROMPT) == HeartbeatResult(changed=False, stale=False)
+    assert h.send(ResetRebalanceTimer).get(timeout=PROMPT) == 600.0
+    assert time.monotonic() - started < 2 * PROMPT
+    assert h.box.current.state.active == (B, C, A, D)
+
+    # The rebalance itself is still waiting for the network.
+    with pytest.raises(pykka.Timeout):
+        pending.get(timeout=0)
+    h.pinger.release()
+    assert pending.get(timeout=TIMEOUT) == RebalanceResult(B, True)
