@@ -1,0 +1,244 @@
+"""The Nomad-server stand-in over real loopback sockets (bus/standin.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from bus.standin import ServerStandIn
+
+PING = msgpack.packb({"op": "ping", "region": "global", "rpc_major_version": 1})
+Client = Callable[[ServerStandIn], zmq.Socket[bytes]]
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    # term() blocks while any socket is open, so a leaked socket fails here.
+    closer = threading.Thread(target=context.term, daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive(), "a ZeroMQ socket was left open"
+
+
+@pytest.fixture
+def server(ctx: zmq.Context[Any]) -> Iterator[ServerStandIn]:
+    standin = ServerStandIn(context=ctx, max_message_bytes=1024)
+    standin.start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def client(ctx: zmq.Context[Any]) -> Iterator[Client]:
+    """DEALERs connected to a stand-in, closed after the test."""
+    opened: list[zmq.Socket[bytes]] = []
+
+    def connect(standin: ServerStandIn) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(standin.endpoint)
+        opened.append(sock)
+        return sock
+
+    yield connect
+    for sock in opened:
+        sock.close()
+
+
+def request(sock: zmq.Socket[bytes], *frames: bytes, timeout_s: float = 5.0) -> Any:
+    """Send ``frames`` after the empty delimiter; the decoded reply, or None."""
+    sock.send_multipart([b"", *frames])
+    if not sock.poll(int(timeout_s * 1000)):
+        return None
+    *_, payload = sock.recv_multipart()
+    return msgpack.unpackb(payload)
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_answers_ping(server: ServerStandIn, client: Client) -> None:
+    assert server.endpoint.startswith("tcp://127.0.0.1:")
+    assert server.address == server.endpoint.removeprefix("tcp://")
+    assert request(client(server), PING) == {"ok": True}
+    assert server.pings == 1
+
+
+def test_answers_a_req_client(ctx: zmq.Context[Any], server: ServerStandIn) -> None:
+    req = ctx.socket(zmq.REQ)
+    req.linger = 0
+    try:
+        req.connect(server.endpoint)
+        req.send(PING)
+        assert req.poll(5000)
+        assert msgpack.unpackb(req.recv()) == {"ok": True}
+    finally:
+        req.close()
+
+
+def test_pause_and_resume(server: ServerStandIn, client: Client) -> None:
+    sock = client(server)
+    assert request(sock, PING) == {"ok": True}
+    server.pause()
+    assert request(sock, PING, timeout_s=0.3) is None
+    server.resume()
+    # The ping sent while paused was dropped, not queued: only a fresh one
+    # is answered, so exactly one reply comes back.
+    assert request(sock, PING) == {"ok": True}
+    assert not sock.poll(100)
+    assert server.pings == 2
+
+
+def test_stop_frees_the_port_and_restart_binds_it_again(
+    server: ServerStandIn, client: Client
+) -> None:
+    endpoint = server.endpoint
+    port = int(endpoint.rpartition(":")[2])
+    server.stop()
+    assert not server.running
+    assert refuses_connections(port)
+    server.restart()
+    assert server.endpoint == endpoint
+    assert request(client(server), PING) == {"ok": True}
+
+
+def test_stop_is_idempotent(server: ServerStandIn) -> None:
+    server.stop()
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ((b"\xc1",), "bad_request"),
+        ((msgpack.packb([1, 2]),), "bad_request"),
+        ((msgpack.packb({"no": "op"}),), "bad_request"),
+        ((msgpack.packb({"op": 7}),), "bad_request"),
+        ((msgpack.packb({"op": "find_server"}),), "unknown_op"),
+        ((b"extra", b"frames", b"\x00"), "bad_request"),
+    ],
+    ids=["not-msgpack", "not-a-map", "no-op", "op-not-str", "unknown-op", "many-frames"],
+)
+def test_bad_requests_get_an_error_reply(
+    server: ServerStandIn, client: Client, frames: tuple[bytes, ...], code: str
+) -> None:
+    sock = client(server)
+    reply = request(sock, *frames)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == code
+    assert isinstance(reply["error"]["message"], str)
+    assert request(sock, PING) == {"ok": True}
+    assert server.pings == 1
+
+
+def test_oversized_frame_drops_the_peer_not_the_server(
+    server: ServerStandIn, client: Client
+) -> None:
+    assert request(client(server), b"x" * 2048, timeout_s=0.3) is None
+    assert request(client(server), PING) == {"ok": True}
+
+
+def test_start_twice_is_refused(server: ServerStandIn) -> None:
+    with pytest.raises(RuntimeError):
+        server.start()
+
+
+def test_bind_failure_is_raised(ctx: zmq.Context[Any], server: ServerStandIn) -> None:
+    clash = ServerStandIn(server.endpoint, context=ctx)
+    with pytest.raises(zmq.ZMQError):
+        clash.start()
+    assert not clash.running
+
+
+def test_pause_when_not_running_is_refused(ctx: zmq.Context[Any]) -> None:
+    with pytest.raises(RuntimeError):
+        ServerStandIn(context=ctx).pause()
+
+
+def test_context_manager(ctx: zmq.Context[Any], client: Client) -> None:
+    with ServerStandIn(context=ctx) as standin:
+        assert request(client(standin), PING) == {"ok": True}
+    assert not standin.running
+
+
+def test_serve_forever_until_stopped_from_another_thread(
+    ctx: zmq.Context[Any], client: Client
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    standin = ServerStandIn(f"tcp://127.0.0.1:{port}", context=ctx)
+    serving = threading.Thread(target=standin.serve_forever, daemon=True)
+    serving.start()
+    deadline = time.monotonic() + 5
+    reply = None
+    sock = client(standin)
+    while reply is None and time.monotonic() < deadline:
+        # The DEALER reconnects by itself once the stand-in has bound.
+        reply = request(sock, PING, timeout_s=0.2)
+    assert reply == {"ok": True}
+    standin.stop()
+    serving.join(5)
+    assert not serving.is_alive()
+    assert refuses_connections(port)
+
+
+def test_wildcard_bind_reports_a_loopback_address(ctx: zmq.Context[Any]) -> None:
+    with ServerStandIn("tcp://*:*", context=ctx) as standin:
+        host, _, port = standin.address.rpartition(":")
+        assert host == "127.0.0.1"
+        assert port.isdigit()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs POSIX signals")
+def test_stop_from_a_signal_handler_on_the_serving_thread(ctx: zmq.Context[Any]) -> None:
+    """What a CLI does on SIGTERM: the handler runs on the serving thread."""
+    standin = ServerStandIn(context=ctx)
+    answered = threading.Event()
+
+    def ping_then_signal() -> None:
+        sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    endpoint = standin.endpoint
+                except RuntimeError:
+                    # Not bound yet; wait on the socket rather than sleeping.
+                    sock.poll(20)
+                    continue
+                sock.connect(endpoint)
+                if request(sock, PING) == {"ok": True}:
+                    answered.set()
+                break
+        finally:
+            sock.close()
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: standin.stop())
+    helper = threading.Thread(target=ping_then_signal, daemon=True)
+    try:
+        helper.start()
+        standin.serve_forever()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        helper.join(5)
+    assert answered.is_set()
+    assert not standin.running
