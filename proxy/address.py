@@ -16,7 +16,9 @@ DEFAULT_PORT = 4647
 """Nomad's RPC port, used when an address names no port."""
 
 _MAX_ADDRESS_LEN = 300
-_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_ZONE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Used with fullmatch: a "$" anchor would also accept a label ending in "\n".
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 
 class InvalidAddressError(ValueError):
@@ -87,6 +89,10 @@ def _split_bracketed(text: str) -> tuple[str, str | None]:
 
 
 def _parse_ipv6(host_text: str, text: str) -> str:
+    _, percent, zone = host_text.partition("%")
+    if percent and not _ZONE_ID.fullmatch(zone):
+        # ipaddress accepts any zone text, newlines and spaces included.
+        raise InvalidAddressError(f"address {text!r}: bad IPv6 zone {zone!r}")
     try:
         return ipaddress.IPv6Address(host_text).compressed
     except ValueError:
@@ -98,18 +104,21 @@ def _parse_ipv6(host_text: str, text: str) -> str:
 def _parse_host(host_text: str, text: str) -> str:
     if not host_text:
         raise InvalidAddressError(f"address {text!r}: empty host")
-    if all(part.isdigit() for part in host_text.split(".")):
-        # All-numeric dotted text is meant as IPv4; reject 300.1.1.1 rather
-        # than treating it as a DNS name.
+    if not host_text.isascii():
+        # Checked before lower(): "\u212a" (Kelvin sign) lower-cases to "k".
+        raise InvalidAddressError(f"address {text!r}: {host_text!r} is not a valid host name")
+    name = host_text.lower().removesuffix(".")
+    if all(part.isdigit() for part in name.split(".")):
+        # All-numeric dotted text is meant as IPv4 (also with a trailing dot);
+        # reject 300.1.1.1 rather than treating it as a DNS name.
         try:
-            return str(ipaddress.IPv4Address(host_text))
+            return str(ipaddress.IPv4Address(name))
         except ValueError:
             raise InvalidAddressError(
                 f"address {text!r}: {host_text!r} is not an IPv4 literal"
             ) from None
-    name = host_text.lower().removesuffix(".")
     labels = name.split(".")
-    if len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+    if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise InvalidAddressError(f"address {text!r}: {host_text!r} is not a valid host name")
     return name
 

@@ -7,6 +7,7 @@ longer in big clusters so that the fleet as a whole opens at most
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -20,7 +21,14 @@ class RebalanceTiming:
 
     def jittered_minimum(self, u: float) -> float:
         """``min_reuse_s + U[0, min_reuse_s / jitter_fraction)`` for ``u`` in [0, 1)."""
-        return self.min_reuse_s + u * (self.min_reuse_s / self.jitter_fraction)
+        span = self.min_reuse_s / self.jitter_fraction
+        value = self.min_reuse_s + u * span
+        upper = self.min_reuse_s + span
+        if span > 0 and value >= upper:
+            # Rounding can carry u just below 1 onto the excluded upper bound
+            # (600 + 300 * (1 - 2**-53) == 900.0): stay inside the half-open range.
+            value = math.nextafter(upper, self.min_reuse_s)
+        return value
 
     def rebalance_interval(self, num_nodes: int, num_servers: int, u: float) -> float:
         """Seconds until the next rebalance after one has run.
