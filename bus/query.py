@@ -13,6 +13,7 @@ import heapq
 import itertools
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,6 +142,11 @@ class QueryServer(SocketThread):
         self._op_timeout_s = op_timeout_s
         self._clock = clock
         self._waker = Waker()
+        # Guards the waker against actors delivering late results while (or
+        # after) teardown closes it: a write to a closed pipe fd fails, and
+        # once the fd number is reused it would write into someone else's file.
+        self._waker_lock = threading.Lock()
+        self._closed = False
         self._replies: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}
         self._deadlines: list[tuple[float, int]] = []
@@ -193,7 +199,9 @@ class QueryServer(SocketThread):
         self._pending.clear()
         if self._router is not None:
             self._router.close()
-        self._waker.close()
+        with self._waker_lock:
+            self._closed = True
+            self._waker.close()
 
     # Requests ---------------------------------------------------------------------
 
@@ -266,9 +274,16 @@ class QueryServer(SocketThread):
             self._send_error(pending, ErrorCode.UNAVAILABLE, "the proxy is shutting down")
 
     def _deliver(self, token: int, result: Any) -> None:
-        """Runs on the actor's thread: hand the result over, never touch the socket."""
-        self._replies.put((token, result))
-        self._waker.wake()
+        """Runs on the actor's thread: hand the result over, never touch the socket.
+
+        After teardown nobody will read the result: it is dropped (its request
+        was already answered ``unavailable``).
+        """
+        with self._waker_lock:
+            if self._closed:
+                return
+            self._replies.put((token, result))
+            self._waker.wake()
 
     def _send_replies(self) -> None:
         while True:
