@@ -36,21 +36,30 @@ class Waker:
 
     zmq.Poller can poll plain file descriptors, so this lets a thread that must
     not touch the loop's sockets (an actor delivering a reply) wake it up.
+    Waking after :meth:`close` does nothing: writing to a closed descriptor
+    would fail, or, once the number is reused, write into someone else's file.
     """
 
     def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
+        self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def fileno(self) -> int:
         return self._read_fd
 
-    def wake(self) -> None:
-        # A full pipe means the reader is already due to wake.
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._write_fd, b"\0")
+    def wake(self) -> bool:
+        """Poke the reader; False once the waker is closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            # A full pipe means the reader is already due to wake.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._write_fd, b"\0")
+            return True
 
     def drain(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -58,8 +67,11 @@ class Waker:
                 pass
 
     def close(self) -> None:
-        os.close(self._read_fd)
-        os.close(self._write_fd)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._read_fd)
+                os.close(self._write_fd)
 
 
 class SocketThread:

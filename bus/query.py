@@ -13,7 +13,6 @@ import heapq
 import itertools
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,11 +141,6 @@ class QueryServer(SocketThread):
         self._op_timeout_s = op_timeout_s
         self._clock = clock
         self._waker = Waker()
-        # Guards the waker against actors delivering late results while (or
-        # after) teardown closes it: a write to a closed pipe fd fails, and
-        # once the fd number is reused it would write into someone else's file.
-        self._waker_lock = threading.Lock()
-        self._closed = False
         self._replies: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}
         self._deadlines: list[tuple[float, int]] = []
@@ -199,9 +193,7 @@ class QueryServer(SocketThread):
         self._pending.clear()
         if self._router is not None:
             self._router.close()
-        with self._waker_lock:
-            self._closed = True
-            self._waker.close()
+        self._waker.close()
 
     # Requests ---------------------------------------------------------------------
 
@@ -276,14 +268,11 @@ class QueryServer(SocketThread):
     def _deliver(self, token: int, result: Any) -> None:
         """Runs on the actor's thread: hand the result over, never touch the socket.
 
-        After teardown nobody will read the result: it is dropped (its request
-        was already answered ``unavailable``).
+        After teardown nobody reads the queue; the request was already
+        answered ``unavailable``, so the late result is simply left there.
         """
-        with self._waker_lock:
-            if self._closed:
-                return
-            self._replies.put((token, result))
-            self._waker.wake()
+        self._replies.put((token, result))
+        self._waker.wake()
 
     def _send_replies(self) -> None:
         while True:

@@ -146,8 +146,15 @@ class Demo:
 
         victim: dict[str, str] = {}
 
+        def hold_timer() -> None:
+            # Push the next timed rebalance out, so that it is the client that
+            # notices the failure, as a real client would between rebalances.
+            with ProxyClient(service.query_endpoint, timeout_s=1.0) as client:
+                client.reset_rebalance_timer()
+
         def crash() -> None:
             victim["crash"] = active_name()
+            hold_timer()
             cluster.servers[victim["crash"]].stop()
             self.say(f"script: {victim['crash']} (the active server) crashes")
 
@@ -157,6 +164,7 @@ class Demo:
 
         def hang() -> None:
             victim["hang"] = active_name()
+            hold_timer()
             cluster.servers[victim["hang"]].pause()
             self.say(f"script: {victim['hang']} (active) hangs: connection open, no answers")
 
@@ -172,6 +180,17 @@ class Demo:
             cluster.set_listed("s2", True)
             self.say("script: the heartbeat lists s2 again")
 
+        def rebalance() -> None:
+            before = active_name()
+            with ProxyClient(service.query_endpoint, timeout_s=2.0) as client:
+                # A shuffle keeps the head with probability 1/3 here; a few
+                # tries make the move visible without looping forever.
+                for _ in range(20):
+                    client.rebalance()
+                    if active_name() != before:
+                        break
+            self.say(f"script: rebalanced on request, {before} -> {active_name()}")
+
         s = self.speed
         return [
             _Step(0.0, "cluster up: s1-s3 in dc1, s4 in dc2 (backup)", lambda: None),
@@ -181,7 +200,7 @@ class Demo:
             _Step(19.0 / s, "list s2 again", undrain),
             _Step(22.0 / s, "hang the active server (gray failure)", hang),
             _Step(28.0 / s, "the hung server recovers", unhang),
-            _Step(32.0 / s, "steady state: rebalances spread the clients", lambda: None),
+            _Step(32.0 / s, "an operator asks for rebalances until the server moves", rebalance),
         ]
 
     def _play(
