@@ -10,12 +10,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from cli.config import ConfigError, add_config_arguments, load_config
 from cli.demo import run_demo
 from cli.logs import setup_logging
 from cli.service import ProxyService
 from cli.status import run_status
+from cli.tools import run_client_loop, run_fake_server, run_ping, run_publish
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -49,7 +51,78 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--speed", type=float, default=1.0, help="run the script this many times faster"
     )
+    _add_tool_parsers(commands)
     return parser
+
+
+def _add_tool_parsers(commands: Any) -> None:
+    fake = commands.add_parser("fake-server", help="a Nomad-server stand-in answering zmq pings")
+    fake.add_argument("--bind", default="tcp://0.0.0.0:4647", help="endpoint to answer on")
+
+    publish = commands.add_parser("publish", help="publish heartbeats listing servers")
+    publish.add_argument("--connect", type=_csv, default=[], help="endpoints to connect to")
+    publish.add_argument("--bind", type=_csv, default=[], help="endpoints to bind")
+    publish.add_argument("--region", default="global")
+    publish.add_argument("--datacenter", default="dc1", help="datacenter of unqualified servers")
+    publish.add_argument(
+        "--servers",
+        type=_csv,
+        default=[],
+        help="comma-separated addresses, each optionally addr@datacenter",
+    )
+    publish.add_argument(
+        "--servers-file",
+        default=None,
+        help="re-read before every heartbeat; replaces --servers while it exists",
+    )
+    publish.add_argument("--num-nodes", type=int, default=0)
+    publish.add_argument("--leader", default="")
+    publish.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")
+    publish.add_argument("--publisher", default=None, help="publisher name (default: random)")
+
+    loop = commands.add_parser(
+        "client-loop", help="look up a server, use it, report failures; one JSON line each"
+    )
+    loop.add_argument("--query", default="tcp://127.0.0.1:4650")
+    loop.add_argument("--interval", type=float, default=0.5)
+    loop.add_argument("--ping-timeout", type=float, default=0.5)
+    loop.add_argument("--count", type=int, default=None, help="stop after this many lookups")
+
+    ping = commands.add_parser("ping", help="exit 0 if the proxy (or a server) answers a ping")
+    target = ping.add_mutually_exclusive_group()
+    target.add_argument("--query", default=None, help="the proxy's query endpoint")
+    target.add_argument("--server", default=None, help="a Nomad server address to ping")
+    ping.add_argument("--timeout", type=float, default=1.0)
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _run_tool(args: argparse.Namespace) -> int:
+    if args.command == "fake-server":
+        return run_fake_server(args.bind)
+    if args.command == "publish":
+        return run_publish(
+            connect=args.connect,
+            bind=args.bind,
+            region=args.region,
+            datacenter=args.datacenter,
+            servers=args.servers,
+            servers_file=args.servers_file,
+            num_nodes=args.num_nodes,
+            leader=args.leader,
+            interval_s=args.interval,
+            publisher=args.publisher,
+        )
+    if args.command == "client-loop":
+        return run_client_loop(
+            query=args.query,
+            interval_s=args.interval,
+            ping_timeout_s=args.ping_timeout,
+            count=args.count,
+        )
+    return run_ping(query=args.query, server=args.server, timeout_s=args.timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "status":
         return run_status(args.query, timeout_s=args.timeout, as_json=args.json)
-    return run_demo(duration_s=args.duration, plain=args.plain, speed=args.speed)
+    if args.command == "demo":
+        return run_demo(duration_s=args.duration, plain=args.plain, speed=args.speed)
+    return _run_tool(args)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,33 @@
+# rpcproxy, installed from a wheelhouse built on the host (`make wheelhouse`):
+# nothing inside the build reaches the network.
+#
+#   docker build --build-arg BASE_IMAGE=rpcproxy-base:bookworm -t rpcproxy:local .
+#
+# BASE_IMAGE is any image with python3 (3.11) and its venv module; on a machine
+# that cannot pull images, docker/build-base-image.sh makes one from Debian
+# packages.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_INDEX=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/rpcproxy/bin:$PATH
+
+COPY wheelhouse/ /tmp/wheelhouse/
+RUN python3 -m venv /opt/rpcproxy \
+    && /opt/rpcproxy/bin/pip install --quiet --no-index --find-links /tmp/wheelhouse rpcproxy \
+    && rm -rf /tmp/wheelhouse \
+    && groupadd --system rpcproxy \
+    && useradd --system --gid rpcproxy --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin rpcproxy
+
+USER rpcproxy
+EXPOSE 4650 4651 4652
+
+# A real request: the proxy must answer a ping on its query socket.
+HEALTHCHECK --interval=2s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["rpcproxy", "ping", "--query", "tcp://127.0.0.1:4650", "--timeout", "1"]
+
+CMD ["rpcproxy", "serve"]

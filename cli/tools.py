@@ -1,0 +1,176 @@
+"""Small commands around the proxy, for containers, scripts and health checks.
+
+``fake-server`` stands in for a Nomad server, ``publish`` for the servers'
+heartbeats, ``client-loop`` for a Nomad client using the proxy, and ``ping``
+is the health check of both the proxy and a server.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import zmq
+
+from bus.client import ProxyClient, ProxyError
+from bus.ping import ZmqPinger
+from bus.publisher import HeartbeatPublisher
+from bus.standin import ServerStandIn
+from proxy import HeartbeatServer, InvalidAddressError, parse_address
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, for loops that should end cleanly."""
+    stopping = threading.Event()
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stopping
+
+
+def run_fake_server(bind: str) -> int:
+    """Answer zmq pings on ``bind`` until SIGINT or SIGTERM."""
+    standin = ServerStandIn(bind)
+    stopping = stop_on_signals()
+    standin.start()
+    print(f"fake-server answering pings on {standin.endpoint}", flush=True)
+    try:
+        stopping.wait()
+    finally:
+        standin.stop()
+    return 0
+
+
+def _servers_source(
+    servers: Sequence[str], servers_file: str | None, datacenter: str
+) -> Callable[[], tuple[HeartbeatServer, ...]]:
+    """The heartbeat's server list: the file's lines when it exists, else ``servers``.
+
+    The file is read again for every heartbeat, so an operator (or a test)
+    can drain a server by editing it while the publisher runs.
+    """
+
+    def entries() -> tuple[HeartbeatServer, ...]:
+        names: Sequence[str] = servers
+        if servers_file is not None:
+            try:
+                names = Path(servers_file).read_text().split()
+            except OSError:
+                names = servers
+        result = []
+        for name in names:
+            addr, _, dc = name.partition("@")
+            result.append(HeartbeatServer(addr, 1, 1, dc or datacenter))
+        return tuple(result)
+
+    return entries
+
+
+def run_publish(
+    *,
+    connect: Sequence[str],
+    bind: Sequence[str],
+    region: str,
+    datacenter: str,
+    servers: Sequence[str],
+    servers_file: str | None,
+    num_nodes: int,
+    leader: str,
+    interval_s: float,
+    publisher: str | None,
+) -> int:
+    """Publish heartbeats every ``interval_s`` until SIGINT or SIGTERM."""
+    context: zmq.Context[Any] = zmq.Context()
+    stopping = stop_on_signals()
+    source = _servers_source(servers, servers_file, datacenter)
+    pub = HeartbeatPublisher(
+        context,
+        connect=connect,
+        bind=bind,
+        region=region,
+        servers=source,
+        num_nodes=lambda: num_nodes,
+        leader=lambda: leader,
+        interval_s=interval_s,
+        publisher=publisher,
+    )
+    pub.start()
+    print(
+        f"publishing heartbeat/{region} every {interval_s}s as {pub.publisher}: "
+        f"{' '.join(s.rpc_advertise_addr for s in source())}",
+        flush=True,
+    )
+    try:
+        stopping.wait()
+    finally:
+        pub.stop()
+        context.destroy(linger=0)
+    return 0
+
+
+def run_client_loop(
+    *, query: str, interval_s: float, ping_timeout_s: float, count: int | None
+) -> int:
+    """Look up a server, "use" it (a ping), report it when it fails; print each step.
+
+    One JSON object per line on stdout: what a Nomad client of the proxy saw.
+    """
+    context: zmq.Context[Any] = zmq.Context()
+    stopping = stop_on_signals()
+    pinger = ZmqPinger(context, region="global", rpc_major_version=1, timeout_s=ping_timeout_s)
+    done = 0
+    with ProxyClient(query, timeout_s=1.0, retries=2, context=context) as client:
+        while not stopping.is_set() and (count is None or done < count):
+            done += 1
+            record: dict[str, Any] = {"t": round(time.time(), 3)}
+            try:
+                server = client.find_server()
+                record["server"] = server.addr if server else None
+                if server is not None:
+                    addr = parse_address(server.addr)
+                    record["ok"] = bool(pinger([addr]).get(addr))
+                    if not record["ok"]:
+                        record["rotated"] = client.notify_failed_server(server.addr)
+            except (ProxyError, InvalidAddressError) as exc:
+                record["error"] = str(exc)
+            print(json.dumps(record), flush=True)
+            stopping.wait(interval_s)
+    context.destroy(linger=0)
+    return 0
+
+
+def run_ping(*, query: str | None, server: str | None, timeout_s: float) -> int:
+    """Exit 0 when the proxy (``query``) or a Nomad server (``server``) answers a ping."""
+    if server is not None:
+        try:
+            addr = parse_address(server)
+        except InvalidAddressError as exc:
+            print(f"rpcproxy ping: {exc}", file=sys.stderr)
+            return 2
+        context: zmq.Context[Any] = zmq.Context()
+        try:
+            pinger = ZmqPinger(context, region="global", rpc_major_version=1, timeout_s=timeout_s)
+            alive = bool(pinger([addr]).get(addr))
+        finally:
+            context.destroy(linger=0)
+        if not alive:
+            print(f"rpcproxy ping: {server} did not answer within {timeout_s}s", file=sys.stderr)
+        return 0 if alive else 1
+    endpoint = query or "tcp://127.0.0.1:4650"
+    try:
+        with ProxyClient(endpoint, timeout_s=timeout_s, retries=1) as client:
+            client.ping()
+    except ProxyError as exc:
+        print(f"rpcproxy ping: {endpoint}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Build a local Debian base image with python3, for machines whose Docker
+# engine cannot pull images. The Debian mirror is the one this machine's own
+# apt sources name, so nothing but Debian's package archive is contacted.
+#
+#   docker/build-base-image.sh [TAG]      (default tag: rpcproxy-base:bookworm)
+#
+# Needs root (debootstrap) and a Docker engine; installs debootstrap with
+# apt-get when it is missing.
+set -euo pipefail
+
+tag="${1:-rpcproxy-base:bookworm}"
+suite="${DEBIAN_SUITE:-bookworm}"
+
+if docker image inspect "$tag" >/dev/null 2>&1; then
+    echo "base image $tag already present"
+    exit 0
+fi
+
+mirror_from_apt_sources() {
+    # deb822 sources (URIs: ...) first, then one-line sources (deb URL suite ...).
+    local uri
+    uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | awk '{print $2}' | grep -v -- '-security' | head -n 1 || true)
+    if [ -z "$uri" ]; then
+        uri=$(grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | awk '{for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+            | grep -v -- '-security' | head -n 1 || true)
+    fi
+    printf '%s' "$uri"
+}
+
+mirror="${DEBIAN_MIRROR:-$(mirror_from_apt_sources)}"
+if [ -z "$mirror" ]; then
+    echo "no Debian mirror found in /etc/apt/sources*; set DEBIAN_MIRROR" >&2
+    exit 1
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if ! command -v debootstrap >/dev/null 2>&1 && [ ! -x /usr/sbin/debootstrap ]; then
+    $sudo apt-get update -qq
+    $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
+fi
+
+rootfs=$(mktemp -d /tmp/rpcproxy-rootfs.XXXXXX)
+trap '$sudo rm -rf "$rootfs"' EXIT
+
+echo "debootstrap $suite from $mirror into $rootfs"
+$sudo /usr/sbin/debootstrap --variant=minbase \
+    --include=python3,python3-venv,ca-certificates \
+    "$suite" "$rootfs" "$mirror" >/dev/null
+
+# Slim it like the official slim images: no apt lists, docs or man pages.
+$sudo rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
+    "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/*
+
+$sudo tar -C "$rootfs" -c . | docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'CMD ["python3"]' \
+    - "$tag" >/dev/null
+echo "built $tag"
