@@ -57,6 +57,11 @@ class _Cluster:
                 return name
         return addr or "-"
 
+    def label(self, addr: str) -> str:
+        """``s1 (127.0.0.1:4711)``: the name the script uses, then the address."""
+        name = self.name_of(addr)
+        return addr if name == addr else f"{name} ({addr})"
+
     def heartbeat_servers(self) -> tuple[HeartbeatServer, ...]:
         with self._lock:
             listed = sorted(self.listed)
@@ -91,7 +96,10 @@ class Demo:
         stamp = f"{time.monotonic() - self.started:5.1f}s"
         self.log.append(f"{stamp}  {line}")
         if self.plain:
-            print(f"{stamp}  {line}", flush=True)
+            try:
+                print(f"{stamp}  {line}", flush=True)
+            except BrokenPipeError:
+                self._stop.set()  # Nobody reads any more; the main loop ends too.
 
     def run(self, duration_s: float | None) -> int:
         cluster = _Cluster(self.context)
@@ -209,6 +217,8 @@ class Demo:
         pending = deque(script)
         with ProxyClient(service.query_endpoint, timeout_s=1.0, retries=1) as client:
             while (elapsed := time.monotonic() - self.started) < total_s:
+                if self._stop.is_set():
+                    return
                 while pending and pending[0].at_s <= elapsed:
                     step = pending.popleft()
                     self.step_text = step.text
@@ -221,13 +231,13 @@ class Demo:
 
     def _print_status(self, client: ProxyClient, cluster: _Cluster) -> None:
         try:
-            print(self._named(render_status(client.status()), cluster), flush=True)
+            print(render_status(client.status(), cluster.label), flush=True)
         except ProxyError as exc:
             print(f"(status unavailable: {exc})", flush=True)
 
     def _redraw(self, client: ProxyClient, cluster: _Cluster, total_s: float) -> None:
         try:
-            table = self._named(render_status(client.status()), cluster)
+            table = render_status(client.status(), cluster.label)
         except ProxyError as exc:
             table = f"(status unavailable: {exc})"
         elapsed = time.monotonic() - self.started
@@ -241,12 +251,6 @@ class Demo:
         ]
         sys.stdout.write(_CLEAR + "\n".join(screen) + "\n")
         sys.stdout.flush()
-
-    @staticmethod
-    def _named(text: str, cluster: _Cluster) -> str:
-        for name, standin in cluster.servers.items():
-            text = text.replace(standin.address, f"{name} ({standin.address})")
-        return text
 
     def _client_loop(self, service: ProxyService, cluster: _Cluster) -> None:
         """A client of the proxy: use the active server, report it when it fails."""

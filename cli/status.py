@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 
 from bus.client import ProxyClient, ProxyError, Status
 
@@ -23,8 +24,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
-def render_status(status: Status) -> str:
-    """The active list with each server's role, the head marked, then the totals."""
+def render_status(status: Status, label: Callable[[str], str] = str) -> str:
+    """The active list with each server's role, the head marked, then the totals.
+
+    ``label`` turns an address into what is shown (the demo adds server names).
+    """
     primaries = {s.addr for s in status.primary}
     backups = {s.addr for s in status.backup}
     rows = [("", "#", "server", "role")]
@@ -33,7 +37,7 @@ def render_status(status: Status) -> str:
             r for r, group in (("primary", primaries), ("backup", backups)) if server.addr in group
         ]
         marker = "->" if index == 0 else ""
-        rows.append((marker, str(index + 1), server.addr, "+".join(roles) or "?"))
+        rows.append((marker, str(index + 1), label(server.addr), "+".join(roles) or "?"))
     widths = [max(len(row[col]) for row in rows) for col in range(4)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -43,8 +47,9 @@ def render_status(status: Status) -> str:
         lines.append("   (no servers known)")
     lines.append("")
     lines.append(
-        f"active: {status.servers[0].addr if status.servers else '-'}   "
-        f"leader: {status.leader_addr or '-'}   nodes: {status.num_nodes}   "
+        f"active: {label(status.servers[0].addr) if status.servers else '-'}   "
+        f"leader: {label(status.leader_addr) if status.leader_addr else '-'}   "
+        f"nodes: {status.num_nodes}   "
         f"servers: {status.num_servers}   "
         f"next rebalance in {format_duration(status.next_rebalance_s)}"
     )
