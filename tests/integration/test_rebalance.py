@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -111,3 +112,28 @@ def test_the_timer_rebalances_by_itself(
         assert all(0 <= s <= 0.45 for s in seen)
     finally:
         events.close()
+
+
+def test_tcp_ping_method_counts_an_accepted_connection(
+    serve_factory: Callable[..., Serve],
+) -> None:
+    # A plain TCP listener that never speaks ZeroMQ: alive for ping_method=tcp only.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        live = f"127.0.0.1:{listener.getsockname()[1]}"
+        dead = dead_addrs(3)
+        servers = ",".join([*dead, live])
+        tcp_proxy = serve_factory(
+            "--ping-method",
+            "tcp",
+            "--ping-timeout-s",
+            str(PING_TIMEOUT_S),
+            "--primary-servers",
+            servers,
+        )
+        for _ in range(3):
+            assert tcp_proxy.call("rebalance")["server"] == {"addr": live}
+            tcp_proxy.call("notify_failed_server", addr=live)
+        zmq_proxy = serve_factory(
+            "--ping-timeout-s", str(PING_TIMEOUT_S), "--primary-servers", servers
+        )
+        assert zmq_proxy.call("rebalance")["healthy"] is False
