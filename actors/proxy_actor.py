@@ -37,7 +37,7 @@ from actors.messages import (
     SetBackups,
 )
 from actors.pinger import Pinger, PingerActor
-from actors.snapshot import Snapshot, SnapshotBox
+from actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
 from actors.timer import TimerActor
 from proxy import (
     Address,
@@ -69,6 +69,8 @@ class ProxySettings:
     api_mismatch_log_interval_s: float = 3 * 3600.0
     primary_servers: tuple[Address, ...] = ()
     backup_servers: tuple[Address, ...] = ()
+    restored: ProxyState = field(default_factory=ProxyState)
+    """The state saved by an earlier run; the configured servers are added to it."""
 
 
 @dataclass(slots=True)
@@ -88,6 +90,7 @@ class ProxyActor(pykka.ThreadingActor):
         listeners: actors told :class:`ActiveServerChanged` when the head moves.
         rng: the only source of randomness (shuffles and jitter).
         clock: monotonic seconds, for the snapshot's rebalance deadline.
+        on_change: called with every new state (to save it); must not block.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class ProxyActor(pykka.ThreadingActor):
         listeners: Sequence[pykka.ActorRef[Any]] = (),
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[ProxyState], None] | None = None,
     ) -> None:
         super().__init__()
         self._settings = settings
@@ -107,7 +111,10 @@ class ProxyActor(pykka.ThreadingActor):
         self._listeners = tuple(listeners)
         self._rng = rng or random.Random()
         self._clock = clock
+        self._on_change = on_change
         self._state = ProxyState()
+        self._heard: dict[str, float] = {}
+        self._last_heartbeat_at: float | None = None
         self._deadline = float("inf")
         self._version = 0
         self._token = 0
@@ -121,10 +128,11 @@ class ProxyActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         self._timer = TimerActor.start(self.actor_ref, self._clock)
         self._pinger = PingerActor.start(self._pinger_fn, self.actor_ref)
-        state = self._state
+        state = self._settings.restored
         for addr in self._settings.primary_servers:
             state, _ = add_primary(state, addr)
-        state = set_backups(state, self._settings.backup_servers)
+        if self._settings.backup_servers:
+            state = set_backups(state, self._settings.backup_servers)
         # Schedule before the first publish, so no snapshot lacks a deadline.
         self._schedule(self._settings.timing.first_interval(self._rng.random()))
         self._commit(state, "added")
@@ -135,6 +143,11 @@ class ProxyActor(pykka.ThreadingActor):
             if child is not None:
                 child.stop(block=True, timeout=5.0)
         self._answer_rebalance_waiters(RebalanceResult(self._state.head, None))
+
+    def children(self) -> list[tuple[str, pykka.ActorRef[Any]]]:
+        """The actors this one started, by name, so a supervisor can watch them."""
+        named = [("rebalance timer", self._timer), ("pinger", self._pinger)]
+        return [(name, ref) for name, ref in named if ref is not None]
 
     def ping(self) -> bool:
         """Answered once on_start has run; start-up waits on it."""
@@ -198,6 +211,9 @@ class ProxyActor(pykka.ThreadingActor):
         for addr, reason in outcome.invalid:
             # Both texts come from a peer: cap what one entry can write to the log.
             log.warning("skipping heartbeat server %r: %s", addr[:80], reason[:200])
+        self._last_heartbeat_at = now
+        if heartbeat.publisher is not None:
+            self._heard[heartbeat.publisher] = now
         self._commit(outcome.state, "heartbeat")
         return HeartbeatResult(changed=outcome.changed, stale=False)
 
@@ -269,6 +285,8 @@ class ProxyActor(pykka.ThreadingActor):
         before = self._state.head
         self._state = state
         self._publish()
+        if self._on_change is not None:
+            self._on_change(state)
         after = state.head
         if after != before:
             log.info("active server %s -> %s (%s)", before, after, reason)
@@ -283,7 +301,22 @@ class ProxyActor(pykka.ThreadingActor):
 
     def _publish(self) -> None:
         self._version += 1
-        self._box.publish(Snapshot(self._state, self._deadline, self._version))
+        seqs = self._state.publisher_seqs
+        # The pure state bounds the publishers it remembers; forget the times
+        # of those it dropped, so this table stays bounded too.
+        for gone in self._heard.keys() - seqs.keys():
+            del self._heard[gone]
+        self._box.publish(
+            Snapshot(
+                self._state,
+                self._deadline,
+                self._version,
+                last_heartbeat_at=self._last_heartbeat_at,
+                publishers=tuple(
+                    PublisherInfo(name, seq, self._heard.get(name)) for name, seq in seqs.items()
+                ),
+            )
+        )
 
 
 def _answer(reply: Reply, result: object) -> None:

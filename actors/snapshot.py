@@ -14,6 +14,16 @@ from proxy import ProxyState
 
 
 @dataclass(frozen=True, slots=True)
+class PublisherInfo:
+    """The last heartbeat applied from one publisher."""
+
+    name: str
+    seq: int
+    heard_at: float | None
+    """``time.monotonic()`` when it was applied."""
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """One published version of the state.
 
@@ -23,11 +33,15 @@ class Snapshot:
             rebalance is due.
         version: increases with every publication, so readers can cache
             anything derived from a snapshot.
+        last_heartbeat_at: ``time.monotonic()`` of the last applied heartbeat.
+        publishers: the last seq and time of each publisher that sends one.
     """
 
     state: ProxyState
     rebalance_deadline: float
     version: int
+    last_heartbeat_at: float | None = None
+    publishers: tuple[PublisherInfo, ...] = ()
 
 
 class SnapshotBox:

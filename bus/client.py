@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
@@ -49,6 +49,7 @@ __all__ = [
     "ProxyError",
     "ProxyInvalidAddressError",
     "ProxyTimeoutError",
+    "Publisher",
     "RebalanceResult",
     "Server",
     "Status",
@@ -146,8 +147,22 @@ class Server:
 
 
 @dataclass(frozen=True, slots=True)
+class Publisher:
+    """The last heartbeat applied from one publisher (``status``'s ``publishers``)."""
+
+    publisher: str
+    seq: int
+    age_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
-    """The ``status`` reply: everything at once."""
+    """The ``status`` reply: everything at once.
+
+    ``heartbeat_age_s`` (seconds since the last applied heartbeat, None before
+    the first) and ``publishers`` are additions to PROTOCOL.md's keys; they
+    default to "unknown" so older proxies' replies still parse.
+    """
 
     servers: list[Server]
     primary: list[Server]
@@ -156,6 +171,8 @@ class Status:
     num_nodes: int
     num_servers: int
     next_rebalance_s: float
+    heartbeat_age_s: float | None = None
+    publishers: list[Publisher] = field(default_factory=list)
 
 
 class AddResult(NamedTuple):

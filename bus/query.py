@@ -75,6 +75,10 @@ def _servers(addrs: tuple[Address, ...]) -> list[dict[str, str] | None]:
     return [server_obj(a) for a in addrs]
 
 
+def _age(at: float | None, now: float) -> float | None:
+    return None if at is None else max(0.0, now - at)
+
+
 def _write_op(request: Request) -> tuple[Callable[[Any], Any], Callable[[Any], dict[str, Any]]]:
     """The actor message factory and the reply encoder of a state-changing op."""
     match request:
@@ -241,6 +245,7 @@ class QueryServer(SocketThread):
 
     def _status(self, request: StatusRequest) -> bytes:
         snapshot = self._box.current
+        now = self._clock()
         state = snapshot.state
         return encode_ok(
             request.id,
@@ -250,7 +255,12 @@ class QueryServer(SocketThread):
             leader_addr=state.leader_addr,
             num_nodes=state.num_nodes,
             num_servers=len(state.active),
-            next_rebalance_s=max(0.0, snapshot.rebalance_deadline - self._clock()),
+            next_rebalance_s=max(0.0, snapshot.rebalance_deadline - now),
+            heartbeat_age_s=_age(snapshot.last_heartbeat_at, now),
+            publishers=[
+                {"publisher": p.name, "seq": p.seq, "age_s": _age(p.heard_at, now)}
+                for p in snapshot.publishers
+            ],
         )
 
     def _dispatch_write(self, envelope: list[bytes], request: Request) -> None:

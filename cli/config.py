@@ -289,6 +289,13 @@ def _key(default: _T, parser: Parser, doc: str) -> _T:
     return result
 
 
+def _path_or_empty(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("a path cannot contain NUL")
+    return text
+
+
+_PATH = _string("path or empty", "PATH", _path_or_empty)
 _REGION = _string("str without whitespace or /", "NAME", _topic_part)
 _NAME = _string("str", "NAME", _non_empty)
 _VERSION = _integer(0)
@@ -320,6 +327,8 @@ class Config:
     conns_per_sec_per_server: float = _key(64.0, _POSITIVE, "New connections per second one server should absorb; stretches the interval for big fleets")  # noqa: E501
     api_mismatch_log_interval_s: float = _key(10800.0, _real(positive=False), "Seconds between warnings about one server with a newer API; 0 warns every time")  # noqa: E501
     max_message_bytes: int = _key(1048576, _integer(1024), "Largest frame accepted (ZeroMQ MAXMSGSIZE); a peer sending more is disconnected")  # noqa: E501
+    heartbeat_stale_s: float = _key(60.0, _POSITIVE, "Warn when no heartbeat has been applied for this many seconds")  # noqa: E501
+    state_file: str = _key("", _PATH, "Where the server lists are saved after each change and restored at start; empty: not saved")  # noqa: E501
     log_level: str = _key("info", _choice("debug", "info", "warning", "error"), "Least severe log level written")  # noqa: E501
     log_format: str = _key("text", _choice("text", "json"), "Log lines as human text or one JSON object each")  # noqa: E501
     # fmt: on

@@ -8,14 +8,17 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+import zmq
+
 from cli.config import ConfigError, add_config_arguments, load_config
 from cli.demo import run_demo
 from cli.logs import setup_logging
-from cli.service import ProxyService
+from cli.service import ProxyService, libzmq_problem
 from cli.status import run_status
 from cli.tools import run_client_loop, run_fake_server, run_ping, run_publish
 
@@ -146,6 +149,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _run_tool(args)
 
 
+def supervise(service: ProxyService, stopping: threading.Event, period_s: float = 0.5) -> int:
+    """Watch ``service`` until ``stopping`` is set; EXIT_FAILURE if a part dies.
+
+    A proxy that runs half-dead would answer from a state nobody updates any
+    more; exiting lets compose or systemd restart the whole of it.
+    """
+    while not stopping.wait(period_s):
+        dead = service.watch(time.monotonic())
+        if dead:
+            log.error("stopping: %s stopped unexpectedly", ", ".join(dead))
+            return EXIT_FAILURE
+    return EXIT_OK
+
+
 def serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args, os.environ)
@@ -153,6 +170,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"rpcproxy: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.log_level, config.log_format)
+    problem = libzmq_problem(zmq.zmq_version_info())
+    if problem:
+        log.error("%s", problem)
+        return EXIT_FAILURE
 
     stopping = threading.Event()
 
@@ -170,17 +191,12 @@ def serve(args: argparse.Namespace) -> int:
         service.stop()
         return EXIT_FAILURE
     try:
-        # Wake up now and then to make sure no part died: a proxy that runs
-        # half-dead would answer from a state nobody updates any more.
-        while not stopping.wait(0.5):
-            dead = service.dead_parts()
-            if dead:
-                log.error("stopping: %s stopped unexpectedly", ", ".join(dead))
-                return EXIT_FAILURE
+        code = supervise(service, stopping)
     finally:
         service.stop()
-    log.info("stopped")
-    return EXIT_OK
+    if code == EXIT_OK:
+        log.info("stopped")
+    return code
 
 
 if __name__ == "__main__":

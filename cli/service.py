@@ -9,26 +9,30 @@ with ``unavailable``), then the actors, then the ZeroMQ context.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 import zmq
 
 from actors import Pinger, ProxyActor, ProxySettings, SnapshotBox
+from actors.persist import PendingState, PersistActor, StateFile
 from bus.events import EventPublisher
 from bus.heartbeats import HeartbeatListener
 from bus.ping import TcpPinger, ZmqPinger
 from bus.query import QueryServer
 from cli.config import Config
-from proxy import LocalIdentity, RebalanceTiming
+from proxy import LocalIdentity, ProxyState, RebalanceTiming
 
 log = logging.getLogger(__name__)
 
 _ACTOR_START_TIMEOUT_S = 10.0
 
 
-def settings_from(config: Config) -> ProxySettings:
+def settings_from(config: Config, restored: ProxyState | None = None) -> ProxySettings:
     return ProxySettings(
         local=LocalIdentity(
             datacenter=config.datacenter,
@@ -43,7 +47,24 @@ def settings_from(config: Config) -> ProxySettings:
         api_mismatch_log_interval_s=config.api_mismatch_log_interval_s,
         primary_servers=tuple(config.primary_servers),
         backup_servers=tuple(config.backup_servers),
+        restored=restored or ProxyState(),
     )
+
+
+MIN_LIBZMQ = (4, 3, 3)
+
+
+def libzmq_problem(version: tuple[int, int, int]) -> str | None:
+    """Why this libzmq must not be used, or None.
+
+    Before 4.3.3 a peer could make libzmq overflow its heap (CVE-2020-15166),
+    and every socket of the proxy faces peers.
+    """
+    if tuple(version) < MIN_LIBZMQ:
+        found = ".".join(map(str, version))
+        needed = ".".join(map(str, MIN_LIBZMQ))
+        return f"libzmq {found} is older than {needed} (CVE-2020-15166); refusing to start"
+    return None
 
 
 def pinger_from(config: Config, context: zmq.Context[Any]) -> Pinger:
@@ -70,6 +91,10 @@ class ProxyService:
         self._proxy: pykka.ActorRef[ProxyActor] | None = None
         self._query: QueryServer | None = None
         self._heartbeats: HeartbeatListener | None = None
+        self._persist: pykka.ActorRef[PersistActor] | None = None
+        self._children: list[tuple[str, pykka.ActorRef[Any]]] = []
+        self._stale_warned = False
+        self._started_at = time.monotonic()
         self.events_endpoint = ""
 
     def start(self) -> None:
@@ -91,16 +116,19 @@ class ProxyService:
                 self._events.proxy().endpoint().get(timeout=_ACTOR_START_TIMEOUT_S)
             )
             listeners.append(self._events)
+        restored, on_change = self._start_persistence()
         self._proxy = ProxyActor.start(
-            settings_from(config),
+            settings_from(config, restored),
             pinger_from(config, context),
             self.box,
             listeners=listeners,
             rng=self._rng,
+            on_change=on_change,
         )
         # Mailboxes are FIFO, so an answered ping means on_start ran; a failed
         # on_start raises ActorDeadError here instead of running half-started.
         self._proxy.proxy().ping().get(timeout=_ACTOR_START_TIMEOUT_S)
+        self._children = self._proxy.proxy().children().get(timeout=_ACTOR_START_TIMEOUT_S)
         # Rebalance replies can wait one ping timeout behind a running rebalance.
         op_timeout = max(5.0, 2 * config.ping_timeout_s + 2.0)
         self._query = QueryServer(
@@ -128,11 +156,59 @@ class ProxyService:
             config.events or "(off)",
         )
 
+    def _start_persistence(
+        self,
+    ) -> tuple[ProxyState | None, Callable[[ProxyState], None] | None]:
+        """Load the saved state and start saving changes, when ``state_file`` is set."""
+        if not self.config.state_file:
+            return None, None
+        store = StateFile(self.config.state_file)
+        directory = store.path.parent
+        if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+            raise OSError(f"state_file: directory {directory} does not exist or is not writable")
+        restored = store.load()
+        if restored is not None:
+            log.info(
+                "restored %d servers from %s (active %s)",
+                len(restored.active),
+                store.path,
+                restored.head,
+            )
+        pending = PendingState()
+        self._persist = PersistActor.start(store, pending)
+        return restored, pending.offer
+
+    def watch(self, now: float) -> list[str]:
+        """Check on the running service: log heartbeat staleness, return dead parts.
+
+        The serve loop calls this twice a second. A heartbeat older than
+        ``heartbeat_stale_s`` gives one warning, and one info line when
+        heartbeats come back.
+        """
+        last = self.box.current.last_heartbeat_at
+        # Before the first heartbeat, count from start: silence is silence.
+        age = now - (last if last is not None else self._started_at)
+        stale = age > self.config.heartbeat_stale_s
+        if stale and not self._stale_warned:
+            log.warning(
+                "no heartbeat applied for %.0f s (heartbeat_stale_s = %g); "
+                "the server list may be out of date",
+                age,
+                self.config.heartbeat_stale_s,
+            )
+        elif not stale and self._stale_warned:
+            log.info("heartbeats are arriving again")
+        self._stale_warned = stale
+        return self.dead_parts()
+
     def dead_parts(self) -> list[str]:
         """Names of parts that should be running but are not."""
         parts: list[tuple[str, bool]] = []
         if self._proxy is not None:
             parts.append(("proxy actor", self._proxy.is_alive()))
+        parts += [(name, ref.is_alive()) for name, ref in self._children]
+        if self._persist is not None:
+            parts.append(("state persister", self._persist.is_alive()))
         if self._events is not None:
             parts.append(("events publisher", self._events.is_alive()))
         if self._query is not None:
@@ -160,6 +236,11 @@ class ProxyService:
         if self._proxy is not None:
             self._proxy.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
             self._proxy = None
+            self._children = []
+        if self._persist is not None:
+            # After the proxy, so its last change is the one written.
+            self._persist.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
+            self._persist = None
         if self._events is not None:
             self._events.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
             self._events = None

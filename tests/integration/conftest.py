@@ -307,9 +307,11 @@ class Serve:
         return self.client.call(op, timeout, **keys)
 
     def state(self) -> dict[str, Any]:
-        """``status`` without the ticking timer, for before/after comparisons."""
+        """``status`` without the ticking clocks, for before/after comparisons."""
         status = self.call("status")
-        del status["next_rebalance_s"]
+        del status["next_rebalance_s"], status["heartbeat_age_s"]
+        for publisher in status["publishers"]:
+            del publisher["age_s"]
         return status
 
     def stderr(self) -> str:

@@ -98,6 +98,9 @@ def test_status_has_every_key_with_its_type(proxy: Serve) -> None:
         "num_nodes",
         "num_servers",
         "next_rebalance_s",
+        # Freshness additions (issue 5): age of the last heartbeat, per publisher.
+        "heartbeat_age_s",
+        "publishers",
     }
     assert status["ok"] is True
     assert status["servers"] == [{"addr": "10.0.0.1:4647"}, {"addr": "10.0.0.2:4647"}]
@@ -112,6 +115,9 @@ def test_status_has_every_key_with_its_type(proxy: Serve) -> None:
     # module's proxy may have rebalanced or reset since, which restarts at >= 600
     # less the time this module has run.
     assert 0 < status["next_rebalance_s"] <= 900
+    assert type(status["heartbeat_age_s"]) is float and status["heartbeat_age_s"] >= 0
+    # hb_payload sends no publisher/seq, so no publisher is tracked.
+    assert status["publishers"] == []
 
 
 def test_status_backup_and_leader_types_when_empty(proxy: Serve) -> None:

@@ -1,0 +1,69 @@
+"""The saved form of a ProxyState: what a restarted proxy needs to answer at once.
+
+Pure conversion both ways. Loading validates everything, because the file may
+be truncated, hand-edited or written by another version; a document that
+breaks any rule is refused whole (the caller then starts empty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.address import Address, InvalidAddressError, parse_address
+from proxy.state import ProxyState, with_members
+
+FORMAT_VERSION = 1
+
+
+def to_document(state: ProxyState) -> dict[str, Any]:
+    """The state as plain data: lists of canonical addresses, leader, node count.
+
+    The active order is kept too, so a restarted proxy names the same active
+    server as before it stopped.
+    """
+    return {
+        "format": FORMAT_VERSION,
+        "active": [a.canonical for a in state.active],
+        "primaries": [a.canonical for a in state.primaries],
+        "backups": [a.canonical for a in state.backups],
+        "leader_addr": state.leader_addr,
+        "num_nodes": state.num_nodes,
+    }
+
+
+def from_document(document: object) -> ProxyState:
+    """Rebuild a state from :func:`to_document`'s output.
+
+    Raises:
+        ValueError: the document is not one this version wrote, or breaks a rule.
+    """
+    if not isinstance(document, Mapping):
+        raise ValueError("not a JSON object")
+    if document.get("format") != FORMAT_VERSION:
+        raise ValueError(f"unknown format {document.get('format')!r}")
+    leader = document.get("leader_addr")
+    num_nodes = document.get("num_nodes")
+    if not isinstance(leader, str):
+        raise ValueError("leader_addr is not a string")
+    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 0:
+        raise ValueError("num_nodes is not an int >= 0")
+    active = _addresses(document, "active")
+    restored = with_members(
+        ProxyState(active=active, leader_addr=leader, num_nodes=num_nodes),
+        _addresses(document, "primaries"),
+        _addresses(document, "backups"),
+    )
+    # with_members drops active entries that are not members and appends
+    # missing members, so an inconsistent file still yields a valid state.
+    return restored
+
+
+def _addresses(document: Mapping[str, Any], key: str) -> tuple[Address, ...]:
+    values = document.get(key)
+    if not isinstance(values, list):
+        raise ValueError(f"{key} is not a list")
+    try:
+        return tuple(dict.fromkeys(parse_address(v) for v in values))
+    except (InvalidAddressError, TypeError) as exc:
+        raise ValueError(f"{key}: {exc}") from None
