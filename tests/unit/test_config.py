@@ -93,10 +93,12 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "conns_per_sec_per_server": 64.0,
     "api_mismatch_log_interval_s": 10800.0,
     "max_message_bytes": 1048576,
+    "heartbeat_stale_s": 60.0,
+    "state_file": "",
     "log_level": "info",
     "log_format": "text",
 }
-"""The PROTOCOL.md section 6 table, plus the two operational keys."""
+"""The PROTOCOL.md section 6 table, plus the operational keys."""
 
 
 def test_defaults_equal_the_protocol_table(tmp_path: Path) -> None:
@@ -144,6 +146,8 @@ SAMPLES: dict[str, tuple[str, str, Any]] = {
     "conns_per_sec_per_server": ("1e3", "1e3", 1000.0),
     "api_mismatch_log_interval_s": ("0", "0", 0.0),
     "max_message_bytes": ("1024", "1024", 1024),
+    "heartbeat_stale_s": ("5", "5", 5.0),
+    "state_file": ("/tmp/s.json", '"/tmp/s.json"', "/tmp/s.json"),
     "log_level": ("DEBUG", '"debug"', "debug"),
     "log_format": ("json", '"json"', "json"),
 }
@@ -360,6 +364,8 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("max_message_bytes", "1023"),
     ("max_message_bytes", "1e6"),
     ("max_message_bytes", "1_048_576x"),
+    ("heartbeat_stale_s", "0"),
+    ("state_file", "a\x00b"),
     ("log_level", "verbose"),
     ("log_format", "xml"),
 ]
