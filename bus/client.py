@@ -38,6 +38,7 @@ import msgspec
 import zmq
 
 from bus.codec import PROTOCOL_VERSION, ErrorCode
+from bus.curve import CurveClient
 from proxy import HeartbeatServer
 
 __all__ = [
@@ -262,6 +263,8 @@ class ProxyClient:
             client never terminates a context.
         max_message_bytes: the largest reply accepted (ZeroMQ ``MAXMSGSIZE``);
             a bigger one drops the connection and shows up as a timeout.
+        curve: the proxy's public key and this client's key pair, for a proxy
+            that runs with CURVE (see :mod:`bus.curve`).
 
     Raises:
         ValueError: ``timeout_s`` is not positive or ``retries`` is below 1.
@@ -275,6 +278,7 @@ class ProxyClient:
         retries: int = 3,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         max_message_bytes: int = 1 << 20,
+        curve: CurveClient | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
@@ -284,6 +288,7 @@ class ProxyClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_message_bytes = max_message_bytes
+        self._curve = curve
         self._context = context if context is not None else zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
         self._ids = itertools.count(1)
@@ -457,6 +462,8 @@ class ProxyClient:
             socket = self._context.socket(zmq.REQ)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            if self._curve is not None:
+                self._curve.secure(socket)
             socket.connect(self.endpoint)
             self._socket = socket
         return self._socket

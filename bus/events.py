@@ -14,6 +14,7 @@ import zmq
 
 from actors import ActiveServerChanged
 from bus.codec import encode_event
+from bus.curve import EVENTS_DOMAIN, CurveServer
 from bus.loop import needs_ipv6
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,15 @@ EVENT_TOPIC = b"event/active_server"
 class EventPublisher(pykka.ThreadingActor):
     """Publishes every change of the active server on ``endpoint``."""
 
-    def __init__(self, context: zmq.Context[Any], endpoint: str, sndhwm: int = 10_000) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        endpoint: str,
+        sndhwm: int = 10_000,
+        curve: CurveServer | None = None,
+    ) -> None:
         super().__init__()
+        self._curve = curve
         self._context = context
         self._endpoint = endpoint
         self._sndhwm = sndhwm
@@ -37,6 +45,8 @@ class EventPublisher(pykka.ThreadingActor):
         pub.linger = 0
         pub.ipv6 = needs_ipv6(self._endpoint)
         pub.sndhwm = self._sndhwm
+        if self._curve is not None:
+            self._curve.secure(pub, EVENTS_DOMAIN)
         try:
             pub.bind(self._endpoint)
         except zmq.ZMQError as exc:

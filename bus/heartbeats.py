@@ -17,6 +17,7 @@ import zmq
 
 from actors import ApplyHeartbeat
 from bus.codec import HeartbeatError, decode_heartbeat
+from bus.curve import HEARTBEAT_DOMAIN, CurveServer
 from bus.loop import SocketThread, needs_ipv6
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ class HeartbeatListener(SocketThread):
         connect: Sequence[str] = (),
         max_message_bytes: int = 1 << 20,
         rcvhwm: int = 10_000,
+        curve: CurveServer | None = None,
     ) -> None:
         super().__init__(context)
+        self._curve = curve
         self._proxy = proxy
         self._topic = heartbeat_topic(region)
         self._bind = tuple(bind)
@@ -66,6 +69,11 @@ class HeartbeatListener(SocketThread):
         sub.ipv6 = any(map(needs_ipv6, self._bind + self._connect))
         sub.rcvhwm = self._rcvhwm
         sub.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
+        if self._curve is not None:
+            # Publishers connect to our bound endpoints as CURVE clients; only
+            # allowed keys complete the handshake, so no stranger's heartbeat
+            # ever reaches the proxy.
+            self._curve.secure(sub, HEARTBEAT_DOMAIN)
         # ZeroMQ filters by prefix, so "heartbeat/global" also lets
         # "heartbeat/global2" through; on_readable checks the exact topic.
         sub.setsockopt(zmq.SUBSCRIBE, self._topic)

@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from bus.codec import encode_heartbeat
+from bus.curve import CurveClient
 from bus.heartbeats import heartbeat_topic
 from bus.loop import needs_ipv6
 from proxy import Heartbeat, HeartbeatServer
@@ -42,7 +43,9 @@ class HeartbeatPublisher:
         leader: Callable[[], str] = lambda: "",
         interval_s: float = 1.0,
         publisher: str | None = None,
+        curve: CurveClient | None = None,
     ) -> None:
+        self._curve = curve
         self._context = context
         self._connect = tuple(connect)
         self._bind = tuple(bind)
@@ -83,6 +86,8 @@ class HeartbeatPublisher:
         try:
             pub.linger = 0
             pub.ipv6 = any(map(needs_ipv6, self._bind + self._connect))
+            if self._curve is not None:
+                self._curve.secure(pub)
             for endpoint in self._bind:
                 pub.bind(endpoint)
             for endpoint in self._connect:

@@ -55,6 +55,7 @@ from bus.codec import (
     encode_ok,
     server_obj,
 )
+from bus.curve import QUERY_DOMAIN, CurveServer
 from bus.loop import SocketThread, Waker, needs_ipv6
 from proxy import Address
 
@@ -122,6 +123,7 @@ class QueryServer(SocketThread):
         max_message_bytes: larger frames disconnect the peer (ZeroMQ MAXMSGSIZE).
         op_timeout_s: how long a state-changing op may wait for the actor.
         clock: monotonic seconds, for ``next_rebalance_s`` and op deadlines.
+        curve: when set, the ROUTER is a CURVE server that only allowed keys reach.
     """
 
     name = "rpcproxy-query"
@@ -136,8 +138,10 @@ class QueryServer(SocketThread):
         max_message_bytes: int = 1 << 20,
         op_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        curve: CurveServer | None = None,
     ) -> None:
         super().__init__(context)
+        self._curve = curve
         self._endpoint = endpoint
         self._proxy = proxy
         self._box = box
@@ -160,6 +164,8 @@ class QueryServer(SocketThread):
         router.linger = 0
         router.ipv6 = needs_ipv6(self._endpoint)
         router.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
+        if self._curve is not None:
+            self._curve.secure(router, QUERY_DOMAIN)
         try:
             router.bind(self._endpoint)
         except zmq.ZMQError as exc:

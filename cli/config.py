@@ -329,6 +329,8 @@ class Config:
     max_message_bytes: int = _key(1048576, _integer(1024), "Largest frame accepted (ZeroMQ MAXMSGSIZE); a peer sending more is disconnected")  # noqa: E501
     heartbeat_stale_s: float = _key(60.0, _POSITIVE, "Warn when no heartbeat has been applied for this many seconds")  # noqa: E501
     state_file: str = _key("", _PATH, "Where the server lists are saved after each change and restored at start; empty: not saved")  # noqa: E501
+    curve_secret_key_file: str = _key("", _PATH, "The proxy's CURVE certificate (.key_secret, from rpcproxy keygen); with curve_allowed_dir, turns CURVE on")  # noqa: E501
+    curve_allowed_dir: str = _key("", _PATH, "Directory of the public certificates (.key) allowed to publish heartbeats, query and subscribe")  # noqa: E501
     log_level: str = _key("info", _choice("debug", "info", "warning", "error"), "Least severe log level written")  # noqa: E501
     log_format: str = _key("text", _choice("text", "json"), "Log lines as human text or one JSON object each")  # noqa: E501
     # fmt: on
@@ -341,6 +343,7 @@ class Config:
             object.__setattr__(self, key.name, value)
             values[key.name] = value
         _check_distinct_binds(values, {})
+        _check_curve(values, {})
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with some keys changed (typed values, validated like TOML)."""
@@ -386,6 +389,26 @@ def _check_distinct_binds(values: Mapping[str, object], sources: Mapping[str, st
                     sources.get(name),
                 )
             owner[endpoint] = name
+
+
+def _check_curve(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    """CURVE needs both its keys; and a SUB socket is either a CURVE server (for
+    publishers connecting to it) or a client, so with CURVE the proxy only binds
+    for heartbeats: a connect endpoint would be an unauthenticated way in."""
+
+    def value(name: str) -> object:
+        return values.get(name, _KEYS_BY_NAME[name].default)
+
+    secret, allowed = value("curve_secret_key_file"), value("curve_allowed_dir")
+    if bool(secret) != bool(allowed):
+        missing = "curve_allowed_dir" if secret else "curve_secret_key_file"
+        raise ConfigError(missing, "CURVE needs both curve_secret_key_file and curve_allowed_dir")
+    if secret and value("heartbeat_connect"):
+        raise ConfigError(
+            "heartbeat_connect",
+            "cannot be used with CURVE: publishers must connect to heartbeat_bind",
+            sources.get("heartbeat_connect"),
+        )
 
 
 # --- sources -----------------------------------------------------------------
@@ -469,6 +492,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
         values[key.name] = _parse(key, raw, textual=textual, source=source)
         sources[key.name] = source
     _check_distinct_binds(values, sources)
+    _check_curve(values, sources)
     return Config(**values)
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import zmq
 
+from bus.curve import CurveClient, CurveError
 from cli.config import ConfigError, add_config_arguments, load_config
 from cli.demo import run_demo
 from cli.logs import setup_logging
 from cli.service import ProxyService, libzmq_problem
 from cli.status import run_status
-from cli.tools import run_client_loop, run_fake_server, run_ping, run_publish
+from cli.tools import run_client_loop, run_fake_server, run_keygen, run_ping, run_publish
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for it")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    _add_curve_client_arguments(status)
 
     demo = commands.add_parser("demo", help="a whole local cluster with a live view")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -82,6 +84,7 @@ def _add_tool_parsers(commands: Any) -> None:
     publish.add_argument("--leader", default="")
     publish.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")
     publish.add_argument("--publisher", default=None, help="publisher name (default: random)")
+    _add_curve_client_arguments(publish)
 
     loop = commands.add_parser(
         "client-loop", help="look up a server, use it, report failures; one JSON line each"
@@ -90,12 +93,46 @@ def _add_tool_parsers(commands: Any) -> None:
     loop.add_argument("--interval", type=float, default=0.5)
     loop.add_argument("--ping-timeout", type=float, default=0.5)
     loop.add_argument("--count", type=int, default=None, help="stop after this many lookups")
+    _add_curve_client_arguments(loop)
 
     ping = commands.add_parser("ping", help="exit 0 if the proxy (or a server) answers a ping")
     target = ping.add_mutually_exclusive_group()
     target.add_argument("--query", default=None, help="the proxy's query endpoint")
     target.add_argument("--server", default=None, help="a Nomad server address to ping")
     ping.add_argument("--timeout", type=float, default=1.0)
+    _add_curve_client_arguments(ping)
+
+    keygen = commands.add_parser(
+        "keygen", help="make CURVE key pairs: NAME.key (public) and NAME.key_secret"
+    )
+    keygen.add_argument("directory", help="where to write the certificates")
+    keygen.add_argument("names", nargs="+", metavar="NAME")
+
+
+def _add_curve_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--curve-server-key",
+        default=os.environ.get("RPCPROXY_CURVE_SERVER_KEY"),
+        metavar="FILE",
+        help="the proxy's public certificate (NAME.key), when it runs with CURVE "
+        "(env RPCPROXY_CURVE_SERVER_KEY)",
+    )
+    parser.add_argument(
+        "--curve-cert",
+        default=os.environ.get("RPCPROXY_CURVE_CERT"),
+        metavar="FILE",
+        help="this client's certificate (NAME.key_secret) (env RPCPROXY_CURVE_CERT)",
+    )
+
+
+def _curve_client(args: argparse.Namespace) -> CurveClient | None:
+    """The CURVE keys a client command was given; both or neither."""
+    server_key, cert = args.curve_server_key, args.curve_cert
+    if not server_key and not cert:
+        return None
+    if not (server_key and cert):
+        raise CurveError("CURVE needs both --curve-server-key and --curve-cert")
+    return CurveClient.from_files(server_key, cert)
 
 
 def _csv(text: str) -> list[str]:
@@ -117,6 +154,7 @@ def _run_tool(args: argparse.Namespace) -> int:
             leader=args.leader,
             interval_s=args.interval,
             publisher=args.publisher,
+            curve=_curve_client(args),
         )
     if args.command == "client-loop":
         return run_client_loop(
@@ -124,14 +162,22 @@ def _run_tool(args: argparse.Namespace) -> int:
             interval_s=args.interval,
             ping_timeout_s=args.ping_timeout,
             count=args.count,
+            curve=_curve_client(args),
         )
-    return run_ping(query=args.query, server=args.server, timeout_s=args.timeout)
+    if args.command == "keygen":
+        return run_keygen(args.directory, args.names)
+    return run_ping(
+        query=args.query, server=args.server, timeout_s=args.timeout, curve=_curve_client(args)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except CurveError as exc:
+        print(f"rpcproxy {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:
         # The reader went away (`rpcproxy demo | head`): stop quietly, and keep
         # Python from complaining again when it flushes stdout at exit.
@@ -143,7 +189,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return serve(args)
     if args.command == "status":
-        return run_status(args.query, timeout_s=args.timeout, as_json=args.json)
+        return run_status(
+            args.query, timeout_s=args.timeout, as_json=args.json, curve=_curve_client(args)
+        )
     if args.command == "demo":
         return run_demo(duration_s=args.duration, plain=args.plain, speed=args.speed)
     return _run_tool(args)

@@ -20,6 +20,7 @@ import zmq
 
 from actors import Pinger, ProxyActor, ProxySettings, SnapshotBox
 from actors.persist import PendingState, PersistActor, StateFile
+from bus.curve import AllowList, CurveError, CurveServer, load_key_pair
 from bus.events import EventPublisher
 from bus.heartbeats import HeartbeatListener
 from bus.ping import TcpPinger, ZmqPinger
@@ -67,6 +68,24 @@ def libzmq_problem(version: tuple[int, int, int]) -> str | None:
     return None
 
 
+def curve_from(config: Config) -> CurveServer | None:
+    """The CURVE server side, when configured; errors name the key at fault."""
+    if not config.curve_secret_key_file:
+        return None
+    if not zmq.has("curve"):
+        raise OSError("curve_secret_key_file: this libzmq was built without CURVE")
+    try:
+        keys = load_key_pair(config.curve_secret_key_file)
+    except CurveError as exc:
+        raise OSError(f"curve_secret_key_file: {exc}") from None
+    try:
+        allow = AllowList(config.curve_allowed_dir)
+    except CurveError as exc:
+        raise OSError(f"curve_allowed_dir: {exc}") from None
+    log.info("CURVE on: %d allowed keys in %s", len(allow.keys), config.curve_allowed_dir)
+    return CurveServer(keys, allow)
+
+
 def pinger_from(config: Config, context: zmq.Context[Any]) -> Pinger:
     if config.ping_method == "tcp":
         return TcpPinger(timeout_s=config.ping_timeout_s)
@@ -93,6 +112,7 @@ class ProxyService:
         self._heartbeats: HeartbeatListener | None = None
         self._persist: pykka.ActorRef[PersistActor] | None = None
         self._children: list[tuple[str, pykka.ActorRef[Any]]] = []
+        self._curve: CurveServer | None = None
         self._stale_warned = False
         self._started_at = time.monotonic()
         self.events_endpoint = ""
@@ -108,9 +128,13 @@ class ProxyService:
     def _start(self) -> None:
         config = self.config
         self._context = context = zmq.Context()
+        self._curve = curve = curve_from(config)
+        if curve is not None:
+            # ZAP must answer before the first CURVE socket binds.
+            curve.start(context)
         listeners: list[pykka.ActorRef[Any]] = []
         if config.events:
-            self._events = EventPublisher.start(context, config.events)
+            self._events = EventPublisher.start(context, config.events, curve=curve)
             # Asking surfaces an on_start failure (a bind error) here, at start.
             self.events_endpoint = (
                 self._events.proxy().endpoint().get(timeout=_ACTOR_START_TIMEOUT_S)
@@ -138,6 +162,7 @@ class ProxyService:
             self.box,
             max_message_bytes=config.max_message_bytes,
             op_timeout_s=op_timeout,
+            curve=curve,
         )
         self._query.start()
         self._heartbeats = HeartbeatListener(
@@ -147,6 +172,7 @@ class ProxyService:
             bind=config.heartbeat_bind,
             connect=config.heartbeat_connect,
             max_message_bytes=config.max_message_bytes,
+            curve=curve,
         )
         self._heartbeats.start()
         log.info(
@@ -209,6 +235,8 @@ class ProxyService:
         parts += [(name, ref.is_alive()) for name, ref in self._children]
         if self._persist is not None:
             parts.append(("state persister", self._persist.is_alive()))
+        if self._curve is not None:
+            parts.append(("CURVE authenticator", self._curve.alive))
         if self._events is not None:
             parts.append(("events publisher", self._events.is_alive()))
         if self._query is not None:
@@ -244,6 +272,9 @@ class ProxyService:
         if self._events is not None:
             self._events.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
             self._events = None
+        if self._curve is not None:
+            self._curve.stop()
+            self._curve = None
         if self._context is not None:
             # Every socket is closed by now; destroy() only guards against a
             # thread that did not stop in time, which term() would wait on forever.

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from bus.client import ProxyClient, ProxyError, Status
+from bus.curve import CurveClient
 
 
 def format_duration(seconds: float) -> str:
@@ -56,10 +57,12 @@ def render_status(status: Status, label: Callable[[str], str] = str) -> str:
     return "\n".join(lines)
 
 
-def run_status(endpoint: str, *, timeout_s: float, as_json: bool) -> int:
+def run_status(
+    endpoint: str, *, timeout_s: float, as_json: bool, curve: CurveClient | None = None
+) -> int:
     """Print the status of the proxy at ``endpoint``; 1 if it does not answer."""
     try:
-        with ProxyClient(endpoint, timeout_s=timeout_s, retries=1) as client:
+        with ProxyClient(endpoint, timeout_s=timeout_s, retries=1, curve=curve) as client:
             status = client.status()
     except ProxyError as exc:
         print(f"rpcproxy status: {endpoint}: {exc}", file=sys.stderr)

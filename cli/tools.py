@@ -20,6 +20,7 @@ from typing import Any
 import zmq
 
 from bus.client import ProxyClient, ProxyError
+from bus.curve import CurveClient, create_key_pair
 from bus.ping import ZmqPinger
 from bus.publisher import HeartbeatPublisher
 from bus.standin import ServerStandIn
@@ -88,6 +89,7 @@ def run_publish(
     leader: str,
     interval_s: float,
     publisher: str | None,
+    curve: CurveClient | None = None,
 ) -> int:
     """Publish heartbeats every ``interval_s`` until SIGINT or SIGTERM."""
     context: zmq.Context[Any] = zmq.Context()
@@ -103,6 +105,7 @@ def run_publish(
         leader=lambda: leader,
         interval_s=interval_s,
         publisher=publisher,
+        curve=curve,
     )
     pub.start()
     print(
@@ -119,7 +122,12 @@ def run_publish(
 
 
 def run_client_loop(
-    *, query: str, interval_s: float, ping_timeout_s: float, count: int | None
+    *,
+    query: str,
+    interval_s: float,
+    ping_timeout_s: float,
+    count: int | None,
+    curve: CurveClient | None = None,
 ) -> int:
     """Look up a server, "use" it (a ping), report it when it fails; print each step.
 
@@ -129,7 +137,7 @@ def run_client_loop(
     stopping = stop_on_signals()
     pinger = ZmqPinger(context, region="global", rpc_major_version=1, timeout_s=ping_timeout_s)
     done = 0
-    with ProxyClient(query, timeout_s=1.0, retries=2, context=context) as client:
+    with ProxyClient(query, timeout_s=1.0, retries=2, context=context, curve=curve) as client:
         while not stopping.is_set() and (count is None or done < count):
             done += 1
             record: dict[str, Any] = {"t": round(time.time(), 3)}
@@ -149,7 +157,9 @@ def run_client_loop(
     return 0
 
 
-def run_ping(*, query: str | None, server: str | None, timeout_s: float) -> int:
+def run_ping(
+    *, query: str | None, server: str | None, timeout_s: float, curve: CurveClient | None = None
+) -> int:
     """Exit 0 when the proxy (``query``) or a Nomad server (``server``) answers a ping."""
     if server is not None:
         try:
@@ -168,9 +178,17 @@ def run_ping(*, query: str | None, server: str | None, timeout_s: float) -> int:
         return 0 if alive else 1
     endpoint = query or "tcp://127.0.0.1:4650"
     try:
-        with ProxyClient(endpoint, timeout_s=timeout_s, retries=1) as client:
+        with ProxyClient(endpoint, timeout_s=timeout_s, retries=1, curve=curve) as client:
             client.ping()
     except ProxyError as exc:
         print(f"rpcproxy ping: {endpoint}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_keygen(directory: str, names: Sequence[str]) -> int:
+    """Write a CURVE key pair per name: NAME.key (public) and NAME.key_secret."""
+    for name in names:
+        public, secret = create_key_pair(directory, name)
+        print(f"{name}: public {public}, secret {secret}")
     return 0

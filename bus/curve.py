@@ -1,0 +1,161 @@
+"""CURVE encryption and authentication for the proxy's sockets.
+
+Whoever can publish a heartbeat decides which servers every client talks to,
+so with CURVE on, the heartbeat SUB, the query ROUTER and the events PUB are
+CURVE servers, and a ZAP handler (pyzmq's thread authenticator) accepts only
+client keys found in ``curve_allowed_dir``. A refused peer never completes its
+handshake, so nothing it sends reaches the proxy; refusals are counted per
+socket (ZAP domain) and logged.
+
+Keys are ``zmq.auth`` certificate files, as ``rpcproxy keygen`` writes them:
+``NAME.key`` (public) and ``NAME.key_secret`` (public and secret).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from proxy import Throttle
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_DOMAIN = "heartbeat"
+QUERY_DOMAIN = "query"
+EVENTS_DOMAIN = "events"
+
+
+class CurveError(ValueError):
+    """A key file or directory that cannot be used; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """A CURVE key pair in Z85 text form."""
+
+    public: bytes
+    secret: bytes
+
+
+def load_key_pair(path: str | Path) -> KeyPair:
+    """Read a ``.key_secret`` certificate (it holds both keys)."""
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise CurveError(f"cannot read CURVE certificate {path}: {exc}") from None
+    if secret is None:
+        raise CurveError(f"{path} holds no secret key (use the .key_secret file)")
+    return KeyPair(public, secret)
+
+
+def load_public_key(path: str | Path) -> bytes:
+    """Read the public key of a ``.key`` (or ``.key_secret``) certificate."""
+    try:
+        public, _ = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise CurveError(f"cannot read CURVE certificate {path}: {exc}") from None
+    return public
+
+
+def create_key_pair(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` into ``directory``; return both paths."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    return Path(public), Path(secret)
+
+
+class AllowList:
+    """The ZAP credentials provider: a key is allowed iff it is in the directory.
+
+    Called on the authenticator's thread, once per handshake.
+    """
+
+    def __init__(self, directory: str | Path, warn_interval_s: float = 60.0) -> None:
+        path = Path(directory)
+        if not path.is_dir():
+            raise CurveError(f"{path} is not a directory of public certificates")
+        try:
+            certificates = zmq.auth.load_certificates(str(path))
+        except (OSError, ValueError) as exc:
+            raise CurveError(f"cannot read the certificates in {path}: {exc}") from None
+        self.keys = frozenset(certificates)
+        self.refused: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._throttle = Throttle(warn_interval_s, max_keys=1024)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.keys:
+            return True
+        with self._lock:
+            self.refused[domain] += 1
+            count = self.refused[domain]
+        if self._throttle.allow(f"{domain}/{key!r}", time.monotonic()):
+            log.warning(
+                "refused a %s peer: CURVE key %s is not allowed (%d refused so far)",
+                domain,
+                key.decode(errors="replace"),
+                count,
+            )
+        return False
+
+
+class CurveServer:
+    """The proxy's side of CURVE: its key pair and the ZAP authenticator thread."""
+
+    def __init__(self, keys: KeyPair, allow: AllowList) -> None:
+        self.keys = keys
+        self.allow = allow
+        self._auth: ThreadAuthenticator | None = None
+
+    def start(self, context: zmq.Context[Any]) -> None:
+        """Start answering ZAP requests; must run before any server socket binds."""
+        auth = ThreadAuthenticator(context, log=logging.getLogger("rpcproxy.zap"))
+        auth.start()
+        # pyzmq looks providers up by the socket's exact ZAP domain ("*" only
+        # stands in for an empty one), so each of ours is registered.
+        for domain in (HEARTBEAT_DOMAIN, QUERY_DOMAIN, EVENTS_DOMAIN):
+            auth.configure_curve_callback(domain, credentials_provider=self.allow)
+        self._auth = auth
+
+    def stop(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    @property
+    def alive(self) -> bool:
+        return self._auth is not None and self._auth.is_alive()
+
+    def secure(self, sock: zmq.Socket[Any], domain: str) -> None:
+        """Make ``sock`` a CURVE server whose peers ZAP checks under ``domain``."""
+        sock.zap_domain = domain.encode()
+        sock.curve_secretkey = self.keys.secret
+        sock.curve_publickey = self.keys.public
+        sock.curve_server = True
+
+
+@dataclass(frozen=True, slots=True)
+class CurveClient:
+    """A peer's side of CURVE: the proxy's public key and the peer's own pair."""
+
+    server_public: bytes
+    keys: KeyPair
+
+    @classmethod
+    def from_files(cls, server_key_file: str | Path, cert_file: str | Path) -> CurveClient:
+        return cls(load_public_key(server_key_file), load_key_pair(cert_file))
+
+    def secure(self, sock: zmq.Socket[Any]) -> None:
+        """Make ``sock`` a CURVE client of the proxy; set before connecting."""
+        sock.curve_serverkey = self.server_public
+        sock.curve_publickey = self.keys.public
+        sock.curve_secretkey = self.keys.secret
