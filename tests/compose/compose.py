@@ -1,0 +1,528 @@
+"""Drive docker-compose.yml from tests: one fresh compose project per test.
+
+Preparation happens once per pytest session (:func:`prepare_session`): the
+wheelhouse is built from this checkout, a base image is chosen (the official
+``python:3.11-slim`` when the engine has it, else a local Debian image made by
+``docker/build-base-image.sh``) and ``rpcproxy:local`` is built once. Each
+test then gets a :class:`ComposeProject` with a unique project name, brought
+up with ``up -d`` and torn down with ``down -v``.
+
+Both Compose flavours work: the ``docker compose`` plugin when it answers,
+else the standalone v1 ``docker-compose`` (which has no ``up --wait``, so
+health is polled here with ``docker inspect``). Container-level operations
+(stop, pause, network, exec, logs) use the plain ``docker`` CLI on the
+container found by its compose labels, which is the same in both.
+
+Nothing here sleeps blindly: waiting is polling with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from bus.client import ProxyClient, ProxyError
+
+REPO: Final = Path(__file__).resolve().parents[2]
+COMPOSE_FILE: Final = REPO / "docker-compose.yml"
+WHEELHOUSE: Final = REPO / "wheelhouse"
+BASE_IMAGE_SCRIPT: Final = REPO / "docker" / "build-base-image.sh"
+
+OFFICIAL_BASE_IMAGE: Final = "python:3.11-slim"
+LOCAL_BASE_IMAGE: Final = "rpcproxy-base:bookworm"
+IMAGE: Final = "rpcproxy:local"
+"""The image every service of docker-compose.yml runs."""
+
+SERVERS: Final = ("server1:4647", "server2:4647", "server3:4647")
+"""The server addresses the publisher announces (container DNS names)."""
+
+QUERY_PORT: Final = 4650
+UP_TIMEOUT_S: Final = 90.0
+"""How long every service may take to be healthy (or running) after ``up``."""
+
+_T = TypeVar("_T")
+
+
+class ComposeError(RuntimeError):
+    """A docker or compose command failed, or the project did not come up."""
+
+
+# --------------------------------------------------------------------------
+# Small helpers.
+
+
+def wait_for(
+    predicate: Callable[[], _T | None],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.1,
+) -> _T:
+    """Call ``predicate`` until it returns something truthy and return that.
+
+    Raises:
+        AssertionError: ``timeout_s`` passed first; the message names ``what``.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while True:
+        result = predicate()
+        if result:
+            return result
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        pause.wait(min(interval_s, left))
+
+
+def hold_for(predicate: Callable[[], bool], duration_s: float, what: str) -> None:
+    """Check that ``predicate`` stays true for ``duration_s``, polling it.
+
+    Raises:
+        AssertionError: it was false once; the message names ``what``.
+    """
+    deadline = time.monotonic() + duration_s
+    pause = threading.Event()
+    while True:
+        if not predicate():
+            raise AssertionError(f"no longer true: {what}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        pause.wait(min(0.1, left))
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    timeout_s: float = 60.0,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    merge_stderr: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in the repository, capturing its output as text.
+
+    Raises:
+        ComposeError: ``check`` and a non-zero exit, or the timeout passed.
+    """
+    try:
+        done = subprocess.run(
+            list(cmd),
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ComposeError(f"{' '.join(cmd)}: no exit within {timeout_s:g} s") from exc
+    if check and done.returncode != 0:
+        raise ComposeError(
+            f"{' '.join(cmd)} exited {done.returncode}\n"
+            f"--- stdout ---\n{done.stdout}\n--- stderr ---\n{done.stderr or ''}"
+        )
+    return done
+
+
+def docker_unavailable_reason() -> str | None:
+    """None when a Docker engine and a compose command answer; else why not."""
+    if shutil.which("docker") is None:
+        return "the docker CLI is not installed"
+    try:
+        info = run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout_s=20, check=False)
+    except ComposeError as exc:
+        return f"no Docker engine answers: {exc}"
+    if info.returncode != 0:
+        detail = (info.stderr or info.stdout).strip().splitlines()
+        return f"no Docker engine answers (`docker info`: {detail[-1] if detail else '?'})"
+    if compose_command() is None:
+        return "neither `docker compose` nor `docker-compose` is available"
+    return None
+
+
+def compose_command() -> list[str] | None:
+    """``docker compose`` when the plugin answers, else ``docker-compose``, else None."""
+    try:
+        plugin = run(["docker", "compose", "version"], timeout_s=20, check=False)
+    except (ComposeError, OSError):
+        plugin = None
+    if plugin is not None and plugin.returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose") is not None:
+        return ["docker-compose"]
+    return None
+
+
+def image_exists(tag: str) -> bool:
+    return image_id(tag) is not None
+
+
+def image_id(tag: str) -> str | None:
+    """The id of the image ``tag`` names, or None when there is none."""
+    done = run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], check=False)
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+# --------------------------------------------------------------------------
+# Session preparation.
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeSetup:
+    """What every project of the session shares: the command and the image's base."""
+
+    command: tuple[str, ...]
+    base_image: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment compose runs with (the image's build argument)."""
+        return {**os.environ, "BASE_IMAGE": self.base_image}
+
+
+def build_wheelhouse() -> None:
+    """Wheels of this checkout and its dependencies into ``wheelhouse/``.
+
+    Built in a temporary directory first, so a failed build keeps the old one.
+    ``SOURCE_DATE_EPOCH`` makes the wheel reproducible: unchanged sources give
+    the same bytes, so the image build reuses its cached layers.
+    """
+    env = {**os.environ}
+    env.setdefault("SOURCE_DATE_EPOCH", "315532800")  # 1980-01-01, the zip epoch
+    with tempfile.TemporaryDirectory(prefix="rpcproxy-wheels-") as tmp:
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--wheel-dir",
+                tmp,
+                str(REPO),
+            ],
+            env=env,
+            timeout_s=600,
+        )
+        shutil.rmtree(WHEELHOUSE, ignore_errors=True)
+        shutil.copytree(tmp, WHEELHOUSE)
+
+
+def choose_base_image() -> str:
+    """``python:3.11-slim`` when present, else the local Debian image (built if needed)."""
+    if image_exists(OFFICIAL_BASE_IMAGE):
+        return OFFICIAL_BASE_IMAGE
+    if not image_exists(LOCAL_BASE_IMAGE):
+        run([str(BASE_IMAGE_SCRIPT), LOCAL_BASE_IMAGE], timeout_s=1200)
+    return LOCAL_BASE_IMAGE
+
+
+def prepare_session() -> ComposeSetup:
+    """Once per session: wheelhouse, base image, and ``rpcproxy:local`` built once.
+
+    Raises:
+        ComposeError: no compose command, or a build step failed.
+    """
+    command = compose_command()
+    if command is None:
+        raise ComposeError("neither `docker compose` nor `docker-compose` is available")
+    build_wheelhouse()
+    setup = ComposeSetup(tuple(command), choose_base_image())
+    previous = image_id(IMAGE)
+    # Every service shares the one image (rpcproxy:local), so building one builds it.
+    run(
+        [*setup.command, "-f", str(COMPOSE_FILE), "-p", "rpcproxybuild", "build", "proxy"],
+        env=setup.env,
+        timeout_s=900,
+    )
+    if previous is not None and previous != image_id(IMAGE):
+        # The image this build replaced, now untagged; kept if a container still uses it.
+        run(["docker", "image", "rm", previous], check=False)
+    return setup
+
+
+# --------------------------------------------------------------------------
+# Client-loop records.
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    """One line of ``rpcproxy client-loop``: a lookup and what came of it."""
+
+    t: float
+    server: str | None
+    ok: bool | None
+    rotated: bool | None
+    error: str | None
+
+    @classmethod
+    def parse(cls, line: str) -> ClientRecord | None:
+        """The record on ``line``, or None when the line is not one."""
+        line = line.strip()
+        if not line.startswith("{"):
+            return None
+        try:
+            raw: Any = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(raw, dict) or "t" not in raw:
+            return None
+        return cls(
+            t=float(raw["t"]),
+            server=raw.get("server"),
+            ok=raw.get("ok"),
+            rotated=raw.get("rotated"),
+            error=raw.get("error"),
+        )
+
+
+# --------------------------------------------------------------------------
+# One project.
+
+
+class ComposeProject:
+    """One compose project of docker-compose.yml, with a unique ``-p`` name."""
+
+    def __init__(self, setup: ComposeSetup, name: str | None = None) -> None:
+        self.setup = setup
+        # Lower-case letters and digits only: both compose versions keep it as is.
+        self.name = name or f"rpcproxyt{secrets.token_hex(4)}"
+        self._containers: dict[str, str] = {}
+
+    # -- compose -------------------------------------------------------------
+
+    def compose(
+        self, *args: str, timeout_s: float = 120.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``<compose> -f docker-compose.yml -p <name> ARGS``."""
+        cmd = [*self.setup.command, "-f", str(COMPOSE_FILE), "-p", self.name, *args]
+        return run(cmd, env=self.setup.env, timeout_s=timeout_s, check=check)
+
+    def services(self) -> list[str]:
+        return self.compose("config", "--services").stdout.split()
+
+    def up(self, timeout_s: float = UP_TIMEOUT_S) -> None:
+        """``up -d`` and wait until every service is healthy (or running, without a check).
+
+        Raises:
+            ComposeError: a service is not ready by the deadline or exited; the
+                message holds ``ps`` and every service's logs.
+        """
+        started = time.monotonic()
+        try:
+            self.compose("up", "-d", "--no-build", timeout_s=timeout_s + 60)
+            self.wait_ready(timeout_s - (time.monotonic() - started))
+        except (ComposeError, AssertionError) as exc:
+            raise ComposeError(f"{self.name} did not come up: {exc}\n{self.diagnostics()}") from exc
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Poll ``docker inspect`` until each service is healthy, or running without a check."""
+        services = self.services()
+        pending: dict[str, str] = {}
+
+        def ready() -> bool:
+            pending.clear()
+            for service in services:
+                state = self.state(service)
+                status = _readiness(state)
+                if status == "exited":
+                    raise ComposeError(f"service {service} stopped: {json.dumps(state)}")
+                if status != "ready":
+                    pending[service] = status
+            return not pending
+
+        try:
+            wait_for(ready, max(timeout_s, 1.0), "every service ready", interval_s=0.5)
+        except AssertionError as exc:
+            raise ComposeError(f"{exc}; not ready: {pending}") from exc
+
+    def down(self) -> None:
+        """``down -v -t 1``; paused containers are unpaused first so they can stop."""
+        for service in self._containers:
+            if self.state(service).get("Paused"):
+                run(["docker", "unpause", self._containers[service]], check=False)
+        self.compose("down", "-v", "-t", "1", "--remove-orphans", timeout_s=120, check=False)
+
+    def diagnostics(self) -> str:
+        """``ps`` and the logs of every container, for a failure message."""
+        parts = [self.compose("ps", check=False, timeout_s=30).stdout]
+        for service in self._service_names_or_empty():
+            parts.append(f"--- logs of {service} ---\n{self.logs(service, tail=100)}")
+        return "\n".join(parts)
+
+    def _service_names_or_empty(self) -> list[str]:
+        try:
+            return self.services()
+        except ComposeError:
+            return []
+
+    # -- containers ----------------------------------------------------------
+
+    def container(self, service: str) -> str:
+        """The name of ``service``'s container (found by its compose labels)."""
+        if service not in self._containers:
+            found = run(
+                [
+                    "docker",
+                    "ps",
+                    "-a",
+                    "--filter",
+                    f"label=com.docker.compose.project={self.name}",
+                    "--filter",
+                    f"label=com.docker.compose.service={service}",
+                    "--format",
+                    "{{.Names}}",
+                ]
+            ).stdout.split()
+            if len(found) != 1:
+                raise ComposeError(f"{self.name}: expected one {service} container, found {found}")
+            self._containers[service] = found[0]
+        return self._containers[service]
+
+    def state(self, service: str) -> dict[str, Any]:
+        """``docker inspect``'s ``.State`` of ``service``'s container ({} when it has none)."""
+        try:
+            name = self.container(service)
+        except ComposeError:
+            return {}
+        done = run(["docker", "inspect", "--format", "{{json .State}}", name], check=False)
+        if done.returncode != 0:
+            return {}
+        state: dict[str, Any] = json.loads(done.stdout)
+        return state
+
+    def docker(self, *args: str, timeout_s: float = 60.0) -> str:
+        """Run ``docker ARGS`` and return its stdout."""
+        return run(["docker", *args], timeout_s=timeout_s).stdout
+
+    def stop(self, service: str, timeout_s: int = 1) -> None:
+        self.docker("stop", "-t", str(timeout_s), self.container(service))
+
+    def restart(self, service: str, timeout_s: int = 2) -> None:
+        self.docker("restart", "-t", str(timeout_s), self.container(service))
+
+    def pause(self, service: str) -> None:
+        self.docker("pause", self.container(service))
+
+    def unpause(self, service: str) -> None:
+        self.docker("unpause", self.container(service))
+
+    @property
+    def network(self) -> str:
+        """The project's default network."""
+        found = self.docker(
+            "network",
+            "ls",
+            "--filter",
+            f"label=com.docker.compose.project={self.name}",
+            "--filter",
+            "label=com.docker.compose.network=default",
+            "--format",
+            "{{.Name}}",
+        ).split()
+        return found[0] if found else f"{self.name}_default"
+
+    def disconnect(self, service: str) -> None:
+        """Take ``service`` off the project's network (it keeps running)."""
+        self.docker("network", "disconnect", self.network, self.container(service))
+
+    def connect(self, service: str) -> None:
+        """Put ``service`` back on the network, with its service name as DNS alias."""
+        self.docker("network", "connect", "--alias", service, self.network, self.container(service))
+
+    def exec(self, service: str, *cmd: str, timeout_s: float = 30.0) -> str:
+        """Run ``cmd`` in ``service``'s container; return its stdout."""
+        return self.docker("exec", self.container(service), *cmd, timeout_s=timeout_s)
+
+    def logs(self, service: str, tail: int | None = None) -> str:
+        """``service``'s container output, stdout and stderr together ("" if none)."""
+        try:
+            name = self.container(service)
+        except ComposeError as exc:
+            return f"(no container: {exc})"
+        args = ["docker", "logs", *(["--tail", str(tail)] if tail is not None else []), name]
+        return run(args, check=False, merge_stderr=True, timeout_s=30).stdout
+
+    def client_records(self) -> list[ClientRecord]:
+        """Every lookup the ``client`` service's client-loop has printed so far."""
+        done = run(["docker", "logs", self.container("client")], check=False, timeout_s=30)
+        records = (ClientRecord.parse(line) for line in done.stdout.splitlines())
+        return [record for record in records if record is not None]
+
+    # -- the proxy -----------------------------------------------------------
+
+    def query_endpoint(self) -> str:
+        """The proxy's query socket as published on the host (looked up every time:
+        a restarted container may get a new ephemeral port)."""
+        out = self.docker("port", self.container("proxy"), f"{QUERY_PORT}/tcp")
+        for line in out.splitlines():
+            host, _, port = line.strip().rpartition(":")
+            if host in {"127.0.0.1", "0.0.0.0"}:
+                return f"tcp://127.0.0.1:{port}"
+        raise ComposeError(f"proxy's port {QUERY_PORT} is not published on IPv4: {out!r}")
+
+    def client(self, *, timeout_s: float = 2.0, retries: int = 2) -> ProxyClient:
+        """A :class:`ProxyClient` of the proxy's published query port (close it)."""
+        return ProxyClient(self.query_endpoint(), timeout_s=timeout_s, retries=retries)
+
+    @contextlib.contextmanager
+    def proxy(self, *, timeout_s: float = 2.0, retries: int = 2) -> Iterator[ProxyClient]:
+        with self.client(timeout_s=timeout_s, retries=retries) as client:
+            yield client
+
+    def answers_ping(self) -> bool:
+        """Whether the proxy answers a ping now (quickly; never raises)."""
+        try:
+            with self.client(timeout_s=0.5, retries=1) as client:
+                return client.ping()
+        except (ProxyError, ComposeError):
+            return False
+
+    def active_servers(self) -> list[str] | None:
+        """The proxy's active list, or None when it does not answer."""
+        try:
+            with self.client(timeout_s=1.0, retries=1) as client:
+                return [server.addr for server in client.servers()]
+        except (ProxyError, ComposeError):
+            return None
+
+    def wait_for_servers(self, expected: Sequence[str] = SERVERS, timeout_s: float = 15.0) -> None:
+        """Wait until the proxy's active list holds exactly ``expected`` (any order)."""
+        wanted = sorted(expected)
+        wait_for(
+            lambda: sorted(self.active_servers() or []) == wanted,
+            timeout_s,
+            f"the proxy to know {wanted}",
+        )
+
+
+def _readiness(state: dict[str, Any]) -> str:
+    """ "ready", "exited" or a word saying what the container still waits for."""
+    if not state:
+        return "missing"
+    if state.get("Status") in {"exited", "dead"}:
+        return "exited"
+    if not state.get("Running"):
+        return str(state.get("Status", "not running"))
+    health = state.get("Health")
+    if health is None:
+        return "ready"
+    status = str(health.get("Status"))
+    return "ready" if status == "healthy" else status

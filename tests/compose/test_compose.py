@@ -1,0 +1,217 @@
+"""The whole system in containers: three servers, a publisher, the proxy and a client.
+
+Each test starts a fresh compose project (see ``conftest.project``), breaks
+something the way production breaks it (a stopped container, a cut network,
+a restarted proxy, a drained server, a frozen process) and watches the proxy
+and the client-loop's records recover. Times worth knowing are printed in the
+session summary ("compose measurements").
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bus.client import ProxyClient
+from tests.compose.compose import (
+    SERVERS,
+    ClientRecord,
+    ComposeProject,
+    hold_for,
+    wait_for,
+)
+
+pytestmark = pytest.mark.compose
+
+REBALANCE_TIMEOUT_S = 3.0
+"""Per-try wait of a rebalance: the proxy's ping timeout is 0.5 s."""
+NOTICE_TIMEOUT_S = 15.0
+"""How long the client-loop (a lookup every 0.2 s) may take to report a failure."""
+
+
+def active_server(proxy: ProxyClient) -> str:
+    server = proxy.find_server()
+    assert server is not None, "the proxy knows no server"
+    return server.addr
+
+
+def service_of(addr: str) -> str:
+    """``server1:4647`` -> ``server1``, the compose service (and DNS name)."""
+    return addr.partition(":")[0]
+
+
+def failed_record(project: ComposeProject, addr: str, since: float) -> ClientRecord | None:
+    """The client-loop's first record of a failed lookup of ``addr`` after ``since``."""
+    for record in project.client_records():
+        if record.server == addr and record.ok is False and record.t >= since - 1.0:
+            return record
+    return None
+
+
+def wait_client_rotates(project: ComposeProject, addr: str, since: float) -> ClientRecord:
+    """Wait until the client saw ``addr`` fail and had it rotated to the end."""
+    record = wait_for(
+        lambda: failed_record(project, addr, since),
+        NOTICE_TIMEOUT_S,
+        f"the client to report {addr} as failed",
+        interval_s=0.2,
+    )
+    assert record.rotated is True, f"the client's report did not rotate {addr}: {record}"
+    return record
+
+
+def assert_rebalances_avoid(proxy: ProxyClient, dead: str, times: int = 8) -> None:
+    """Run ``times`` rebalances: each picks a live server and ``dead`` is never first."""
+    for attempt in range(times):
+        result = proxy.rebalance(timeout_s=REBALANCE_TIMEOUT_S)
+        assert result.healthy is True, f"rebalance {attempt}: no server answered"
+        assert result.server is not None
+        assert result.server.addr != dead, f"rebalance {attempt} put the dead {dead} first"
+        assert active_server(proxy) != dead
+
+
+def test_all_services_healthy_and_a_server_is_found(
+    project: ComposeProject, measure: list[str]
+) -> None:
+    for service in ("server1", "server2", "server3", "proxy"):
+        state = project.state(service)
+        assert state["Running"], f"{service}: {state}"
+        assert state["Health"]["Status"] == "healthy", f"{service}: {state['Health']}"
+    for service in ("publisher", "client"):
+        state = project.state(service)
+        assert state["Running"], f"{service}: {state}"
+
+    with project.proxy() as proxy:
+        assert active_server(proxy) in SERVERS
+        status = proxy.status()
+    assert sorted(s.addr for s in status.servers) == sorted(SERVERS)
+    assert status.num_nodes == 3
+
+    ok = wait_for(
+        lambda: [r for r in project.client_records() if r.ok and r.server in SERVERS],
+        10.0,
+        "a successful lookup by the client",
+        interval_s=0.2,
+    )
+    measure.append(f"client lookups so far: {len(project.client_records())}, ok: {len(ok)}")
+
+
+def test_stopped_server_is_rotated_out(project: ComposeProject, measure: list[str]) -> None:
+    with project.proxy() as proxy:
+        dead = active_server(proxy)
+        since = time.time()
+        project.stop(service_of(dead))
+        record = wait_client_rotates(project, dead, since)
+        measure.append(f"client rotated stopped {dead} {record.t - since:.2f} s after the stop")
+
+        following = active_server(proxy)
+        assert following != dead
+        assert following in SERVERS
+        assert_rebalances_avoid(proxy, dead)
+
+
+def test_disconnected_server_leaves_and_returns(
+    project: ComposeProject, measure: list[str]
+) -> None:
+    with project.proxy() as proxy:
+        cut = active_server(proxy)
+        service = service_of(cut)
+        since = time.time()
+        project.disconnect(service)
+        record = wait_client_rotates(project, cut, since)
+        measure.append(f"client rotated disconnected {cut} {record.t - since:.2f} s after")
+        assert active_server(proxy) != cut
+        assert_rebalances_avoid(proxy, cut)
+
+        project.connect(service)
+        rebalances = 0
+
+        def back_first() -> bool:
+            nonlocal rebalances
+            rebalances += 1
+            result = proxy.rebalance(timeout_s=REBALANCE_TIMEOUT_S)
+            return result.server is not None and result.server.addr == cut
+
+        wait_for(back_first, 30.0, f"a rebalance to put the reconnected {cut} first")
+        assert active_server(proxy) == cut
+        measure.append(f"reconnected {cut} first again after {rebalances} rebalance(s)")
+
+
+def test_restarted_proxy_relearns_servers_within_a_heartbeat(
+    project: ComposeProject, measure: list[str]
+) -> None:
+    started_before = project.state("proxy")["StartedAt"]
+    restarted = time.monotonic()
+    restarted_wall = time.time()
+    project.restart("proxy")
+    assert project.state("proxy")["StartedAt"] != started_before
+
+    wait_for(project.answers_ping, 30.0, "the restarted proxy to answer a ping", interval_s=0.05)
+    answering = time.monotonic()
+    wait_for(
+        lambda: sorted(project.active_servers() or []) == sorted(SERVERS),
+        10.0,
+        "the restarted proxy to know every server",
+        interval_s=0.05,
+    )
+    known = time.monotonic()
+    relearned = known - answering
+    measure.append(
+        f"`docker restart` began -> pong {answering - restarted:.2f} s -> "
+        f"all {len(SERVERS)} servers known {relearned:.2f} s later "
+        f"({known - restarted:.2f} s in all)"
+    )
+    assert relearned <= 5.0, f"the server list came back after {relearned:.2f} s"
+
+    wait_for(
+        lambda: [
+            r for r in project.client_records() if r.ok and r.t >= restarted_wall and r.server
+        ],
+        10.0,
+        "the client to find a working server through the restarted proxy",
+        interval_s=0.2,
+    )
+
+
+def test_server_dropped_from_heartbeat_leaves_active_list(
+    project: ComposeProject, measure: list[str]
+) -> None:
+    with project.proxy() as proxy:
+        drained = active_server(proxy)
+        kept = sorted(s for s in SERVERS if s != drained)
+        # Write, then rename: the publisher must never read a half-written file.
+        script = 'printf "%s\\n" "$@" > /tmp/servers.new && mv /tmp/servers.new /tmp/servers'
+        written = time.monotonic()
+        project.exec("publisher", "sh", "-c", script, "sh", *kept)
+        wait_for(
+            lambda: sorted(project.active_servers() or []) == kept,
+            5.0,
+            f"{drained} to leave the active list",
+            interval_s=0.05,
+        )
+        left = time.monotonic() - written
+        measure.append(f"drained {drained} left the active list {left:.2f} s after the edit")
+        assert left <= 3.0, f"{drained} left only after {left:.2f} s (heartbeats every 1 s)"
+        assert active_server(proxy) in kept
+
+        hold_for(
+            lambda: sorted(project.active_servers() or []) == kept,
+            2.5,
+            f"{drained} stays out of the active list over the next heartbeats",
+        )
+
+
+def test_paused_server_counts_as_dead(project: ComposeProject, measure: list[str]) -> None:
+    with project.proxy() as proxy:
+        frozen = active_server(proxy)
+        service = service_of(frozen)
+        since = time.time()
+        project.pause(service)
+        try:
+            record = wait_client_rotates(project, frozen, since)
+            measure.append(f"client rotated paused {frozen} {record.t - since:.2f} s after")
+            assert active_server(proxy) != frozen
+            assert_rebalances_avoid(proxy, frozen)
+        finally:
+            project.unpause(service)
