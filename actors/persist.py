@@ -85,8 +85,14 @@ class PendingState:
         self._target: pykka.ActorRef[Any] | None = None
 
     def wake(self, target: pykka.ActorRef[Any]) -> None:
-        """Tell ``target`` a _Wake when a state arrives."""
-        self._target = target
+        """Tell ``target`` a _Wake when a state arrives (now, if one already waits)."""
+        with self._lock:
+            self._target = target
+            waiting = self._waiting is not None
+        if waiting:
+            # An offer made before the target existed woke nobody; without this
+            # every later offer would see a waiting state and not wake it either.
+            target.tell(_Wake())
 
     def offer(self, state: ProxyState) -> None:
         with self._lock:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pykka
 
 from actors.messages import PingCandidates, PingResults
+from actors.metrics import Metrics
 from proxy import Address
 
 log = logging.getLogger(__name__)
@@ -29,15 +31,19 @@ class PingerActor(pykka.ThreadingActor):
     one rebalance at a time, so requests never pile up here.
     """
 
-    def __init__(self, pinger: Pinger, target: pykka.ActorRef[Any]) -> None:
+    def __init__(
+        self, pinger: Pinger, target: pykka.ActorRef[Any], metrics: Metrics | None = None
+    ) -> None:
         super().__init__()
         self._pinger = pinger
         self._target = target
+        self._metrics = metrics
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, PingCandidates):
             log.warning("PingerActor: unexpected message %r", message)
             return None
+        started = time.perf_counter()
         try:
             answered: Mapping[Address, bool] = dict(self._pinger(message.candidates))
         except Exception:
@@ -45,6 +51,8 @@ class PingerActor(pykka.ThreadingActor):
             # report "nobody answered", which keeps the list as it is.
             log.exception("pinging %d servers failed", len(message.candidates))
             answered = {}
+        if self._metrics is not None:
+            self._metrics.ping_duration.observe(time.perf_counter() - started)
         try:
             self._target.tell(PingResults(message.token, answered))
         except pykka.ActorDeadError:

@@ -36,6 +36,7 @@ from actors.messages import (
     ScheduleTick,
     SetBackups,
 )
+from actors.metrics import Metrics
 from actors.pinger import Pinger, PingerActor
 from actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
 from actors.timer import TimerActor
@@ -91,6 +92,7 @@ class ProxyActor(pykka.ThreadingActor):
         rng: the only source of randomness (shuffles and jitter).
         clock: monotonic seconds, for the snapshot's rebalance deadline.
         on_change: called with every new state (to save it); must not block.
+        metrics: counters to update (a private set when not given).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class ProxyActor(pykka.ThreadingActor):
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[ProxyState], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._settings = settings
@@ -112,6 +115,7 @@ class ProxyActor(pykka.ThreadingActor):
         self._rng = rng or random.Random()
         self._clock = clock
         self._on_change = on_change
+        self._metrics = metrics or Metrics()
         self._state = ProxyState()
         self._heard: dict[str, float] = {}
         self._last_heartbeat_at: float | None = None
@@ -127,7 +131,7 @@ class ProxyActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self._timer = TimerActor.start(self.actor_ref, self._clock)
-        self._pinger = PingerActor.start(self._pinger_fn, self.actor_ref)
+        self._pinger = PingerActor.start(self._pinger_fn, self.actor_ref, self._metrics)
         state = self._settings.restored
         for addr in self._settings.primary_servers:
             state, _ = add_primary(state, addr)
@@ -159,6 +163,8 @@ class ProxyActor(pykka.ThreadingActor):
         match message:
             case NotifyFailed(addr, reply):
                 state, rotated = notify_failed(self._state, addr)
+                if rotated:
+                    self._metrics.failovers.inc()
                 self._commit(state, "failed")
                 _answer(reply, rotated)
             case AddPrimary(addr, reply):
@@ -195,6 +201,7 @@ class ProxyActor(pykka.ThreadingActor):
             log.debug(
                 "stale heartbeat from %s (seq %s) dropped", heartbeat.publisher, heartbeat.seq
             )
+            self._metrics.heartbeats.labels("stale").inc()
             return HeartbeatResult(changed=False, stale=True)
         now = self._clock()
         local = self._settings.local
@@ -211,6 +218,7 @@ class ProxyActor(pykka.ThreadingActor):
         for addr, reason in outcome.invalid:
             # Both texts come from a peer: cap what one entry can write to the log.
             log.warning("skipping heartbeat server %r: %s", addr[:80], reason[:200])
+        self._metrics.heartbeats.labels("applied").inc()
         self._last_heartbeat_at = now
         if heartbeat.publisher is not None:
             self._heard[heartbeat.publisher] = now
@@ -228,6 +236,7 @@ class ProxyActor(pykka.ThreadingActor):
         waiters = [reply] if reply is not None else []
         plan = plan_rebalance(self._state, self._rng)
         if plan is None:
+            self._metrics.rebalances.labels("skipped").inc()
             self._restart_timer()
             self._publish()
             for waiter in waiters:
@@ -249,12 +258,22 @@ class ProxyActor(pykka.ThreadingActor):
                 len(pending.plan.candidates),
             )
             healthy = False
+            result = "none_answered"
         else:
+            before = self._state.head
             outcome = reconcile(self._state, pending.plan, head_index)
             if outcome.abandoned:
                 log.info("rebalance abandoned: the chosen server was removed while pinging")
             self._commit(outcome.state, "rebalance")
             healthy = True
+            result = (
+                "abandoned"
+                if outcome.abandoned
+                else "moved"
+                if self._state.head != before
+                else "kept"
+            )
+        self._metrics.rebalances.labels(result).inc()
         self._restart_timer()
         self._publish()
         self._answer_rebalance_waiters(RebalanceResult(self._state.head, healthy))
@@ -282,9 +301,11 @@ class ProxyActor(pykka.ThreadingActor):
         """Adopt ``state``, publish it, and announce a new active server."""
         if state is self._state:
             return
-        before = self._state.head
+        previous = self._state
+        before = previous.head
         self._state = state
         self._publish()
+        _log_membership(previous, state, reason)
         if self._on_change is not None:
             self._on_change(state)
         after = state.head
@@ -317,6 +338,23 @@ class ProxyActor(pykka.ThreadingActor):
                 ),
             )
         )
+
+
+def _log_membership(before: ProxyState, after: ProxyState, reason: str) -> None:
+    """One line per change of the server lists, with its reason."""
+    for name, old, new in (
+        ("primary", before.primaries, after.primaries),
+        ("backup", before.backups, after.backups),
+    ):
+        if old is new or old == new:
+            continue
+        old_set, new_set = frozenset(old), frozenset(new)
+        added = [a.canonical for a in new if a not in old_set]
+        removed = [a.canonical for a in old if a not in new_set]
+        if added or removed:
+            log.info(
+                "%s servers changed (%s): +%s -%s", name, reason, added or "[]", removed or "[]"
+            )
 
 
 def _answer(reply: Reply, result: object) -> None:

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,12 @@ class AllowList:
     Called on the authenticator's thread, once per handshake.
     """
 
-    def __init__(self, directory: str | Path, warn_interval_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        warn_interval_s: float = 60.0,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         path = Path(directory)
         if not path.is_dir():
             raise CurveError(f"{path} is not a directory of public certificates")
@@ -91,6 +97,7 @@ class AllowList:
         self.refused: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._throttle = Throttle(warn_interval_s, max_keys=1024)
+        self.on_refused = on_refused
 
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self.keys:
@@ -98,6 +105,8 @@ class AllowList:
         with self._lock:
             self.refused[domain] += 1
             count = self.refused[domain]
+        if self.on_refused is not None:
+            self.on_refused(domain)
         if self._throttle.allow(f"{domain}/{key!r}", time.monotonic()):
             log.warning(
                 "refused a %s peer: CURVE key %s is not allowed (%d refused so far)",

@@ -16,6 +16,7 @@ import pykka
 import zmq
 
 from actors import ApplyHeartbeat
+from actors.metrics import Metrics
 from bus.codec import HeartbeatError, decode_heartbeat
 from bus.curve import HEARTBEAT_DOMAIN, CurveServer
 from bus.loop import SocketThread, needs_ipv6
@@ -49,9 +50,11 @@ class HeartbeatListener(SocketThread):
         max_message_bytes: int = 1 << 20,
         rcvhwm: int = 10_000,
         curve: CurveServer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(context)
         self._curve = curve
+        self._rejected = (metrics or Metrics()).heartbeats_rejected
         self._proxy = proxy
         self._topic = heartbeat_topic(region)
         self._bind = tuple(bind)
@@ -104,7 +107,9 @@ class HeartbeatListener(SocketThread):
             return
         topic, payload = frames
         if topic != self._topic:
-            self.dropped["topic"] += 1  # Another region sharing our prefix: not an error.
+            # Another region sharing our prefix: not an error, but counted.
+            self.dropped["topic"] += 1
+            self._rejected.labels("topic").inc()
             return
         try:
             heartbeat = decode_heartbeat(payload)
@@ -119,6 +124,7 @@ class HeartbeatListener(SocketThread):
 
     def _drop(self, reason: str, detail: str) -> None:
         self.dropped[reason] += 1
+        self._rejected.labels(reason).inc()
         log.warning("dropped a heartbeat: %s", detail)
 
     def teardown(self) -> None:

@@ -34,6 +34,7 @@ from actors import (
     SetBackups,
     SnapshotBox,
 )
+from actors.metrics import Metrics
 from bus.codec import (
     NO_ID,
     AddPrimaryRequest,
@@ -70,6 +71,7 @@ class _Pending:
     envelope: list[bytes]
     request: Request
     encode: Callable[[Any], dict[str, Any]]
+    started: float
 
 
 def _servers(addrs: tuple[Address, ...]) -> list[dict[str, str] | None]:
@@ -139,9 +141,12 @@ class QueryServer(SocketThread):
         op_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         curve: CurveServer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(context)
         self._curve = curve
+        self._metrics = metrics or Metrics()
+        self._durations: dict[str, Any] = {}
         self._endpoint = endpoint
         self._proxy = proxy
         self._box = box
@@ -220,10 +225,12 @@ class QueryServer(SocketThread):
             self._serve(frames[:-1], frames[-1])
 
     def _serve(self, envelope: list[bytes], body: bytes) -> None:
+        started = time.perf_counter()
         try:
             request = decode_request(body)
         except RequestError as exc:
             self._send(envelope, encode_error(exc.code, exc.message, exc.request_id))
+            self._observe(exc.code.value, started)
             return
         match request:
             case FindServerRequest():
@@ -236,7 +243,16 @@ class QueryServer(SocketThread):
             case StatusRequest():
                 self._send(envelope, self._status(request))
             case _:
-                self._dispatch_write(envelope, request)
+                self._dispatch_write(envelope, request, started)
+                return
+        self._observe(request.op, started)
+
+    def _observe(self, op: str, started: float) -> None:
+        histogram = self._durations.get(op)
+        if histogram is None:
+            # Label children are cached: op names are a fixed set (ops and error codes).
+            histogram = self._durations[op] = self._metrics.request_duration.labels(op)
+        histogram.observe(time.perf_counter() - started)
 
     def _find_server(self, request: FindServerRequest) -> bytes:
         snapshot = self._box.current
@@ -269,10 +285,10 @@ class QueryServer(SocketThread):
             ],
         )
 
-    def _dispatch_write(self, envelope: list[bytes], request: Request) -> None:
+    def _dispatch_write(self, envelope: list[bytes], request: Request, started: float) -> None:
         make_message, encode = _write_op(request)
         token = next(self._tokens)
-        pending = _Pending(envelope, request, encode)
+        pending = _Pending(envelope, request, encode, started)
         self._pending[token] = pending
         heapq.heappush(self._deadlines, (self._clock() + self._op_timeout_s, token))
         try:
@@ -300,6 +316,7 @@ class QueryServer(SocketThread):
             if pending is None:
                 continue  # Already answered "unavailable" after its deadline.
             self._send(pending.envelope, encode_ok(pending.request.id, **pending.encode(result)))
+            self._observe(pending.request.op, pending.started)
 
     def _send_error(self, pending: _Pending, code: ErrorCode, message: str) -> None:
         self._send(pending.envelope, encode_error(code, message, pending.request.id))

@@ -296,6 +296,23 @@ def _path_or_empty(text: str) -> str:
 
 
 _PATH = _string("path or empty", "PATH", _path_or_empty)
+
+
+def _listen_or_empty(text: str) -> str:
+    """``host:port`` for an HTTP listener (``[v6]:port`` too), or empty for off."""
+    if text == "":
+        return text
+    host, sep, port = text.rpartition(":")
+    host_ok = bool(host) and (
+        _TCP_HOST.fullmatch(host) is not None or (host.startswith("[") and host.endswith("]"))
+    )
+    port_ok = port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    if not sep or not host_ok or not port_ok:
+        raise ValueError(f"expected host:port (port 1-65535) or empty, got {_show(text)}")
+    return text
+
+
+_LISTEN = _string("host:port or empty", "HOST:PORT", _listen_or_empty)
 _REGION = _string("str without whitespace or /", "NAME", _topic_part)
 _NAME = _string("str", "NAME", _non_empty)
 _VERSION = _integer(0)
@@ -327,6 +344,7 @@ class Config:
     conns_per_sec_per_server: float = _key(64.0, _POSITIVE, "New connections per second one server should absorb; stretches the interval for big fleets")  # noqa: E501
     api_mismatch_log_interval_s: float = _key(10800.0, _real(positive=False), "Seconds between warnings about one server with a newer API; 0 warns every time")  # noqa: E501
     max_message_bytes: int = _key(1048576, _integer(1024), "Largest frame accepted (ZeroMQ MAXMSGSIZE); a peer sending more is disconnected")  # noqa: E501
+    metrics: str = _key("", _LISTEN, "Serve Prometheus metrics over HTTP at host:port (/metrics); empty: off")  # noqa: E501
     heartbeat_stale_s: float = _key(60.0, _POSITIVE, "Warn when no heartbeat has been applied for this many seconds")  # noqa: E501
     state_file: str = _key("", _PATH, "Where the server lists are saved after each change and restored at start; empty: not saved")  # noqa: E501
     curve_secret_key_file: str = _key("", _PATH, "The proxy's CURVE certificate (.key_secret, from rpcproxy keygen); with curve_allowed_dir, turns CURVE on")  # noqa: E501

@@ -20,6 +20,7 @@ from cli.config import ConfigError, add_config_arguments, load_config
 from cli.demo import run_demo
 from cli.logs import setup_logging
 from cli.service import ProxyService, libzmq_problem
+from cli.simulate import add_simulate_parser, run_simulate
 from cli.status import run_status
 from cli.tools import run_client_loop, run_fake_server, run_keygen, run_ping, run_publish
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=float, default=1.0, help="run the script this many times faster"
     )
     _add_tool_parsers(commands)
+    add_simulate_parser(commands)
     return parser
 
 
@@ -192,6 +194,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_status(
             args.query, timeout_s=args.timeout, as_json=args.json, curve=_curve_client(args)
         )
+    if args.command == "simulate":
+        return run_simulate(args)
     if args.command == "demo":
         return run_demo(duration_s=args.duration, plain=args.plain, speed=args.speed)
     return _run_tool(args)

@@ -17,10 +17,12 @@ from typing import Any
 
 import pykka
 import zmq
+from prometheus_client import start_http_server
 
 from actors import Pinger, ProxyActor, ProxySettings, SnapshotBox
+from actors.metrics import Metrics
 from actors.persist import PendingState, PersistActor, StateFile
-from bus.curve import AllowList, CurveError, CurveServer, load_key_pair
+from bus.curve import HEARTBEAT_DOMAIN, AllowList, CurveError, CurveServer, load_key_pair
 from bus.events import EventPublisher
 from bus.heartbeats import HeartbeatListener
 from bus.ping import TcpPinger, ZmqPinger
@@ -68,7 +70,7 @@ def libzmq_problem(version: tuple[int, int, int]) -> str | None:
     return None
 
 
-def curve_from(config: Config) -> CurveServer | None:
+def curve_from(config: Config, metrics: Metrics) -> CurveServer | None:
     """The CURVE server side, when configured; errors name the key at fault."""
     if not config.curve_secret_key_file:
         return None
@@ -79,7 +81,14 @@ def curve_from(config: Config) -> CurveServer | None:
     except CurveError as exc:
         raise OSError(f"curve_secret_key_file: {exc}") from None
     try:
-        allow = AllowList(config.curve_allowed_dir)
+        allow = AllowList(
+            config.curve_allowed_dir,
+            on_refused=lambda domain: (
+                metrics.heartbeats_rejected.labels("curve").inc()
+                if domain == HEARTBEAT_DOMAIN
+                else None
+            ),
+        )
     except CurveError as exc:
         raise OSError(f"curve_allowed_dir: {exc}") from None
     log.info("CURVE on: %d allowed keys in %s", len(allow.keys), config.curve_allowed_dir)
@@ -104,6 +113,9 @@ class ProxyService:
     def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
         self.config = config
         self.box = SnapshotBox()
+        self.metrics = Metrics()
+        self.metrics.watch(self.box)
+        self._metrics_server: Any = None
         self._rng = rng
         self._context: zmq.Context[Any] | None = None
         self._events: pykka.ActorRef[EventPublisher] | None = None
@@ -128,7 +140,7 @@ class ProxyService:
     def _start(self) -> None:
         config = self.config
         self._context = context = zmq.Context()
-        self._curve = curve = curve_from(config)
+        self._curve = curve = curve_from(config, self.metrics)
         if curve is not None:
             # ZAP must answer before the first CURVE socket binds.
             curve.start(context)
@@ -148,6 +160,7 @@ class ProxyService:
             listeners=listeners,
             rng=self._rng,
             on_change=on_change,
+            metrics=self.metrics,
         )
         # Mailboxes are FIFO, so an answered ping means on_start ran; a failed
         # on_start raises ActorDeadError here instead of running half-started.
@@ -163,6 +176,7 @@ class ProxyService:
             max_message_bytes=config.max_message_bytes,
             op_timeout_s=op_timeout,
             curve=curve,
+            metrics=self.metrics,
         )
         self._query.start()
         self._heartbeats = HeartbeatListener(
@@ -173,14 +187,28 @@ class ProxyService:
             connect=config.heartbeat_connect,
             max_message_bytes=config.max_message_bytes,
             curve=curve,
+            metrics=self.metrics,
         )
         self._heartbeats.start()
+        if config.metrics:
+            self._start_metrics_server(config.metrics)
         log.info(
             "rpcproxy serving queries on %s, heartbeats on %s, events on %s",
             self._query.bound_endpoint,
             ", ".join(self._heartbeats.bound_endpoints + list(config.heartbeat_connect)),
             config.events or "(off)",
         )
+
+    def _start_metrics_server(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        try:
+            server, _thread = start_http_server(
+                int(port), addr=host.strip("[]"), registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise OSError(f"metrics: cannot listen on {listen}: {exc}") from exc
+        self._metrics_server = server
+        self.metrics_port = server.server_port
 
     def _start_persistence(
         self,
@@ -255,6 +283,10 @@ class ProxyService:
 
     def stop(self) -> None:
         """Stop in reverse order of start; safe to call more than once."""
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         if self._heartbeats is not None:
             self._heartbeats.stop()
             self._heartbeats = None

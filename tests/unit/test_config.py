@@ -93,8 +93,11 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "conns_per_sec_per_server": 64.0,
     "api_mismatch_log_interval_s": 10800.0,
     "max_message_bytes": 1048576,
+    "metrics": "",
     "heartbeat_stale_s": 60.0,
     "state_file": "",
+    "curve_secret_key_file": "",
+    "curve_allowed_dir": "",
     "log_level": "info",
     "log_format": "text",
 }
@@ -146,6 +149,7 @@ SAMPLES: dict[str, tuple[str, str, Any]] = {
     "conns_per_sec_per_server": ("1e3", "1e3", 1000.0),
     "api_mismatch_log_interval_s": ("0", "0", 0.0),
     "max_message_bytes": ("1024", "1024", 1024),
+    "metrics": ("0.0.0.0:9100", '"0.0.0.0:9100"', "0.0.0.0:9100"),
     "heartbeat_stale_s": ("5", "5", 5.0),
     "state_file": ("/tmp/s.json", '"/tmp/s.json"', "/tmp/s.json"),
     "log_level": ("DEBUG", '"debug"', "debug"),
@@ -153,8 +157,44 @@ SAMPLES: dict[str, tuple[str, str, Any]] = {
 }
 
 
+PAIRED_KEYS = {"curve_secret_key_file", "curve_allowed_dir"}
+"""Keys that are only valid together; tested as a pair below."""
+
+
 def test_samples_cover_every_key() -> None:
-    assert set(SAMPLES) == {key.name for key in KEYS}
+    assert set(SAMPLES) | PAIRED_KEYS == {key.name for key in KEYS}
+
+
+def test_curve_keys_from_each_source(tmp_path: Path) -> None:
+    env = {_env("curve_secret_key_file"): "/k/proxy.key_secret", _env("curve_allowed_dir"): "/k/a"}
+    config = _load(tmp_path, env=env)
+    assert (config.curve_secret_key_file, config.curve_allowed_dir) == (
+        "/k/proxy.key_secret",
+        "/k/a",
+    )
+    toml = 'curve_secret_key_file = "/s"\ncurve_allowed_dir = "/d"\n'
+    assert _load(tmp_path, toml=toml).curve_allowed_dir == "/d"
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ("curve_secret_key_file", "curve_allowed_dir"),
+        ("curve_allowed_dir", "curve_secret_key_file"),
+    ],
+)
+def test_curve_needs_both_keys(tmp_path: Path, given: str, missing: str) -> None:
+    error = _error(tmp_path, argv=[f"{_flag(given)}=/x"])
+    assert error.key == missing
+
+
+def test_curve_refuses_heartbeat_connect(tmp_path: Path) -> None:
+    argv = [
+        f"{_flag('curve_secret_key_file')}=/s",
+        f"{_flag('curve_allowed_dir')}=/d",
+        f"{_flag('heartbeat_connect')}=tcp://10.0.0.1:5000",
+    ]
+    assert _error(tmp_path, argv=argv).key == "heartbeat_connect"
 
 
 @pytest.mark.parametrize("name", list(SAMPLES))
@@ -364,7 +404,11 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("max_message_bytes", "1023"),
     ("max_message_bytes", "1e6"),
     ("max_message_bytes", "1_048_576x"),
+    ("metrics", "9100"),
+    ("metrics", "host:0"),
     ("heartbeat_stale_s", "0"),
+    ("curve_allowed_dir", "a\x00b"),
+    ("curve_secret_key_file", "a\x00b"),
     ("state_file", "a\x00b"),
     ("log_level", "verbose"),
     ("log_format", "xml"),
