@@ -26,10 +26,9 @@ from bus.publisher import HeartbeatPublisher
 from bus.standin import ServerStandIn
 from cli.config import Config
 from cli.service import ProxyService
-from cli.status import render_status
+from cli.status import CLEAR, render_status
 from proxy import HeartbeatServer, parse_address
 
-_CLEAR = "\x1b[H\x1b[2J"
 _LOCAL = "tcp://127.0.0.1:*"
 _NAMES = ("s1", "s2", "s3", "s4")
 
@@ -249,7 +248,7 @@ class Demo:
             "recent events:",
             *self.log,
         ]
-        sys.stdout.write(_CLEAR + "\n".join(screen) + "\n")
+        sys.stdout.write(CLEAR + "\n".join(screen) + "\n")
         sys.stdout.flush()
 
     def _client_loop(self, service: ProxyService, cluster: _Cluster) -> None:

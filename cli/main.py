@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for it")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=1.0,
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 1) until Ctrl-C",
+    )
     _add_curve_client_arguments(status)
 
     demo = commands.add_parser("demo", help="a whole local cluster with a live view")
@@ -192,7 +201,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return serve(args)
     if args.command == "status":
         return run_status(
-            args.query, timeout_s=args.timeout, as_json=args.json, curve=_curve_client(args)
+            args.query,
+            timeout_s=args.timeout,
+            as_json=args.json,
+            curve=_curve_client(args),
+            watch_s=args.watch,
         )
     if args.command == "simulate":
         return run_simulate(args)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 from bus.client import ProxyClient, ProxyError, Status
 from bus.curve import CurveClient
+
+CLEAR = "\x1b[H\x1b[2J"
+"""Cursor home and clear screen: redraw a live view in place."""
 
 
 def format_duration(seconds: float) -> str:
@@ -54,21 +59,62 @@ def render_status(status: Status, label: Callable[[str], str] = str) -> str:
         f"servers: {status.num_servers}   "
         f"next rebalance in {format_duration(status.next_rebalance_s)}"
     )
+    lines.append(_heartbeat_line(status))
     return "\n".join(lines)
 
 
+def _heartbeat_line(status: Status) -> str:
+    if status.heartbeat_age_s is None:
+        return "heartbeats: none yet"
+    publishers = ", ".join(
+        f"{p.publisher} seq {p.seq}"
+        + (f" ({format_duration(p.age_s)} ago)" if p.age_s is not None else "")
+        for p in status.publishers
+    )
+    last = f"heartbeats: last {format_duration(status.heartbeat_age_s)} ago"
+    return f"{last}; publishers: {publishers}" if publishers else last
+
+
 def run_status(
-    endpoint: str, *, timeout_s: float, as_json: bool, curve: CurveClient | None = None
+    endpoint: str,
+    *,
+    timeout_s: float,
+    as_json: bool,
+    curve: CurveClient | None = None,
+    watch_s: float | None = None,
 ) -> int:
-    """Print the status of the proxy at ``endpoint``; 1 if it does not answer."""
+    """Print the status of the proxy at ``endpoint``; 1 if it does not answer.
+
+    With ``watch_s``, redraw it every ``watch_s`` seconds until Ctrl-C (a
+    proxy that stops answering is shown as such, not fatal).
+    """
+    with ProxyClient(endpoint, timeout_s=timeout_s, retries=1, curve=curve) as client:
+        if watch_s is None:
+            try:
+                status = client.status()
+            except ProxyError as exc:
+                print(f"rpcproxy status: {endpoint}: {exc}", file=sys.stderr)
+                return 1
+            print(json.dumps(dataclasses.asdict(status)) if as_json else render_status(status))
+            return 0
+        return _watch(client, endpoint, watch_s, as_json)
+
+
+def _watch(client: ProxyClient, endpoint: str, period_s: float, as_json: bool) -> int:
+    stop = threading.Event()
     try:
-        with ProxyClient(endpoint, timeout_s=timeout_s, retries=1, curve=curve) as client:
-            status = client.status()
-    except ProxyError as exc:
-        print(f"rpcproxy status: {endpoint}: {exc}", file=sys.stderr)
-        return 1
-    if as_json:
-        print(json.dumps(dataclasses.asdict(status), indent=2))
-    else:
-        print(render_status(status))
-    return 0
+        while True:
+            try:
+                status = client.status()
+                text = json.dumps(dataclasses.asdict(status)) if as_json else render_status(status)
+            except ProxyError as exc:
+                text = f"{endpoint}: {exc}"
+            if as_json:
+                print(text, flush=True)  # One JSON object per line, for pipes.
+            else:
+                stamp = time.strftime("%H:%M:%S")
+                sys.stdout.write(f"{CLEAR}rpcproxy status {endpoint}   {stamp}\n\n{text}\n")
+                sys.stdout.flush()
+            stop.wait(period_s)
+    except KeyboardInterrupt:
+        return 0
