@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict examples
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit tests/actors

@@ -1,0 +1,38 @@
+"""A subscriber: follow the active server as it changes.
+
+    python examples/watch_events.py --proxy tcp://127.0.0.1:4652 --count 3
+
+Every change of the active server is published on ``event/active_server``
+with the new server (or nil) and the reason it changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import msgspec
+import zmq
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--proxy", default="tcp://127.0.0.1:4652", help="events endpoint")
+    parser.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
+    args = parser.parse_args()
+
+    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
+    sub.subscribe(b"event/active_server")
+    sub.connect(args.proxy)
+    print("subscribed", flush=True)
+    seen = 0
+    while args.count == 0 or seen < args.count:
+        _topic, payload = sub.recv_multipart()
+        event = msgspec.msgpack.decode(payload)
+        server = event["server"]["addr"] if event["server"] else "none"
+        print(f"active server: {server} ({event['reason']})", flush=True)
+        seen += 1
+    sub.close()
+
+
+if __name__ == "__main__":
+    main()
