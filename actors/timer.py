@@ -69,6 +69,9 @@ class TimerActor(pykka.ThreadingActor):
         self._cancel()
         self._generation += 1
         self._deadline = self._clock() + delay_s
+        # A peer's num_nodes or an operator's min_reuse_s can ask for centuries;
+        # threading.Timer's thread dies of OverflowError beyond TIMEOUT_MAX.
+        delay_s = min(delay_s, threading.TIMEOUT_MAX)
         timer = threading.Timer(delay_s, self._fire, args=(_Fire(self._generation),))
         timer.name = "rpcproxy-rebalance-timer"
         timer.daemon = True

@@ -40,8 +40,9 @@ def from_document(document: object) -> ProxyState:
     """
     if not isinstance(document, Mapping):
         raise ValueError("not a JSON object")
-    if document.get("format") != FORMAT_VERSION:
-        raise ValueError(f"unknown format {document.get('format')!r}")
+    version = document.get("format")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ValueError(f"unknown format {version!r}")
     leader = document.get("leader_addr")
     num_nodes = document.get("num_nodes")
     if not isinstance(leader, str):
