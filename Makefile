@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration compose-test wheelhouse base-image clean
+.PHONY: demo test lint typecheck unit integration compose-test fuzz soak bench wheelhouse base-image clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ integration: $(STAMP)
 ## Multi-container tests against docker-compose.yml (builds what they need).
 compose-test: $(STAMP)
 	$(BIN)/pytest -q -m compose tests/compose
+
+## Far more fuzzing than the suite's 10,000 cases (about 10 minutes).
+fuzz: $(STAMP)
+	HYPOTHESIS_FUZZ_EXAMPLES=200000 $(BIN)/pytest -q tests/fuzz
+
+## 60 s of load: 8 clients, a heartbeat every 10 ms, a rebalance every second.
+soak: $(STAMP)
+	$(BIN)/python tests/soak/run_soak.py --seconds 60
+
+## Benchmarks against this machine's limits; writes bench/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --write bench/RESULTS.md
 
 ## Wheels of rpcproxy and its dependencies, installed into images offline.
 wheelhouse: $(STAMP)
