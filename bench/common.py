@@ -1,0 +1,286 @@
+"""Shared pieces of the benchmarks: processes, sockets, statistics, the machine.
+
+Not a package: the scripts in this directory run with the project's venv
+python (``python bench/run.py``), which puts this directory on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import zmq
+
+BENCH_DIR = Path(__file__).resolve().parent
+CTX: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+START_TIMEOUT_S = 15.0
+
+
+# --------------------------------------------------------------------------
+# Statistics.
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and range of one quantity measured over several rounds."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        return cls(statistics.median(values), min(values), max(values))
+
+    def fmt(self, digits: int = 2) -> str:
+        return f"{self.median:.{digits}f} ({self.low:.{digits}f}-{self.high:.{digits}f})"
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence."""
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+@dataclass
+class Result:
+    """One benchmark's outcome, printable and writable as Markdown."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    verdicts: list[tuple[str, str, bool]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def check(self, figure: str, target: str, met: bool) -> None:
+        self.verdicts.append((figure, target, met))
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", ""]
+        lines.append("| " + " | ".join(self.headers) + " |")
+        lines.append("| " + " | ".join("---" for _ in self.headers) + " |")
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.verdicts:
+            lines += ["", "| figure | target | met |", "| --- | --- | --- |"]
+            lines += [
+                f"| {figure} | {target} | {'yes' if met else '**no**'} |"
+                for figure, target, met in self.verdicts
+            ]
+        if self.notes:
+            lines.append("")
+            lines += self.notes
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# The machine.
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_description() -> list[tuple[str, str]]:
+    return [
+        ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("CPU", _cpu_model()),
+        ("cores", str(os.cpu_count())),
+        ("kernel", f"{platform.system()} {platform.release()}"),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("pyzmq / libzmq", f"{zmq.__version__} / {zmq.zmq_version()}"),
+        ("msgspec", _version("msgspec")),
+        ("msgpack", _version("msgpack")),
+        ("pykka", _version("pykka")),
+    ]
+
+
+# --------------------------------------------------------------------------
+# Addresses and MessagePack.
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listened on a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tcp(port: int) -> str:
+    return f"tcp://127.0.0.1:{port}"
+
+
+def pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def request(endpoint: str, message: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
+    """One REQ round trip; raises TimeoutError when nobody answers."""
+    sock: zmq.Socket[bytes] = CTX.socket(zmq.REQ)
+    try:
+        sock.linger = 0
+        sock.connect(endpoint)
+        sock.send(pack(message))
+        if not sock.poll(int(timeout_s * 1000)):
+            raise TimeoutError(f"no reply from {endpoint} within {timeout_s} s")
+        reply = unpack(sock.recv())
+    finally:
+        sock.close()
+    if not isinstance(reply, dict):
+        raise TypeError(f"reply is not a map: {reply!r}")
+    return reply
+
+
+def call(endpoint: str, op: str, timeout_s: float = 5.0, **keys: Any) -> dict[str, Any]:
+    reply = request(endpoint, {"op": op, **keys}, timeout_s)
+    if reply.get("ok") is not True:
+        raise RuntimeError(f"{op} failed: {reply!r}")
+    return reply
+
+
+# --------------------------------------------------------------------------
+# Processes.
+
+
+def rpcproxy_path() -> str:
+    """The ``rpcproxy`` beside this interpreter (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "rpcproxy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("rpcproxy")
+    if found is None:
+        raise FileNotFoundError("rpcproxy is not installed in this venv nor on PATH")
+    return found
+
+
+def script(name: str, *args: str) -> list[str]:
+    """The argv running ``bench/<name>`` with this interpreter."""
+    return [sys.executable, str(BENCH_DIR / name), *args]
+
+
+@dataclass
+class Serve:
+    """A running ``rpcproxy serve`` with the endpoints it was given."""
+
+    proc: subprocess.Popen[bytes]
+    query: str
+    heartbeat: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _wait_ping(serve: Serve, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if serve.proc.poll() is not None:
+            raise RuntimeError(f"rpcproxy exited with {serve.proc.returncode}:\n{serve.log()}")
+        with contextlib.suppress(TimeoutError):
+            request(serve.query, {"op": "ping"}, timeout_s=0.2)
+            return
+    raise RuntimeError(f"rpcproxy did not answer ping within {timeout_s} s:\n{serve.log()}")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGTERM one process we started, SIGKILL it if it does not go."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def running_serve(*args: str) -> Iterator[Serve]:
+    """Start ``rpcproxy serve`` on fresh loopback ports, wait for ping, stop after."""
+    query, heartbeat = tcp(free_port()), tcp(free_port())
+    argv = [rpcproxy_path(), "serve", "--query", query, "--heartbeat-bind", heartbeat]
+    argv += ["--events", "", *args]
+    with tempfile.NamedTemporaryFile(prefix="rpcproxy-bench-", suffix=".log", delete=False) as f:
+        log_path = Path(f.name)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    serve = Serve(proc, query, heartbeat, log_path)
+    try:
+        _wait_ping(serve, START_TIMEOUT_S)
+        yield serve
+    finally:
+        stop_process(proc)
+        log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def running_script(name: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``bench/<name>`` in its own process for the duration of the block."""
+    proc = subprocess.Popen(script(name, *args), stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+def vm_rss_kib(pid: int) -> int:
+    """Resident set size of a process, from ``/proc/<pid>/status``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class Requester:
+    """A persistent REQ socket for many round trips from one thread."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._sock: zmq.Socket[bytes] = CTX.socket(zmq.REQ)
+        self._sock.linger = 0
+        self._sock.connect(endpoint)
+
+    def call(self, op: str, timeout_s: float = 5.0, **keys: Any) -> dict[str, Any]:
+        self._sock.send(pack({"op": op, **keys}))
+        if not self._sock.poll(int(timeout_s * 1000)):
+            raise TimeoutError(f"no reply to {op} from {self.endpoint} within {timeout_s} s")
+        reply = unpack(self._sock.recv())
+        if not isinstance(reply, dict) or reply.get("ok") is not True:
+            raise RuntimeError(f"{op} failed: {reply!r}")
+        return reply
+
+    def close(self) -> None:
+        self._sock.close()
