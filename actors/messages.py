@@ -58,6 +58,17 @@ class ApplyHeartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyHeartbeats:
+    """Heartbeats that arrived together on the SUB socket, applied in order.
+
+    One message and one published snapshot for the whole batch: under a flood
+    of heartbeats, the per-message cost of the mailbox would dominate.
+    """
+
+    heartbeats: tuple[Heartbeat, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Rebalance:
     reply: Reply = no_reply
 

@@ -23,6 +23,7 @@ from actors.messages import (
     AddPrimary,
     AddResult,
     ApplyHeartbeat,
+    ApplyHeartbeats,
     HeartbeatResult,
     NotifyFailed,
     PingCandidates,
@@ -116,6 +117,9 @@ class ProxyActor(pykka.ThreadingActor):
         self._clock = clock
         self._on_change = on_change
         self._metrics = metrics or Metrics()
+        # Label children bound once: heartbeats can come thousands a second.
+        self._applied_heartbeats = self._metrics.heartbeats.labels("applied")
+        self._stale_heartbeats = self._metrics.heartbeats.labels("stale")
         self._state = ProxyState()
         self._heard: dict[str, float] = {}
         self._last_heartbeat_at: float | None = None
@@ -179,7 +183,14 @@ class ProxyActor(pykka.ThreadingActor):
                 self._commit(state, "removed")
                 _answer(reply, removed)
             case ApplyHeartbeat(heartbeat, reply):
-                _answer(reply, self._apply_heartbeat(heartbeat))
+                state, result = self._merge_heartbeat(self._state, heartbeat)
+                self._commit(state, "heartbeat")
+                _answer(reply, result)
+            case ApplyHeartbeats(heartbeats):
+                state = self._state
+                for heartbeat in heartbeats:
+                    state, _ = self._merge_heartbeat(state, heartbeat)
+                self._commit(state, "heartbeat")
             case Rebalance(reply):
                 self._start_rebalance(reply)
             case RebalanceTick():
@@ -195,14 +206,17 @@ class ProxyActor(pykka.ThreadingActor):
                 log.warning("ProxyActor: unexpected message %r", message)
         return None
 
-    def _apply_heartbeat(self, heartbeat: Heartbeat) -> HeartbeatResult:
-        outcome = apply_heartbeat(self._state, heartbeat, self._settings.local)
+    def _merge_heartbeat(
+        self, state: ProxyState, heartbeat: Heartbeat
+    ) -> tuple[ProxyState, HeartbeatResult]:
+        """Merge one heartbeat into ``state``, with its logs and counts; no commit."""
+        outcome = apply_heartbeat(state, heartbeat, self._settings.local)
         if outcome.stale:
             log.debug(
                 "stale heartbeat from %s (seq %s) dropped", heartbeat.publisher, heartbeat.seq
             )
-            self._metrics.heartbeats.labels("stale").inc()
-            return HeartbeatResult(changed=False, stale=True)
+            self._stale_heartbeats.inc()
+            return state, HeartbeatResult(changed=False, stale=True)
         now = self._clock()
         local = self._settings.local
         for server in outcome.newer_api:
@@ -218,12 +232,11 @@ class ProxyActor(pykka.ThreadingActor):
         for addr, reason in outcome.invalid:
             # Both texts come from a peer: cap what one entry can write to the log.
             log.warning("skipping heartbeat server %r: %s", addr[:80], reason[:200])
-        self._metrics.heartbeats.labels("applied").inc()
+        self._applied_heartbeats.inc()
         self._last_heartbeat_at = now
         if heartbeat.publisher is not None:
             self._heard[heartbeat.publisher] = now
-        self._commit(outcome.state, "heartbeat")
-        return HeartbeatResult(changed=outcome.changed, stale=False)
+        return outcome.state, HeartbeatResult(changed=outcome.changed, stale=False)
 
     # Rebalancing ------------------------------------------------------------------
 

@@ -15,13 +15,17 @@ from typing import Any
 import pykka
 import zmq
 
-from actors import ApplyHeartbeat
+from actors import ApplyHeartbeats
 from actors.metrics import Metrics
 from bus.codec import HeartbeatError, decode_heartbeat
 from bus.curve import HEARTBEAT_DOMAIN, CurveServer
 from bus.loop import SocketThread, needs_ipv6
+from proxy import Heartbeat
 
 log = logging.getLogger(__name__)
+
+_MAX_BATCH = 1024
+"""Heartbeats read per wake-up and handed to the proxy as one message."""
 
 
 def heartbeat_topic(region: str) -> bytes:
@@ -94,33 +98,38 @@ class HeartbeatListener(SocketThread):
 
     def on_readable(self, sock: Any) -> None:
         assert self._sub is not None
-        for _ in range(1024):
+        batch: list[Heartbeat] = []
+        for _ in range(_MAX_BATCH):
             try:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            self._handle(frames)
+                break
+            heartbeat = self._decode(frames)
+            if heartbeat is not None:
+                batch.append(heartbeat)
+        if not batch:
+            return
+        self.received += len(batch)
+        try:
+            self._proxy.tell(ApplyHeartbeats(tuple(batch)))
+        except pykka.ActorDeadError:
+            log.debug("%d heartbeats dropped: the proxy is stopping", len(batch))
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _decode(self, frames: list[bytes]) -> Heartbeat | None:
         if len(frames) != 2:
             self._drop("frames", f"expected 2 frames (topic, payload), got {len(frames)}")
-            return
+            return None
         topic, payload = frames
         if topic != self._topic:
             # Another region sharing our prefix: not an error, but counted.
             self.dropped["topic"] += 1
             self._rejected.labels("topic").inc()
-            return
+            return None
         try:
-            heartbeat = decode_heartbeat(payload)
+            return decode_heartbeat(payload)
         except HeartbeatError as exc:
             self._drop("payload", str(exc))
-            return
-        self.received += 1
-        try:
-            self._proxy.tell(ApplyHeartbeat(heartbeat))
-        except pykka.ActorDeadError:
-            log.debug("heartbeat dropped: the proxy is stopping")
+            return None
 
     def _drop(self, reason: str, detail: str) -> None:
         self.dropped[reason] += 1

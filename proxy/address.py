@@ -8,6 +8,7 @@ address must not block the proxy's only writer.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -57,6 +58,16 @@ def parse_address(text: str) -> Address:
     """
     if not isinstance(text, str):
         raise InvalidAddressError(f"address must be a string, got {type(text).__name__}")
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str) -> Address:
+    """The parse itself, memoised: every heartbeat repeats the same few addresses.
+
+    Parsing is a pure function of the text, so caching cannot change a result;
+    errors are not cached, and the cache is bounded.
+    """
     if not text or len(text) > _MAX_ADDRESS_LEN:
         raise InvalidAddressError(f"address {text[:40]!r} is empty or too long")
     if text.startswith("["):

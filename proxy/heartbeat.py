@@ -104,12 +104,24 @@ def apply_heartbeat(
         (ours if server.datacenter == local.datacenter else theirs).append(addr)
         arrivals.append(addr)
 
+    seqs = _record_seq(state.publisher_seqs, heartbeat)
+    new_backups = tuple(theirs) if heartbeat.servers else state.backups
+    if tuple(ours) == state.primaries and new_backups == state.backups:
+        # The common case, a heartbeat repeating what we know: no list changes.
+        same = replace(
+            state,
+            num_nodes=heartbeat.num_nodes,
+            leader_addr=heartbeat.leader_rpc_addr,
+            publisher_seqs=seqs,
+        )
+        return HeartbeatOutcome(same, newer_api=tuple(newer_api), invalid=tuple(invalid))
+
     # Known primaries keep their order; new ones follow in heartbeat order.
     listed = frozenset(ours)
     known = frozenset(state.primaries)
     primaries = [a for a in state.primaries if a in listed]
     primaries += [a for a in dict.fromkeys(ours) if a not in known]
-    backups = theirs if heartbeat.servers else list(state.backups)
+    backups = list(new_backups)
 
     merged = with_members(state, primaries, backups, arrivals)
     changed = frozenset(merged.primaries) != known or frozenset(merged.backups) != frozenset(
@@ -119,7 +131,7 @@ def apply_heartbeat(
         merged,
         num_nodes=heartbeat.num_nodes,
         leader_addr=heartbeat.leader_rpc_addr,
-        publisher_seqs=_record_seq(state.publisher_seqs, heartbeat),
+        publisher_seqs=seqs,
     )
     return HeartbeatOutcome(
         merged, changed=changed, newer_api=tuple(newer_api), invalid=tuple(invalid)
