@@ -21,10 +21,15 @@ RUN python3 -m venv /opt/rpcproxy \
     && rm -rf /tmp/wheelhouse \
     && groupadd --system rpcproxy \
     && useradd --system --gid rpcproxy --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin rpcproxy
+        --shell /usr/sbin/nologin rpcproxy \
+    && mkdir /keys \
+    && chown rpcproxy:rpcproxy /keys
 
 USER rpcproxy
-EXPOSE 4650 4651 4652
+# /keys: where docker-compose.yml mounts its CURVE keys volume. A new named
+# volume starts as a copy of this directory, owned by rpcproxy, so
+# `rpcproxy keygen /keys ...` works there without root.
+EXPOSE 4650 4651 4652 4653
 
 # A real request: the proxy must answer a ping on its query socket.
 HEALTHCHECK --interval=2s --timeout=3s --start-period=10s --retries=3 \

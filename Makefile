@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration compose-test fuzz soak bench wheelhouse base-image clean
+.PHONY: demo test lint typecheck unit integration compose-test compose-up fuzz soak bench wheelhouse base-image clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ soak: $(STAMP)
 ## Benchmarks against this machine's limits; writes bench/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --write bench/RESULTS.md
+
+## The compose setup, up in the background (prepares what it needs, like the tests).
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+BASE_IMAGE ?= $(shell docker image inspect python:3.11-slim >/dev/null 2>&1 && echo python:3.11-slim || echo rpcproxy-base:bookworm)
+compose-up: wheelhouse
+	@if [ "$(BASE_IMAGE)" = rpcproxy-base:bookworm ]; then docker/build-base-image.sh; fi
+	BASE_IMAGE=$(BASE_IMAGE) $(COMPOSE) up -d --build
 
 ## Wheels of rpcproxy and its dependencies, installed into images offline.
 wheelhouse: $(STAMP)

@@ -13,12 +13,18 @@ health is polled here with ``docker inspect``). Container-level operations
 (stop, pause, network, exec, logs) use the plain ``docker`` CLI on the
 container found by its compose labels, which is the same in both.
 
+CURVE is on in docker-compose.yml: the one-shot ``keys`` service writes the key
+pairs into the project's ``keys`` volume, and :meth:`ComposeProject.up` copies
+them out (``docker cp`` from the exited ``keys`` container) so host-side
+clients use the ``client`` key like the client container does.
+
 Nothing here sleeps blindly: waiting is polling with a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -28,12 +34,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from bus.client import ProxyClient, ProxyError
+from bus.curve import CurveClient
 
 REPO: Final = Path(__file__).resolve().parents[2]
 COMPOSE_FILE: Final = REPO / "docker-compose.yml"
@@ -49,6 +57,15 @@ SERVERS: Final = ("server1:4647", "server2:4647", "server3:4647")
 """The server addresses the publisher announces (container DNS names)."""
 
 QUERY_PORT: Final = 4650
+HEARTBEAT_PORT: Final = 4651
+METRICS_PORT: Final = 4653
+ONE_SHOT_SERVICES: Final = frozenset({"keys"})
+"""Services that run once and must exit 0 (the others keep running)."""
+KEYS_SERVICE: Final = "keys"
+KEYS_DIR_IN_CONTAINER: Final = "/keys"
+PROXY_PUBLIC_KEY: Final = "proxy.key"
+CLIENT_CERT: Final = "client.key_secret"
+"""The certificate host-side clients use: the client container's, which is allowed."""
 UP_TIMEOUT_S: Final = 90.0
 """How long every service may take to be healthy (or running) after ``up``."""
 
@@ -136,6 +153,11 @@ def run(
             f"--- stdout ---\n{done.stdout}\n--- stderr ---\n{done.stderr or ''}"
         )
     return done
+
+
+def in_ci() -> bool:
+    """Whether the tests run under CI (``CI=true``, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 def docker_unavailable_reason() -> str | None:
@@ -305,6 +327,7 @@ class ComposeProject:
         # Lower-case letters and digits only: both compose versions keep it as is.
         self.name = name or f"rpcproxyt{secrets.token_hex(4)}"
         self._containers: dict[str, str] = {}
+        self._keys_dir: Path | None = None
 
     # -- compose -------------------------------------------------------------
 
@@ -329,6 +352,7 @@ class ComposeProject:
         try:
             self.compose("up", "-d", "--no-build", timeout_s=timeout_s + 60)
             self.wait_ready(timeout_s - (time.monotonic() - started))
+            self.fetch_keys()
         except (ComposeError, AssertionError) as exc:
             raise ComposeError(f"{self.name} did not come up: {exc}\n{self.diagnostics()}") from exc
 
@@ -342,6 +366,8 @@ class ComposeProject:
             for service in services:
                 state = self.state(service)
                 status = _readiness(state)
+                if service in ONE_SHOT_SERVICES:
+                    status = _completion(state)
                 if status == "exited":
                     raise ComposeError(f"service {service} stopped: {json.dumps(state)}")
                 if status != "ready":
@@ -359,12 +385,21 @@ class ComposeProject:
             if self.state(service).get("Paused"):
                 run(["docker", "unpause", self._containers[service]], check=False)
         self.compose("down", "-v", "-t", "1", "--remove-orphans", timeout_s=120, check=False)
+        if self._keys_dir is not None:
+            shutil.rmtree(self._keys_dir, ignore_errors=True)
+            self._keys_dir = None
 
     def diagnostics(self) -> str:
         """``ps`` and the logs of every container, for a failure message."""
         parts = [self.compose("ps", check=False, timeout_s=30).stdout]
         for service in self._service_names_or_empty():
             parts.append(f"--- logs of {service} ---\n{self.logs(service, tail=100)}")
+            health = self.state(service).get("Health") or {}
+            for check in (health.get("Log") or [])[-3:]:
+                parts.append(
+                    f"--- health check of {service} at {check.get('Start')}: "
+                    f"exit {check.get('ExitCode')} ---\n{check.get('Output', '').strip()}"
+                )
         return "\n".join(parts)
 
     def _service_names_or_empty(self) -> list[str]:
@@ -424,7 +459,7 @@ class ComposeProject:
     def unpause(self, service: str) -> None:
         self.docker("unpause", self.container(service))
 
-    @property
+    @functools.cached_property
     def network(self) -> str:
         """The project's default network."""
         found = self.docker(
@@ -447,6 +482,32 @@ class ComposeProject:
         """Put ``service`` back on the network, with its service name as DNS alias."""
         self.docker("network", "connect", "--alias", service, self.network, self.container(service))
 
+    def ip_address(self, service: str) -> str | None:
+        """``service``'s address on the project's network; None while it has none
+        (stopped, or disconnected from the network)."""
+        done = run(
+            [
+                "docker",
+                "inspect",
+                "--format",
+                "{{json .NetworkSettings.Networks}}",
+                self.container(service),
+            ],
+            check=False,
+        )
+        if done.returncode != 0:
+            return None
+        networks: dict[str, Any] = json.loads(done.stdout) or {}
+        found = networks.get(self.network) or {}
+        address = str(found.get("IPAddress") or "")
+        return address or None
+
+    def environment(self, service: str) -> dict[str, str]:
+        """The environment ``service``'s container was created with."""
+        out = self.docker("inspect", "--format", "{{json .Config.Env}}", self.container(service))
+        pairs: list[str] = json.loads(out) or []
+        return dict(pair.partition("=")[::2] for pair in pairs)
+
     def exec(self, service: str, *cmd: str, timeout_s: float = 30.0) -> str:
         """Run ``cmd`` in ``service``'s container; return its stdout."""
         return self.docker("exec", self.container(service), *cmd, timeout_s=timeout_s)
@@ -466,21 +527,80 @@ class ComposeProject:
         records = (ClientRecord.parse(line) for line in done.stdout.splitlines())
         return [record for record in records if record is not None]
 
+    # -- CURVE keys ----------------------------------------------------------
+
+    def fetch_keys(self) -> Path:
+        """Copy the ``keys`` volume to a host directory (once); return the directory.
+
+        ``docker cp`` works on the exited ``keys`` container and reads its
+        volume; the copies belong to the user running the tests.
+        """
+        if self._keys_dir is None:
+            target = Path(tempfile.mkdtemp(prefix=f"{self.name}-keys-"))
+            try:
+                self.docker(
+                    "cp", f"{self.container(KEYS_SERVICE)}:{KEYS_DIR_IN_CONTAINER}/.", str(target)
+                )
+            except ComposeError:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            self._keys_dir = target
+        return self._keys_dir
+
+    @property
+    def keys_dir(self) -> Path:
+        """The host copy of the keys volume (see :meth:`fetch_keys`)."""
+        return self.fetch_keys()
+
+    def curve(self, cert: str = CLIENT_CERT) -> CurveClient:
+        """The proxy's public key and the certificate ``cert`` of the keys volume."""
+        return CurveClient.from_files(self.keys_dir / PROXY_PUBLIC_KEY, self.keys_dir / cert)
+
     # -- the proxy -----------------------------------------------------------
 
-    def query_endpoint(self) -> str:
-        """The proxy's query socket as published on the host (looked up every time:
-        a restarted container may get a new ephemeral port)."""
-        out = self.docker("port", self.container("proxy"), f"{QUERY_PORT}/tcp")
+    def published_port(self, port: int, service: str = "proxy") -> int:
+        """The host's loopback port published for ``service``'s ``port`` (looked up
+        every time: a restarted container may get a new ephemeral port)."""
+        out = self.docker("port", self.container(service), f"{port}/tcp")
         for line in out.splitlines():
-            host, _, port = line.strip().rpartition(":")
+            host, _, published = line.strip().rpartition(":")
             if host in {"127.0.0.1", "0.0.0.0"}:
-                return f"tcp://127.0.0.1:{port}"
-        raise ComposeError(f"proxy's port {QUERY_PORT} is not published on IPv4: {out!r}")
+                return int(published)
+        raise ComposeError(f"{service}'s port {port} is not published on IPv4: {out!r}")
 
-    def client(self, *, timeout_s: float = 2.0, retries: int = 2) -> ProxyClient:
-        """A :class:`ProxyClient` of the proxy's published query port (close it)."""
-        return ProxyClient(self.query_endpoint(), timeout_s=timeout_s, retries=retries)
+    def query_endpoint(self) -> str:
+        """The proxy's query socket as published on the host."""
+        return f"tcp://127.0.0.1:{self.published_port(QUERY_PORT)}"
+
+    def heartbeat_endpoint(self) -> str:
+        """The proxy's heartbeat SUB socket as published on the host."""
+        return f"tcp://127.0.0.1:{self.published_port(HEARTBEAT_PORT)}"
+
+    def metrics_text(self, timeout_s: float = 5.0) -> str:
+        """The proxy's Prometheus exposition (``GET /metrics`` on the published port)."""
+        url = f"http://127.0.0.1:{self.published_port(METRICS_PORT)}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            body: bytes = response.read()
+        return body.decode()
+
+    def client(
+        self,
+        *,
+        timeout_s: float = 2.0,
+        retries: int = 2,
+        curve: CurveClient | None = None,
+    ) -> ProxyClient:
+        """A :class:`ProxyClient` of the proxy's published query port (close it).
+
+        It speaks CURVE with the ``client`` certificate unless ``curve`` names
+        other keys.
+        """
+        return ProxyClient(
+            self.query_endpoint(),
+            timeout_s=timeout_s,
+            retries=retries,
+            curve=curve if curve is not None else self.curve(),
+        )
 
     @contextlib.contextmanager
     def proxy(self, *, timeout_s: float = 2.0, retries: int = 2) -> Iterator[ProxyClient]:
@@ -511,6 +631,15 @@ class ComposeProject:
             timeout_s,
             f"the proxy to know {wanted}",
         )
+
+
+def _completion(state: dict[str, Any]) -> str:
+    """A one-shot service's readiness: "ready" once it exited 0, "exited" on failure."""
+    if not state:
+        return "missing"
+    if state.get("Status") in {"exited", "dead"}:
+        return "ready" if state.get("ExitCode") == 0 else "exited"
+    return str(state.get("Status", "not started"))
 
 
 def _readiness(state: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ selected and about to run.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -17,6 +16,7 @@ from tests.compose.compose import (
     ComposeProject,
     ComposeSetup,
     docker_unavailable_reason,
+    in_ci,
     prepare_session,
 )
 
@@ -26,16 +26,12 @@ FAILURE_LOG_SERVICES = ("proxy", "client")
 FAILURE_LOG_TAIL = 200
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
 @pytest.fixture(scope="session")
 def compose_setup() -> ComposeSetup:
     """Prepared once per session (pytest caches a skip or failure here too)."""
     reason = docker_unavailable_reason()
     if reason is not None:
-        if _in_ci():
+        if in_ci():
             pytest.fail(
                 f"compose tests cannot run under CI=true: {reason}. "
                 "CI must provide a Docker engine (or deselect them with -m 'not compose').",

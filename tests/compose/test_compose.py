@@ -3,18 +3,27 @@
 Each test starts a fresh compose project (see ``conftest.project``), breaks
 something the way production breaks it (a stopped container, a cut network,
 a restarted proxy, a drained server, a frozen process) and watches the proxy
-and the client-loop's records recover. Times worth knowing are printed in the
-session summary ("compose measurements").
+and the client-loop's records recover. CURVE is on throughout: the host-side
+clients use the ``client`` certificate from the project's keys volume, and
+one test checks that strangers get nowhere. Times worth knowing are printed in
+the session summary ("compose measurements").
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from bus.client import ProxyClient
+from bus.client import ProxyClient, ProxyTimeoutError
+from bus.curve import CurveClient, create_key_pair, load_key_pair
 from tests.compose.compose import (
+    PROXY_PUBLIC_KEY,
     SERVERS,
     ClientRecord,
     ComposeProject,
@@ -215,3 +224,100 @@ def test_paused_server_counts_as_dead(project: ComposeProject, measure: list[str
             assert_rebalances_avoid(proxy, frozen)
         finally:
             project.unpause(service)
+
+
+_CURVE_REJECTIONS = re.compile(
+    r'^rpcproxy_heartbeats_rejected_total\{reason="curve"\}\s+(\S+)$', re.MULTILINE
+)
+
+
+def curve_rejections(project: ComposeProject) -> float:
+    """The proxy's count of heartbeat peers refused for their CURVE key."""
+    found = _CURVE_REJECTIONS.search(project.metrics_text())
+    assert found is not None, "no rpcproxy_heartbeats_rejected_total{reason=curve} in /metrics"
+    return float(found.group(1))
+
+
+def rpcproxy_command() -> list[str]:
+    """This environment's ``rpcproxy`` command (the console script next to Python)."""
+    script = Path(sys.executable).with_name("rpcproxy")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("rpcproxy")
+    return [found] if found else [sys.executable, "-m", "cli.main"]
+
+
+def test_strangers_get_no_answer_and_cannot_publish(
+    project: ComposeProject, measure: list[str], tmp_path: Path
+) -> None:
+    _, stranger_cert = create_key_pair(tmp_path, "stranger")
+    stranger = CurveClient(project.curve().server_public, load_key_pair(stranger_cert))
+    endpoint = project.query_endpoint()
+
+    # The allowed key answers: what follows is a refusal, not a dead port.
+    with project.proxy() as proxy:
+        assert proxy.ping()
+    stranger_client = ProxyClient(endpoint, timeout_s=1.0, retries=1, curve=stranger)
+    with stranger_client, pytest.raises(ProxyTimeoutError):
+        stranger_client.find_server()
+    plain_client = ProxyClient(endpoint, timeout_s=1.0, retries=1)
+    with plain_client, pytest.raises(ProxyTimeoutError):
+        plain_client.find_server()
+    wait_for(
+        lambda: "refused a query peer" in project.logs("proxy", tail=200),
+        10.0,
+        "the proxy to log the refused query key",
+        interval_s=0.2,
+    )
+
+    before = curve_rejections(project)
+    publish = subprocess.Popen(
+        [
+            *rpcproxy_command(),
+            "publish",
+            "--connect",
+            project.heartbeat_endpoint(),
+            "--servers",
+            "stranger1:4647,stranger2:4647",
+            "--num-nodes",
+            "99",
+            "--interval",
+            "0.2",
+            "--publisher",
+            "stranger",
+            "--curve-server-key",
+            str(project.keys_dir / PROXY_PUBLIC_KEY),
+            "--curve-cert",
+            str(stranger_cert),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        started = time.monotonic()
+        wait_for(
+            lambda: curve_rejections(project) > before,
+            15.0,
+            "the proxy to refuse the stranger publisher's CURVE key",
+            interval_s=0.2,
+        )
+        refused_after = time.monotonic() - started
+        assert publish.poll() is None, "the stranger publisher exited early"
+        hold_for(
+            lambda: sorted(project.active_servers() or []) == sorted(SERVERS),
+            3.0,
+            "the stranger's heartbeats leave the server list alone",
+        )
+        with project.proxy() as proxy:
+            status = proxy.status()
+        assert status.num_nodes == 3, status
+        assert "stranger" not in {p.publisher for p in status.publishers}, status.publishers
+        refused = curve_rejections(project) - before
+    finally:
+        publish.terminate()
+        publish.wait(timeout=10)
+    measure.append(
+        f"stranger publisher first refused {refused_after:.2f} s after start, "
+        f"{refused:g} handshake(s) refused in all; query refusals logged"
+    )
