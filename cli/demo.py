@@ -90,13 +90,17 @@ class Demo:
         self.started = time.monotonic()
         self.step_text = "starting"
         self._stop = threading.Event()
+        self._print_lock = threading.Lock()
 
     def say(self, line: str) -> None:
         stamp = f"{time.monotonic() - self.started:5.1f}s"
         self.log.append(f"{stamp}  {line}")
         if self.plain:
             try:
-                print(f"{stamp}  {line}", flush=True)
+                # The script, the client and the event threads all report:
+                # one lock keeps their lines whole.
+                with self._print_lock:
+                    print(f"{stamp}  {line}", flush=True)
             except BrokenPipeError:
                 self._stop.set()  # Nobody reads any more; the main loop ends too.
 
@@ -230,7 +234,9 @@ class Demo:
 
     def _print_status(self, client: ProxyClient, cluster: _Cluster) -> None:
         try:
-            print(render_status(client.status(), cluster.label), flush=True)
+            table = render_status(client.status(), cluster.label)
+            with self._print_lock:
+                print(table, flush=True)
         except ProxyError as exc:
             print(f"(status unavailable: {exc})", flush=True)
 
