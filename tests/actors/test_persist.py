@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,24 +25,11 @@ from actors import AddPrimary, ApplyHeartbeat, ProxyActor, ProxySettings, SetBac
 from actors.persist import PendingState, PersistActor, StateFile
 from proxy import LocalIdentity, ProxyState, add_primary, check_invariant, set_backups
 from proxy.persisted import from_document, to_document
+from tests.waiting import poll_until
 
 from ._fakes import GATE_TIMEOUT, TIMEOUT, A, B, C, D, E, FakePinger, RecordingBox, hb
 
 T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = TIMEOUT, what: str = "") -> T:
-    """Poll ``predicate`` until truthy, waiting on an Event between tries."""
-    deadline = time.monotonic() + timeout
-    idle = threading.Event()
-    while True:
-        result = predicate()
-        if result:
-            return result
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        idle.wait(min(0.01, left))
 
 
 def primaries(*names: Any) -> ProxyState:
@@ -328,7 +314,7 @@ def test_a_state_offered_before_the_persister_started_does_not_block_later_write
     ref = PersistActor.start(store, pending)
     sync(ref)
     pending.offer(primaries(A, B))
-    wait_for(
+    poll_until(
         lambda: on_disk(store.path) == to_document(primaries(A, B)),
         timeout=1.0,
         what="the second offer to be written",
@@ -427,7 +413,7 @@ def test_every_change_of_the_proxy_actor_reaches_the_file(tmp_path: Path) -> Non
     request(proxy, lambda r: SetBackups((C,), r))
     request(proxy, lambda r: ApplyHeartbeat(hb((A, "dc1"), (B, "dc1"), num_nodes=7, leader="x"), r))
     final = box.current.state
-    wait_for(lambda: on_disk(store.path) == to_document(final), what="the last change on disk")
+    poll_until(lambda: on_disk(store.path) == to_document(final), what="the last change on disk")
     document = on_disk(store.path)
     assert document is not None
     assert from_document(document).active == final.active

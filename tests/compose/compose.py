@@ -42,6 +42,7 @@ from typing import Any, Final, TypeVar
 
 from bus.client import ProxyClient, ProxyError
 from bus.curve import CurveClient
+from tests.waiting import poll_until
 
 REPO: Final = Path(__file__).resolve().parents[2]
 COMPOSE_FILE: Final = REPO / "docker-compose.yml"
@@ -86,21 +87,8 @@ def wait_for(
     what: str,
     interval_s: float = 0.1,
 ) -> _T:
-    """Call ``predicate`` until it returns something truthy and return that.
-
-    Raises:
-        AssertionError: ``timeout_s`` passed first; the message names ``what``.
-    """
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while True:
-        result = predicate()
-        if result:
-            return result
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        pause.wait(min(interval_s, left))
+    """:func:`tests.waiting.poll_until` with this module's argument order."""
+    return poll_until(predicate, timeout_s, interval_s, what)
 
 
 def hold_for(predicate: Callable[[], bool], duration_s: float, what: str) -> None:

@@ -27,6 +27,7 @@ import pytest
 import zmq
 
 from bus.standin import ServerStandIn
+from tests.waiting import poll_until
 
 RPCPROXY = str(Path(sys.executable).parent / "rpcproxy")
 """The console script installed next to the interpreter running the tests."""
@@ -43,31 +44,6 @@ _live: list[Serve] = []
 
 # --------------------------------------------------------------------------
 # Small helpers.
-
-
-def poll_until(
-    predicate: Callable[[], _T], timeout: float = 5.0, interval: float = 0.01, what: str = ""
-) -> _T:
-    """Call ``predicate`` until it returns something truthy; return that.
-
-    Between calls this waits on a private socket's poll (not ``time.sleep``).
-
-    Raises:
-        AssertionError: ``timeout`` seconds passed first.
-    """
-    deadline = time.monotonic() + timeout
-    waiter = CTX.socket(zmq.PAIR)
-    try:
-        while True:
-            result = predicate()
-            if result:
-                return result
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-            waiter.poll(int(min(interval, left) * 1000) + 1)
-    finally:
-        waiter.close(linger=0)
 
 
 def free_port() -> int:
