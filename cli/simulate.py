@@ -129,15 +129,7 @@ def print_summary(result: FleetResult, out: TextIO) -> None:
     """A short table for humans: per-server rates and shares, then the fleet figures."""
     config = result.config
     timing = config.timing
-    flags = [
-        name
-        for name, on in (
-            ("partition", config.partition),
-            ("cold start", config.cold_start),
-            ("reference first timer", config.reference_first_timer),
-        )
-        if on
-    ]
+    flags = config.mode_names
     out.write(
         f"{config.clients:,} clients, {config.servers} servers ({config.dead} dead), "
         f"{config.minutes} virtual minutes, seed {config.seed}\n"

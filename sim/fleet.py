@@ -71,6 +71,16 @@ class FleetConfig:
     reference_first_timer: bool = False
     seed: int = 0
 
+    @property
+    def mode_names(self) -> list[str]:
+        """The scenario switches that are on, for titles and summaries."""
+        switches = (
+            ("partition", self.partition),
+            ("cold start", self.cold_start),
+            ("reference first timer", self.reference_first_timer),
+        )
+        return [name for name, on in switches if on]
+
     def validate(self) -> None:
         """Raise ValueError naming the first setting that makes no sense."""
         if self.clients < 1:

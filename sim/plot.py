@@ -60,16 +60,7 @@ def save_plot(result: FleetResult, path: str) -> None:
 
 def _title(result: FleetResult) -> str:
     config = result.config
-    flags = [
-        name
-        for name, on in (
-            ("partition", config.partition),
-            ("cold start", config.cold_start),
-            ("reference first timer", config.reference_first_timer),
-            (f"{config.dead} dead", config.dead > 0),
-        )
-        if on
-    ]
+    flags = config.mode_names + ([f"{config.dead} dead"] if config.dead else [])
     extra = f" ({', '.join(flags)})" if flags else ""
     return (
         f"{config.clients:,} clients, {config.servers} servers, "
