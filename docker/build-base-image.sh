@@ -36,18 +36,22 @@ if [ -z "$mirror" ]; then
     exit 1
 fi
 
+# An empty "$sudo" must not change how a command is parsed: "$sudo VAR=x cmd"
+# with sudo="" runs a command named "VAR=x". `env` makes the assignment a
+# plain argument whether or not sudo is in front of it.
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-if ! command -v debootstrap >/dev/null 2>&1 && [ ! -x /usr/sbin/debootstrap ]; then
-    $sudo apt-get update -qq
-    $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
+debootstrap="${DEBOOTSTRAP:-/usr/sbin/debootstrap}"
+if [ ! -x "$debootstrap" ]; then
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
 fi
 
 rootfs=$(mktemp -d /tmp/rpcproxy-rootfs.XXXXXX)
 trap '$sudo rm -rf "$rootfs"' EXIT
 
 echo "debootstrap $suite from $mirror into $rootfs"
-$sudo /usr/sbin/debootstrap --variant=minbase \
+$sudo "$debootstrap" --variant=minbase \
     --include=python3,python3-venv,ca-certificates \
     "$suite" "$rootfs" "$mirror" >/dev/null
 
