@@ -1,122 +1,212 @@
-"""TimerActor: one resettable tick, told to its target."""
+"""TimerActor: one resettable tick, told to its target.
+
+Driven by a :class:`ManualScheduler` that only moves when the test advances
+it, so no test here waits on real time; one test checks the real scheduler.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import threading
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pykka
 import pytest
 
 from actors import TimerActor
 from actors.messages import RebalanceTick, ScheduleTick
+from actors.timer import ThreadingScheduler
 
-from ._fakes import TIMEOUT, FakeClock, Inbox, Recorder, received, start_recorder
-
-QUIET = 0.2
-"""How long a test listens for a tick that must not come (an Event wait, not a sleep)."""
+from ._fakes import TIMEOUT, Inbox, Recorder, received, start_recorder
 
 
-def start_timer(
-    clock: FakeClock | None = None,
-) -> tuple[pykka.ActorRef[TimerActor], pykka.ActorRef[Recorder], Inbox]:
+@dataclass
+class _Call:
+    due: float
+    fn: Callable[[], None]
+    cancelled: bool = False
+    ran: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class ManualScheduler:
+    """A scheduler and its clock: calls run when :meth:`advance` passes their time.
+
+    Calls run on the test's thread, as a timer thread would run them: beside
+    the actor's own thread, telling it through its mailbox.
+    """
+
+    now: float = 1000.0
+    calls: list[_Call] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> _Call:
+        call = _Call(self.now + delay_s, fn)
+        self.calls.append(call)
+        return call
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for call in list(self.calls):
+            if not call.cancelled and not call.ran and call.due <= self.now:
+                call.ran = True
+                call.fn()
+
+    @property
+    def pending(self) -> list[_Call]:
+        return [c for c in self.calls if not c.cancelled and not c.ran]
+
+
+@dataclass
+class Timed:
+    timer: pykka.ActorRef[TimerActor]
+    target: pykka.ActorRef[Recorder]
+    inbox: Inbox
+    scheduler: ManualScheduler
+
+    def schedule(self, delay_s: float) -> None:
+        """Tell a ScheduleTick and wait until the timer has handled it."""
+        self.timer.tell(ScheduleTick(delay_s))
+        self.time_left()
+
+    def time_left(self) -> float:
+        """Also a barrier: every earlier message to the timer has been handled."""
+        left: float = self.timer.proxy().time_left().get(timeout=TIMEOUT)
+        return left
+
+    def advance(self, seconds: float) -> list[object]:
+        """Move time on; return every tick the target got so far."""
+        self.scheduler.advance(seconds)
+        self.time_left()  # the fired call's _Fire is handled before this answers
+        return received(self.target, self.inbox)
+
+
+@pytest.fixture
+def timed() -> Timed:
+    scheduler = ManualScheduler()
     target, inbox = start_recorder()
-    timer = TimerActor.start(target, clock) if clock else TimerActor.start(target)
-    return timer, target, inbox
+    timer = TimerActor.start(target, scheduler, scheduler)
+    return Timed(timer, target, inbox, scheduler)
 
 
-def listen_quietly(seconds: float) -> None:
-    """Let real time pass for timers that must not fire."""
-    threading.Event().wait(seconds)
+def test_a_scheduled_tick_fires_once_at_its_time(timed: Timed) -> None:
+    timed.schedule(5.0)
+
+    assert timed.advance(4.999) == []
+    assert timed.advance(0.001) == [RebalanceTick()]
+    assert timed.advance(3600.0) == [RebalanceTick()]
 
 
-def test_a_scheduled_tick_fires_once() -> None:
-    timer, target, inbox = start_timer()
+def test_rescheduling_replaces_the_pending_tick(timed: Timed) -> None:
+    timed.schedule(0.02)
+    timed.schedule(0.1)
 
-    timer.tell(ScheduleTick(0.02))
-
-    assert inbox.wait_count(1, TIMEOUT)
-    listen_quietly(QUIET)
-    assert received(target, inbox) == [RebalanceTick()]
-
-
-def test_rescheduling_replaces_the_pending_tick() -> None:
-    timer, target, inbox = start_timer()
-
-    timer.tell(ScheduleTick(0.02))
-    timer.tell(ScheduleTick(0.1))
-
-    assert inbox.wait_count(1, TIMEOUT)
-    listen_quietly(QUIET)
-    assert received(target, inbox) == [RebalanceTick()]
+    assert timed.advance(0.05) == []
+    assert timed.advance(3600.0) == [RebalanceTick()]
+    assert len(timed.scheduler.pending) == 0
 
 
-def test_rescheduling_a_long_timer_short_fires_early() -> None:
-    timer, _, inbox = start_timer()
+def test_rescheduling_a_long_timer_short_fires_early(timed: Timed) -> None:
+    timed.schedule(3600.0)
+    timed.schedule(0.01)
 
-    timer.tell(ScheduleTick(3600.0))
-    timer.tell(ScheduleTick(0.01))
-
-    assert inbox.wait_count(1, TIMEOUT)
-
-
-def test_rescheduling_a_short_timer_long_does_not_fire() -> None:
-    timer, target, inbox = start_timer()
-
-    timer.tell(ScheduleTick(0.05))
-    timer.tell(ScheduleTick(3600.0))
-
-    listen_quietly(QUIET)
-    assert received(target, inbox) == []
+    assert timed.advance(0.01) == [RebalanceTick()]
+    assert timed.advance(7200.0) == [RebalanceTick()]
 
 
-def test_time_left_follows_the_clock() -> None:
-    clock = FakeClock(100.0)
-    timer, _, _ = start_timer(clock)
-    proxy = timer.proxy()
+def test_rescheduling_a_short_timer_long_does_not_fire(timed: Timed) -> None:
+    timed.schedule(0.05)
+    timed.schedule(3600.0)
 
-    assert proxy.time_left().get(timeout=TIMEOUT) == math.inf
-    timer.tell(ScheduleTick(3600.0))
-    assert proxy.time_left().get(timeout=TIMEOUT) == 3600.0
-    clock.advance(600.0)
-    assert proxy.time_left().get(timeout=TIMEOUT) == 3000.0
-    clock.advance(5000.0)
-    assert proxy.time_left().get(timeout=TIMEOUT) == 0.0
+    assert timed.advance(3599.0) == []
+    assert timed.advance(1.0) == [RebalanceTick()]
 
 
-def test_time_left_is_infinite_after_the_tick() -> None:
-    timer, _, inbox = start_timer()
+def test_a_replaced_tick_already_on_its_way_is_dropped(timed: Timed) -> None:
+    """cancel() cannot stop a call that started: the generation drops its tick."""
+    timed.schedule(1.0)
+    (first,) = timed.scheduler.pending
+    timed.schedule(10.0)
+    assert first.cancelled
 
-    timer.tell(ScheduleTick(0.01))
-    assert inbox.wait_count(1, TIMEOUT)
+    first.fn()  # it raced the cancel and ran anyway
+    assert timed.advance(0.0) == []
+    assert timed.advance(10.0) == [RebalanceTick()]
 
-    assert timer.proxy().time_left().get(timeout=TIMEOUT) == math.inf
+
+def test_time_left_follows_the_clock(timed: Timed) -> None:
+    assert timed.time_left() == math.inf
+    timed.schedule(3600.0)
+    assert timed.time_left() == 3600.0
+    timed.scheduler.now += 600.0
+    assert timed.time_left() == 3000.0
+    timed.scheduler.now += 5000.0
+    assert timed.time_left() == 0.0
 
 
-def test_stopping_cancels_the_pending_tick() -> None:
-    timer, target, inbox = start_timer()
+def test_time_left_is_infinite_after_the_tick(timed: Timed) -> None:
+    timed.schedule(0.01)
+    assert timed.advance(0.01) == [RebalanceTick()]
 
-    timer.tell(ScheduleTick(0.05))
-    assert timer.stop(timeout=TIMEOUT) is True
+    assert timed.time_left() == math.inf
 
-    listen_quietly(QUIET)
-    assert received(target, inbox) == []
+
+def test_stopping_cancels_the_pending_tick(timed: Timed) -> None:
+    timed.schedule(0.05)
+    (pending,) = timed.scheduler.pending
+
+    assert timed.timer.stop(timeout=TIMEOUT) is True
+
+    assert pending.cancelled
+    pending.fn()  # even a call that ran anyway finds a stopped actor, quietly
+    timed.scheduler.advance(3600.0)
+    assert received(timed.target, timed.inbox) == []
 
 
 def test_a_tick_for_a_stopped_target_is_dropped_quietly(
-    caplog: pytest.LogCaptureFixture,
+    timed: Timed, caplog: pytest.LogCaptureFixture
 ) -> None:
-    timer, target, _ = start_timer()
-    assert target.stop(timeout=TIMEOUT) is True
+    assert timed.target.stop(timeout=TIMEOUT) is True
 
-    timer.tell(ScheduleTick(0.01))
-    # Fired once its deadline is cleared; poll on an Event, never a sleep.
-    deadline = time.monotonic() + TIMEOUT
-    while timer.proxy().time_left().get(timeout=TIMEOUT) != math.inf:
-        assert time.monotonic() < deadline
-        threading.Event().wait(0.005)
+    timed.schedule(0.01)
+    timed.scheduler.advance(0.01)
 
-    assert timer.is_alive()
+    assert timed.time_left() == math.inf  # the tick fired, into nobody
+    assert timed.timer.is_alive()
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_the_real_scheduler_calls_back_on_another_thread() -> None:
+    called = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def fn() -> None:
+        threads.append(threading.current_thread())
+        called.set()
+
+    ThreadingScheduler().call_later(0.0, fn)
+
+    assert called.wait(TIMEOUT)
+    assert threads[0] is not threading.current_thread()
+    assert threads[0].daemon
+
+
+def test_the_real_scheduler_survives_a_delay_of_centuries() -> None:
+    """threading.Timer overflows beyond TIMEOUT_MAX; the delay is clamped."""
+    called = threading.Event()
+    handle = ThreadingScheduler().call_later(1e300, called.set)
+    try:
+        assert isinstance(handle, threading.Timer)
+        assert handle.is_alive()
+    finally:
+        handle.cancel()
+    handle.join(TIMEOUT)
+    assert not handle.is_alive()
+    assert not called.is_set()
