@@ -14,10 +14,12 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import pykka
 
+from actors.lifecycle import stop_within
 from actors.messages import (
     ActiveServerChanged,
     AddPrimary,
@@ -60,6 +62,9 @@ from proxy import (
 )
 
 log = logging.getLogger(__name__)
+
+CHILD_STOP_TIMEOUT_S = 3.0
+"""How long stopping ProxyActor waits for its timer and pinger, together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,21 +141,48 @@ class ProxyActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         self._timer = TimerActor.start(self.actor_ref, self._clock)
         self._pinger = PingerActor.start(self._pinger_fn, self.actor_ref, self._metrics)
-        state = self._settings.restored
-        for addr in self._settings.primary_servers:
-            state, _ = add_primary(state, addr)
-        if self._settings.backup_servers:
-            state = set_backups(state, self._settings.backup_servers)
-        # Schedule before the first publish, so no snapshot lacks a deadline.
-        self._schedule(self._settings.timing.first_interval(self._rng.random()))
-        self._commit(state, "added")
-        self._publish()
+        try:
+            state = self._settings.restored
+            for addr in self._settings.primary_servers:
+                state, _ = add_primary(state, addr)
+            if self._settings.backup_servers:
+                state = set_backups(state, self._settings.backup_servers)
+            # Schedule before the first publish, so no snapshot lacks a deadline.
+            self._schedule(self._settings.timing.first_interval(self._rng.random()))
+            self._commit(state, "added")
+            self._publish()
+        except BaseException:
+            # pykka calls neither on_stop nor on_failure when on_start raises.
+            self._stop_children()
+            raise
 
     def on_stop(self) -> None:
-        for child in (self._timer, self._pinger):
-            if child is not None:
-                child.stop(block=True, timeout=5.0)
+        self._stop_children()
         self._answer_rebalance_waiters(RebalanceResult(self._state.head, None))
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """A told message raised: pykka stops this actor and calls this, not on_stop.
+
+        The children must stop here too: their threads are not daemons, and
+        left running they would keep the process alive after its only writer
+        died. The rebalance waiters get their answer instead of a timeout.
+        """
+        self._stop_children()
+        self._answer_rebalance_waiters(RebalanceResult(self._state.head, None))
+
+    def _stop_children(self) -> None:
+        """Stop the timer and the pinger together, bounded; log one that will not."""
+        for name in stop_within(self.children(), CHILD_STOP_TIMEOUT_S):
+            # A pinger stuck in a ping stops once the ping returns; waiting
+            # longer here would hold up the whole shutdown behind it.
+            log.warning(
+                "%s did not stop within %g s; not waiting for it", name, CHILD_STOP_TIMEOUT_S
+            )
 
     def children(self) -> list[tuple[str, pykka.ActorRef[Any]]]:
         """The actors this one started, by name, so a supervisor can watch them."""

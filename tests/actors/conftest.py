@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import pykka
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from actors import ProxyActor, ProxySettings
 from proxy import Address, LocalIdentity, RebalanceTiming
 
-from ._fakes import TIMEOUT, FakePinger, Harness, RecordingBox, start_recorder
+from ._fakes import GATE_TIMEOUT, TIMEOUT, FakePinger, Harness, RecordingBox, start_recorder
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +45,7 @@ class StartProxy(Protocol):
 def start_proxy(stop_actors: None) -> Iterator[StartProxy]:
     """Start a ProxyActor and wait until its on_start has run."""
     pingers: list[FakePinger] = []
+    started: list[tuple[pykka.ActorRef[ProxyActor], list[tuple[str, pykka.ActorRef[Any]]]]] = []
 
     def start(
         *,
@@ -81,6 +82,7 @@ def start_proxy(stop_actors: None) -> Iterator[StartProxy]:
             clock=clock,
         )
         assert ref.proxy().ping().get(timeout=TIMEOUT) is True
+        started.append((ref, ref.proxy().children().get(timeout=TIMEOUT)))
         harness = Harness(ref, box, fake, clock, listener)
         if inbox is not None:
             harness.inbox = inbox
@@ -90,3 +92,10 @@ def start_proxy(stop_actors: None) -> Iterator[StartProxy]:
     # A held ping would block PingerActor's stop: open every gate first.
     for fake in pingers:
         fake.release()
+    # Stop each proxy and check that its children stopped with it: the
+    # autouse stop_all would stop them anyway, and so hide a proxy that leaks
+    # its children (their threads would keep a real process from exiting).
+    for ref, children in started:
+        ref.stop(timeout=GATE_TIMEOUT)  # False when the test stopped it already
+        leaked = [name for name, child in children if not child.actor_stopped.wait(GATE_TIMEOUT)]
+        assert leaked == [], f"a stopped ProxyActor left {leaked} running"
