@@ -90,7 +90,8 @@ class SocketThread:
         self._control_endpoint = f"inproc://{self.name}-{next(_ids)}"
         self._started = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        # Replaced by start(), which hands the thread its control socket.
+        self._thread = threading.Thread(name=self.name, daemon=True)
         self.poller = zmq.Poller()
 
     # To be provided by subclasses -------------------------------------------
@@ -114,13 +115,49 @@ class SocketThread:
     # Lifecycle ------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0) -> None:
-        self._thread.start()
+        """Start the thread; return once :meth:`setup` is done.
+
+        On a setup error the thread has ended (its sockets closed) by the
+        time the error is raised here, so the caller may retry at once.
+
+        Raises:
+            RuntimeError: already started, or setup did not finish in
+                ``timeout_s`` (the thread is then told to stop once it can).
+            Exception: whatever :meth:`setup` raised.
+        """
+        if self._thread.ident is not None:
+            raise RuntimeError(f"{self.name} was already started")
+        # The control end is bound here, before the thread exists, so that a
+        # stop() racing with start() always finds it (an inproc message to a
+        # name nobody has bound yet is lost when the sender closes). From
+        # Thread.start() on, the thread alone uses and closes it; Thread.start
+        # is the memory barrier libzmq asks for when a socket changes threads.
+        control: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
+        try:
+            control.linger = 0
+            control.bind(self._control_endpoint)
+            self._thread = threading.Thread(
+                target=self._run, args=(control,), name=self.name, daemon=True
+            )
+            self._thread.start()
+        except BaseException:
+            control.close()
+            raise
         if not self._started.wait(timeout_s):
+            # Nobody would own a thread that finishes setup later: have it
+            # stop as soon as it polls.
+            self.stop(timeout_s=0)
             raise RuntimeError(f"{self.name} did not start within {timeout_s} s")
         if self._error is not None:
+            self._thread.join(timeout_s)
             raise self._error
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Tell the thread to stop and wait up to ``timeout_s`` for it to end.
+
+        A no-op if it is not running. Once this returns (in time) the thread
+        has closed its sockets.
+        """
         if not self._thread.is_alive():
             return
         pipe = self.context.socket(zmq.PAIR)
@@ -131,6 +168,19 @@ class SocketThread:
         finally:
             pipe.close()
         self._thread.join(timeout_s)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the thread has ended (or ``timeout_s`` passed).
+
+        Signal handlers still run meanwhile on the main thread, so a handler
+        may call :meth:`stop` to end the wait.
+
+        Returns:
+            Whether the thread has ended.
+        """
+        if self._thread.ident is not None:
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     @property
     def alive(self) -> bool:
@@ -146,10 +196,7 @@ class SocketThread:
             # for every later peer.
             log.exception("%s: error while handling input", self.name)
 
-    def _run(self) -> None:
-        control = self.context.socket(zmq.PAIR)
-        control.linger = 0
-        control.bind(self._control_endpoint)
+    def _run(self, control: zmq.Socket[bytes]) -> None:
         self.poller.register(control, zmq.POLLIN)
         try:
             try:
