@@ -7,7 +7,8 @@ reordered copies.
 
 from __future__ import annotations
 
-import threading
+import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,19 +18,44 @@ import zmq
 from bus.codec import encode_heartbeat
 from bus.curve import CurveClient
 from bus.heartbeats import heartbeat_topic
-from bus.loop import needs_ipv6
+from bus.loop import SocketThread, needs_ipv6
 from proxy import Heartbeat, HeartbeatServer
+
+log = logging.getLogger(__name__)
 
 ServerList = Callable[[], Sequence[HeartbeatServer]]
 
 
-class HeartbeatPublisher:
+class HeartbeatPublisher(SocketThread):
     """Publishes ``servers()`` on ``heartbeat/<region>`` every ``interval_s``.
 
-    The PUB socket is created, used and closed by the publisher's own thread.
-    ``servers`` is called on that thread each time, so the caller can change
-    the list while it runs (thread-safe if it returns an immutable value).
+    The PUB socket is created, used and closed by the publisher's own thread
+    (a :class:`~bus.loop.SocketThread`), so :meth:`start` raises what setting
+    it up raised, a taken port for one, instead of returning with a thread
+    that died. ``servers`` is called on that thread each time, so the caller
+    can change the list while it runs (thread-safe if it returns an immutable
+    value).
+
+    Args:
+        context: the ZeroMQ context the PUB socket is made in.
+        connect: endpoints to connect to (a proxy's heartbeat SUB).
+        bind: endpoints to bind (for proxies that connect to publishers).
+        region: heartbeats go out on ``heartbeat/<region>``.
+        servers: the server list of each heartbeat.
+        num_nodes: the ``num_nodes`` of each heartbeat.
+        leader: the ``leader_rpc_addr`` of each heartbeat.
+        interval_s: seconds between heartbeats; the first goes out at once.
+        publisher: the ``publisher`` name; a random ``pub-…`` one by default.
+        curve: when set, the PUB socket is a CURVE client of the proxy.
+        clock: monotonic seconds, for the pace.
+
+    Attributes:
+        publisher: the name every heartbeat carries.
+        seq: the ``seq`` of the last heartbeat built (0 before the first).
+        bound_endpoints: ``bind`` as bound (``*`` ports resolved), once started.
     """
+
+    name = "rpcproxy-publisher"
 
     def __init__(
         self,
@@ -44,9 +70,10 @@ class HeartbeatPublisher:
         interval_s: float = 1.0,
         publisher: str | None = None,
         curve: CurveClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(context)
         self._curve = curve
-        self._context = context
         self._connect = tuple(connect)
         self._bind = tuple(bind)
         self._topic = heartbeat_topic(region)
@@ -54,47 +81,96 @@ class HeartbeatPublisher:
         self._num_nodes = num_nodes
         self._leader = leader
         self._interval_s = interval_s
+        self._clock = clock
         self.publisher = publisher or f"pub-{uuid.uuid4().hex[:8]}"
         self.seq = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rpcproxy-publisher", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
+        self.bound_endpoints: list[str] = []
+        self._pub: zmq.Socket[bytes] | None = None
+        self._due = 0.0
+        self._failures = 0
 
     def run_forever(self) -> None:
-        """Publish on the calling thread until :meth:`stop` (or Ctrl-C)."""
-        self._run()
+        """Publish until :meth:`stop` (from another thread or a signal handler).
+
+        Raises:
+            OSError: a socket could not be bound or connected.
+            KeyboardInterrupt: Ctrl-C, after the publisher has stopped.
+        """
+        self.start()
+        try:
+            self.wait()
+        finally:
+            self.stop()
 
     def heartbeat(self) -> Heartbeat:
         """The next heartbeat (advances ``seq``)."""
+        servers = tuple(self._servers())
         self.seq += 1
         return Heartbeat(
-            servers=tuple(self._servers()),
+            servers=servers,
             num_nodes=self._num_nodes(),
             leader_rpc_addr=self._leader(),
             publisher=self.publisher,
             seq=self.seq,
         )
 
-    def _run(self) -> None:
-        pub: zmq.Socket[bytes] = self._context.socket(zmq.PUB)
-        try:
-            pub.linger = 0
-            pub.ipv6 = any(map(needs_ipv6, self._bind + self._connect))
-            if self._curve is not None:
-                self._curve.secure(pub)
-            for endpoint in self._bind:
+    # SocketThread -------------------------------------------------------------
+
+    def setup(self) -> None:
+        pub: zmq.Socket[bytes] = self.context.socket(zmq.PUB)
+        # Assigned at once so that teardown closes it whatever fails below.
+        self._pub = pub
+        pub.linger = 0
+        pub.ipv6 = any(map(needs_ipv6, self._bind + self._connect))
+        if self._curve is not None:
+            self._curve.secure(pub)
+        for endpoint in self._bind:
+            try:
                 pub.bind(endpoint)
-            for endpoint in self._connect:
+            except zmq.ZMQError as exc:
+                raise OSError(f"cannot bind heartbeat publisher to {endpoint}: {exc}") from exc
+            self.bound_endpoints.append(pub.getsockopt_string(zmq.LAST_ENDPOINT))
+        for endpoint in self._connect:
+            try:
                 pub.connect(endpoint)
-            while True:
-                pub.send_multipart([self._topic, encode_heartbeat(self.heartbeat())])
-                if self._stop.wait(self._interval_s):
-                    return
-        finally:
-            pub.close()
+            except zmq.ZMQError as exc:
+                raise OSError(f"cannot connect heartbeat publisher to {endpoint}: {exc}") from exc
+        self._due = self._clock()
+
+    def poll_timeout_ms(self) -> int | None:
+        # Nothing is registered but the control pipe: the poll is the pace.
+        return max(0, int((self._due - self._clock()) * 1000) + 1)
+
+    def on_idle(self) -> None:
+        now = self._clock()
+        if now < self._due:
+            return
+        self._publish()
+        # From now, not from the missed due time: a stalled thread sends one
+        # heartbeat when it wakes, not a burst to catch up.
+        self._due = now + self._interval_s
+
+    def teardown(self) -> None:
+        if self._pub is not None:
+            self._pub.close()
+            self._pub = None
+
+    def _publish(self) -> None:
+        assert self._pub is not None
+        try:
+            payload = encode_heartbeat(self.heartbeat())
+        except Exception:
+            # The caller's list failed (a file being rewritten): skip this
+            # heartbeat, not every later one. One traceback per run of
+            # failures, so a broken source cannot flood the log.
+            self._failures += 1
+            if self._failures == 1:
+                log.exception("%s could not build a heartbeat; retrying", self.publisher)
+            return
+        if self._failures:
+            log.warning(
+                "%s builds heartbeats again after %d failures", self.publisher, self._failures
+            )
+            self._failures = 0
+        # PUB never blocks: with no subscriber (or a full one) it drops.
+        self._pub.send_multipart([self._topic, payload])
