@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -14,7 +15,9 @@ import msgpack
 import pytest
 import zmq
 
-from bus.standin import ServerStandIn
+from bus.standin import PingResponder, ServerStandIn
+from tests.integration.conftest import port_is_free, tcp
+from tests.waiting import poll_until
 
 PING = msgpack.packb({"op": "ping", "region": "global", "rpc_major_version": 1})
 Client = Callable[[ServerStandIn], zmq.Socket[bytes]]
@@ -177,9 +180,7 @@ def test_context_manager(ctx: zmq.Context[Any], client: Client) -> None:
     assert not standin.running
 
 
-def test_serve_forever_until_stopped_from_another_thread(
-    ctx: zmq.Context[Any], client: Client
-) -> None:
+def test_serve_forever_until_stopped_from_another_thread(ctx: zmq.Context[Any]) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -188,10 +189,16 @@ def test_serve_forever_until_stopped_from_another_thread(
     serving.start()
     deadline = time.monotonic() + 5
     reply = None
-    sock = client(standin)
-    while reply is None and time.monotonic() < deadline:
-        # The DEALER reconnects by itself once the stand-in has bound.
-        reply = request(sock, PING, timeout_s=0.2)
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    try:
+        sock.linger = 0
+        # Connected by port, not by standin.endpoint, which is known only
+        # once the stand-in has bound; the DEALER reconnects by itself then.
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        while reply is None and time.monotonic() < deadline:
+            reply = request(sock, PING, timeout_s=0.2)
+    finally:
+        sock.close()
     assert reply == {"ok": True}
     standin.stop()
     serving.join(5)
@@ -242,3 +249,59 @@ def test_stop_from_a_signal_handler_on_the_serving_thread(ctx: zmq.Context[Any])
         helper.join(5)
     assert answered.is_set()
     assert not standin.running
+
+
+def test_a_port_taken_by_another_program_makes_start_raise(
+    ctx: zmq.Context[Any], client: Client
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        standin = ServerStandIn(tcp(port), context=ctx)
+        with pytest.raises(zmq.ZMQError, match=f"in use.*{port}") as err:
+            standin.start()
+    assert err.value.errno == errno.EADDRINUSE
+    assert not standin.running
+    # Nothing was left half-open: once the port is free the same object binds it.
+    standin.start()
+    try:
+        assert request(client(standin), PING) == {"ok": True}
+    finally:
+        standin.stop()
+
+
+def test_a_bad_endpoint_makes_start_raise(ctx: zmq.Context[Any]) -> None:
+    standin = ServerStandIn("tcp://no-port", context=ctx)
+    with pytest.raises(zmq.ZMQError) as err:
+        standin.start()
+    assert err.value.errno == errno.EINVAL
+    assert not standin.running
+
+
+def test_serve_forever_raises_a_bind_failure(ctx: zmq.Context[Any], server: ServerStandIn) -> None:
+    clash = ServerStandIn(server.endpoint, context=ctx)
+    with pytest.raises(zmq.ZMQError):
+        clash.serve_forever()
+    assert not clash.running
+
+
+def test_stop_frees_the_port_for_any_listener(server: ServerStandIn, client: Client) -> None:
+    assert request(client(server), PING) == {"ok": True}
+    port = int(server.endpoint.rpartition(":")[2])
+    server.stop()
+    poll_until(lambda: port_is_free(port), what=f"port {port} to be free again")
+
+
+def test_restart_after_a_pause_answers(server: ServerStandIn, client: Client) -> None:
+    server.pause()
+    server.stop()
+    server.restart()
+    assert request(client(server), PING) == {"ok": True}
+
+
+def test_the_responder_needs_no_socket() -> None:
+    responder = PingResponder()
+    assert msgpack.unpackb(responder(PING)) == {"ok": True}
+    assert msgpack.unpackb(responder(b"\xc1"))["error"]["code"] == "bad_request"
+    assert responder.pings == 1
