@@ -22,7 +22,9 @@ from proxy.rebalance import (
     reconcile,
 )
 from proxy.state import (
+    DEFAULT_MAX_SERVERS,
     ProxyState,
+    TooManyServersError,
     add_primary,
     check_invariant,
     members_of,
@@ -33,6 +35,7 @@ from proxy.state import (
 from proxy.throttle import Throttle
 
 __all__ = [
+    "DEFAULT_MAX_SERVERS",
     "DEFAULT_PORT",
     "Address",
     "Heartbeat",
@@ -45,6 +48,7 @@ __all__ = [
     "RebalanceTiming",
     "ReconcileOutcome",
     "Throttle",
+    "TooManyServersError",
     "add_primary",
     "apply_heartbeat",
     "check_invariant",

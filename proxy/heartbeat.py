@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from proxy.address import Address, InvalidAddressError, parse_address
-from proxy.state import ProxyState, with_members
+from proxy.state import ProxyState, backup_set, primary_set, with_members
 
 MAX_PUBLISHERS = 1024
 """Publishers whose last ``seq`` is remembered; the least recently heard is forgotten first."""
@@ -118,15 +118,14 @@ def apply_heartbeat(
 
     # Known primaries keep their order; new ones follow in heartbeat order.
     listed = frozenset(ours)
-    known = frozenset(state.primaries)
+    known = primary_set(state)
     primaries = [a for a in state.primaries if a in listed]
     primaries += [a for a in dict.fromkeys(ours) if a not in known]
-    backups = list(new_backups)
 
-    merged = with_members(state, primaries, backups, arrivals)
-    changed = frozenset(merged.primaries) != known or frozenset(merged.backups) != frozenset(
-        state.backups
-    )
+    # new_backups may be the state's own tuple, whose set the state already has.
+    merged = with_members(state, primaries, new_backups, arrivals)
+    # The states' sets compare on the hashes they store, without rehashing.
+    changed = primary_set(merged) != known or backup_set(merged) != backup_set(state)
     merged = replace(
         merged,
         num_nodes=heartbeat.num_nodes,

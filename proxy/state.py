@@ -5,6 +5,13 @@ one. The active list always holds exactly the servers that are primaries or
 backups (or both), each once: :func:`with_members` is the single place that
 restores that invariant after the membership changes, so no operation can
 forget it.
+
+Lists can hold thousands of servers (up to ``max_servers``, PROTOCOL.md
+section 8) and an :class:`Address` hashes and compares in Python, so a state
+carries sets of its lists (see :class:`_Index`): membership tests are O(1),
+and an add copies tuples and sets in C instead of rehashing every server.
+Filling an empty proxy one ``add_primary_server`` at a time is then a fast
+O(n) copy per add, not an O(n) walk of Python calls.
 """
 
 from __future__ import annotations
@@ -16,6 +23,40 @@ from types import MappingProxyType
 from proxy.address import Address
 
 _EMPTY_SEQS: Mapping[str, int] = MappingProxyType({})
+
+DEFAULT_MAX_SERVERS = 4096
+"""The default bound on the primary and backup lists together (``max_servers``)."""
+
+
+class TooManyServersError(ValueError):
+    """A change that would take the primary and backup lists beyond ``max_servers``.
+
+    The operation changes nothing; the message says how many servers the
+    change would have made.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """The primary and backup lists of one state as sets.
+
+    Built for two exact tuple objects, and trusted only by a state that holds
+    those very tuples (checked by identity): a state whose lists were
+    replaced by any other means rebuilds it, so it can never be stale.
+
+    Attributes:
+        primaries: the tuple ``primary_set`` was built from.
+        backups: the tuple ``backup_set`` was built from.
+        primary_set: the primaries.
+        backup_set: the backups.
+        members: how many servers are primaries or backups (or both).
+    """
+
+    primaries: tuple[Address, ...]
+    backups: tuple[Address, ...]
+    primary_set: frozenset[Address]
+    backup_set: frozenset[Address]
+    members: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +79,72 @@ class ProxyState:
     num_nodes: int = 0
     leader_addr: str = ""
     publisher_seqs: Mapping[str, int] = field(default_factory=lambda: _EMPTY_SEQS)
+    _index: _Index | None = field(default=None, repr=False, compare=False)
+    """Derived from ``primaries`` and ``backups``; see :func:`_index_of`."""
 
     @property
     def head(self) -> Address | None:
         """The active server, or None when no server is known."""
         return self.active[0] if self.active else None
 
+    @property
+    def num_members(self) -> int:
+        """How many servers are primaries or backups (or both)."""
+        return _index_of(self).members
+
+
+def _index_of(state: ProxyState) -> _Index:
+    """The state's index, or a new one when it carries none for its lists."""
+    index = state._index
+    if index is not None and index.primaries is state.primaries and index.backups is state.backups:
+        return index
+    return _build_index(state.primaries, state.backups)
+
+
+def _build_index(
+    primaries: tuple[Address, ...],
+    backups: tuple[Address, ...],
+    primary_set: frozenset[Address] | None = None,
+    backup_set: frozenset[Address] | None = None,
+) -> _Index:
+    if primary_set is None:
+        primary_set = frozenset(primaries)
+    if backup_set is None:
+        backup_set = frozenset(backups)
+    # A union of sets reuses the hashes they store: no Address is hashed again.
+    return _Index(primaries, backups, primary_set, backup_set, len(primary_set | backup_set))
+
 
 def members_of(state: ProxyState) -> frozenset[Address]:
     """The servers that must be on the active list."""
-    return frozenset(state.primaries) | frozenset(state.backups)
+    index = _index_of(state)
+    return index.primary_set | index.backup_set
+
+
+def primary_set(state: ProxyState) -> frozenset[Address]:
+    """The primaries as a set (built once per state, not per call)."""
+    return _index_of(state).primary_set
+
+
+def backup_set(state: ProxyState) -> frozenset[Address]:
+    """The backups as a set (built once per state, not per call)."""
+    return _index_of(state).backup_set
 
 
 def dedupe(addrs: Iterable[Address]) -> tuple[Address, ...]:
     """The addresses in first-seen order, each once."""
     return tuple(dict.fromkeys(addrs))
+
+
+def _list_and_set(
+    given: Sequence[Address], current: tuple[Address, ...], current_set: frozenset[Address]
+) -> tuple[tuple[Address, ...], frozenset[Address]]:
+    """``given`` deduplicated, and its set; the state's own list is reused as is."""
+    if given is current:
+        return current, current_set
+    unique = dict.fromkeys(given)
+    # Built from the dict, the set takes the hashes the dict stored.
+    return tuple(unique), frozenset(unique)
 
 
 def with_members(
@@ -67,16 +159,24 @@ def with_members(
     members join at its end, in the order of ``arrivals`` first and then of
     the primaries and backups. The order of servers already active is kept.
     """
-    primaries = dedupe(primaries)
-    backups = dedupe(backups)
-    members = frozenset(primaries) | frozenset(backups)
+    old = _index_of(state)
+    new_primaries, new_primary_set = _list_and_set(primaries, state.primaries, old.primary_set)
+    new_backups, new_backup_set = _list_and_set(backups, state.backups, old.backup_set)
+    members = new_primary_set | new_backup_set
     kept = [addr for addr in state.active if addr in members]
-    seen = set(kept)
-    for addr in (*arrivals, *primaries, *backups):
-        if addr in members and addr not in seen:
-            kept.append(addr)
-            seen.add(addr)
-    return replace(state, active=tuple(kept), primaries=primaries, backups=backups)
+    missing = set(members)
+    missing.difference_update(kept)
+    if missing:
+        for addr in (*arrivals, *new_primaries, *new_backups):
+            if addr in missing:
+                kept.append(addr)
+                missing.discard(addr)
+                if not missing:
+                    break
+    index = _Index(new_primaries, new_backups, new_primary_set, new_backup_set, len(members))
+    return replace(
+        state, active=tuple(kept), primaries=new_primaries, backups=new_backups, _index=index
+    )
 
 
 def notify_failed(state: ProxyState, addr: Address) -> tuple[ProxyState, bool]:
@@ -91,37 +191,112 @@ def notify_failed(state: ProxyState, addr: Address) -> tuple[ProxyState, bool]:
     return replace(state, active=(*state.active[1:], addr)), True
 
 
-def add_primary(state: ProxyState, addr: Address) -> tuple[ProxyState, bool]:
-    """Add ``addr`` to the primaries; returns whether it was new there."""
-    if addr in state.primaries:
+def add_primary(
+    state: ProxyState, addr: Address, *, max_servers: int | None = None
+) -> tuple[ProxyState, bool]:
+    """Add ``addr`` to the primaries; returns whether it was new there.
+
+    A new member joins the end of the active list; a backup that becomes a
+    primary keeps its place. This is :func:`with_members` for one server,
+    done in O(1) Python steps (the copies of the lists and sets run in C).
+
+    Args:
+        state: the state to add to.
+        addr: the server.
+        max_servers: the most primaries and backups together; None for no bound.
+
+    Raises:
+        TooManyServersError: ``addr`` is not a member yet and the lists
+            already hold ``max_servers`` servers.
+    """
+    index = _index_of(state)
+    if addr in index.primary_set:
         return state, False
-    return with_members(state, (*state.primaries, addr), state.backups), True
+    primaries = (*state.primaries, addr)
+    primary_set = index.primary_set | {addr}
+    if addr in index.backup_set:
+        active, members = state.active, index.members
+    else:
+        if max_servers is not None and index.members >= max_servers:
+            raise TooManyServersError(
+                f"cannot add {addr.canonical}: the primary and backup lists already hold "
+                f"{index.members} servers, the most max_servers ({max_servers}) allows"
+            )
+        active, members = (*state.active, addr), index.members + 1
+    new_index = _Index(primaries, state.backups, primary_set, index.backup_set, members)
+    return replace(state, active=active, primaries=primaries, _index=new_index), True
 
 
-def set_backups(state: ProxyState, addrs: Sequence[Address]) -> ProxyState:
-    """Replace the backup list (duplicates collapse to their first place)."""
-    return with_members(state, state.primaries, addrs)
+def set_backups(
+    state: ProxyState, addrs: Sequence[Address], *, max_servers: int | None = None
+) -> ProxyState:
+    """Replace the backup list (duplicates collapse to their first place).
+
+    Raises:
+        TooManyServersError: the primaries and the new backups together would
+            be more than ``max_servers`` servers (None: no bound).
+    """
+    new = with_members(state, state.primaries, addrs)
+    members = _index_of(new).members
+    if max_servers is not None and members > max_servers:
+        raise TooManyServersError(
+            f"{len(new.backups)} backups and {len(new.primaries)} primaries would make "
+            f"{members} servers, more than max_servers ({max_servers})"
+        )
+    return new
 
 
 def remove_server(state: ProxyState, addr: Address) -> tuple[ProxyState, bool]:
     """Drop ``addr`` from every list; returns whether it was known."""
-    if addr not in state.primaries and addr not in state.backups:
+    index = _index_of(state)
+    in_primaries = addr in index.primary_set
+    in_backups = addr in index.backup_set
+    if not in_primaries and not in_backups:
         return state, False
     return (
         with_members(
             state,
-            [a for a in state.primaries if a != addr],
-            [a for a in state.backups if a != addr],
+            tuple(a for a in state.primaries if a != addr) if in_primaries else state.primaries,
+            tuple(a for a in state.backups if a != addr) if in_backups else state.backups,
         ),
         True,
     )
 
 
+def list_changes(
+    old: tuple[Address, ...], new: tuple[Address, ...]
+) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+    """The servers ``new`` added (in its order) and removed (in ``old``'s order).
+
+    An append, the common change (``add_primary_server``, a heartbeat naming
+    one more server), is found by a prefix comparison that runs in C, without
+    hashing the list.
+    """
+    if old is new:
+        return (), ()
+    if len(new) >= len(old) and new[: len(old)] == old:
+        return new[len(old) :], ()
+    old_set, new_set = frozenset(old), frozenset(new)
+    added = tuple(a for a in new if a not in old_set)
+    removed = tuple(a for a in old if a not in new_set)
+    return added, removed
+
+
 def check_invariant(state: ProxyState) -> None:
-    """Raise AssertionError when the active list is not exactly the members, once each."""
+    """Raise AssertionError when the active list is not exactly the members, once each.
+
+    Also checks that an index the state carries describes its lists.
+    """
     if len(set(state.active)) != len(state.active):
         raise AssertionError(f"duplicate in active list {state.active}")
     if set(state.active) != members_of(state):
         raise AssertionError(
             f"active {state.active} != primaries {state.primaries} + backups {state.backups}"
         )
+    index = state._index
+    if index is not None and index.primaries is state.primaries:
+        fresh = _build_index(state.primaries, state.backups)
+        if (index.primary_set, index.members) != (fresh.primary_set, fresh.members) or (
+            index.backups is state.backups and index.backup_set != fresh.backup_set
+        ):
+            raise AssertionError(f"stale index {index} for {state}")

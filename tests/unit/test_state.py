@@ -6,10 +6,14 @@ FindServer, NotifyFailedServer, NumServers, RemoveServer and cycleServer.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from proxy import (
+    Address,
     ProxyState,
+    TooManyServersError,
     add_primary,
     check_invariant,
     members_of,
@@ -17,6 +21,7 @@ from proxy import (
     remove_server,
     set_backups,
 )
+from proxy.state import list_changes
 
 from ._helpers import addr, addrs, canon, server_names, with_backups, with_primaries
 
@@ -237,3 +242,104 @@ def test_state_is_immutable() -> None:
 def test_check_invariant_detects_violations(bad: ProxyState) -> None:
     with pytest.raises(AssertionError):
         check_invariant(bad)
+
+
+# --- max_servers (PROTOCOL.md section 8) ----------------------------------------
+
+
+def test_add_primary_beyond_max_servers_is_refused() -> None:
+    state = with_primaries(["a", "b"])
+    state = with_backups(["x"], state)
+    with pytest.raises(TooManyServersError, match=r"max_servers \(3\)") as info:
+        add_primary(state, addr("c"), max_servers=3)
+    assert "c:4647" in str(info.value)
+    assert canon(state) == ["a:4647", "b:4647", "x:4647"]
+    # Already a primary: a no-op, not a refusal.
+    assert add_primary(state, addr("a"), max_servers=3) == (state, False)
+    # A backup becoming a primary adds no server, so it fits.
+    promoted, added = add_primary(state, addr("x"), max_servers=3)
+    assert added and promoted.primaries == addrs("a", "b", "x")
+    assert canon(promoted) == ["a:4647", "b:4647", "x:4647"]
+    # Below the bound, and without one, it is an ordinary add.
+    assert add_primary(state, addr("c"), max_servers=4)[1]
+    assert add_primary(state, addr("c"))[1]
+
+
+def test_set_backups_beyond_max_servers_is_refused() -> None:
+    state = with_primaries(["a", "b"])
+    with pytest.raises(TooManyServersError, match=r"3 servers, more than max_servers \(2\)"):
+        set_backups(state, addrs("x"), max_servers=2)
+    # Primaries named again as backups count once; duplicates collapse first.
+    both = set_backups(state, addrs("a", "b", "a"), max_servers=2)
+    assert both.backups == addrs("a", "b")
+    assert canon(both) == ["a:4647", "b:4647"]
+    assert canon(set_backups(state, addrs("x", "x"), max_servers=3)) == [
+        "a:4647",
+        "b:4647",
+        "x:4647",
+    ]
+
+
+def test_num_members_counts_servers_on_both_lists_once() -> None:
+    state = with_backups(["a", "x"], with_primaries(["a", "b"]))
+    assert state.num_members == 3 == len(members_of(state))
+    assert remove_server(state, addr("a"))[0].num_members == 2
+
+
+def test_a_state_whose_lists_were_replaced_elsewhere_never_reads_a_stale_index() -> None:
+    state = with_primaries(["a", "b"])
+    # replace() keeps the index of the old lists; the state must not trust it.
+    other = replace(state, active=addrs("c"), primaries=addrs("c"))
+    assert members_of(other) == frozenset(addrs("c"))
+    assert add_primary(other, addr("a"))[1] is True
+    assert add_primary(other, addr("c"))[1] is False
+    check_invariant(other)
+    # replace() of anything else keeps a valid index.
+    moved = replace(state, num_nodes=5, active=addrs("b", "a"))
+    assert add_primary(moved, addr("b")) == (moved, False)
+    check_invariant(moved)
+
+
+class _CountedAddress(Address):
+    """An Address that counts its hashes and comparisons: a measure of work, not time."""
+
+    __slots__ = ()
+    calls = 0
+
+    def __hash__(self) -> int:
+        _CountedAddress.calls += 1
+        return Address.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        _CountedAddress.calls += 1
+        return Address.__eq__(self, other)
+
+
+def test_filling_one_add_at_a_time_costs_o1_python_steps_per_add() -> None:
+    # Issue 9 row 13: each add rebuilt every list and set, hashing and
+    # comparing every known server in Python; 50,000 adds took minutes.
+    count = 1000
+    servers = [_CountedAddress(f"10.0.{i // 256}.{i % 256}", 4647) for i in range(count)]
+    state = ProxyState()
+    _CountedAddress.calls = 0
+    for server in servers:
+        state, added = add_primary(state, server, max_servers=count)
+        assert added
+    assert _CountedAddress.calls <= 4 * count
+    assert state.active == state.primaries == tuple(servers)
+    check_invariant(state)
+    with pytest.raises(TooManyServersError):
+        add_primary(state, _CountedAddress("10.9.9.9", 4647), max_servers=count)
+
+
+def test_list_changes() -> None:
+    a, b, c = addrs("a", "b", "c")
+    assert list_changes((a, b), (a, b)) == ((), ())
+    assert list_changes((a,), (a, b, c)) == ((b, c), ())
+    assert list_changes((a, b, c), (c, a)) == ((), (b,))
+    assert list_changes((a, b), (c, b)) == ((c,), (a,))
+    # An append is found without hashing the list.
+    servers = tuple(_CountedAddress(f"s{i}.nomad", 4647) for i in range(100))
+    _CountedAddress.calls = 0
+    assert list_changes(servers[:99], servers) == (servers[99:], ())
+    assert _CountedAddress.calls == 0
