@@ -43,7 +43,11 @@ def run_fake_server(bind: str) -> int:
     """Answer zmq pings on ``bind`` until SIGINT or SIGTERM."""
     standin = ServerStandIn(bind)
     stopping = stop_on_signals()
-    standin.start()
+    try:
+        standin.start()
+    except zmq.ZMQError as exc:
+        print(f"rpcproxy fake-server: cannot bind {bind}: {exc}", file=sys.stderr)
+        return 1
     print(f"fake-server answering pings on {standin.endpoint}", flush=True)
     try:
         stopping.wait()
@@ -107,7 +111,13 @@ def run_publish(
         publisher=publisher,
         curve=curve,
     )
-    pub.start()
+    try:
+        pub.start()
+    except OSError as exc:
+        # A taken port or a bad endpoint: one line, not a traceback.
+        print(f"rpcproxy publish: {exc}", file=sys.stderr)
+        context.destroy(linger=0)
+        return 1
     print(
         f"publishing heartbeat/{region} every {interval_s}s as {pub.publisher}: "
         f"{' '.join(s.rpc_advertise_addr for s in source())}",

@@ -204,6 +204,24 @@ def test_status_when_nothing_answers_exits_1(tmp_path: Path) -> None:
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("publish", "--servers", "10.0.0.1:4647"), ("fake-server",)],
+    ids=["publish", "fake-server"],
+)
+def test_a_tool_on_a_taken_port_exits_1_with_one_line(command: tuple[str, ...]) -> None:
+    # publish used to print "publishing ..." and run on with a dead thread.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        endpoint = tcp(taken.getsockname()[1])
+        result = run_rpcproxy(command[0], "--bind", endpoint, *command[1:])
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and endpoint in lines[0] and "in use" in lines[0], result.stderr
+    assert result.stdout == ""
+
+
 # --------------------------------------------------------------------------
 # The demo (started by the module fixture, checked last).
 
