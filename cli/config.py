@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from proxy.address import Address, InvalidAddressError, parse_address
+from proxy.state import DEFAULT_MAX_SERVERS
 
 ENV_PREFIX = "RPCPROXY_"
 """Environment variables are ``ENV_PREFIX + key.upper()``."""
@@ -344,6 +345,7 @@ class Config:
     conns_per_sec_per_server: float = _key(64.0, _POSITIVE, "New connections per second one server should absorb; stretches the interval for big fleets")  # noqa: E501
     api_mismatch_log_interval_s: float = _key(10800.0, _real(positive=False), "Seconds between warnings about one server with a newer API; 0 warns every time")  # noqa: E501
     max_message_bytes: int = _key(1048576, _integer(1024), "Largest frame accepted (ZeroMQ MAXMSGSIZE); a peer sending more is disconnected")  # noqa: E501
+    max_servers: int = _key(DEFAULT_MAX_SERVERS, _integer(1), "Most servers in one heartbeat, in one set_backup_servers, and in the primary and backup lists together; beyond it: bad_request, or the heartbeat is dropped")  # noqa: E501
     metrics: str = _key("", _LISTEN, "Serve Prometheus metrics over HTTP at host:port (/metrics); empty: off")  # noqa: E501
     heartbeat_stale_s: float = _key(60.0, _POSITIVE, "Warn when no heartbeat has been applied for this many seconds")  # noqa: E501
     state_file: str = _key("", _PATH, "Where the server lists are saved after each change and restored at start; empty: not saved")  # noqa: E501
@@ -362,6 +364,7 @@ class Config:
             values[key.name] = value
         _check_distinct_binds(values, {})
         _check_curve(values, {})
+        _check_server_bound(values, {})
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with some keys changed (typed values, validated like TOML)."""
@@ -426,6 +429,23 @@ def _check_curve(values: Mapping[str, object], sources: Mapping[str, str]) -> No
             "heartbeat_connect",
             "cannot be used with CURVE: publishers must connect to heartbeat_bind",
             sources.get("heartbeat_connect"),
+        )
+
+
+def _check_server_bound(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    """The servers configured at start count against ``max_servers`` like any
+    others; more than it could never all be kept, so say so at start."""
+
+    def value(name: str) -> Any:
+        return values.get(name, _KEYS_BY_NAME[name].default)
+
+    limit = value("max_servers")
+    servers = len(set(value("primary_servers")) | set(value("backup_servers")))
+    if servers > limit:
+        raise ConfigError(
+            "max_servers",
+            f"primary_servers and backup_servers name {servers} servers, more than {limit}",
+            sources.get("max_servers"),
         )
 
 
@@ -511,6 +531,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
         sources[key.name] = source
     _check_distinct_binds(values, sources)
     _check_curve(values, sources)
+    _check_server_bound(values, sources)
     return Config(**values)
 
 

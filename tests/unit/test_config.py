@@ -93,6 +93,7 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "conns_per_sec_per_server": 64.0,
     "api_mismatch_log_interval_s": 10800.0,
     "max_message_bytes": 1048576,
+    "max_servers": 4096,
     "metrics": "",
     "heartbeat_stale_s": 60.0,
     "state_file": "",
@@ -149,6 +150,7 @@ SAMPLES: dict[str, tuple[str, str, Any]] = {
     "conns_per_sec_per_server": ("1e3", "1e3", 1000.0),
     "api_mismatch_log_interval_s": ("0", "0", 0.0),
     "max_message_bytes": ("1024", "1024", 1024),
+    "max_servers": ("3", "3", 3),
     "metrics": ("0.0.0.0:9100", '"0.0.0.0:9100"', "0.0.0.0:9100"),
     "heartbeat_stale_s": ("5", "5", 5.0),
     "state_file": ("/tmp/s.json", '"/tmp/s.json"', "/tmp/s.json"),
@@ -404,6 +406,9 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("max_message_bytes", "1023"),
     ("max_message_bytes", "1e6"),
     ("max_message_bytes", "1_048_576x"),
+    ("max_servers", "0"),
+    ("max_servers", "-1"),
+    ("max_servers", "4096.0"),
     ("metrics", "9100"),
     ("metrics", "host:0"),
     ("heartbeat_stale_s", "0"),
@@ -447,6 +452,8 @@ BAD_TOML: list[tuple[str, str]] = [
     ("rpc_major_version", "true"),
     ("rpc_minor_version", "false"),
     ("max_message_bytes", "true"),
+    ("max_servers", "0"),
+    ("max_servers", "1.5"),
     ("rpc_major_version", "1.0"),
     ("rpc_major_version", '"1"'),
     ("ping_timeout_s", "true"),
@@ -500,6 +507,20 @@ def test_two_sockets_cannot_bind_one_endpoint(
     error = _error(tmp_path, env=env)
     assert error.key == key
     assert "also bound by" in str(error)
+
+
+def test_configured_servers_count_against_max_servers(tmp_path: Path) -> None:
+    env = {"RPCPROXY_PRIMARY_SERVERS": "a,b", "RPCPROXY_BACKUP_SERVERS": "b,c:4647,c"}
+    # a, b and c: a server named on both lists, or twice, counts once.
+    assert _load(tmp_path, env=env, argv=["--max-servers", "3"]).max_servers == 3
+    error = _error(tmp_path, env=env, argv=["--max-servers", "2"])
+    assert error.key == "max_servers"
+    assert str(error) == (
+        "max_servers: primary_servers and backup_servers name 3 servers, more than 2"
+        " (from --max-servers)"
+    )
+    with pytest.raises(ConfigError, match="name 2 servers, more than 1"):
+        Config(primary_servers=(parse_address("a"), parse_address("b")), max_servers=1)
 
 
 def test_wildcard_ports_may_repeat(tmp_path: Path) -> None:
