@@ -16,24 +16,32 @@ without breaking an older proxy.
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from proxy import Address, Heartbeat, HeartbeatServer, InvalidAddressError, parse_address
+from proxy import (
+    DEFAULT_MAX_SERVERS,
+    Address,
+    Heartbeat,
+    HeartbeatServer,
+    InvalidAddressError,
+    parse_address,
+)
 
 __all__ = [
-    "MAX_ADDRS",
-    "MAX_HEARTBEAT_SERVERS",
     "MAX_NAME_LEN",
     "NO_ID",
     "OPS",
     "PROTOCOL_VERSION",
     "READ_ONLY_OPS",
     "AddPrimaryRequest",
+    "Decoder",
     "ErrorCode",
     "FindServerRequest",
     "HeartbeatError",
@@ -60,12 +68,6 @@ __all__ = [
 
 PROTOCOL_VERSION: Final = 1
 """The only value of ``v`` this proxy accepts."""
-
-MAX_ADDRS: Final = 4096
-"""Most addresses one ``set_backup_servers`` may carry."""
-
-MAX_HEARTBEAT_SERVERS: Final = 4096
-"""Most server entries one heartbeat may carry."""
 
 MAX_NAME_LEN: Final = 1024
 """Longest datacenter, publisher or leader address string accepted.
@@ -236,7 +238,8 @@ class _HeartbeatServerWire(Struct, frozen=True):
 class _HeartbeatWire(Struct, frozen=True):
     """Section 2's payload table; shared by the SUB payload and the ``heartbeat`` op."""
 
-    servers: Annotated[tuple[_HeartbeatServerWire, ...], Meta(max_length=MAX_HEARTBEAT_SERVERS)]
+    # Bounded by max_servers in the copy each Decoder makes.
+    servers: tuple[_HeartbeatServerWire, ...]
     num_nodes: Annotated[int, Meta(ge=0)]
     leader_rpc_addr: _Name
     publisher: _Name | None = None
@@ -275,7 +278,8 @@ class _AddPrimaryWire(_Op, frozen=True, tag="add_primary_server"):
 
 
 class _SetBackupsWire(_Op, frozen=True, tag="set_backup_servers"):
-    addrs: Annotated[tuple[str, ...], Meta(max_length=MAX_ADDRS)]
+    # Bounded by max_servers in the copy each Decoder makes.
+    addrs: tuple[str, ...]
 
 
 class _RemoveServerWire(_Op, frozen=True, tag="remove_server"):
@@ -293,21 +297,6 @@ class _RebalanceWire(_Op, frozen=True, tag="rebalance"):
 
 class _ResetRebalanceTimerWire(_Op, frozen=True, tag="reset_rebalance_timer"):
     pass
-
-
-_Wire: TypeAlias = (
-    _PingWire
-    | _FindServerWire
-    | _ServersWire
-    | _StatusWire
-    | _NotifyFailedWire
-    | _AddPrimaryWire
-    | _SetBackupsWire
-    | _RemoveServerWire
-    | _HeartbeatOpWire
-    | _RebalanceWire
-    | _ResetRebalanceTimerWire
-)
 
 
 class _Envelope(Struct, frozen=True):
@@ -370,51 +359,109 @@ OPS: Final[frozenset[str]] = frozenset({t.__struct_config__.tag for t in _CONVER
 # --------------------------------------------------------------------------
 # Decoding.
 
-_REQUEST_DECODER: Final = msgspec.msgpack.Decoder(_Wire)
 _ENVELOPE_DECODER: Final = msgspec.msgpack.Decoder(_Envelope)
-_HEARTBEAT_DECODER: Final = msgspec.msgpack.Decoder(_HeartbeatWire)
+
+_S = TypeVar("_S", bound=Struct)
+
+
+def _bounded(base: type[_S], tag: str | None = None, **fields: Any) -> type[_S]:
+    """A subclass of ``base`` with ``fields`` retyped, read under the same tag."""
+    options: dict[str, Any] = {} if tag is None else {"tag": tag}
+    made = msgspec.defstruct(
+        base.__name__,
+        list(fields.items()),
+        bases=(base,),
+        module=__name__,
+        frozen=True,
+        **options,
+    )
+    return cast(type[_S], made)
+
+
+class Decoder:
+    """Reads query requests and heartbeats, with server lists bounded.
+
+    ``max_servers`` (PROTOCOL.md section 8) bounds a heartbeat's ``servers``
+    and a ``set_backup_servers``'s ``addrs``. msgspec checks a list's length
+    as it reads the list, before it builds any entry, so an oversized list
+    costs next to nothing; the bound is part of the wire type, so each
+    Decoder makes its own copy of the types that carry it. Build one per
+    socket at start, not per message.
+
+    Args:
+        max_servers: the longest list accepted.
+    """
+
+    def __init__(self, max_servers: int = DEFAULT_MAX_SERVERS) -> None:
+        if max_servers < 1:
+            raise ValueError(f"max_servers must be at least 1, got {max_servers}")
+        self.max_servers = max_servers
+        servers = Annotated[tuple[_HeartbeatServerWire, ...], Meta(max_length=max_servers)]
+        addrs = Annotated[tuple[str, ...], Meta(max_length=max_servers)]
+        bounded: dict[type[Any], type[Any]] = {
+            _SetBackupsWire: _bounded(_SetBackupsWire, "set_backup_servers", addrs=addrs),
+            _HeartbeatOpWire: _bounded(_HeartbeatOpWire, "heartbeat", servers=servers),
+        }
+        self._converters = {bounded.get(t, t): convert for t, convert in _CONVERTERS.items()}
+        request_type = functools.reduce(operator.or_, self._converters)
+        self._requests = msgspec.msgpack.Decoder(request_type)
+        self._heartbeats = msgspec.msgpack.Decoder(_bounded(_HeartbeatWire, servers=servers))
+
+    def request(self, frame: bytes) -> Request:
+        """Decode and validate one query-socket request.
+
+        Args:
+            frame: the request's body frame.
+
+        Returns:
+            The typed request, with its addresses parsed.
+
+        Raises:
+            RequestError: the frame breaks PROTOCOL.md; ``code`` says which
+                rule and ``request_id`` is the request's ``id`` whenever it
+                could be read. A list longer than ``max_servers`` is
+                ``bad_request``.
+        """
+        try:
+            wire = self._requests.decode(frame)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+            raise _classify(frame, exc) from None
+        return self._converters[type(wire)](wire)
+
+    def heartbeat(self, payload: bytes) -> Heartbeat:
+        """Decode and validate a heartbeat payload (PROTOCOL.md section 2).
+
+        Entries whose address does not parse are kept: rule 3 skips them one
+        by one later, whereas anything raised here drops the whole payload
+        (rule 1), as does a list of more than ``max_servers`` servers.
+
+        Raises:
+            HeartbeatError: the payload breaks the table; the message says how.
+        """
+        try:
+            wire = self._heartbeats.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise HeartbeatError(_describe(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise HeartbeatError(_not_msgpack(exc)) from None
+        except RecursionError:
+            raise HeartbeatError("nesting too deep") from None
+        except UnicodeDecodeError:
+            raise HeartbeatError(_BAD_UTF8) from None
+        return _to_heartbeat(wire)
+
+
+_DEFAULT_DECODER: Final = Decoder()
 
 
 def decode_request(frame: bytes) -> Request:
-    """Decode and validate one query-socket request.
-
-    Args:
-        frame: the request's body frame.
-
-    Returns:
-        The typed request, with its addresses parsed.
-
-    Raises:
-        RequestError: the frame breaks PROTOCOL.md; ``code`` says which rule
-            and ``request_id`` is the request's ``id`` whenever it could be read.
-    """
-    try:
-        wire = _REQUEST_DECODER.decode(frame)
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        raise _classify(frame, exc) from None
-    return _CONVERTERS[type(wire)](wire)
+    """:meth:`Decoder.request` with the default ``max_servers``."""
+    return _DEFAULT_DECODER.request(frame)
 
 
 def decode_heartbeat(payload: bytes) -> Heartbeat:
-    """Decode and validate a heartbeat payload (PROTOCOL.md section 2).
-
-    Entries whose address does not parse are kept: rule 3 skips them one by
-    one later, whereas anything raised here drops the whole payload (rule 1).
-
-    Raises:
-        HeartbeatError: the payload breaks the table; the message says how.
-    """
-    try:
-        wire = _HEARTBEAT_DECODER.decode(payload)
-    except msgspec.ValidationError as exc:
-        raise HeartbeatError(_describe(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise HeartbeatError(_not_msgpack(exc)) from None
-    except RecursionError:
-        raise HeartbeatError("nesting too deep") from None
-    except UnicodeDecodeError:
-        raise HeartbeatError(_BAD_UTF8) from None
-    return _to_heartbeat(wire)
+    """:meth:`Decoder.heartbeat` with the default ``max_servers``."""
+    return _DEFAULT_DECODER.heartbeat(payload)
 
 
 def _classify(frame: bytes, cause: Exception) -> RequestError:

@@ -15,12 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bus.codec import (
-    MAX_ADDRS,
-    MAX_HEARTBEAT_SERVERS,
     NO_ID,
     OPS,
     READ_ONLY_OPS,
     AddPrimaryRequest,
+    Decoder,
     ErrorCode,
     FindServerRequest,
     HeartbeatError,
@@ -43,7 +42,7 @@ from bus.codec import (
     encode_request_error,
     server_obj,
 )
-from proxy import Heartbeat, HeartbeatServer, parse_address
+from proxy import DEFAULT_MAX_SERVERS, Heartbeat, HeartbeatServer, parse_address
 
 
 def pack(obj: Any) -> bytes:
@@ -300,16 +299,65 @@ def test_key_of_wrong_type_is_bad_request(keys: dict[str, Any], message: str) ->
 
 
 def test_too_many_addresses_is_bad_request() -> None:
-    error = request_error(pack({"op": "set_backup_servers", "addrs": ["a"] * (MAX_ADDRS + 1)}))
+    frame = pack({"op": "set_backup_servers", "addrs": ["a"] * (DEFAULT_MAX_SERVERS + 1)})
+    error = request_error(frame)
     assert error.code is ErrorCode.BAD_REQUEST
     assert "addrs" in error.message
 
 
 def test_the_largest_allowed_address_list_decodes() -> None:
-    names = [f"s{i}.nomad" for i in range(MAX_ADDRS)]
+    names = [f"s{i}.nomad" for i in range(DEFAULT_MAX_SERVERS)]
     request = decode_request(pack({"op": "set_backup_servers", "addrs": names}))
     assert isinstance(request, SetBackupsRequest)
-    assert len(request.addrs) == MAX_ADDRS
+    assert len(request.addrs) == DEFAULT_MAX_SERVERS
+
+
+def _servers(count: int) -> list[dict[str, Any]]:
+    return [entry(f"10.0.0.{i % 250 + 1}:{4000 + i}") for i in range(count)]
+
+
+def test_a_decoder_bounds_lists_by_its_max_servers() -> None:
+    # max_servers (PROTOCOL.md section 8) flows into the wire types: one more
+    # than it is bad_request (requests) or dropped whole (heartbeats, rule 1).
+    decoder = Decoder(max_servers=3)
+    backups = decoder.request(pack({"op": "set_backup_servers", "addrs": ["a", "b", "c"]}))
+    assert isinstance(backups, SetBackupsRequest) and len(backups.addrs) == 3
+    with pytest.raises(RequestError) as info:
+        decoder.request(pack({"op": "set_backup_servers", "addrs": ["a", "b", "c", "d"], "id": 9}))
+    assert (info.value.code, info.value.request_id) == (ErrorCode.BAD_REQUEST, 9)
+    assert info.value.message == "key 'addrs' must be array of length <= 3"
+
+    assert len(decoder.heartbeat(pack(heartbeat_keys(servers=_servers(3)))).servers) == 3
+    with pytest.raises(HeartbeatError, match=r"key 'servers' must be array of length <= 3"):
+        decoder.heartbeat(pack(heartbeat_keys(servers=_servers(4))))
+
+    op = decoder.request(pack({"op": "heartbeat", **heartbeat_keys(servers=_servers(3))}))
+    assert isinstance(op, HeartbeatRequest) and len(op.heartbeat.servers) == 3
+    with pytest.raises(RequestError) as info:
+        decoder.request(pack({"op": "heartbeat", **heartbeat_keys(servers=_servers(4))}))
+    assert info.value.code is ErrorCode.BAD_REQUEST
+    assert "servers" in info.value.message
+
+
+def test_a_larger_max_servers_accepts_longer_lists() -> None:
+    count = DEFAULT_MAX_SERVERS + 1
+    decoder = Decoder(max_servers=count)
+    assert len(decoder.heartbeat(pack(heartbeat_keys(servers=_servers(count)))).servers) == count
+    names = [f"s{i}.nomad" for i in range(count)]
+    request = decoder.request(pack({"op": "set_backup_servers", "addrs": names}))
+    assert isinstance(request, SetBackupsRequest) and len(request.addrs) == count
+    # Decoders are independent: the default one still refuses that many.
+    with pytest.raises(HeartbeatError):
+        decode_heartbeat(pack(heartbeat_keys(servers=_servers(count))))
+
+
+def test_a_decoder_answers_every_op_like_the_default_one() -> None:
+    decoder = Decoder(max_servers=5)
+    for op in sorted(OPS - {"heartbeat", "set_backup_servers"}):
+        frame = pack({"op": op, "addr": "a", "id": op})
+        assert decoder.request(frame) == decode_request(frame)
+    with pytest.raises(ValueError, match="at least 1"):
+        Decoder(max_servers=0)
 
 
 def test_nesting_too_deep_in_an_extra_key_is_bad_request() -> None:
@@ -481,7 +529,7 @@ def test_heartbeat_negative_num_nodes_is_dropped() -> None:
 
 def test_heartbeat_with_too_many_servers_is_dropped() -> None:
     with pytest.raises(HeartbeatError, match="servers"):
-        decode_heartbeat(pack(heartbeat_keys(servers=[entry()] * (MAX_HEARTBEAT_SERVERS + 1))))
+        decode_heartbeat(pack(heartbeat_keys(servers=[entry()] * (DEFAULT_MAX_SERVERS + 1))))
 
 
 @pytest.mark.parametrize("payload", [b"\xc1", pack([1]), DEEP, b"\x81\xa1k" * 100_000 + b"\xc0"])
