@@ -81,6 +81,9 @@ class SocketThread:
     :meth:`on_readable`, and close them in :meth:`teardown`. :meth:`start`
     returns once setup is done and re-raises its error (a bind that failed),
     so a service never runs with a socket that silently did not open.
+    :meth:`teardown` runs after a failed setup too, so it closes whatever
+    setup had opened. Periodic work (a publisher's pace, deadlines) needs no
+    socket: :meth:`poll_timeout_ms` says when to wake and :meth:`on_idle` does it.
     """
 
     name = "rpcproxy-socket-thread"
