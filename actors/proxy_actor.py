@@ -20,6 +20,7 @@ from typing import Any
 import pykka
 
 from actors.lifecycle import stop_within
+from actors.log_gate import PeerLog
 from actors.messages import (
     ActiveServerChanged,
     AddPrimary,
@@ -46,6 +47,7 @@ from actors.timer import TimerActor
 from proxy import (
     Address,
     Heartbeat,
+    HeartbeatServer,
     LocalIdentity,
     ProxyState,
     RebalancePlan,
@@ -133,6 +135,8 @@ class ProxyActor(pykka.ThreadingActor):
         self._token = 0
         self._rebalancing: _Rebalancing | None = None
         self._mismatch_throttle = Throttle(settings.api_mismatch_log_interval_s)
+        # Heartbeats come from peers: what they make us warn about is rate-limited.
+        self._peer_log = PeerLog(log, clock=clock)
         self._timer: pykka.ActorRef[TimerActor] | None = None
         self._pinger: pykka.ActorRef[PingerActor] | None = None
 
@@ -250,25 +254,57 @@ class ProxyActor(pykka.ThreadingActor):
             self._stale_heartbeats.inc()
             return state, HeartbeatResult(changed=False, stale=True)
         now = self._clock()
-        local = self._settings.local
-        for server in outcome.newer_api:
-            if self._mismatch_throttle.allow(server.rpc_advertise_addr, now):
-                log.warning(
-                    "ignoring server %s: it speaks RPC API v%d.%d, newer than our v%d.%d",
-                    server.rpc_advertise_addr,
-                    server.rpc_major_version,
-                    server.rpc_minor_version,
-                    local.rpc_major_version,
-                    local.rpc_minor_version,
-                )
-        for addr, reason in outcome.invalid:
-            # Both texts come from a peer: cap what one entry can write to the log.
-            log.warning("skipping heartbeat server %r: %s", addr[:80], reason[:200])
+        self._warn_skipped(heartbeat, outcome.newer_api, outcome.invalid, now)
         self._applied_heartbeats.inc()
         self._last_heartbeat_at = now
         if heartbeat.publisher is not None:
             self._heard[heartbeat.publisher] = now
         return outcome.state, HeartbeatResult(changed=outcome.changed, stale=False)
+
+    def _warn_skipped(
+        self,
+        heartbeat: Heartbeat,
+        newer_api: Sequence[HeartbeatServer],
+        invalid: Sequence[tuple[str, str]],
+        now: float,
+    ) -> None:
+        """The warnings of rules 2 and 3 and of an empty heartbeat, rate-limited.
+
+        A peer chooses how many entries to get wrong, so invalid entries make
+        one line per heartbeat, and every kind of line passes the peer log's
+        gate (a burst, then one per interval, with a count of those held back).
+        """
+        local = self._settings.local
+        for server in newer_api:
+            # Rule 2's own limit (once per address per interval) comes first;
+            # the gate then bounds a heartbeat of thousands of fresh names.
+            if self._mismatch_throttle.allow(server.rpc_advertise_addr, now):
+                self._peer_log.warning(
+                    "newer api",
+                    "ignoring server %s: it speaks RPC API v%d.%d, newer than our v%d.%d",
+                    server.rpc_advertise_addr[:80],
+                    server.rpc_major_version,
+                    server.rpc_minor_version,
+                    local.rpc_major_version,
+                    local.rpc_minor_version,
+                )
+        if invalid:
+            # Both texts come from a peer: cap what each entry can write.
+            shown = "; ".join(f"{addr[:80]!r}: {reason[:200]}" for addr, reason in invalid[:3])
+            more = f" and {len(invalid) - 3} more" if len(invalid) > 3 else ""
+            self._peer_log.warning(
+                "invalid entries",
+                "skipping %d heartbeat servers whose address does not parse: %s%s",
+                len(invalid),
+                shown,
+                more,
+            )
+        if not heartbeat.servers:
+            self._peer_log.warning(
+                "empty heartbeat",
+                "a heartbeat from %s lists no servers: every primary is dropped, backups stay",
+                heartbeat.publisher[:80] if heartbeat.publisher is not None else "(no publisher)",
+            )
 
     # Rebalancing ------------------------------------------------------------------
 
@@ -385,8 +421,16 @@ class ProxyActor(pykka.ThreadingActor):
         )
 
 
+MEMBERSHIP_NAMES_SHOWN = 5
+"""Servers named per side of a membership line; the rest are counted."""
+
+
 def _log_membership(before: ProxyState, after: ProxyState, reason: str) -> None:
-    """One line per change of the server lists, with its reason."""
+    """One line per change of the server lists, with its reason.
+
+    Counts, and the first few names: a heartbeat may swap 4096 servers at
+    once, many times a second, and the line must stay a line.
+    """
     for name, old, new in (
         ("primary", before.primaries, after.primaries),
         ("backup", before.backups, after.backups),
@@ -394,12 +438,25 @@ def _log_membership(before: ProxyState, after: ProxyState, reason: str) -> None:
         if old is new or old == new:
             continue
         old_set, new_set = frozenset(old), frozenset(new)
-        added = [a.canonical for a in new if a not in old_set]
-        removed = [a.canonical for a in old if a not in new_set]
+        added = [a for a in new if a not in old_set]
+        removed = [a for a in old if a not in new_set]
         if added or removed:
             log.info(
-                "%s servers changed (%s): +%s -%s", name, reason, added or "[]", removed or "[]"
+                "%s servers changed (%s): +%d %s -%d %s",
+                name,
+                reason,
+                len(added),
+                _some(added),
+                len(removed),
+                _some(removed),
             )
+
+
+def _some(addrs: Sequence[Address]) -> str:
+    """``[a, b, c, d, e and 12 more]``: a bounded list of names for a log line."""
+    names = ", ".join(a.canonical for a in addrs[:MEMBERSHIP_NAMES_SHOWN])
+    more = len(addrs) - MEMBERSHIP_NAMES_SHOWN
+    return f"[{names} and {more} more]" if more > 0 else f"[{names}]"
 
 
 def _answer(reply: Reply, result: object) -> None:

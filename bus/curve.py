@@ -5,7 +5,8 @@ so with CURVE on, the heartbeat SUB, the query ROUTER and the events PUB are
 CURVE servers, and a ZAP handler (pyzmq's thread authenticator) accepts only
 client keys found in ``curve_allowed_dir``. A refused peer never completes its
 handshake, so nothing it sends reaches the proxy; refusals are counted per
-socket (ZAP domain) and logged.
+socket (ZAP domain) and logged, rate-limited per domain: a stranger can try
+a fresh key every time, so a limit per key would bound nothing.
 
 Keys are ``zmq.auth`` certificate files, as ``rpcproxy keygen`` writes them:
 ``NAME.key`` (public) and ``NAME.key_secret`` (public and secret).
@@ -26,7 +27,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from proxy import Throttle
+from actors.log_gate import LogGate, PeerLog
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,13 @@ class AllowList:
     """The ZAP credentials provider: a key is allowed iff it is in the directory.
 
     Called on the authenticator's thread, once per handshake.
+
+    Args:
+        directory: the allowed public certificates.
+        warn_interval_s: once a burst of refusal warnings is spent, at most
+            one per this many seconds per domain (each says how many it held back).
+        on_refused: called with the ZAP domain of each refusal (to count it).
+        clock: monotonic seconds, for the warnings' rate limit.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class AllowList:
         directory: str | Path,
         warn_interval_s: float = 60.0,
         on_refused: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         path = Path(directory)
         if not path.is_dir():
@@ -96,7 +105,7 @@ class AllowList:
         self.keys = frozenset(certificates)
         self.refused: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._throttle = Throttle(warn_interval_s, max_keys=1024)
+        self._peer_log = PeerLog(log, LogGate(warn_interval_s), clock)
         self.on_refused = on_refused
 
     def callback(self, domain: str, key: bytes) -> bool:
@@ -107,13 +116,13 @@ class AllowList:
             count = self.refused[domain]
         if self.on_refused is not None:
             self.on_refused(domain)
-        if self._throttle.allow(f"{domain}/{key!r}", time.monotonic()):
-            log.warning(
-                "refused a %s peer: CURVE key %s is not allowed (%d refused so far)",
-                domain,
-                key.decode(errors="replace"),
-                count,
-            )
+        self._peer_log.warning(
+            f"refused {domain}",
+            "refused a %s peer: CURVE key %s is not allowed (%d refused so far)",
+            domain,
+            key.decode(errors="replace")[:64],
+            count,
+        )
         return False
 
 
