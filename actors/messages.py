@@ -88,6 +88,16 @@ class AddResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """The result of a write refused as bad input (a bound, PROTOCOL.md section 8).
+
+    Nothing changed; the query socket answers ``bad_request`` with ``reason``.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatResult:
     changed: bool
     stale: bool

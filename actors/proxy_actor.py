@@ -34,6 +34,7 @@ from actors.messages import (
     Rebalance,
     RebalanceResult,
     RebalanceTick,
+    Refused,
     RemoveServer,
     Reply,
     ResetRebalanceTimer,
@@ -45,6 +46,7 @@ from actors.pinger import Pinger, PingerActor
 from actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
 from actors.timer import TimerActor
 from proxy import (
+    DEFAULT_MAX_SERVERS,
     Address,
     Heartbeat,
     HeartbeatServer,
@@ -53,6 +55,7 @@ from proxy import (
     RebalancePlan,
     RebalanceTiming,
     Throttle,
+    TooManyServersError,
     add_primary,
     apply_heartbeat,
     choose_head,
@@ -80,6 +83,8 @@ class ProxySettings:
     backup_servers: tuple[Address, ...] = ()
     restored: ProxyState = field(default_factory=ProxyState)
     """The state saved by an earlier run; the configured servers are added to it."""
+    max_servers: int = DEFAULT_MAX_SERVERS
+    """The most primaries and backups together (PROTOCOL.md section 8)."""
 
 
 @dataclass(slots=True)
@@ -134,7 +139,10 @@ class ProxyActor(pykka.ThreadingActor):
         self._version = 0
         self._token = 0
         self._rebalancing: _Rebalancing | None = None
-        self._mismatch_throttle = Throttle(settings.api_mismatch_log_interval_s)
+        # One heartbeat's worth of names: no more can be new at once.
+        self._mismatch_throttle = Throttle(
+            settings.api_mismatch_log_interval_s, max_keys=settings.max_servers
+        )
         # Heartbeats come from peers: what they make us warn about is rate-limited.
         self._peer_log = PeerLog(log, clock=clock)
         self._timer: pykka.ActorRef[TimerActor] | None = None
@@ -146,11 +154,7 @@ class ProxyActor(pykka.ThreadingActor):
         self._timer = TimerActor.start(self.actor_ref, self._clock)
         self._pinger = PingerActor.start(self._pinger_fn, self.actor_ref, self._metrics)
         try:
-            state = self._settings.restored
-            for addr in self._settings.primary_servers:
-                state, _ = add_primary(state, addr)
-            if self._settings.backup_servers:
-                state = set_backups(state, self._settings.backup_servers)
+            state = self._starting_state()
             # Schedule before the first publish, so no snapshot lacks a deadline.
             self._schedule(self._settings.timing.first_interval(self._rng.random()))
             self._commit(state, "added")
@@ -159,6 +163,32 @@ class ProxyActor(pykka.ThreadingActor):
             # pykka calls neither on_stop nor on_failure when on_start raises.
             self._stop_children()
             raise
+
+    def _starting_state(self) -> ProxyState:
+        """The restored state with the configured servers added, within max_servers.
+
+        The configuration alone always fits (it is checked at load); a state
+        saved under a larger ``max_servers`` may not, and is kept as saved.
+        """
+        settings = self._settings
+        state = settings.restored
+        try:
+            for addr in settings.primary_servers:
+                state, _ = add_primary(state, addr, max_servers=settings.max_servers)
+            if settings.backup_servers:
+                state = set_backups(
+                    state, settings.backup_servers, max_servers=settings.max_servers
+                )
+        except TooManyServersError as exc:
+            log.warning("configured servers not all added to the restored ones: %s", exc)
+        if state.num_members > settings.max_servers:
+            log.warning(
+                "the restored state holds %d servers, more than max_servers (%d): "
+                "new servers are refused until some leave",
+                state.num_members,
+                settings.max_servers,
+            )
+        return state
 
     def on_stop(self) -> None:
         self._stop_children()
@@ -208,11 +238,22 @@ class ProxyActor(pykka.ThreadingActor):
                 self._commit(state, "failed")
                 _answer(reply, rotated)
             case AddPrimary(addr, reply):
-                state, added = add_primary(self._state, addr)
+                try:
+                    state, added = add_primary(
+                        self._state, addr, max_servers=self._settings.max_servers
+                    )
+                except TooManyServersError as exc:
+                    _answer(reply, Refused(str(exc)))
+                    return None
                 self._commit(state, "added")
                 _answer(reply, AddResult(addr, added))
             case SetBackups(addrs, reply):
-                self._commit(set_backups(self._state, addrs), "backup")
+                try:
+                    state = set_backups(self._state, addrs, max_servers=self._settings.max_servers)
+                except TooManyServersError as exc:
+                    _answer(reply, Refused(str(exc)))
+                    return None
+                self._commit(state, "backup")
                 _answer(reply, self._state.backups)
             case RemoveServer(addr, reply):
                 state, removed = remove_server(self._state, addr)

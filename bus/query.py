@@ -29,6 +29,7 @@ from actors import (
     NotifyFailed,
     Rebalance,
     RebalanceResult,
+    Refused,
     RemoveServer,
     ResetRebalanceTimer,
     SetBackups,
@@ -316,6 +317,11 @@ class QueryServer(SocketThread):
             pending = self._pending.pop(token, None)
             if pending is None:
                 continue  # Already answered "unavailable" after its deadline.
+            if isinstance(result, Refused):
+                # A bound (max_servers): bad input, and the actor changed nothing.
+                self._send_error(pending, ErrorCode.BAD_REQUEST, result.reason)
+                self._observe(ErrorCode.BAD_REQUEST.value, pending.started)
+                continue
             self._send(pending.envelope, encode_ok(pending.request.id, **pending.encode(result)))
             self._observe(pending.request.op, pending.started)
 

@@ -51,6 +51,7 @@ def settings_from(config: Config, restored: ProxyState | None = None) -> ProxySe
         primary_servers=tuple(config.primary_servers),
         backup_servers=tuple(config.backup_servers),
         restored=restored or ProxyState(),
+        max_servers=config.max_servers,
     )
 
 

@@ -1,0 +1,62 @@
+"""ProxyActor and ``max_servers`` (PROTOCOL.md section 8): refusals change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pykka
+import pytest
+
+from actors import AddPrimary, AddResult, ProxyActor, ProxySettings, Refused, SetBackups
+from proxy import ProxyState, add_primary
+
+from ._fakes import TIMEOUT, FakePinger, Harness, RecordingBox, addr
+
+A, B, C, X = addr("a"), addr("b"), addr("c"), addr("x")
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[[ProxySettings], Harness]]:
+    refs: list[pykka.ActorRef[ProxyActor]] = []
+
+    def start(settings: ProxySettings) -> Harness:
+        pinger, box = FakePinger(()), RecordingBox()
+        ref = ProxyActor.start(settings, pinger, box)
+        refs.append(ref)
+        assert ref.proxy().ping().get(timeout=TIMEOUT) is True
+        return Harness(ref, box, pinger, lambda: 0.0)
+
+    yield start
+    for ref in refs:
+        ref.stop(timeout=TIMEOUT)
+
+
+def test_writes_beyond_max_servers_are_refused_and_change_nothing(
+    start: Callable[[ProxySettings], Harness],
+) -> None:
+    h = start(ProxySettings(primary_servers=(A, B), max_servers=3))
+    assert h.request(lambda r: AddPrimary(C, r)) == AddResult(C, True)
+    version = h.box.current.version
+    refused = h.request(lambda r: AddPrimary(X, r))
+    assert isinstance(refused, Refused) and "max_servers (3)" in refused.reason
+    refused = h.request(lambda r: SetBackups((X,), r))
+    assert isinstance(refused, Refused) and "4 servers" in refused.reason
+    # Nothing was published for the refusals, and the lists are as before.
+    assert h.box.current.version == version
+    assert h.state.active == h.state.primaries == (A, B, C)
+    # Known servers still fit: as a backup, or added again.
+    assert h.request(lambda r: SetBackups((C,), r)) == (C,)
+    assert h.request(lambda r: AddPrimary(A, r)) == AddResult(A, False)
+
+
+def test_a_restored_state_beyond_max_servers_is_kept_with_a_warning(
+    start: Callable[[ProxySettings], Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    restored = ProxyState()
+    for server in (A, B, C):
+        restored, _ = add_primary(restored, server)
+    settings = ProxySettings(restored=restored, primary_servers=(X,), max_servers=2)
+    h = start(settings)
+    assert h.state.active == (A, B, C)
+    assert "more than max_servers (2)" in caplog.text
+    assert isinstance(h.request(lambda r: AddPrimary(X, r)), Refused)
