@@ -385,8 +385,10 @@ class Decoder:
     and a ``set_backup_servers``'s ``addrs``. msgspec checks a list's length
     as it reads the list, before it builds any entry, so an oversized list
     costs next to nothing; the bound is part of the wire type, so each
-    Decoder makes its own copy of the types that carry it. Build one per
-    socket at start, not per message.
+    Decoder makes its own copy of the types that carry it. Build one at
+    start, not per message. The query and heartbeat sockets may share one:
+    requests and heartbeats are read by two separate msgspec decoders, one
+    per thread.
 
     Args:
         max_servers: the longest list accepted.
