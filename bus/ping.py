@@ -1,39 +1,78 @@
 """Parallel server pings for rebalancing (PROTOCOL.md section 4).
 
 The reference pinged candidates one after another, so k dead servers at the
-head of the list cost k timeouts. Here every candidate is pinged at once and
-the call returns as soon as the *first candidate in order* that answers is
-known, or when the single shared deadline passes. A pinger runs on its own
-thread (the pinger actor's), which may block for about one timeout.
+head of the list cost k timeouts. Here candidates are pinged at once and a
+call returns as soon as the *first candidate in order* that answers is known.
+What a ping may never do is delay anything else, or grow with what a peer
+lists, so every call here is shaped by four rules:
 
-Both pingers honour the same return contract (see ``Pinger``), decided by
+- **A window.** At most ``window`` connection attempts are open at once (each
+  a socket or two); the next candidate, in order, is opened as one finishes.
+  The window fits under the process's descriptor limit with room for the rest
+  of the service (:func:`window_for`), so 4096 candidates work as well as 4.
+- **A deadline per candidate**, ``timeout_s`` from when it was opened, covering
+  resolution, connect and the exchange. Candidates opened together share it,
+  so k dead servers cost about one timeout while k is below the window.
+- **Names resolved off every shared thread** (:mod:`bus.resolve`): sockets
+  are only ever connected to IP literals, so libzmq never resolves.
+- **Interruptible.** :meth:`WindowedPinger.close` may be called from any
+  thread: a call in flight returns at once with what it has (pending counts as
+  failed) and later calls fail at once, so shutdown never waits a timeout.
+
+One engine (:class:`_Run`) drives every pinger; a pinger only says how to
+make an :class:`Attempt` for one resolved endpoint. An attempt is a small
+state machine over one socket at a time, which is what a TCP exchange of a
+request and a reply needs: :class:`TcpConnect` connects, and a subclass goes
+on from :meth:`TcpConnect.connected` (the ZeroMQ ping here; a msgpack-rpc
+``Status.Ping``, with TLS, would be another).
+
+Every pinger honours the same return contract (see ``Pinger``), decided by
 ``prefix_decided`` and built by ``prefix_results``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import abc
+import collections
 import errno
+import logging
 import queue
-import selectors
+import resource
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from types import TracebackType
+from typing import Self, TypeAlias
 
 import msgspec
 import zmq
 
+from bus.loop import Waker
+from bus.resolve import (
+    DEFAULT_MAX_LOOKUPS,
+    Endpoint,
+    Lookup,
+    Resolver,
+    numeric_endpoints,
+    shared_resolver,
+)
 from proxy.address import Address
 
 __all__ = [
+    "Attempt",
     "Pinger",
+    "Step",
+    "TcpConnect",
     "TcpPinger",
+    "WindowedPinger",
     "ZmqPinger",
     "prefix_decided",
     "prefix_results",
+    "window_for",
 ]
+
+log = logging.getLogger(__name__)
 
 Pinger: TypeAlias = Callable[[Sequence[Address]], dict[Address, bool]]
 """Pings candidates in parallel and reports, in candidate order, every result
@@ -73,6 +112,462 @@ def prefix_results(
     return out
 
 
+# -- the window ------------------------------------------------------------------
+
+MAX_WINDOW = 256
+"""Attempts open at once when descriptors are plentiful: enough that a few
+hundred dead servers cost one timeout, few enough to be cheap."""
+
+MIN_WINDOW = 8
+RESERVED_FDS = 256
+"""Descriptors left for the rest of the service: its sockets, libzmq's
+internal pipes, the metrics endpoint, the state file, logs."""
+
+
+def window_for(
+    fds_per_attempt: int,
+    *,
+    fd_limit: int | None = None,
+    resolver_lookups: int = DEFAULT_MAX_LOOKUPS,
+) -> int:
+    """How many attempts may be open at once under the descriptor limit.
+
+    Args:
+        fds_per_attempt: descriptors one open attempt may hold.
+        fd_limit: the soft ``RLIMIT_NOFILE`` (read from the process if None).
+        resolver_lookups: lookups that may run at once, each holding up to
+            two descriptors to the name server.
+    """
+    if fd_limit is None:
+        fd_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if fd_limit == resource.RLIM_INFINITY:
+        return MAX_WINDOW
+    spare = fd_limit - RESERVED_FDS - 2 * resolver_lookups
+    return max(MIN_WINDOW, min(MAX_WINDOW, spare // fds_per_attempt))
+
+
+# -- attempts --------------------------------------------------------------------
+
+PollTarget: TypeAlias = "zmq.Socket[bytes] | int"
+"""What an attempt waits on: a ZeroMQ socket or a file descriptor."""
+
+Step: TypeAlias = "tuple[PollTarget, int] | bool"
+"""What an attempt does next: wait for ``zmq.POLLIN``/``zmq.POLLOUT`` on a
+target, or be done (``True`` answered, ``False`` failed)."""
+
+
+class Attempt(abc.ABC):
+    """One try of one resolved endpoint of a candidate.
+
+    The run calls :meth:`start` once, then :meth:`ready` each time the
+    awaited event (or an error) occurs on the target of the last step, until
+    a step is a bool; then, or at the deadline, :meth:`close`. Every call is
+    made on the pinging thread, so the sockets belong to it alone. Steps may
+    move from one target to another (a TCP socket, then a ZeroMQ socket).
+    """
+
+    @abc.abstractmethod
+    def start(self) -> Step:
+        """Begin: open the socket and start connecting."""
+
+    @abc.abstractmethod
+    def ready(self) -> Step:
+        """The awaited event occurred: go on."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close whatever is open; called exactly once, done or not."""
+
+
+_IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY})
+
+
+class TcpConnect(Attempt):
+    """A non-blocking TCP connect; success once the connection is up.
+
+    The base of every TCP exchange: a subclass overrides :meth:`connected` to
+    send its request on ``self.sock`` and say what to wait for next, and
+    :meth:`ready` for the steps after that.
+    """
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.sock: socket.socket | None = None
+
+    def start(self) -> Step:
+        family, sockaddr = self.endpoint
+        try:
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            return False  # Out of descriptors: this endpoint fails, others go on.
+        self.sock.setblocking(False)
+        err = self.sock.connect_ex(sockaddr)
+        if err == 0:
+            return self.connected()
+        if err in _IN_PROGRESS:
+            return self.sock.fileno(), zmq.POLLOUT
+        return False
+
+    def ready(self) -> Step:
+        assert self.sock is not None
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+            return False
+        return self.connected()
+
+    def connected(self) -> Step:
+        """The TCP connection is up; a plain TCP ping has succeeded."""
+        return True
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+# -- the engine --------------------------------------------------------------------
+
+MakeAttempt: TypeAlias = Callable[[Endpoint], Attempt]
+
+
+class _Run:
+    """The state of one ping call: candidates, open attempts, lookups, deadlines.
+
+    Used by one thread, except :meth:`interrupt` and the resolver callbacks,
+    which only put into a queue and poke the waker.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[Address],
+        *,
+        timeout_s: float,
+        window: int,
+        resolver: Resolver,
+        make_attempt: MakeAttempt,
+    ) -> None:
+        self._candidates = candidates
+        self._timeout_s = timeout_s
+        self._window = window
+        self._resolver = resolver
+        self._make_attempt = make_attempt
+        count = len(candidates)
+        self.results: list[bool | None] = [None] * count
+        # Open attempts, queued endpoints and lookups per candidate: it fails
+        # when all of them have.
+        self._outstanding = [0] * count
+        self._next = 0  # The next candidate to open, in order.
+        self._first_success = count
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._attempts: dict[int, list[Attempt]] = {}
+        self._targets: dict[Attempt, tuple[PollTarget, int]] = {}
+        self._by_target: dict[PollTarget, tuple[Attempt, int]] = {}
+        self._queued: collections.deque[tuple[int, Endpoint]] = collections.deque()
+        self._lookups: dict[int, tuple[Lookup, Callable[[list[Endpoint]], None]]] = {}
+        self._resolved: queue.SimpleQueue[tuple[int, list[Endpoint]]] = queue.SimpleQueue()
+        self._interrupted = False
+        self._poller = zmq.Poller()
+        self._waker = Waker()
+        self._poller.register(self._waker.fileno, zmq.POLLIN)
+        self.refused_lookups = 0
+        self.peak_open = 0
+
+    # Driving ---------------------------------------------------------------------
+
+    def run(self) -> list[bool | None]:
+        """Ping until the prefix is decided, every deadline passed, or interrupted."""
+        self._open_more(time.monotonic())
+        while not self._interrupted and not prefix_decided(self.results):
+            now = time.monotonic()
+            wait_s = self._deadlines[0][0] - now if self._deadlines else self._timeout_s
+            if wait_s > 0:
+                # Round up, so a poll never wakes just short of a deadline.
+                for target, _ in self._poller.poll(int(wait_s * 1000) + 1):
+                    self._on_event(target)
+                now = time.monotonic()
+            self._expire(now)
+            self._open_more(now)
+        return self.results
+
+    def interrupt(self) -> None:
+        """Make :meth:`run` return promptly (any thread)."""
+        self._interrupted = True
+        self._waker.wake()
+
+    def close(self) -> None:
+        """Close every socket still open and stop waiting for lookups."""
+        for index in list(self._attempts):
+            self._drop(index)
+        for index in list(self._lookups):
+            self._cancel_lookup(index)
+        self._waker.close()
+
+    # Opening -----------------------------------------------------------------------
+
+    def _open_more(self, now: float) -> None:
+        """Fill the window: resolved endpoints first, then new candidates in order."""
+        while self._queued and len(self._targets) < self._window:
+            index, endpoint = self._queued.popleft()
+            if self.results[index] is None:  # Else decided while it queued.
+                self._start(index, endpoint)
+        while (
+            self._next < self._first_success
+            and len(self._targets) < self._window
+            and not self._queued
+        ):
+            index = self._next
+            self._next += 1
+            self._deadlines.append((now + self._timeout_s, index))
+            addr = self._candidates[index]
+            endpoints = numeric_endpoints(addr)
+            if endpoints is not None:
+                self._outstanding[index] += len(endpoints)
+                for endpoint in endpoints:
+                    if self.results[index] is not None:
+                        break  # An earlier endpoint answered at once.
+                    self._start(index, endpoint)
+                self._maybe_failed(index)
+                continue
+            self._resolve(index, addr)
+
+    def _resolve(self, index: int, addr: Address) -> None:
+        def on_resolved(endpoints: list[Endpoint]) -> None:
+            # On a resolver thread: hand over, the run's thread does the rest.
+            self._resolved.put((index, endpoints))
+            self._waker.wake()
+
+        lookup = self._resolver.resolve(addr, on_resolved)
+        if lookup is None:
+            self.refused_lookups += 1
+            self.results[index] = False
+            return
+        self._outstanding[index] += 1
+        self._lookups[index] = (lookup, on_resolved)
+
+    def _start(self, index: int, endpoint: Endpoint) -> None:
+        attempt = self._make_attempt(endpoint)
+        self._attempts.setdefault(index, []).append(attempt)
+        self._step(index, attempt, attempt.start())
+
+    # Events --------------------------------------------------------------------------
+
+    def _on_event(self, target: PollTarget) -> None:
+        if target == self._waker.fileno:
+            self._waker.drain()
+            self._take_resolved()
+            return
+        entry = self._by_target.get(target)
+        if entry is not None:
+            attempt, index = entry
+            self._step(index, attempt, attempt.ready())
+
+    def _take_resolved(self) -> None:
+        while not self._resolved.empty():
+            index, endpoints = self._resolved.get_nowait()
+            if self._lookups.pop(index, None) is None or self.results[index] is not None:
+                continue  # Expired or decided meanwhile.
+            self._outstanding[index] += len(endpoints) - 1  # The lookup itself is done.
+            self._queued.extend((index, endpoint) for endpoint in endpoints)
+            self._maybe_failed(index)
+
+    def _step(self, index: int, attempt: Attempt, step: Step) -> None:
+        old = self._targets.pop(attempt, None)
+        if old is not None:
+            del self._by_target[old[0]]
+            self._poller.unregister(old[0])
+        if not isinstance(step, bool):
+            self._targets[attempt] = step
+            self._by_target[step[0]] = (attempt, index)
+            self._poller.register(*step)
+            self.peak_open = max(self.peak_open, len(self._targets))
+            return
+        attempt.close()
+        self._attempts[index].remove(attempt)
+        self._outstanding[index] -= 1
+        if step:
+            self._succeeded(index)
+        else:
+            self._maybe_failed(index)
+
+    def _succeeded(self, index: int) -> None:
+        self.results[index] = True
+        if index < self._first_success:
+            # Candidates after the first success cannot matter: free their slots.
+            for later in range(index + 1, self._first_success):
+                if self.results[later] is None:
+                    self._fail(later)
+            self._first_success = index
+        self._drop(index)
+
+    def _maybe_failed(self, index: int) -> None:
+        if self._outstanding[index] == 0 and self.results[index] is None:
+            self._fail(index)
+
+    def _expire(self, now: float) -> None:
+        """Fail every candidate whose deadline has passed."""
+        while self._deadlines and (
+            self._deadlines[0][0] <= now or self.results[self._deadlines[0][1]] is not None
+        ):
+            _, index = self._deadlines.popleft()
+            if self.results[index] is None:
+                self._fail(index)
+
+    def _fail(self, index: int) -> None:
+        self.results[index] = False
+        self._drop(index)
+
+    def _drop(self, index: int) -> None:
+        """Close what a decided candidate still has open."""
+        for attempt in self._attempts.pop(index, []):
+            old = self._targets.pop(attempt, None)
+            if old is not None:
+                del self._by_target[old[0]]
+                self._poller.unregister(old[0])
+            attempt.close()
+        self._cancel_lookup(index)
+        # Its queued endpoints are skipped when their turn comes.
+
+    def _cancel_lookup(self, index: int) -> None:
+        entry = self._lookups.pop(index, None)
+        if entry is not None:
+            self._resolver.cancel(*entry)
+
+
+# -- pingers -----------------------------------------------------------------------
+
+
+class WindowedPinger(abc.ABC):
+    """The machinery every pinger shares; subclasses make the attempts.
+
+    Args:
+        timeout_s: the deadline of one candidate's whole ping.
+        window: attempts open at once (:func:`window_for` if None).
+        resolver: where names are resolved (the process's shared one if None).
+    """
+
+    fds_per_attempt = 1
+    """Descriptors one open attempt may hold, for :func:`window_for`."""
+
+    close_wait_s = 2.0
+    """How long :meth:`close` waits for a call in flight to notice."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        window: int | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._resolver = resolver or shared_resolver()
+        self.window = (
+            window
+            if window is not None
+            else window_for(self.fds_per_attempt, resolver_lookups=self._resolver.max_lookups)
+        )
+        if self.window < 1:
+            raise ValueError("window must be at least 1")
+        self._cond = threading.Condition()
+        self._runs: set[_Run] = set()
+        self._closed = False
+        self._released = False
+        self.last_peak_open = 0
+        """Attempts open at once at the busiest moment of the last call."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def in_flight(self) -> int:
+        """How many calls are running now."""
+        with self._cond:
+            return len(self._runs)
+
+    def __call__(self, candidates: Sequence[Address]) -> dict[Address, bool]:
+        # A server listed twice is pinged once; the result is the same.
+        unique = list(dict.fromkeys(candidates))
+        with self._cond:
+            if self._closed:
+                return dict.fromkeys(unique, False)
+            make_attempt = self._prepare()
+            run = _Run(
+                unique,
+                timeout_s=self._timeout_s,
+                window=self.window,
+                resolver=self._resolver,
+                make_attempt=make_attempt,
+            )
+            self._runs.add(run)
+        try:
+            results = run.run()
+        finally:
+            run.close()
+            with self._cond:
+                self._runs.discard(run)
+                self._cond.notify_all()
+                release = self._closed and not self._runs and not self._released
+                self._released |= release
+            if release:
+                self._release()
+        self.last_peak_open = run.peak_open
+        if run.refused_lookups:
+            log.debug(
+                "ping: %d names not resolved: %d lookups already running",
+                run.refused_lookups,
+                self._resolver.max_lookups,
+            )
+        return prefix_results(unique, results)
+
+    def close(self) -> None:
+        """Stop pinging, from any thread; safe to call more than once.
+
+        A call in flight returns promptly with what it has (pending candidates
+        count as failed); later calls return at once with every candidate
+        failed. Resources (a ZeroMQ context) are released once no call runs;
+        if one does not notice within ``close_wait_s``, it releases them itself
+        on its way out, so no socket is ever closed under a running call.
+        """
+        with self._cond:
+            self._closed = True
+            for run in self._runs:
+                run.interrupt()
+            self._cond.wait_for(lambda: not self._runs, timeout=self.close_wait_s)
+            release = not self._runs and not self._released
+            self._released |= release
+        if release:
+            self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def _prepare(self) -> MakeAttempt:
+        """What makes one attempt, set up for a call (under the lock)."""
+
+    def _release(self) -> None:  # noqa: B027 - a hook; most pingers own nothing.
+        """Free what the pinger owns; called once, with no call running."""
+
+
+class TcpPinger(WindowedPinger):
+    """Pings servers by opening a TCP connection (``ping_method = "tcp"``).
+
+    Connections are non-blocking and watched by one poller, so no thread is
+    spent on IP literals, which is what servers advertise in practice. A name
+    that resolves to several addresses is tried on a few of them at once.
+    """
+
+    def _prepare(self) -> MakeAttempt:
+        return TcpConnect
+
+
 class _Reply(msgspec.Struct):
     """Only ``ok`` matters; typed decoding skips other keys without building
     them, so a hostile reply cannot make us allocate deep structures."""
@@ -90,236 +585,117 @@ def _is_ok_reply(frame: bytes) -> bool:
         return False
 
 
-class ZmqPinger:
-    """Pings servers with the ZeroMQ ``ping`` op, one DEALER per candidate.
+def zmq_endpoint(endpoint: Endpoint) -> str:
+    """``tcp://ip:port`` for libzmq, brackets around IPv6 (zone kept)."""
+    family, sockaddr = endpoint
+    ip, port = sockaddr[0], sockaddr[1]
+    if family == socket.AF_INET6:
+        return f"tcp://[{ip}]:{port}"
+    return f"tcp://{ip}:{port}"
 
-    Sockets are created and closed inside ``__call__``, so they belong to the
-    calling thread only. A fresh DEALER per call costs little next to a
-    rebalance interval of minutes, and avoids a stale reply from an earlier
-    round being taken for a fresh answer.
+
+class _ZmqPing(TcpConnect):
+    """A TCP connect, then the ZeroMQ ``ping`` op over a DEALER to the same IP.
+
+    libzmq hides a refused connection (it just retries), so a DEALER to a
+    dead port would hold its window slot until the deadline. Connecting with
+    a plain socket first tells a refused or unreachable server apart at once;
+    only a server that accepts gets a DEALER. A fresh DEALER per ping costs
+    little next to a rebalance interval of minutes, and means no stale reply
+    from an earlier round is taken for a fresh answer.
     """
+
+    def __init__(self, endpoint: Endpoint, pinger: ZmqPinger) -> None:
+        super().__init__(endpoint)
+        self._pinger = pinger
+        self._dealer: zmq.Socket[bytes] | None = None
+
+    def connected(self) -> Step:
+        # The probe connection has served its purpose.
+        super().close()
+        try:
+            self._dealer = self._pinger.dealer(zmq_endpoint(self.endpoint))
+        except zmq.ZMQError:
+            return False
+        return self._dealer, zmq.POLLIN
+
+    def ready(self) -> Step:
+        if self._dealer is None:
+            return super().ready()
+        try:
+            frames = self._dealer.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return self._dealer, zmq.POLLIN  # Woken early: keep waiting.
+        except zmq.ZMQError:
+            return False
+        return _is_ok_reply(frames[-1])
+
+    def close(self) -> None:
+        super().close()
+        if self._dealer is not None:
+            self._dealer.close(linger=0)
+            self._dealer = None
+
+
+class ZmqPinger(WindowedPinger):
+    """Pings servers with the ZeroMQ ``ping`` op (``ping_method = "zmq"``).
+
+    Its sockets live on a ZeroMQ context of its own, made on first use and
+    destroyed by :meth:`close`: nothing a ping does, however slow the peer,
+    touches the I/O thread of the service's query, heartbeat and events
+    sockets. Sockets are created and closed by the calling thread.
+    """
+
+    # The probe socket, then a DEALER and its libzmq connection; one more for
+    # a DEALER just closed whose descriptors the reaper has not freed yet.
+    fds_per_attempt = 3
 
     def __init__(
         self,
-        context: zmq.Context[zmq.Socket[bytes]],
         *,
         region: str,
         rpc_major_version: int,
         timeout_s: float,
         max_message_bytes: int = 1 << 20,
+        window: int | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
-        self._context = context
-        self._timeout_s = timeout_s
+        super().__init__(timeout_s=timeout_s, window=window, resolver=resolver)
         self._max_message_bytes = max_message_bytes
         self._payload = msgspec.msgpack.encode(
             {"op": "ping", "region": region, "rpc_major_version": rpc_major_version}
         )
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
 
-    def __call__(self, candidates: Sequence[Address]) -> dict[Address, bool]:
-        # A server listed twice is pinged once; the result is the same.
-        unique = list(dict.fromkeys(candidates))
-        results: list[bool | None] = [None] * len(unique)
-        deadline = time.monotonic() + self._timeout_s
-        poller = zmq.Poller()
-        sockets: dict[zmq.Socket[bytes], int] = {}
-        try:
-            for index, addr in enumerate(unique):
-                sock = self._open(addr)
-                if sock is None:
-                    results[index] = False
-                    continue
-                sockets[sock] = index
-                poller.register(sock, zmq.POLLIN)
-            while not prefix_decided(results):
-                remaining_ms = (deadline - time.monotonic()) * 1000
-                if remaining_ms <= 0:
-                    break
-                for sock, _ in poller.poll(max(1, int(remaining_ms))):
-                    poller.unregister(sock)
-                    results[sockets[sock]] = self._read(sock)
-        finally:
-            for sock in sockets:
-                sock.close(linger=0)
-        return prefix_results(unique, results)
+    def _prepare(self) -> MakeAttempt:
+        if self._context is None:
+            context: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+            # Room for a window of sockets plus those still being reaped, so
+            # libzmq's own cap never fails a ping the window admitted.
+            context.set(zmq.MAX_SOCKETS, 2 * self.window + 8)
+            self._context = context
+        return lambda endpoint: _ZmqPing(endpoint, self)
 
-    def _open(self, addr: Address) -> zmq.Socket[bytes] | None:
-        """A DEALER with the ping already queued, or None if that failed."""
+    def dealer(self, endpoint: str) -> zmq.Socket[bytes]:
+        """A DEALER connected to ``endpoint`` (an IP literal) with the ping queued."""
+        assert self._context is not None
         sock = self._context.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IPV6, 1)
+            if endpoint.startswith("tcp://["):
+                sock.setsockopt(zmq.IPV6, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
-            sock.connect(f"tcp://{addr.canonical}")
+            sock.connect(endpoint)
             # DEALER queues before the connection is up, so this never
             # waits; NOBLOCK guards against a change of that default.
             sock.send_multipart([b"", self._payload], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             sock.close(linger=0)
-            return None
+            raise
         return sock
 
-    @staticmethod
-    def _read(sock: zmq.Socket[bytes]) -> bool:
-        try:
-            frames = sock.recv_multipart(flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            return False
-        return _is_ok_reply(frames[-1])
-
-
-_Sockaddr: TypeAlias = tuple[Any, ...]
-_AddrInfo: TypeAlias = tuple[socket.AddressFamily, _Sockaddr]
-_MAX_ADDRESSES_PER_NAME = 4
-_IN_PROGRESS = {0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN}
-
-
-class TcpPinger:
-    """Pings servers by opening a TCP connection (``ping_method = "tcp"``).
-
-    Connections are non-blocking and watched by one ``selectors`` selector, so
-    no thread is spent on IP literals, which is what servers advertise in
-    practice, and every socket is closed before returning. DNS names are the
-    exception: ``getaddrinfo`` blocks and cannot be cancelled, so each name is
-    resolved on a daemon thread (a daemon, unlike a pool worker, never delays
-    interpreter exit while stuck on a slow resolver). Its answer is handed back
-    through a queue and a socketpair that wakes the selector, and connects
-    then start under the same deadline. A name that resolves to several
-    addresses is tried on a few of them at once, so ``localhost`` answering on
-    only one of IPv4 or IPv6 still counts.
-    """
-
-    def __init__(self, *, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-
-    def __call__(self, candidates: Sequence[Address]) -> dict[Address, bool]:
-        unique = list(dict.fromkeys(candidates))
-        run = _TcpRun(len(unique))
-        deadline = time.monotonic() + self._timeout_s
-        try:
-            for index, addr in enumerate(unique):
-                infos = _numeric_addrinfo(addr)
-                if infos is None:
-                    run.resolve_in_background(index, addr)
-                else:
-                    run.connect(index, infos)
-            while not prefix_decided(run.results):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                run.wait(remaining)
-        finally:
-            run.close()
-        return prefix_results(unique, run.results)
-
-
-def _numeric_addrinfo(addr: Address) -> list[_AddrInfo] | None:
-    """Addrinfo for an IP literal without touching DNS, or None for a name."""
-    try:
-        infos = socket.getaddrinfo(
-            addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
-        )
-    except socket.gaierror:
-        return None
-    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
-
-
-class _TcpRun:
-    """The sockets and per-candidate state of one ``TcpPinger`` call."""
-
-    def __init__(self, count: int) -> None:
-        self.results: list[bool | None] = [None] * count
-        # Connect attempts plus pending resolutions per candidate: a candidate
-        # fails only when all of them have.
-        self._outstanding = [0] * count
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        # Resolver threads may outlive the call; the lock keeps one from
-        # writing to the wake socket while (or after) it is being closed.
-        self._wake_lock = threading.Lock()
-        self._closed = False
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._resolved: queue.SimpleQueue[tuple[int, list[_AddrInfo]]] = queue.SimpleQueue()
-
-    def resolve_in_background(self, index: int, addr: Address) -> None:
-        self._outstanding[index] += 1
-        threading.Thread(
-            target=self._resolve,
-            args=(index, addr),
-            name=f"tcp-ping-resolve-{addr.host}",
-            daemon=True,
-        ).start()
-
-    def _resolve(self, index: int, addr: Address) -> None:
-        found: list[_AddrInfo]
-        try:
-            infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
-            found = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
-        except (OSError, UnicodeError):
-            found = []
-        self._resolved.put((index, found[:_MAX_ADDRESSES_PER_NAME]))
-        with self._wake_lock:
-            if self._closed:
-                return
-            # A full buffer already holds wake-ups, so the selector will wake.
-            with contextlib.suppress(BlockingIOError):
-                self._wake_w.send(b"\0")
-
-    def connect(self, index: int, infos: list[_AddrInfo]) -> None:
-        for family, sockaddr in infos:
-            self._outstanding[index] += 1
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-            except OSError:
-                self._attempt_failed(index)
-                continue
-            sock.setblocking(False)
-            err = sock.connect_ex(sockaddr)
-            if err not in _IN_PROGRESS:
-                sock.close()
-                self._attempt_failed(index)
-            else:
-                self._selector.register(sock, selectors.EVENT_WRITE, index)
-
-    def wait(self, timeout: float) -> None:
-        for key, _ in self._selector.select(timeout):
-            if key.data is None:
-                self._drain_resolved()
-                continue
-            index: int = key.data
-            sock: socket.socket = key.fileobj  # type: ignore[assignment]
-            self._selector.unregister(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            sock.close()
-            if err == 0:
-                self.results[index] = True
-            else:
-                self._attempt_failed(index)
-
-    def _drain_resolved(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-        while not self._resolved.empty():
-            index, infos = self._resolved.get_nowait()
-            self.connect(index, infos)
-            self._attempt_failed(index)  # The resolution itself is done.
-
-    def _attempt_failed(self, index: int) -> None:
-        self._outstanding[index] -= 1
-        if self._outstanding[index] == 0 and self.results[index] is None:
-            self.results[index] = False
-
-    def close(self) -> None:
-        for key in list(self._selector.get_map().values()):
-            self._selector.unregister(key.fileobj)
-            if key.data is not None:
-                key.fileobj.close()  # type: ignore[union-attr]
-        self._selector.close()
-        with self._wake_lock:
-            self._closed = True
-            self._wake_r.close()
-            self._wake_w.close()
+    def _release(self) -> None:
+        if self._context is not None:
+            # Every socket is closed (no call runs), so this returns at once.
+            self._context.destroy(linger=0)
+            self._context = None

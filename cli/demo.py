@@ -259,8 +259,10 @@ class Demo:
 
     def _client_loop(self, service: ProxyService, cluster: _Cluster) -> None:
         """A client of the proxy: use the active server, report it when it fails."""
-        pinger = ZmqPinger(self.context, region="global", rpc_major_version=1, timeout_s=0.3)
-        with ProxyClient(service.query_endpoint, timeout_s=1.0, retries=2) as client:
+        with (
+            ZmqPinger(region="global", rpc_major_version=1, timeout_s=0.3) as pinger,
+            ProxyClient(service.query_endpoint, timeout_s=1.0, retries=2) as client,
+        ):
             while not self._stop.wait(0.2):
                 try:
                     server = client.find_server()

@@ -19,13 +19,13 @@ import pykka
 import zmq
 from prometheus_client import start_http_server
 
-from actors import Pinger, ProxyActor, ProxySettings, SnapshotBox
+from actors import ProxyActor, ProxySettings, SnapshotBox
 from actors.metrics import Metrics
 from actors.persist import PendingState, PersistActor, StateFile
 from bus.curve import HEARTBEAT_DOMAIN, AllowList, CurveError, CurveServer, load_key_pair
 from bus.events import EventPublisher
 from bus.heartbeats import HeartbeatListener
-from bus.ping import TcpPinger, ZmqPinger
+from bus.ping import TcpPinger, WindowedPinger, ZmqPinger
 from bus.query import QueryServer
 from cli.config import Config
 from proxy import LocalIdentity, ProxyState, RebalanceTiming
@@ -96,11 +96,13 @@ def curve_from(config: Config, metrics: Metrics) -> CurveServer | None:
     return CurveServer(keys, allow)
 
 
-def pinger_from(config: Config, context: zmq.Context[Any]) -> Pinger:
+def pinger_from(config: Config) -> WindowedPinger:
+    """The configured pinger. It owns what it pings with (a ZeroMQ pinger its
+    own context), so a slow server never touches the service's sockets;
+    ``close()`` it at stop to end a ping in flight."""
     if config.ping_method == "tcp":
         return TcpPinger(timeout_s=config.ping_timeout_s)
     return ZmqPinger(
-        context,
         region=config.region,
         rpc_major_version=config.rpc_major_version,
         timeout_s=config.ping_timeout_s,
@@ -119,6 +121,7 @@ class ProxyService:
         self._metrics_server: Any = None
         self._rng = rng
         self._context: zmq.Context[Any] | None = None
+        self._pinger: WindowedPinger | None = None
         self._events: pykka.ActorRef[EventPublisher] | None = None
         self._proxy: pykka.ActorRef[ProxyActor] | None = None
         self._query: QueryServer | None = None
@@ -154,9 +157,10 @@ class ProxyService:
             )
             listeners.append(self._events)
         restored, on_change = self._start_persistence()
+        self._pinger = pinger_from(config)
         self._proxy = ProxyActor.start(
             settings_from(config, restored),
-            pinger_from(config, context),
+            self._pinger,
             self.box,
             listeners=listeners,
             rng=self._rng,
@@ -294,6 +298,9 @@ class ProxyService:
         if self._query is not None:
             self._query.stop()
             self._query = None
+        if self._pinger is not None:
+            # Ends a ping in flight at once, so the pinger actor is free to stop.
+            self._pinger.close()
         if self._proxy is not None:
             self._proxy.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
             self._proxy = None

@@ -145,9 +145,11 @@ def run_client_loop(
     """
     context: zmq.Context[Any] = zmq.Context()
     stopping = stop_on_signals()
-    pinger = ZmqPinger(context, region="global", rpc_major_version=1, timeout_s=ping_timeout_s)
     done = 0
-    with ProxyClient(query, timeout_s=1.0, retries=2, context=context, curve=curve) as client:
+    with (
+        ZmqPinger(region="global", rpc_major_version=1, timeout_s=ping_timeout_s) as pinger,
+        ProxyClient(query, timeout_s=1.0, retries=2, context=context, curve=curve) as client,
+    ):
         while not stopping.is_set() and (count is None or done < count):
             done += 1
             record: dict[str, Any] = {"t": round(time.time(), 3)}
@@ -177,12 +179,8 @@ def run_ping(
         except InvalidAddressError as exc:
             print(f"rpcproxy ping: {exc}", file=sys.stderr)
             return 2
-        context: zmq.Context[Any] = zmq.Context()
-        try:
-            pinger = ZmqPinger(context, region="global", rpc_major_version=1, timeout_s=timeout_s)
+        with ZmqPinger(region="global", rpc_major_version=1, timeout_s=timeout_s) as pinger:
             alive = bool(pinger([addr]).get(addr))
-        finally:
-            context.destroy(linger=0)
         if not alive:
             print(f"rpcproxy ping: {server} did not answer within {timeout_s}s", file=sys.stderr)
         return 0 if alive else 1

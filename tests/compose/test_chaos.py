@@ -126,9 +126,8 @@ class Run:
         )
 
     def pinger(self) -> ZmqPinger:
-        return ZmqPinger(
-            self.context, region="global", rpc_major_version=1, timeout_s=self.ping_timeout_s
-        )
+        # Each has its own context, released when the test process ends.
+        return ZmqPinger(region="global", rpc_major_version=1, timeout_s=self.ping_timeout_s)
 
     def lookup(self, name: str, client: ProxyClient) -> str | None:
         sent = now()

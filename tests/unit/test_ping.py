@@ -1,29 +1,53 @@
-"""Parallel pings over real loopback sockets (bus/ping.py)."""
+"""Parallel pings over real loopback sockets (bus/ping.py, bus/resolve.py).
+
+Dead servers are ports nobody listens on (refused at once); hung ones are
+listeners that accept and never answer (ZeroMQ pings) or whose full accept
+queue drops SYNs (TCP pings). Names that never resolve come from an injected
+``getaddrinfo`` that blocks until the test ends.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus.ping import TcpPinger, ZmqPinger, prefix_decided, prefix_results
+from bus.ping import (
+    MAX_WINDOW,
+    MIN_WINDOW,
+    TcpPinger,
+    WindowedPinger,
+    ZmqPinger,
+    prefix_decided,
+    prefix_results,
+    window_for,
+)
+from bus.resolve import Resolver
 from bus.standin import ServerStandIn
 from proxy.address import Address, parse_address
+from tests.waiting import poll_until
 
 StandInFactory = Callable[..., ServerStandIn]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def ctx() -> Iterator[zmq.Context[Any]]:
+    """The test's own context, for stand-ins and raw peers (pingers have their own)."""
     context: zmq.Context[Any] = zmq.Context()
     yield context
     # term() blocks while any socket is open, so a leaked socket fails here.
@@ -54,6 +78,22 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield executor
 
 
+@pytest.fixture
+def pingers() -> Iterator[Callable[..., ZmqPinger]]:
+    """ZmqPingers closed after the test, which must release their context."""
+    made: list[ZmqPinger] = []
+
+    def make(timeout_s: float, **kwargs: Any) -> ZmqPinger:
+        pinger = ZmqPinger(region="global", rpc_major_version=1, timeout_s=timeout_s, **kwargs)
+        made.append(pinger)
+        return pinger
+
+    yield make
+    for pinger in made:
+        pinger.close()
+        assert pinger._context is None, "close() left the pinger's context"
+
+
 def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,6 +103,12 @@ def unused_port() -> int:
 
 def dead(n: int = 1) -> list[Address]:
     return [Address("127.0.0.1", unused_port()) for _ in range(n)]
+
+
+def many_dead(n: int) -> list[Address]:
+    """``n`` distinct refused addresses: one unused port on many loopback IPs."""
+    port = unused_port()
+    return [Address(f"127.1.{i // 250}.{i % 250 + 1}", port) for i in range(n)]
 
 
 def addr_of(server: ServerStandIn) -> Address:
@@ -75,6 +121,128 @@ def timed(
     start = time.monotonic()
     result = pinger(cands)
     return result, time.monotonic() - start
+
+
+@pytest.fixture
+def listeners() -> Iterator[Callable[..., socket.socket]]:
+    opened: list[socket.socket] = []
+
+    def make(backlog: int = 0) -> socket.socket:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(backlog)
+        opened.append(sock)
+        return sock
+
+    yield make
+    for sock in opened:
+        sock.close()
+
+
+def tcp_addr(sock: socket.socket, host: str = "127.0.0.1") -> Address:
+    return Address(host, sock.getsockname()[1])
+
+
+@pytest.fixture
+def silent(listeners: Callable[..., socket.socket]) -> Callable[[int], list[Address]]:
+    """Servers that accept a connection and never say a word (hung ZeroMQ peers)."""
+
+    def make(n: int) -> list[Address]:
+        return [tcp_addr(listeners(8)) for _ in range(n)]
+
+    return make
+
+
+@pytest.fixture
+def blackholes(
+    listeners: Callable[..., socket.socket],
+) -> Iterator[Callable[[int], list[Address]]]:
+    """Addresses whose SYNs go unanswered, like a server behind a dead link.
+
+    A listener with backlog 0 and one connection nobody accepts has a full
+    accept queue; Linux then drops further SYNs, so connects hang.
+    """
+    fillers: list[socket.socket] = []
+
+    def make(n: int) -> list[Address]:
+        addrs = []
+        for _ in range(n):
+            listener = listeners()
+            filler = socket.create_connection(listener.getsockname(), timeout=2)
+            fillers.append(filler)
+            addrs.append(tcp_addr(listener))
+        return addrs
+
+    yield make
+    for filler in fillers:
+        filler.close()
+
+
+class Peers:
+    """Live and hung servers for either kind of ping."""
+
+    def __init__(
+        self,
+        standin: StandInFactory,
+        listeners: Callable[..., socket.socket],
+        silent: Callable[[int], list[Address]],
+        blackholes: Callable[[int], list[Address]],
+    ) -> None:
+        self._standin = standin
+        self._listeners = listeners
+        self._silent = silent
+        self._blackholes = blackholes
+
+    def live(self, kind: str) -> Address:
+        return addr_of(self._standin()) if kind == "zmq" else tcp_addr(self._listeners(8))
+
+    def hung(self, kind: str, n: int) -> list[Address]:
+        return self._silent(n) if kind == "zmq" else self._blackholes(n)
+
+
+@pytest.fixture
+def peers(
+    standin: StandInFactory,
+    listeners: Callable[..., socket.socket],
+    silent: Callable[[int], list[Address]],
+    blackholes: Callable[[int], list[Address]],
+) -> Peers:
+    return Peers(standin, listeners, silent, blackholes)
+
+
+class StuckDns:
+    """A ``getaddrinfo`` whose names in ``stuck`` hang until :meth:`release`."""
+
+    def __init__(self, *stuck: str) -> None:
+        self.stuck = set(stuck)
+        self.released = threading.Event()
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, host: str, port: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+        with self._lock:
+            self.calls.append(host)
+        if host in self.stuck:
+            self.released.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "timed out")
+        return socket.getaddrinfo(host, port, **kwargs)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@pytest.fixture
+def stuck_dns() -> Iterator[Callable[..., tuple[Resolver, StuckDns]]]:
+    made: list[StuckDns] = []
+
+    def make(*stuck: str, max_lookups: int = 8) -> tuple[Resolver, StuckDns]:
+        dns = StuckDns(*stuck)
+        made.append(dns)
+        return Resolver(max_lookups, getaddrinfo=dns), dns
+
+    yield make
+    for dns in made:
+        dns.release()
 
 
 # -- the shared prefix decision ------------------------------------------------
@@ -112,32 +280,52 @@ def test_prefix_results_stop_after_first_success() -> None:
     assert prefix_results([a, b, c], [None, False, None]) == {a: False, b: False, c: False}
 
 
+# -- the window ------------------------------------------------------------------
+
+
+def test_the_window_fits_under_the_descriptor_limit() -> None:
+    assert window_for(3, fd_limit=1024, resolver_lookups=64) == (1024 - 256 - 128) // 3
+    assert window_for(1, fd_limit=1024) == MAX_WINDOW
+    assert window_for(3, fd_limit=1 << 20) == MAX_WINDOW
+    assert window_for(3, fd_limit=300) == MIN_WINDOW
+
+
 # -- ZmqPinger -----------------------------------------------------------------
 
 
-def zmq_pinger(ctx: zmq.Context[Any], timeout_s: float) -> ZmqPinger:
-    return ZmqPinger(ctx, region="global", rpc_major_version=1, timeout_s=timeout_s)
-
-
-def test_zmq_live_server_answers(ctx: zmq.Context[Any], standin: StandInFactory) -> None:
+def test_zmq_live_server_answers(
+    pingers: Callable[..., ZmqPinger], standin: StandInFactory
+) -> None:
     server = standin()
-    result, elapsed = timed(zmq_pinger(ctx, 2.0), [addr_of(server)])
+    result, elapsed = timed(pingers(2.0), [addr_of(server)])
     assert result == {addr_of(server): True}
     assert elapsed < 1.0
     assert server.pings == 1
 
 
-def test_zmq_nobody_listening_fails_after_the_timeout(ctx: zmq.Context[Any]) -> None:
+def test_zmq_nobody_listening_fails_at_once(pingers: Callable[..., ZmqPinger]) -> None:
+    """A refused connect is known at once; libzmq alone would retry until the deadline."""
     [addr] = dead()
-    result, elapsed = timed(zmq_pinger(ctx, 0.3), [addr])
+    result, elapsed = timed(pingers(30.0), [addr])
     assert result == {addr: False}
-    assert 0.25 < elapsed < 1.0
+    assert elapsed < 10.0
 
 
-def test_zmq_paused_server_fails(ctx: zmq.Context[Any], standin: StandInFactory) -> None:
+def test_zmq_silent_server_fails_after_the_timeout(
+    pingers: Callable[..., ZmqPinger], silent: Callable[[int], list[Address]]
+) -> None:
+    [addr] = silent(1)
+    result, elapsed = timed(pingers(0.3), [addr])
+    assert result == {addr: False}
+    assert elapsed >= 0.3
+
+
+def test_zmq_paused_server_fails(
+    pingers: Callable[..., ZmqPinger], standin: StandInFactory
+) -> None:
     server = standin()
     server.pause()
-    result, _ = timed(zmq_pinger(ctx, 0.3), [addr_of(server)])
+    result, _ = timed(pingers(0.3), [addr_of(server)])
     assert result == {addr_of(server): False}
 
 
@@ -154,14 +342,17 @@ def test_zmq_paused_server_fails(ctx: zmq.Context[Any], standin: StandInFactory)
     ids=["ok-false", "ok-not-bool", "not-a-map", "garbage", "too-deep"],
 )
 def test_zmq_bad_reply_fails_at_once(
-    ctx: zmq.Context[Any], pool: ThreadPoolExecutor, reply: bytes
+    ctx: zmq.Context[Any],
+    pingers: Callable[..., ZmqPinger],
+    pool: ThreadPoolExecutor,
+    reply: bytes,
 ) -> None:
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
     router.bind("tcp://127.0.0.1:*")
     addr = parse_address(router.last_endpoint.decode().removeprefix("tcp://"))
     try:
-        future = pool.submit(timed, zmq_pinger(ctx, 5.0), [addr])
+        future = pool.submit(timed, pingers(5.0), [addr])
         assert router.poll(5000), "the ping never arrived"
         identity, empty, request = router.recv_multipart()
         assert empty == b""
@@ -178,34 +369,50 @@ def test_zmq_bad_reply_fails_at_once(
     assert elapsed < 2.5
 
 
-def test_zmq_dead_servers_cost_one_timeout(ctx: zmq.Context[Any]) -> None:
+def test_zmq_hung_servers_cost_one_timeout(
+    pingers: Callable[..., ZmqPinger], silent: Callable[[int], list[Address]]
+) -> None:
     k, timeout = 8, 0.5
-    cands = dead(k)
-    result, elapsed = timed(zmq_pinger(ctx, timeout), cands)
+    cands = silent(k)
+    result, elapsed = timed(pingers(timeout), cands)
     assert result == dict.fromkeys(cands, False)
     assert elapsed < 0.5 * k * timeout
 
 
-def test_zmq_live_after_dead_is_chosen(ctx: zmq.Context[Any], standin: StandInFactory) -> None:
+def test_zmq_live_after_dead_is_chosen(
+    pingers: Callable[..., ZmqPinger],
+    standin: StandInFactory,
+    silent: Callable[[int], list[Address]],
+) -> None:
     live = addr_of(standin())
-    cands = [*dead(3), live]
-    result, elapsed = timed(zmq_pinger(ctx, 0.5), cands)
-    assert result == {**dict.fromkeys(cands[:3], False), live: True}
+    cands = [*dead(2), *silent(2), live]
+    result, elapsed = timed(pingers(0.5), cands)
+    assert result == {**dict.fromkeys(cands[:4], False), live: True}
     assert elapsed < 1.5
 
 
 def test_zmq_returns_early_when_the_first_answers(
-    ctx: zmq.Context[Any], standin: StandInFactory
+    pingers: Callable[..., ZmqPinger],
+    standin: StandInFactory,
+    silent: Callable[[int], list[Address]],
 ) -> None:
     first, second = addr_of(standin()), addr_of(standin())
     timeout = 2.0
-    result, elapsed = timed(zmq_pinger(ctx, timeout), [first, *dead(4), second])
+    result, elapsed = timed(pingers(timeout), [first, *silent(4), second])
     assert result == {first: True}
     assert elapsed < timeout / 2
 
 
-def test_zmq_empty_candidates(ctx: zmq.Context[Any]) -> None:
-    assert zmq_pinger(ctx, 0.1)([]) == {}
+def test_zmq_empty_candidates(pingers: Callable[..., ZmqPinger]) -> None:
+    assert pingers(0.1)([]) == {}
+
+
+def test_zmq_host_name_is_resolved(
+    pingers: Callable[..., ZmqPinger], standin: StandInFactory
+) -> None:
+    addr = Address("localhost", addr_of(standin()).port)
+    result, _ = timed(pingers(2.0), [addr])
+    assert result == {addr: True}
 
 
 def _has_ipv6_loopback() -> bool:
@@ -218,62 +425,237 @@ def _has_ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 on this machine")
-def test_zmq_ipv6_literal(ctx: zmq.Context[Any], standin: StandInFactory) -> None:
+def test_zmq_ipv6_literal(pingers: Callable[..., ZmqPinger], standin: StandInFactory) -> None:
     server = standin("tcp://[::1]:*")
     assert server.address.startswith("[::1]:")
-    result, _ = timed(zmq_pinger(ctx, 2.0), [addr_of(server)])
+    result, _ = timed(pingers(2.0), [addr_of(server)])
     assert result == {addr_of(server): True}
+
+
+# -- any number of candidates, a bounded window (issue 9, row 5) ------------------
+
+
+def test_zmq_live_behind_1100_dead_is_found(
+    pingers: Callable[..., ZmqPinger], standin: StandInFactory
+) -> None:
+    """More candidates than a context's 1023 sockets: today 'Too many open files'."""
+    live = addr_of(standin())
+    cands = [*many_dead(1100), live]
+    pinger = pingers(2.0)
+    result, _ = timed(pinger, cands)
+    assert result == {**dict.fromkeys(cands[:-1], False), live: True}
+    assert pinger.last_peak_open <= pinger.window + 3
+
+
+def test_tcp_live_behind_1100_dead_is_found(listeners: Callable[..., socket.socket]) -> None:
+    live = tcp_addr(listeners(8))
+    cands = [*many_dead(1100), live]
+    result, _ = timed(TcpPinger(timeout_s=2.0), cands)
+    assert result == {**dict.fromkeys(cands[:-1], False), live: True}
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_zmq_hung_servers_beyond_the_window_are_pinged_a_window_at_a_time(
+    pingers: Callable[..., ZmqPinger],
+    standin: StandInFactory,
+    silent: Callable[[int], list[Address]],
+) -> None:
+    """Sockets and descriptors stay within the window; the live server is still reached."""
+    window, hung = 8, 30
+    live = addr_of(standin())
+    cands = [*silent(hung), live]
+    pinger = pingers(0.3, window=window)
+    before = _open_fds()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        # Sampling can only miss a peak, never invent one.
+        while not done.is_set():
+            peak[0] = max(peak[0], _open_fds())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result, _ = timed(pinger, cands)
+    finally:
+        done.set()
+        sampler.join(5)
+    assert result == {**dict.fromkeys(cands[:-1], False), live: True}
+    assert pinger.last_peak_open <= window
+    # The pinger's context (a few fds), plus 3 per attempt at most.
+    assert peak[0] - before <= 16 + window * ZmqPinger.fds_per_attempt
+
+
+def test_later_candidates_are_not_opened_once_an_earlier_one_answered(
+    pingers: Callable[..., ZmqPinger],
+    standin: StandInFactory,
+    listeners: Callable[..., socket.socket],
+) -> None:
+    live = addr_of(standin())
+    behind = [listeners(8) for _ in range(20)]
+    result, _ = timed(pingers(2.0, window=1), [live, *(tcp_addr(s) for s in behind)])
+    assert result == {live: True}
+    for sock in behind:
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.accept()  # Nobody ever connected.
+
+
+FD_LIMIT_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+    from bus.ping import TcpPinger, ZmqPinger
+    from proxy.address import Address, parse_address
+
+    kind, live, port, hung = sys.argv[1], parse_address(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    cands = [Address(f"127.1.{i // 250}.{i % 250 + 1}", port) for i in range(1100)]
+    cands += [parse_address(a) for a in hung.split(",")] + [live]
+    if kind == "zmq":
+        pinger = ZmqPinger(region="global", rpc_major_version=1, timeout_s=1.0)
+    else:
+        pinger = TcpPinger(timeout_s=1.0)
+    result = pinger(cands)
+    pinger.close()
+    failed = sum(1 for a in cands[:-1] if result.get(a) is False)
+    print(result.get(live), failed, len(cands) - 1, pinger.window)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["zmq", "tcp"])
+def test_many_candidates_under_a_1024_descriptor_limit(kind: str, peers: Peers) -> None:
+    """``ulimit -n 1024`` is common: 1100 dead and 300 hung, then the live one."""
+    live, hung = peers.live(kind), peers.hung(kind, 300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FD_LIMIT_SCRIPT,
+            kind,
+            live.canonical,
+            str(unused_port()),
+            ",".join(a.canonical for a in hung),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    answered, failed, total, window = proc.stdout.split()
+    assert (answered, failed, total) == ("True", "1400", "1400"), proc.stdout
+    assert int(window) < 300
+
+
+# -- names: resolved off the shared threads, bounded (issue 9, row 4) -------------
+
+
+@pytest.mark.parametrize("kind", ["zmq", "tcp"])
+def test_a_name_that_never_resolves_costs_its_deadline_and_nothing_else(
+    kind: str,
+    pingers: Callable[..., ZmqPinger],
+    peers: Peers,
+    stuck_dns: Callable[..., tuple[Resolver, StuckDns]],
+) -> None:
+    resolver, _ = stuck_dns("blackhole.invalid")
+    hole = Address("blackhole.invalid", 4647)
+
+    def make(timeout_s: float) -> WindowedPinger:
+        if kind == "zmq":
+            return pingers(timeout_s, resolver=resolver)
+        return TcpPinger(timeout_s=timeout_s, resolver=resolver)
+
+    live = peers.live(kind)
+    # First in order: the live one answers, nothing waits for the name.
+    result, elapsed = timed(make(10.0), [live, hole])
+    assert result == {live: True}
+    assert elapsed < 5.0
+    # Behind the name: the live one answered, the name fails at its deadline.
+    result, elapsed = timed(make(0.5), [hole, live])
+    assert result == {hole: False, live: True}
+    assert elapsed >= 0.5
+    # Nobody waits for the stuck lookup any more.
+    assert resolver.waiting == 0
+
+
+def test_lookups_are_capped_across_calls_and_joined(
+    pingers: Callable[..., ZmqPinger],
+    standin: StandInFactory,
+    stuck_dns: Callable[..., tuple[Resolver, StuckDns]],
+) -> None:
+    names = [f"hole{i}.invalid" for i in range(10)]
+    resolver, dns = stuck_dns(*names, max_lookups=3)
+    holes = [Address(name, 4647) for name in names]
+    live = addr_of(standin())
+    pinger = pingers(0.3, resolver=resolver)
+    for _ in range(3):
+        result, _ = timed(pinger, [*holes, live])
+        # Names beyond the cap fail at once instead of queueing behind stuck ones.
+        assert result == {**dict.fromkeys(holes, False), live: True}
+        assert resolver.running == 3
+        assert resolver.waiting == 0
+    # Later calls joined the three stuck lookups rather than starting more.
+    assert sorted(dns.calls) == sorted(names[:3])
+    dns.release()
+    poll_until(lambda: resolver.running == 0, 10, what="the lookups to end")
+    assert pinger([holes[0], live]) == {holes[0]: False, live: True}
+
+
+def test_tcp_host_name_is_resolved(listeners: Callable[..., socket.socket]) -> None:
+    addr = tcp_addr(listeners(), host="localhost")
+    result, _ = timed(TcpPinger(timeout_s=2.0), [addr])
+    assert result == {addr: True}
+
+
+def test_unresolvable_name_fails(pingers: Callable[..., ZmqPinger]) -> None:
+    addr = Address("no-such-host.invalid", 4647)
+    assert TcpPinger(timeout_s=2.0)([addr]) == {addr: False}
+    assert pingers(2.0)([addr]) == {addr: False}
+
+
+# -- close(): shutdown never waits a ping timeout (issue 9, row 9) -------------------
+
+
+@pytest.mark.parametrize("kind", ["zmq", "tcp"])
+def test_close_ends_a_ping_in_flight_and_fails_later_calls(
+    kind: str, pingers: Callable[..., ZmqPinger], pool: ThreadPoolExecutor, peers: Peers
+) -> None:
+    timeout = 60.0
+    pinger = pingers(timeout) if kind == "zmq" else TcpPinger(timeout_s=timeout)
+    hung, live = peers.hung(kind, 3), peers.live(kind)
+    future = pool.submit(timed, pinger, [*hung, live])
+    poll_until(lambda: pinger.in_flight, 10, what="the ping to start")
+    pinger.close()
+    result, elapsed = future.result(timeout=timeout / 4)
+    assert result == dict.fromkeys([*hung, live], False)
+    assert elapsed < timeout / 4
+    assert pinger.closed
+    # Closed: even a live server fails, at once; closing again is harmless.
+    assert pinger([live]) == {live: False}
+    pinger.close()
+    if isinstance(pinger, ZmqPinger):
+        assert pinger._context is None
+
+
+def test_close_before_any_call(pingers: Callable[..., ZmqPinger], standin: StandInFactory) -> None:
+    pinger = pingers(1.0)
+    pinger.close()
+    pinger.close()
+    live = addr_of(standin())
+    assert pinger([live]) == {live: False}
+    assert pinger._context is None
 
 
 # -- TcpPinger -----------------------------------------------------------------
 
 
-@pytest.fixture
-def listeners() -> Iterator[Callable[[], socket.socket]]:
-    opened: list[socket.socket] = []
-
-    def make() -> socket.socket:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(0)
-        opened.append(sock)
-        return sock
-
-    yield make
-    for sock in opened:
-        sock.close()
-
-
-def tcp_addr(sock: socket.socket, host: str = "127.0.0.1") -> Address:
-    return Address(host, sock.getsockname()[1])
-
-
-@pytest.fixture
-def blackholes(
-    listeners: Callable[[], socket.socket],
-) -> Iterator[Callable[[int], list[Address]]]:
-    """Addresses whose SYNs go unanswered, like a server behind a dead link.
-
-    A listener with backlog 0 and one connection nobody accepts has a full
-    accept queue; Linux then drops further SYNs, so connects hang.
-    """
-    fillers: list[socket.socket] = []
-
-    def make(n: int) -> list[Address]:
-        addrs = []
-        for _ in range(n):
-            listener = listeners()
-            filler = socket.create_connection(listener.getsockname(), timeout=2)
-            fillers.append(filler)
-            addrs.append(tcp_addr(listener))
-        return addrs
-
-    yield make
-    for filler in fillers:
-        filler.close()
-
-
-def test_tcp_listening_socket_answers(listeners: Callable[[], socket.socket]) -> None:
+def test_tcp_listening_socket_answers(listeners: Callable[..., socket.socket]) -> None:
     addr = tcp_addr(listeners())
     result, elapsed = timed(TcpPinger(timeout_s=2.0), [addr])
     assert result == {addr: True}
@@ -287,20 +669,8 @@ def test_tcp_closed_port_fails_fast() -> None:
     assert elapsed < 1.0
 
 
-def test_tcp_host_name_is_resolved(listeners: Callable[[], socket.socket]) -> None:
-    addr = tcp_addr(listeners(), host="localhost")
-    result, _ = timed(TcpPinger(timeout_s=2.0), [addr])
-    assert result == {addr: True}
-
-
-def test_tcp_unresolvable_name_fails() -> None:
-    addr = Address("no-such-host.invalid", 4647)
-    result, _ = timed(TcpPinger(timeout_s=2.0), [addr])
-    assert result == {addr: False}
-
-
 def test_tcp_many_dead_in_parallel(
-    blackholes: Callable[[int], list[Address]], listeners: Callable[[], socket.socket]
+    blackholes: Callable[[int], list[Address]], listeners: Callable[..., socket.socket]
 ) -> None:
     k, timeout = 8, 0.5
     hung = blackholes(k)
@@ -312,7 +682,7 @@ def test_tcp_many_dead_in_parallel(
 
 
 def test_tcp_returns_early_when_the_first_answers(
-    blackholes: Callable[[int], list[Address]], listeners: Callable[[], socket.socket]
+    blackholes: Callable[[int], list[Address]], listeners: Callable[..., socket.socket]
 ) -> None:
     live = tcp_addr(listeners())
     result, elapsed = timed(TcpPinger(timeout_s=2.0), [live, *blackholes(3)])
