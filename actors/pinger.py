@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
 
 import pykka
 
@@ -24,11 +25,23 @@ first one that answered (see ``proxy.choose_head``). Implementations live in
 """
 
 
+@runtime_checkable
+class Closable(Protocol):
+    """A pinger that holds resources (``bus.ping``'s do): ``close()`` ends a
+    ping in flight, fails later ones at once, and frees them; idempotent."""
+
+    def close(self) -> None: ...
+
+
 class PingerActor(pykka.ThreadingActor):
     """Pings what it is asked to and tells the answers back; it keeps no proxy state.
 
     Its own mailbox is the only thing a ping blocks. ProxyActor runs at most
-    one rebalance at a time, so requests never pile up here.
+    one rebalance at a time, so requests never pile up here. A ping in flight
+    holds up this actor's stop message, so whoever stops the service calls
+    the pinger's ``close()`` first (from its own thread); the actor closes it
+    too when it stops or fails, so the pinger's resources go with the actor
+    on every path.
     """
 
     def __init__(
@@ -59,3 +72,21 @@ class PingerActor(pykka.ThreadingActor):
             # ProxyActor stopped while we pinged (shutdown): nobody is waiting.
             log.debug("ping results %d dropped: the proxy has stopped", message.token)
         return None
+
+    def on_stop(self) -> None:
+        self._close_pinger()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._close_pinger()
+
+    def _close_pinger(self) -> None:
+        if isinstance(self._pinger, Closable):
+            try:
+                self._pinger.close()
+            except Exception:
+                log.exception("closing the pinger failed")
