@@ -228,10 +228,14 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def running_serve(*args: str) -> Iterator[Serve]:
-    """Start ``rpcproxy serve`` on fresh loopback ports, wait for ping, stop after."""
+def running_serve(*args: str, prefix: Sequence[str] = ()) -> Iterator[Serve]:
+    """Start ``rpcproxy serve`` on fresh loopback ports, wait for ping, stop after.
+
+    ``prefix`` runs it through another command (``unshare ...``) that ends by
+    exec-ing the rest of its arguments, so signals still reach ``serve``.
+    """
     query, heartbeat = tcp(free_port()), tcp(free_port())
-    argv = [rpcproxy_path(), "serve", "--query", query, "--heartbeat-bind", heartbeat]
+    argv = [*prefix, rpcproxy_path(), "serve", "--query", query, "--heartbeat-bind", heartbeat]
     argv += ["--events", "", *args]
     with tempfile.NamedTemporaryFile(prefix="rpcproxy-bench-", suffix=".log", delete=False) as f:
         log_path = Path(f.name)

@@ -1,74 +1,147 @@
-"""Benchmark 3: a rebalance with k dead servers ahead of the only live one.
+"""Benchmark 3: rebalances with k dead or hung servers ahead of the only live one,
+and lookups while a rebalance waits on a name that never resolves.
 
-The dead servers are primaries on loopback ports nobody listens on; the live
-one is a :class:`bus.standin.ServerStandIn` given as the only backup, and
-backups always follow primaries in the candidate order, so every rebalance
-must give up on all k dead ones before it can pick the live one. Nomad's
-serial pinging would take k ping timeouts; the target is about one.
+Dead servers are loopback addresses nobody listens on (refused at once); hung
+ones are listeners of this process that accept and never answer, so each
+holds a ping for the whole timeout. All are primaries; the live server is a
+:class:`bus.standin.ServerStandIn` given as the only backup, and backups
+always follow primaries in the candidate order, so every rebalance must give
+up on all k before it can pick the live one. Nomad's serial pinging would
+take k ping timeouts. Here a window of attempts is open at once (PROTOCOL.md
+section 4: bounded sockets), so k hung servers cost one timeout per window.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import random
+import socket
 import statistics
+import subprocess
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from common import CTX, Result, Spread, call, free_port, running_serve
+from common import CTX, Requester, Result, Spread, call, free_port, running_serve
+from lookup import drive
 
+from bus.ping import ZmqPinger, window_for
 from bus.standin import ServerStandIn
 
 PING_TIMEOUT_S = 0.5
 TARGET = 1.3
+DEAD_KS = (1, 50, 1100, 4095)
+"""Up to ``max_servers`` (4096) with the live one."""
+HUNG_KS = (50, 300)
+
+
+def _dead_addrs(k: int) -> list[str]:
+    """``k`` distinct refused addresses: one unused port on many loopback IPs."""
+    port = free_port()
+    return [f"127.1.{i // 250}.{i % 250 + 1}:{port}" for i in range(k)]
+
+
+@contextlib.contextmanager
+def _silent_servers(k: int) -> Iterator[list[str]]:
+    """``k`` listeners that accept (the kernel does) and never say a word."""
+    socks = []
+    try:
+        for _ in range(k):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+        yield [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _serve_window(pid: int) -> int:
+    """The ping window of a running serve, from its descriptor limit."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft = line.split()[3]
+            limit = None if soft == "unlimited" else int(soft)
+            return window_for(ZmqPinger.fds_per_attempt, fd_limit=limit)
+    raise RuntimeError(f"no descriptor limit for pid {pid}")
 
 
 def _rebalance_seconds(query: str, live: str) -> float:
     begin = time.perf_counter()
-    reply = call(query, "rebalance", timeout_s=30.0)
+    reply = call(query, "rebalance", timeout_s=60.0)
     elapsed = time.perf_counter() - begin
     if reply.get("healthy") is not True or reply["server"] != {"addr": live}:
         raise RuntimeError(f"rebalance did not pick the live server {live}: {reply!r}")
     return elapsed
 
 
-def _time_rebalances(dead: int, repetitions: int, live: str) -> list[float]:
-    dead_addrs = ",".join(f"127.0.0.1:{free_port()}" for _ in range(dead))
+def _time_rebalances(ahead: list[str], repetitions: int, live: str) -> tuple[list[float], int]:
+    """Rebalance times, and the serve's ping window."""
     with running_serve(
         "--primary-servers",
-        dead_addrs,
+        ",".join(ahead),
         "--backup-servers",
         live,
         "--ping-timeout-s",
         str(PING_TIMEOUT_S),
     ) as serve:
-        return [_rebalance_seconds(serve.query, live) for _ in range(repetitions)]
+        window = _serve_window(serve.proc.pid)
+        return [_rebalance_seconds(serve.query, live) for _ in range(repetitions)], window
 
 
-def rebalance(repetitions: int, ks: tuple[int, ...] = (1, 5, 20, 50)) -> Result:
+def rebalance(
+    repetitions: int,
+    ks: tuple[int, ...] = DEAD_KS,
+    hung_ks: tuple[int, ...] = HUNG_KS,
+) -> Result:
     result = Result(
-        "3. Rebalance with k dead servers ahead of the live one",
+        "3. Rebalance with k dead or hung servers ahead of the live one",
         [
-            "k dead",
+            "k ahead",
             "rebalance time (s)",
             "time / ping timeout",
+            "windows of pings",
             "Nomad's serial pings would need",
         ],
     )
     standin = ServerStandIn("tcp://127.0.0.1:*", context=CTX)
     standin.start()
     try:
-        for k in ks:
-            times = _time_rebalances(k, repetitions, standin.address)
+        cases: list[tuple[str, int]] = [("dead", k) for k in ks]
+        cases += [("hung", k) for k in hung_ks]
+        for kind, k in cases:
+            if kind == "dead":
+                times, window = _time_rebalances(_dead_addrs(k), repetitions, standin.address)
+                # Refused connects are known at once: no window waits a timeout.
+                rounds, target = 0, TARGET
+            else:
+                with _silent_servers(k) as silent:
+                    times, window = _time_rebalances(silent, repetitions, standin.address)
+                rounds = math.ceil(k / window)
+                target = rounds + TARGET - 1
             ratio = Spread.of([t / PING_TIMEOUT_S for t in times])
-            print(f"  k={k}: {statistics.median(times):.3f} s, ratio {ratio.fmt()}", flush=True)
+            print(
+                f"  {k} {kind}: {statistics.median(times):.3f} s, ratio {ratio.fmt()}",
+                flush=True,
+            )
             result.rows.append(
                 [
-                    str(k),
+                    f"{k} {kind}",
                     Spread.of(times).fmt(3),
                     ratio.fmt(),
+                    f"{rounds} (window {window})" if rounds else "- (refused at once)",
                     f"{k} x {PING_TIMEOUT_S:g} s = {k * PING_TIMEOUT_S:g} s",
                 ]
             )
             result.check(
-                f"k={k}: time / timeout {ratio.median:.2f}", f"<= {TARGET}", ratio.median <= TARGET
+                f"{k} {kind}: time / timeout {ratio.median:.2f}",
+                f"<= {target:g}",
+                ratio.median <= target,
             )
     finally:
         standin.stop()
@@ -77,5 +150,148 @@ def rebalance(repetitions: int, ks: tuple[int, ...] = (1, 5, 20, 50)) -> Result:
         f" {repetitions} `rebalance` ops per k on one `serve`, timed at the client from"
         " request to reply; median (min-max). The live server (one ServerStandIn in the"
         " benchmark's process) is the only backup, so it is always the last candidate."
+        " Dead: a loopback address nobody listens on (refused). Hung: a listener that"
+        " accepts and never answers, so its ping holds a slot of the window until the"
+        " timeout; the window is what fits under the serve's descriptor limit"
+        " (`bus.ping.window_for`), at most 256."
+    )
+    return result
+
+
+# -- lookups while a name never resolves ---------------------------------------------
+
+BLACKHOLE = "blackhole.invalid.example"
+BLACKHOLE_PING_TIMEOUT_S = 1.0
+P99_TARGET_MS = 2.0
+_MOUNT_AND_RUN = (
+    'mount --bind "$0" /etc/resolv.conf && mount --bind "$1" /etc/nsswitch.conf'
+    ' && shift && exec "$@"'
+)
+
+
+@contextlib.contextmanager
+def _blackhole_prefix() -> Iterator[tuple[str, ...] | str]:
+    """A command prefix under which every DNS lookup hangs, or why there is none.
+
+    A private mount namespace whose resolv.conf names a UDP socket of this
+    process that is never read. ``unshare -m`` as root; otherwise ``-r`` maps
+    us to root in a new user namespace, where the kernel allows that.
+    """
+    rng = random.Random()
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with dns, tempfile.TemporaryDirectory(prefix="rpcproxy-bench-dns-") as tmp:
+        for _ in range(50):
+            ip = f"127.53.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            try:
+                dns.bind((ip, 53))
+                break
+            except OSError:
+                continue
+        else:
+            yield "no free 127.53.x.y:53 for a silent name server"
+            return
+        resolv, nsswitch = Path(tmp, "resolv.conf"), Path(tmp, "nsswitch.conf")
+        resolv.write_text(f"nameserver {ip}\noptions timeout:10 attempts:1\n")
+        nsswitch.write_text("hosts: files dns\n")
+        flags = "-m" if os.geteuid() == 0 else "-rm"
+        prefix = ("unshare", flags, "sh", "-c", _MOUNT_AND_RUN, str(resolv), str(nsswitch))
+        try:
+            probe = subprocess.run(
+                [*prefix, "timeout", "1", "getent", "hosts", BLACKHOLE],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except FileNotFoundError:
+            yield "unshare is not installed"
+            return
+        if probe.returncode != 124:
+            yield f"cannot make a lookup hang here (unshare {flags}): {probe.stderr.strip()}"
+            return
+        yield prefix
+
+
+def _rebalance_loop(query: str, stop: threading.Event, done: list[float]) -> None:
+    requester = Requester(query)
+    try:
+        while not stop.is_set():
+            begin = time.perf_counter()
+            requester.call("rebalance", timeout_s=30.0)
+            done.append(time.perf_counter() - begin)
+    finally:
+        requester.close()
+
+
+def lookups_during_blackhole(rounds: int, duration_s: float) -> Result:
+    """find_server latency while rebalances wait on a black-hole name, vs idle."""
+    result = Result(
+        "3b. Lookups while a rebalance waits on a name that never resolves",
+        ["phase", "round trips/s", "p50 latency (us)", "p99 latency (us)"],
+    )
+    with _blackhole_prefix() as prefix:
+        if isinstance(prefix, str):
+            result.notes.append(f"Not measured: {prefix}. The integration test covers it.")
+            return result
+        standin = ServerStandIn("tcp://127.0.0.1:*", context=CTX)
+        standin.start()
+        idle, busy, rebalances = [], [], []
+        try:
+            with running_serve(
+                "--primary-servers",
+                f"{BLACKHOLE}:4647",
+                "--backup-servers",
+                standin.address,
+                "--ping-timeout-s",
+                str(BLACKHOLE_PING_TIMEOUT_S),
+                prefix=prefix,
+            ) as serve:
+                for index in range(rounds):
+                    for phase in (
+                        ("idle", "rebalancing") if index % 2 == 0 else ("rebalancing", "idle")
+                    ):
+                        if phase == "idle":
+                            idle.append(drive(serve.query, 1, duration_s))
+                            continue
+                        stop = threading.Event()
+                        loop = threading.Thread(
+                            target=_rebalance_loop, args=(serve.query, stop, rebalances)
+                        )
+                        loop.start()
+                        busy.append(drive(serve.query, 1, duration_s))
+                        stop.set()
+                        loop.join(60)
+                    print(
+                        f"  round {index + 1}/{rounds}: p99 idle {idle[-1].p99_us:.0f} us,"
+                        f" rebalancing {busy[-1].p99_us:.0f} us",
+                        flush=True,
+                    )
+        finally:
+            standin.stop()
+    for name, runs in (("idle", idle), ("rebalances waiting on the name", busy)):
+        result.rows.append(
+            [
+                name,
+                Spread.of([r.throughput for r in runs]).fmt(0),
+                Spread.of([r.p50_us for r in runs]).fmt(0),
+                Spread.of([r.p99_us for r in runs]).fmt(0),
+            ]
+        )
+    ratio = Spread.of([b.p99_us / i.p99_us for b, i in zip(busy, idle, strict=True)])
+    result.rows.append(["**p99 ratio rebalancing / idle**", "", "", ratio.fmt(2)])
+    p99_ms = statistics.median(r.p99_us for r in busy) / 1000
+    result.check(
+        f"p99 while rebalancing {p99_ms:.2f} ms", f"< {P99_TARGET_MS:g} ms", p99_ms < P99_TARGET_MS
+    )
+    result.notes.append(
+        f"`serve` runs in a private mount namespace whose resolv.conf names a UDP socket"
+        f" that never answers, so `{BLACKHOLE}` (the only primary) hangs in resolution"
+        f" for 10 s; a live ServerStandIn is the only backup. {rounds} alternating rounds"
+        f" of {duration_s:g} s: one REQ client sends `find_server` back to back, idle or"
+        f" while another thread asks `rebalance` back to back ({len(rebalances)}"
+        f" rebalances, median {statistics.median(rebalances or [0]):.2f} s each, ping"
+        f" timeout {BLACKHOLE_PING_TIMEOUT_S:g} s). Before issue 9, libzmq resolved the"
+        " name on the I/O thread the query socket shares: every request stalled for the"
+        " lookup."
     )
     return result
