@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +19,6 @@ from tests.integration.conftest import (
     Serve,
     addrs,
     assert_clean_log,
-    free_port,
     pack,
     poll_until,
     unpack,
@@ -110,7 +110,10 @@ def test_read_your_writes_across_clients(serve_factory: Callable[..., Serve]) ->
 def test_a_pending_rebalance_gets_unavailable_on_sigterm(
     serve_factory: Callable[..., Serve],
 ) -> None:
-    dead = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    # Servers that accept and never answer, so each ping waits its whole
+    # timeout (a refused port fails at once).
+    hung = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
+    dead = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in hung]
     proxy = serve_factory(
         "--ping-timeout-s", "3", "--primary-servers", ",".join(dead), events=False
     )
@@ -148,3 +151,5 @@ def test_a_pending_rebalance_gets_unavailable_on_sigterm(
         assert_clean_log(proxy)
     finally:
         dealer.close(linger=0)
+        for sock in hung:
+            sock.close()
