@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -11,10 +12,12 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
+import pykka
 import zmq
 
+from actors.lifecycle import stop_within
 from bus.curve import CurveClient, CurveError
 from cli.config import ConfigError, add_config_arguments, load_config
 from cli.demo import run_demo
@@ -228,6 +231,83 @@ def supervise(service: ProxyService, stopping: threading.Event, period_s: float 
     return EXIT_OK
 
 
+STOP_BUDGET_S = 8.0
+"""From a stop signal (or a part's death) to the process's exit, at most.
+
+PROTOCOL.md section 8 allows 10 s; the orderly stop normally takes
+milliseconds, and this leaves room for a busy machine after the budget."""
+
+LEFTOVER_STOP_TIMEOUT_S = 1.5
+"""How long the last sweep waits for actors that were still running."""
+
+
+def stop_remaining_actors(timeout_s: float = LEFTOVER_STOP_TIMEOUT_S) -> list[str]:
+    """The backstop (Mopidy's ``stop_remaining_actors``): stop every actor still running.
+
+    :meth:`ProxyService.stop` stops what it started, but a part that failed
+    or hung can leave actors behind, and pykka threads are not daemons: any
+    one of them would keep the process alive after ``serve`` returned.
+
+    Returns:
+        The names of the actors that would not stop (each logged).
+    """
+    refs = pykka.ActorRegistry.get_all()
+    if not refs:
+        return []
+    named = [(ref.actor_class.__name__, ref) for ref in refs]
+    log.warning("stopping %d actors still running: %s", len(named), ", ".join(n for n, _ in named))
+    late = stop_within(named, timeout_s)
+    if late:
+        log.warning("%s did not stop within %g s; exiting without them", ", ".join(late), timeout_s)
+    return late
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process at once, whatever its threads are doing."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(code)
+
+
+class StopWatchdog:
+    """Ends the process if stopping takes longer than ``budget_s``.
+
+    The orderly stop bounds every wait, but after ``serve`` returns the
+    interpreter still joins every non-daemon thread, without a timeout: a
+    pykka actor stuck in a handler (a ping, a disk that stopped answering)
+    would hold the process forever, and PROTOCOL.md section 8 says it must
+    exit within 10 s. Nothing in Python can stop such a thread, so the last
+    resort is ``os._exit`` from this daemon thread, which keeps running
+    while the interpreter waits on the others. It is never disarmed: it has
+    nothing to do once the process is gone, and until then it may be needed.
+    """
+
+    def __init__(self, budget_s: float = STOP_BUDGET_S) -> None:
+        self.budget_s = budget_s
+        self.code = EXIT_OK
+        self._armed = False
+
+    def arm(self, code: int) -> None:
+        """Start counting (first call only); exit with ``code`` when the budget is over."""
+        if self._armed:
+            return
+        self._armed = True
+        self.code = code
+        threading.Thread(target=self._run, name="rpcproxy-stop-watchdog", daemon=True).start()
+
+    def _run(self) -> None:
+        threading.Event().wait(self.budget_s)
+        # Logging can block (a stderr pipe nobody reads): give it a moment, not the exit.
+        said = threading.Thread(
+            target=log.error,
+            args=("stopping took longer than %g s; exiting now", self.budget_s),
+            daemon=True,
+        )
+        said.start()
+        said.join(0.5)
+        _exit_now(self.code)
+
+
 def serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args, os.environ)
@@ -241,27 +321,46 @@ def serve(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
     stopping = threading.Event()
+    watchdog = StopWatchdog(STOP_BUDGET_S)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            log.warning("received %s again: exiting now, without finishing the stop", name)
+            _exit_now(watchdog.code)
+        log.info("received %s, stopping", name)
         stopping.set()
+        watchdog.arm(EXIT_OK)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     service = ProxyService(config)
+    code = EXIT_FAILURE
     try:
-        service.start()
-    except Exception as exc:
-        log.error("rpcproxy failed to start: %s", exc)
-        service.stop()
-        return EXIT_FAILURE
-    try:
-        code = supervise(service, stopping)
+        code = _start_and_supervise(service, stopping)
     finally:
-        service.stop()
-    if code == EXIT_OK:
+        # Whatever ended it (a signal, a dead part, a failed start, a bug),
+        # the stop is bounded: by the waits below, then by the watchdog.
+        watchdog.arm(code)
+        late = service.stop()
+        late += stop_remaining_actors()
+    if code == EXIT_OK and not late:
         log.info("stopped")
     return code
+
+
+def _start_and_supervise(service: ProxyService, stopping: threading.Event) -> int:
+    try:
+        service.start()
+    except ConfigError as exc:
+        # A value only checkable at start (the state file is a FIFO): the
+        # same one line, and exit code, as a bad value in the file.
+        print(f"rpcproxy: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        log.error("rpcproxy failed to start: %s", exc)
+        return EXIT_FAILURE
+    return supervise(service, stopping)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import zmq
 from prometheus_client import start_http_server
 
 from actors import ProxyActor, ProxySettings, SnapshotBox
+from actors.lifecycle import stop_within
 from actors.metrics import Metrics
 from actors.persist import PendingState, PersistActor, StateFile
 from bus.curve import HEARTBEAT_DOMAIN, AllowList, CurveError, CurveServer, load_key_pair
@@ -33,6 +34,11 @@ from proxy import LocalIdentity, ProxyState, RebalanceTiming
 log = logging.getLogger(__name__)
 
 _ACTOR_START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 6.0
+"""How long :meth:`ProxyService.stop` waits for all its parts, together.
+
+Under the 10 s PROTOCOL.md section 8 allows from SIGTERM to exit, with room
+for ``serve``'s last sweep of leftover actors."""
 
 
 def settings_from(config: Config, restored: ProxyState | None = None) -> ProxySettings:
@@ -286,37 +292,71 @@ class ProxyService:
     def heartbeat_endpoints(self) -> list[str]:
         return self._heartbeats.bound_endpoints if self._heartbeats else []
 
-    def stop(self) -> None:
-        """Stop in reverse order of start; safe to call more than once."""
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
+        """Stop in reverse order of start, within about ``timeout_s``; safe to call again.
+
+        Every wait shares one deadline, so a part that hangs costs the rest
+        of the budget once, not a timeout per part; a part still running when
+        its turn is over is logged in one line and left to the process's exit.
+
+        Returns:
+            The parts that had not stopped in time.
+        """
+        deadline = time.monotonic() + timeout_s
+
+        def left() -> float:
+            # Never zero: a part that would stop at once still gets its chance.
+            return max(0.05, deadline - time.monotonic())
+
+        late: list[str] = []
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
             self._metrics_server = None
         if self._heartbeats is not None:
-            self._heartbeats.stop()
+            self._heartbeats.stop(left())
+            if self._heartbeats.alive:
+                late.append("heartbeat socket")
             self._heartbeats = None
         if self._query is not None:
-            self._query.stop()
+            self._query.stop(left())
+            if self._query.alive:
+                late.append("query socket")
             self._query = None
         if self._pinger is not None:
             # Ends a ping in flight at once, so the pinger actor is free to stop.
             self._pinger.close()
         if self._proxy is not None:
-            self._proxy.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
+            # ProxyActor stops its own children; a child it gave up on is
+            # still running, and still needs the context.
+            late += stop_within([("proxy actor", self._proxy)], left())
             self._proxy = None
-            self._children = []
         if self._persist is not None:
             # After the proxy, so its last change is the one written.
-            self._persist.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
+            late += stop_within([("state persister", self._persist)], left())
             self._persist = None
         if self._events is not None:
-            self._events.stop(block=True, timeout=_ACTOR_START_TIMEOUT_S)
+            late += stop_within([("events publisher", self._events)], left())
             self._events = None
         if self._curve is not None:
             self._curve.stop()
+            if self._curve.alive:
+                late.append("CURVE authenticator")
             self._curve = None
+        for name in late:
+            log.warning("%s did not stop within %g s", name, timeout_s)
+        # ProxyActor logged a child it gave up on; that child still runs.
+        late += [name for name, ref in self._children if ref.is_alive()]
+        self._children = []
         if self._context is not None:
-            # Every socket is closed by now; destroy() only guards against a
-            # thread that did not stop in time, which term() would wait on forever.
-            self._context.destroy(linger=0)
+            if late:
+                # Destroying the context would close sockets under a thread
+                # still using them (ZMQError tracebacks on the way out); the
+                # process's exit releases them instead.
+                log.debug("ZeroMQ context left open: %s still running", ", ".join(late))
+            else:
+                # Every socket is closed by now; destroy() only guards against
+                # a socket left open, which term() would wait on forever.
+                self._context.destroy(linger=0)
             self._context = None
+        return late

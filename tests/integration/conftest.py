@@ -377,17 +377,19 @@ def start_serve(
     query_port: int | None = None,
     pass_query: bool = True,
     attempts: int = 5,
+    command: Sequence[str] = (RPCPROXY,),
 ) -> Serve:
     """Start ``rpcproxy serve`` on fresh loopback ports and wait until it answers.
 
     Free ports can be taken between picking and binding, so a start that
-    fails to bind is retried on new ports.
+    fails to bind is retried on new ports. ``command`` replaces the
+    ``rpcproxy`` executable (a script that wraps the same ``cli.main.main``).
     """
     for attempt in range(attempts):
         query = tcp(query_port if query_port is not None else free_port())
         heartbeat = "" if heartbeat_connect else tcp(free_port())
         events_ep = tcp(free_port()) if events else ""
-        argv = [RPCPROXY, "serve", "--log-level", "debug"]
+        argv = [*command, "serve", "--log-level", "debug"]
         if pass_query:
             argv += ["--query", query]
         if heartbeat_connect:

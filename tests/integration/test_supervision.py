@@ -20,6 +20,7 @@ from typing import Any
 import pykka
 import pytest
 
+import actors.proxy_actor
 from actors.persist import StateFile
 from cli.config import Config
 from cli.main import EXIT_FAILURE, EXIT_OK, supervise
@@ -58,8 +59,13 @@ def service(tmp_path: Path) -> Iterator[ProxyService]:
     finally:
         stopped = run_in_thread(running.stop)
         # Stopping a service with dead parts must neither raise nor hang.
-        stopped.result(timeout=30.0)
-        pykka.ActorRegistry.stop_all(timeout=10.0)
+        late = stopped.result(timeout=30.0)
+        # Nor leave an actor running: a real process could not exit. Checked
+        # before any stop_all, which would hide such a leak (issue 9, row 3).
+        left = pykka.ActorRegistry.get_all()
+        pykka.ActorRegistry.stop_all(timeout=10.0)  # for the next test, whatever happened
+        assert late == [], f"ProxyService.stop gave up on {late}"
+        assert left == [], f"actors still running after ProxyService.stop: {left}"
 
 
 def run_in_thread(fn: Callable[[], Any]) -> Future[Any]:
@@ -204,6 +210,27 @@ def test_a_crashing_persister_is_noticed(
     poll_until(lambda: "state persister" in service.dead_parts(), what="the persister to die")
     assert supervise_until_done(service, threading.Event()) == EXIT_FAILURE
     assert any("state persister" in line for line in error_lines(caplog))
+
+
+def test_a_crashing_proxy_actor_is_noticed_and_takes_its_children_with_it(
+    service: ProxyService,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A told message that raises: pykka calls on_failure, not on_stop."""
+
+    def broken(*_args: object) -> object:
+        raise RuntimeError("bug in notify_failed (test)")
+
+    monkeypatch.setattr(actors.proxy_actor, "notify_failed", broken)
+    timer, pinger = child(service, "rebalance timer"), child(service, "pinger")
+    with RawClient(service.query_endpoint) as client:
+        client.call("add_primary_server", addr="10.0.0.7")
+        with contextlib.suppress(AssertionError):
+            client.request({"op": "notify_failed_server", "addr": "10.0.0.7"}, timeout=0.5)
+    poll_until(lambda: "proxy actor" in service.dead_parts(), what="the proxy actor to die")
+    assert supervise_until_done(service, threading.Event()) == EXIT_FAILURE
+    poll_until(lambda: not timer.is_alive() and not pinger.is_alive(), what="the children to stop")
 
 
 def test_a_crashing_query_thread_is_noticed(

@@ -1,0 +1,61 @@
+"""``rpcproxy serve`` with a fault planted, for the tests of its exit paths.
+
+Run as ``python planted_serve.py [--plant FAULT]... [--stop-budget S] serve ...``:
+exactly the real entry point, ``cli.main.main``, in a real process, after
+replacing one piece the way a test's monkeypatch would. The product has no
+hook, option or debug op for any of this; the faults live here only.
+
+Faults:
+    notify-failed: the state code behind ``notify_failed_server`` raises, so
+        ProxyActor fails in a told message for real (pykka calls on_failure).
+    leftover-actor: an actor nobody stops runs beside the service, so only
+        the final sweep of remaining actors can let the process exit.
+    stuck-actor: an actor stuck forever in a message handler, which nothing
+        can stop, so only the stop watchdog can end the process.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import pykka
+
+import actors.proxy_actor
+import cli.main
+
+
+class Leftover(pykka.ThreadingActor):
+    """An actor the service does not know about."""
+
+
+class Stuck(pykka.ThreadingActor):
+    """Blocks its thread in the first message, forever."""
+
+    def on_receive(self, message: Any) -> Any:
+        threading.Event().wait()
+
+
+def _bug(*_args: Any, **_kwargs: Any) -> Any:
+    raise RuntimeError("planted bug in notify_failed (test)")
+
+
+def main(argv: list[str]) -> int:
+    while argv and argv[0] in ("--plant", "--stop-budget"):
+        option, value, argv = argv[0], argv[1], argv[2:]
+        if option == "--stop-budget":
+            cli.main.STOP_BUDGET_S = float(value)
+        elif value == "notify-failed":
+            actors.proxy_actor.notify_failed = _bug  # type: ignore[assignment]
+        elif value == "leftover-actor":
+            Leftover.start()
+        elif value == "stuck-actor":
+            Stuck.start().tell("block")
+        else:
+            raise SystemExit(f"planted_serve: unknown fault {value!r}")
+    return cli.main.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
