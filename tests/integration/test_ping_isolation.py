@@ -1,0 +1,257 @@
+"""Pinging never delays anything else (PROTOCOL.md section 4; issue 9, rows 4, 5 and 9).
+
+A server name whose DNS lookup never ends is made real, not mocked: ``serve``
+runs in a private mount namespace (``unshare -m``) whose ``/etc/resolv.conf``
+names a "name server" that is a UDP socket of this test, bound and never read,
+so every lookup of a name that is not in ``/etc/hosts`` hangs until the
+resolver gives up. libzmq resolves names on the I/O thread that the query,
+heartbeat and events sockets share, so if a ping ever handed it a name, every
+query would stall for as long as the lookup.
+"""
+
+from __future__ import annotations
+
+import random
+import select
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from bus.standin import ServerStandIn
+from tests.integration.conftest import (
+    RPCPROXY,
+    NoReplyError,
+    RawClient,
+    Serve,
+    assert_clean_log,
+    free_port,
+    poll_until,
+)
+
+pytestmark = pytest.mark.integration
+
+BLACKHOLE = "blackhole.invalid.example"
+LOOKUP_HANGS_S = 10
+"""How long one lookup of the black-hole name hangs (resolv.conf ``timeout``)."""
+PING_TIMEOUT_S = 2.0
+REQUEST_DEADLINE_S = 3.0
+"""Generous next to a query's usual fraction of a millisecond, far short of a
+stalled lookup: a query that misses it was held up by the ping."""
+
+# Bind-mount $0 over resolv.conf and $1 over nsswitch.conf, then run the rest.
+_MOUNT_AND_RUN = (
+    'mount --bind "$0" /etc/resolv.conf && mount --bind "$1" /etc/nsswitch.conf'
+    ' && shift && exec "$@"'
+)
+
+
+@pytest.fixture
+def silent_name_server() -> Iterator[str]:
+    """The IP of a UDP "name server" on port 53 that never answers."""
+    rng = random.Random()
+    for _ in range(50):
+        ip = f"127.53.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((ip, 53))
+        except OSError:
+            sock.close()
+            continue
+        try:
+            yield ip
+        finally:
+            sock.close()
+        return
+    pytest.skip("no free 127.53.x.y:53 to bind a silent name server on")
+
+
+@pytest.fixture
+def blackhole_command(tmp_path: Path, silent_name_server: str) -> tuple[str, ...]:
+    """``rpcproxy`` in a mount namespace where every DNS lookup hangs."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(
+        f"nameserver {silent_name_server}\noptions timeout:{LOOKUP_HANGS_S} attempts:1\n"
+    )
+    nsswitch = tmp_path / "nsswitch.conf"
+    nsswitch.write_text("hosts: files dns\n")
+    prefix = ("unshare", "-m", "sh", "-c", _MOUNT_AND_RUN, str(resolv), str(nsswitch))
+    try:
+        probe = subprocess.run(
+            [*prefix, "timeout", "1", "getent", "hosts", BLACKHOLE],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except FileNotFoundError:
+        pytest.skip("unshare is not installed")
+    if probe.returncode != 124:  # 124: timeout killed the lookup, which hung.
+        why = probe.stderr.strip() or f"getent exited {probe.returncode}: {probe.stdout!r}"
+        pytest.skip(f"cannot make a name lookup hang (unshare -m and mount needed): {why}")
+    return (*prefix, RPCPROXY)
+
+
+class QueryLoad:
+    """A thread sending ``find_server`` back to back, counting missed deadlines."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.answered = 0
+        self.missed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        # The socket belongs to this thread alone.
+        with RawClient(self.endpoint) as client:
+            while not self._stop.is_set():
+                try:
+                    client.call("find_server", timeout=REQUEST_DEADLINE_S)
+                    self.answered += 1
+                except NoReplyError:
+                    self.missed += 1
+
+    def __enter__(self) -> QueryLoad:
+        self._thread.start()
+        poll_until(lambda: self.answered, 10, what="the first find_server reply")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2 * REQUEST_DEADLINE_S + 5)
+
+
+def rebalance(proxy: Serve) -> dict[str, object]:
+    return proxy.call("rebalance", timeout=2 * PING_TIMEOUT_S + 10)
+
+
+def test_queries_answer_while_a_name_hangs_in_resolution(
+    serve_factory: Callable[..., Serve],
+    standins: Callable[[], ServerStandIn],
+    blackhole_command: Sequence[str],
+) -> None:
+    """The name is first, the live server behind it: the name costs its ping timeout only."""
+    live = standins().address
+    proxy = serve_factory(
+        "--ping-timeout-s",
+        str(PING_TIMEOUT_S),
+        "--primary-servers",
+        f"{BLACKHOLE}:4647",
+        "--backup-servers",
+        live,
+        command=blackhole_command,
+    )
+    with QueryLoad(proxy.query) as load:
+        # Twice: the second rebalance finds the first's lookup still hanging.
+        for _ in range(2):
+            reply = rebalance(proxy)
+            assert reply == {"ok": True, "server": {"addr": live}, "healthy": True}
+            proxy.call("notify_failed_server", addr=live)
+        answered_during = load.answered
+    assert load.missed == 0, f"{load.missed} queries missed {REQUEST_DEADLINE_S} s"
+    assert answered_during > 0
+
+
+def test_a_live_server_first_is_chosen_while_a_later_name_hangs(
+    serve_factory: Callable[..., Serve],
+    standins: Callable[[], ServerStandIn],
+    blackhole_command: Sequence[str],
+) -> None:
+    live = standins().address
+    proxy = serve_factory(
+        "--ping-timeout-s",
+        str(PING_TIMEOUT_S),
+        "--primary-servers",
+        live,
+        "--backup-servers",
+        f"{BLACKHOLE}:4647",
+        command=blackhole_command,
+    )
+    with QueryLoad(proxy.query) as load:
+        reply = rebalance(proxy)
+    assert reply == {"ok": True, "server": {"addr": live}, "healthy": True}
+    assert load.missed == 0, f"{load.missed} queries missed {REQUEST_DEADLINE_S} s"
+
+
+def test_a_live_server_behind_1100_dead_ones_is_chosen(
+    serve_factory: Callable[..., Serve], standins: Callable[[], ServerStandIn]
+) -> None:
+    """More candidates than a ZeroMQ context's 1023 sockets (issue 9, row 5).
+
+    Today every ping fails with 'Too many open files', the rebalance counts
+    it as none answered and the dead head is kept for ever.
+    """
+    port = free_port()
+    dead = [f"127.1.{i // 250}.{i % 250 + 1}:{port}" for i in range(1100)]
+    live = standins().address
+    proxy = serve_factory(
+        "--ping-timeout-s",
+        str(PING_TIMEOUT_S),
+        "--primary-servers",
+        ",".join(dead),
+        "--backup-servers",
+        live,
+    )
+    assert rebalance(proxy) == {"ok": True, "server": {"addr": live}, "healthy": True}
+    assert proxy.call("find_server")["server"] == {"addr": live}
+
+
+@pytest.fixture
+def silent_servers() -> Iterator[Callable[[int], list[socket.socket]]]:
+    """Listeners that accept connections (the kernel does) and never say a word."""
+    opened: list[socket.socket] = []
+
+    def make(n: int) -> list[socket.socket]:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(8)
+            opened.append(sock)
+        return opened[-n:]
+
+    yield make
+    for sock in opened:
+        sock.close()
+
+
+def test_sigterm_during_a_rebalance_with_hung_servers_exits_cleanly(
+    serve_factory: Callable[..., Serve],
+    standins: Callable[[], ServerStandIn],
+    silent_servers: Callable[[int], list[socket.socket]],
+) -> None:
+    """A ping in flight is ended, not waited for: today ~5.5 s and two tracebacks."""
+    hung = silent_servers(3)
+    hung_addrs = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in hung]
+    proxy = serve_factory(
+        "--ping-timeout-s",
+        "60",
+        "--primary-servers",
+        ",".join(hung_addrs),
+        "--backup-servers",
+        standins().address,
+    )
+    replies: list[object] = []
+
+    def ask_rebalance() -> None:
+        with RawClient(proxy.query) as client:
+            try:
+                replies.append(client.request({"op": "rebalance"}, timeout=30))
+            except NoReplyError as exc:
+                replies.append(exc)
+
+    asker = threading.Thread(target=ask_rebalance, daemon=True)
+    asker.start()
+    # A hung server with a connection waiting means the ping is in flight.
+    poll_until(
+        lambda: select.select(hung, [], [], 0)[0], 10, what="the ping to reach a hung server"
+    )
+    code = proxy.stop(signal.SIGTERM, timeout=10)
+    asker.join(30)
+    assert code == 0, proxy.stderr()
+    assert_clean_log(proxy)
+    assert replies, "the rebalance request got neither a reply nor a timeout"
