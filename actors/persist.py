@@ -3,7 +3,9 @@
 A write is atomic (temporary file, fsync, rename, fsync of the directory), so
 a crash leaves either the old file or the new one, never half of one. Writes
 are coalesced: while one is in progress, later states only replace the one
-waiting, so a burst of heartbeats costs a few writes, not one each.
+waiting, so a burst of heartbeats costs a few writes, not one each. Both
+mean a crash can lose the last change(s), never the file: a kill during a
+save leaves at most a temporary file, which the next start removes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -23,24 +27,131 @@ from proxy.persisted import from_document, to_document
 
 log = logging.getLogger(__name__)
 
+MAX_STATE_FILE_BYTES = 64 << 20
+"""A saved state is a few MB at most (``max_servers`` addresses); anything much
+bigger is not ours (a log file given by mistake) and is not read whole."""
+
+_TEMP_SUFFIX = ".tmp"
+_LEGACY_TEMP = re.compile(r"[a-z0-9_]{8}")
+"""Temporaries of earlier versions: mkstemp's eight random characters, no suffix."""
+
+
+class NotRegularFileError(ValueError):
+    """The state file's path names something that is not a regular file.
+
+    Opening a FIFO for reading blocks until a writer comes, and a device can
+    be read without end: either would hang the start, so both are refused.
+    """
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
 
 class StateFile:
     """One JSON file holding the saved state."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._temp_prefix = f".{self.path.name}."
+
+    def check(self) -> None:
+        """Refuse a path that exists and is not a regular file (symlinks followed).
+
+        Raises:
+            NotRegularFileError: it is a FIFO, a directory, a device or a socket.
+        """
+        try:
+            mode = os.stat(self.path).st_mode
+        except OSError:
+            return  # Missing (created by the first save) or unreadable (load says so).
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{self.path} is {_kind(mode)}, not a regular file")
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete the temporary files of saves that a crash interrupted.
+
+        Only names this file's saves make (``.<name>.<random>.tmp``, or an
+        earlier version's ``.<name>.<8 random characters>``), and only regular
+        files: nothing else in the directory is touched.
+
+        Returns:
+            The paths removed.
+        """
+        removed: list[Path] = []
+        try:
+            entries = list(os.scandir(self.path.parent))
+        except OSError as exc:
+            log.warning("cannot look for leftover temporary files of %s: %s", self.path, exc)
+            return removed
+        for entry in entries:
+            if not self._is_temporary(entry.name):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("cannot remove leftover temporary file %s: %s", entry.path, exc)
+                continue
+            removed.append(Path(entry.path))
+        return removed
+
+    def _is_temporary(self, name: str) -> bool:
+        if not name.startswith(self._temp_prefix):
+            return False
+        rest = name[len(self._temp_prefix) :]
+        return (len(rest) > len(_TEMP_SUFFIX) and rest.endswith(_TEMP_SUFFIX)) or bool(
+            _LEGACY_TEMP.fullmatch(rest)
+        )
 
     def load(self) -> ProxyState | None:
-        """The saved state; None (with a warning) when missing, unreadable or corrupt."""
+        """The saved state; None (with a warning) when missing, unreadable or corrupt.
+
+        Raises:
+            NotRegularFileError: the path is not a regular file (see :meth:`check`).
+        """
         try:
-            text = self.path.read_text(encoding="utf-8")
+            # O_NONBLOCK: were the path swapped for a FIFO after check(), the
+            # open must not wait for a writer.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             log.warning("state file %s unreadable, starting empty: %s", self.path, exc)
             return None
         try:
-            return from_document(json.loads(text))
+            with os.fdopen(fd, "rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if not stat.S_ISREG(mode):
+                    raise NotRegularFileError(f"{self.path} is {_kind(mode)}, not a regular file")
+                data = handle.read(MAX_STATE_FILE_BYTES + 1)
+        except OSError as exc:
+            log.warning("state file %s unreadable, starting empty: %s", self.path, exc)
+            return None
+        if len(data) > MAX_STATE_FILE_BYTES:
+            log.warning(
+                "state file %s is larger than %d bytes, starting empty",
+                self.path,
+                MAX_STATE_FILE_BYTES,
+            )
+            return None
+        try:
+            return from_document(json.loads(data.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            log.warning("state file %s unreadable, starting empty: %s", self.path, exc)
+            return None
         except (ValueError, RecursionError) as exc:
             log.warning("state file %s is corrupt, starting empty: %s", self.path, exc)
             return None
@@ -49,7 +160,7 @@ class StateFile:
         """Replace the file atomically with ``state``."""
         data = json.dumps(to_document(state), indent=1).encode()
         directory = self.path.parent
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=self._temp_prefix, suffix=_TEMP_SUFFIX, dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

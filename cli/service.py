@@ -22,13 +22,13 @@ from prometheus_client import start_http_server
 from actors import ProxyActor, ProxySettings, SnapshotBox
 from actors.lifecycle import stop_within
 from actors.metrics import Metrics
-from actors.persist import PendingState, PersistActor, StateFile
+from actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
 from bus.curve import HEARTBEAT_DOMAIN, AllowList, CurveError, CurveServer, load_key_pair
 from bus.events import EventPublisher
 from bus.heartbeats import HeartbeatListener
 from bus.ping import TcpPinger, WindowedPinger, ZmqPinger
 from bus.query import QueryServer
-from cli.config import Config
+from cli.config import Config, ConfigError
 from proxy import LocalIdentity, ProxyState, RebalanceTiming
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ class ProxyService:
 
     def _start(self) -> None:
         config = self.config
+        # Before anything binds: a bad state_file is a configuration error.
+        store = self._open_state_file()
         self._context = context = zmq.Context()
         self._curve = curve = curve_from(config, self.metrics)
         if curve is not None:
@@ -162,7 +164,7 @@ class ProxyService:
                 self._events.proxy().endpoint().get(timeout=_ACTOR_START_TIMEOUT_S)
             )
             listeners.append(self._events)
-        restored, on_change = self._start_persistence()
+        restored, on_change = self._start_persistence(store)
         self._pinger = pinger_from(config)
         self._proxy = ProxyActor.start(
             settings_from(config, restored),
@@ -221,17 +223,38 @@ class ProxyService:
         self._metrics_server = server
         self.metrics_port = server.server_port
 
-    def _start_persistence(
-        self,
-    ) -> tuple[ProxyState | None, Callable[[ProxyState], None] | None]:
-        """Load the saved state and start saving changes, when ``state_file`` is set."""
+    def _open_state_file(self) -> StateFile | None:
+        """The configured state file, checked, with a crashed save's leftovers removed.
+
+        Raises:
+            ConfigError: ``state_file`` names a FIFO, a directory or a device
+                (reading it would hang or never end); ``serve`` exits 2.
+            OSError: its directory is missing or not writable.
+        """
         if not self.config.state_file:
-            return None, None
+            return None
         store = StateFile(self.config.state_file)
         directory = store.path.parent
         if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
             raise OSError(f"state_file: directory {directory} does not exist or is not writable")
-        restored = store.load()
+        try:
+            store.check()
+        except NotRegularFileError as exc:
+            raise ConfigError("state_file", str(exc)) from None
+        for path in store.remove_leftovers():
+            log.info("removed %s, left by a save that was interrupted", path)
+        return store
+
+    def _start_persistence(
+        self, store: StateFile | None
+    ) -> tuple[ProxyState | None, Callable[[ProxyState], None] | None]:
+        """Load the saved state and start saving changes, when ``state_file`` is set."""
+        if store is None:
+            return None, None
+        try:
+            restored = store.load()
+        except NotRegularFileError as exc:  # swapped for a FIFO since the check
+            raise ConfigError("state_file", str(exc)) from None
         if restored is not None:
             log.info(
                 "restored %d servers from %s (active %s)",

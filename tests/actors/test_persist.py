@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors import AddPrimary, ApplyHeartbeat, ProxyActor, ProxySettings, SetBackups
-from actors.persist import PendingState, PersistActor, StateFile
+from actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
 from proxy import LocalIdentity, ProxyState, add_primary, check_invariant, set_backups
 from proxy.persisted import from_document, to_document
 from tests.waiting import poll_until
@@ -421,3 +421,138 @@ def test_every_change_of_the_proxy_actor_reaches_the_file(tmp_path: Path) -> Non
     persister.stop(block=True, timeout=TIMEOUT)
     assert on_disk(store.path) == to_document(final)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), os.listdir(tmp_path)
+
+
+# --------------------------------------------------------------------------
+# What a crash leaves, and paths that are not files (issue 9, rows 10 and 11).
+
+
+def run_bounded(fn: Callable[[], T], timeout: float = GATE_TIMEOUT) -> T:
+    """Run ``fn`` on a daemon thread: a call that hangs fails the test instead."""
+    future: pykka.ThreadingFuture[T] = pykka.ThreadingFuture()
+
+    def run() -> None:
+        try:
+            future.set(fn())
+        except BaseException:
+            future.set_exception()
+
+    threading.Thread(target=run, daemon=True).start()
+    return future.get(timeout=timeout)
+
+
+def test_an_interrupted_save_leaves_a_temporary_that_remove_leftovers_removes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between writing the temporary and the rename, as kill -9 leaves it."""
+    store = StateFile(tmp_path / "state.json")
+    store.save(primaries(A))
+
+    class Killed(BaseException):
+        pass
+
+    def killed(src: str, dst: str) -> None:
+        # Copy the temporary aside before save's cleanup runs: that is the
+        # file a real kill -9 would have left behind.
+        Path(src).rename(src + ".kept")
+        raise Killed
+
+    monkeypatch.setattr("actors.persist.os.replace", killed)
+    with pytest.raises(Killed):
+        store.save(primaries(B))
+    (kept,) = tmp_path.glob("*.kept")
+    left = kept.with_name(kept.name.removesuffix(".kept"))
+    kept.rename(left)
+
+    assert store.remove_leftovers() == [left]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    assert on_disk(store.path) == to_document(primaries(A))
+
+
+def test_remove_leftovers_touches_only_this_files_temporaries(tmp_path: Path) -> None:
+    store = StateFile(tmp_path / "state.json")
+    store.save(primaries(A))
+    ours = [".state.json.k2j4h5g6.tmp", ".state.json.abcd_123"]  # now, and mkstemp's old names
+    theirs = [
+        "state.json.tmp",
+        ".state.json.bak",
+        ".state.json.tmp",
+        ".other.json.abcd1234",
+        ".other.json.abcd1234.tmp",
+        ".state.jsonx.abcd1234",
+        "notes.txt",
+    ]
+    for name in ours + theirs:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".state.json.dir12345").mkdir()
+    outside = tmp_path / "outside"
+    outside.write_text("keep me")
+    (tmp_path / ".state.json.link1234").symlink_to(outside)
+
+    removed = store.remove_leftovers()
+
+    assert sorted(p.name for p in removed) == sorted(ours)
+    remaining = sorted(p.name for p in tmp_path.iterdir())
+    expected = [*theirs, ".state.json.dir12345", ".state.json.link1234", "outside", "state.json"]
+    assert remaining == sorted(expected)
+    assert outside.read_text() == "keep me"
+
+
+def test_remove_leftovers_in_a_missing_directory_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="actors.persist")
+    assert StateFile(tmp_path / "gone" / "state.json").remove_leftovers() == []
+    assert "leftover" in caplog.text
+
+
+def test_check_accepts_a_missing_file_a_file_and_a_link_to_one(tmp_path: Path) -> None:
+    StateFile(tmp_path / "missing.json").check()
+    store = StateFile(tmp_path / "state.json")
+    store.save(primaries(A))
+    store.check()
+    link = tmp_path / "link.json"
+    link.symlink_to(store.path)
+    StateFile(link).check()
+
+
+def not_files(tmp_path: Path) -> dict[str, Path]:
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    directory = tmp_path / "dir.json"
+    directory.mkdir()
+    device = tmp_path / "device.json"
+    device.symlink_to("/dev/zero")
+    return {"a FIFO": fifo, "a directory": directory, "a character device": device}
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a directory", "a character device"])
+def test_check_refuses_what_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    path = not_files(tmp_path)[kind]
+    with pytest.raises(NotRegularFileError, match=f"is {kind}, not a regular file"):
+        run_bounded(StateFile(path).check)
+
+
+def test_load_of_a_fifo_raises_at_once_instead_of_waiting_for_a_writer(tmp_path: Path) -> None:
+    """Even past check() (the path swapped meanwhile), load never blocks on it."""
+    fifo = not_files(tmp_path)["a FIFO"]
+    with pytest.raises(NotRegularFileError, match="is a FIFO"):
+        run_bounded(StateFile(fifo).load)
+
+
+def test_load_of_a_device_raises_instead_of_reading_without_end(tmp_path: Path) -> None:
+    device = not_files(tmp_path)["a character device"]
+    with pytest.raises(NotRegularFileError, match="is a character device"):
+        run_bounded(StateFile(device).load)
+
+
+def test_load_of_a_file_larger_than_any_state_starts_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="actors.persist")
+    store = StateFile(tmp_path / "state.json")
+    store.save(primaries(A, B, C))
+    monkeypatch.setattr("actors.persist.MAX_STATE_FILE_BYTES", store.path.stat().st_size - 1)
+
+    assert store.load() is None
+    assert "larger than" in caplog.text and "starting empty" in caplog.text

@@ -8,6 +8,7 @@ directory that does not exist is a start-up error.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -270,3 +271,64 @@ def test_without_state_file_nothing_is_written(
     assert serve.stop() == 0
     after = {p for p in tmp_path.iterdir() if not p.name.endswith(".stderr")}
     assert after == {p for p in before if not p.name.endswith(".stderr")}
+
+
+def test_temporaries_of_interrupted_saves_are_removed_at_start(
+    serve_factory: Callable[..., Serve], tmp_path: Path
+) -> None:
+    """kill -9 during a save leaves its temporary: the next start removes it, and only it."""
+    path = tmp_path / "state.json"
+    first = serve_factory("--state-file", str(path))
+    build_state(first)
+    before = wait_saved(path, first)
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    # What killed saves leave (this version's names, and an earlier one's).
+    leftovers = [tmp_path / ".state.json.a1b2c3d4.tmp", tmp_path / ".state.json.q9w8e7r6"]
+    for leftover in leftovers:
+        leftover.write_text('{"format": 1, "active": ["10.9')
+    decoy = tmp_path / ".state.json.bak"
+    decoy.write_text("not ours")
+
+    second = serve_factory("--state-file", str(path))
+
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert decoy.read_text() == "not ours"
+    assert kept(second.call("status")) == kept(before)
+    removed = [line for line in second.stderr().splitlines() if "interrupted" in line]
+    assert len(removed) == 2, second.stderr()
+
+
+def not_a_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "state.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_state_file_that_is_not_a_regular_file_is_refused_at_start(
+    tmp_path: Path, kind: str
+) -> None:
+    """It used to hang at start (a FIFO blocks the read until a writer comes)."""
+    path = not_a_file(tmp_path, kind)
+    result = run_rpcproxy(
+        "serve",
+        "--query",
+        "tcp://127.0.0.1:*",
+        "--heartbeat-bind",
+        "tcp://127.0.0.1:*",
+        "--events",
+        "tcp://127.0.0.1:*",
+        "--state-file",
+        str(path),
+        timeout=20.0,
+    )
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "state_file" in lines[0] and "not a regular file" in lines[0], lines[0]
+    assert str(path) in lines[0]
