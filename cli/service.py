@@ -17,11 +17,10 @@ from typing import Any
 
 import pykka
 import zmq
-from prometheus_client import start_http_server
 
 from actors import ProxyActor, ProxySettings, SnapshotBox
 from actors.lifecycle import stop_within
-from actors.metrics import Metrics
+from actors.metrics import Metrics, MetricsServer
 from actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
 from bus.curve import HEARTBEAT_DOMAIN, AllowList, CurveError, CurveServer, load_key_pair
 from bus.events import EventPublisher
@@ -124,7 +123,7 @@ class ProxyService:
         self.box = SnapshotBox()
         self.metrics = Metrics()
         self.metrics.watch(self.box)
-        self._metrics_server: Any = None
+        self._metrics_server: MetricsServer | None = None
         self._rng = rng
         self._context: zmq.Context[Any] | None = None
         self._pinger: WindowedPinger | None = None
@@ -215,13 +214,12 @@ class ProxyService:
     def _start_metrics_server(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         try:
-            server, _thread = start_http_server(
-                int(port), addr=host.strip("[]"), registry=self.metrics.registry
-            )
+            server = MetricsServer(self.metrics.registry, host, int(port))
         except OSError as exc:
             raise OSError(f"metrics: cannot listen on {listen}: {exc}") from exc
+        server.start()
         self._metrics_server = server
-        self.metrics_port = server.server_port
+        self.metrics_port = server.port
 
     def _open_state_file(self) -> StateFile | None:
         """The configured state file, checked, with a crashed save's leftovers removed.
@@ -333,8 +331,7 @@ class ProxyService:
 
         late: list[str] = []
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+            self._metrics_server.stop(left())
             self._metrics_server = None
         if self._heartbeats is not None:
             self._heartbeats.stop(left())
