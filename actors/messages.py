@@ -57,15 +57,25 @@ class ApplyHeartbeat:
     reply: Reply = no_reply
 
 
+def _nothing() -> None:
+    """The default ``done`` of :class:`ApplyHeartbeats`."""
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyHeartbeats:
-    """Heartbeats that arrived together on the SUB socket, applied in order.
+    """The pending heartbeats of the SUB socket, the latest of each publisher.
 
-    One message and one published snapshot for the whole batch: under a flood
-    of heartbeats, the per-message cost of the mailbox would dominate.
+    Applied in order, with one published snapshot for the whole batch. The
+    sender keeps at most one of these in the mailbox (PROTOCOL.md section 2,
+    heartbeats are state): it conflates what arrives meanwhile and sends the
+    next batch only once ``done`` has been called, which ProxyActor does when
+    it has applied this one (whatever happened). So a flood costs the mailbox
+    one message, never a backlog, and the sender can pace the batches by how
+    long the last one took.
     """
 
     heartbeats: tuple[Heartbeat, ...]
+    done: Callable[[], None] = _nothing
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,9 +32,13 @@ list kept; ``abandoned``: the chosen head was removed meanwhile; ``skipped``:
 fewer than two servers."""
 
 
-HEARTBEAT_REJECTIONS = ("payload", "frames", "topic", "curve")
+HEARTBEAT_REJECTIONS = ("payload", "frames", "topic", "curve", "overflow")
 """Why a heartbeat never reached the state: it broke the payload table, was not
-two frames, carried another region's topic, or came from a refused CURVE key."""
+two frames, carried another region's topic, came from a refused CURVE key, or
+was evicted from the pending table by more publishers (or bytes) than it holds."""
+
+HEARTBEAT_RESULTS = ("applied", "stale", "superseded")
+"""``superseded``: a newer heartbeat of the same publisher came before it was applied."""
 
 
 class Metrics:
@@ -66,7 +70,7 @@ class Metrics:
         )
         self.heartbeats = Counter(
             "rpcproxy_heartbeats",
-            "Heartbeats that reached the proxy's state, by result (applied or stale)",
+            "Heartbeats by result: applied, stale, or superseded while pending",
             ["result"],
             registry=r,
         )
@@ -78,7 +82,7 @@ class Metrics:
         )
         for result in REBALANCE_RESULTS:
             self.rebalances.labels(result)
-        for result in ("applied", "stale"):
+        for result in HEARTBEAT_RESULTS:
             self.heartbeats.labels(result)
         for reason in HEARTBEAT_REJECTIONS:
             self.heartbeats_rejected.labels(reason)

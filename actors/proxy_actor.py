@@ -263,11 +263,15 @@ class ProxyActor(pykka.ThreadingActor):
                 state, result = self._merge_heartbeat(self._state, heartbeat)
                 self._commit(state, "heartbeat")
                 _answer(reply, result)
-            case ApplyHeartbeats(heartbeats):
-                state = self._state
-                for heartbeat in heartbeats:
-                    state, _ = self._merge_heartbeat(state, heartbeat)
-                self._commit(state, "heartbeat")
+            case ApplyHeartbeats(heartbeats, done):
+                try:
+                    state = self._state
+                    for heartbeat in heartbeats:
+                        state, _ = self._merge_heartbeat(state, heartbeat)
+                    self._commit(state, "heartbeat")
+                finally:
+                    # The listener sends no other batch until this is called.
+                    _answer(lambda _: done(), None)
             case Rebalance(reply):
                 self._start_rebalance(reply)
             case RebalanceTick():

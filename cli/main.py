@@ -31,6 +31,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+SWITCH_INTERVAL_S = 0.001
+"""How long a thread holds the GIL while another waits (bench/flood.py measures it)."""
+
 log = logging.getLogger("rpcproxy")
 
 
@@ -315,6 +318,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"rpcproxy: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.log_level, config.log_format)
+    # Queries are answered on their own thread, but each needs the GIL: while
+    # a heartbeat flood keeps the listener and the actor busy, the default
+    # 5 ms switch interval is what a find_server waits, several times over.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     problem = libzmq_problem(zmq.zmq_version_info())
     if problem:
         log.error("%s", problem)
