@@ -5,6 +5,14 @@ without a mailbox round trip. State-changing ops become actor messages; the
 actor's reply comes back through a queue and a :class:`Waker`, and is sent
 from this thread, the only one that touches the socket. A write whose reply
 does not come within ``op_timeout_s`` is answered ``unavailable``.
+
+Writes are admitted only while the actor keeps up (PROTOCOL.md section 8):
+at most ``max_writes`` told and not yet answered by the actor, holding at
+most ``max_write_entries`` servers or addresses between them. Beyond that a
+write is answered ``unavailable`` at once, so a client that floods writes
+meets a bound, not an ever longer mailbox. A write answered ``unavailable``
+after its deadline still counts until the actor gets to it: the deadline
+ends the client's wait, not the message's place in the mailbox.
 """
 
 from __future__ import annotations
@@ -35,10 +43,12 @@ from actors import (
     SetBackups,
     SnapshotBox,
 )
+from actors.log_gate import PeerLog
 from actors.metrics import Metrics
 from bus.codec import (
     NO_ID,
     AddPrimaryRequest,
+    Decoder,
     ErrorCode,
     FindServerRequest,
     HeartbeatRequest,
@@ -52,19 +62,33 @@ from bus.codec import (
     ServersRequest,
     SetBackupsRequest,
     StatusRequest,
-    decode_request,
     encode_error,
     encode_ok,
     server_obj,
 )
 from bus.curve import QUERY_DOMAIN, CurveServer
 from bus.loop import SocketThread, Waker, needs_ipv6
-from proxy import Address
+from proxy import DEFAULT_MAX_SERVERS, Address
 
 log = logging.getLogger(__name__)
 
 _MAX_FRAMES = 16
-"""A request is a routing envelope and one body; more frames than this is abuse."""
+"""A request is a routing envelope and one body; more frames than this is abuse.
+
+Counted as the ROUTER sees them, with the peer's routing id first: a peer
+may send up to 15. More get a ``bad_request`` reply (README, "Wire").
+"""
+
+DEFAULT_MAX_WRITES = 128
+"""State-changing requests told to the actor and not yet answered by it."""
+
+DEFAULT_MAX_WRITE_ENTRIES = 4 * (1 + DEFAULT_MAX_SERVERS)
+"""What those writes carry between them (see :func:`_weight`): four full heartbeats.
+
+A ``heartbeat`` or ``set_backup_servers`` may carry ``max_servers`` (4096 by
+default) entries, so counting requests alone would let 128 of them hold half
+a million.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +127,16 @@ def _write_op(request: Request) -> tuple[Callable[[Any], Any], Callable[[Any], d
     raise TypeError(f"not a state-changing request: {request!r}")
 
 
+def _weight(request: Request) -> int:
+    """What a write holds while it waits: 1, plus the servers or addresses it carries."""
+    match request:
+        case HeartbeatRequest(heartbeat=heartbeat):
+            return 1 + len(heartbeat.servers)
+        case SetBackupsRequest(addrs=addrs):
+            return 1 + len(addrs)
+    return 1
+
+
 def _encode_add(result: AddResult) -> dict[str, Any]:
     return {"server": server_obj(result.server), "added": result.added}
 
@@ -127,6 +161,11 @@ class QueryServer(SocketThread):
         op_timeout_s: how long a state-changing op may wait for the actor.
         clock: monotonic seconds, for ``next_rebalance_s`` and op deadlines.
         curve: when set, the ROUTER is a CURVE server that only allowed keys reach.
+        metrics: counters to update (a private set when not given).
+        max_writes: writes in flight to the actor beyond which new ones are
+            answered ``unavailable`` at once.
+        max_write_entries: the same bound on the servers and addresses they carry.
+        decoder: validates requests (its ``max_servers``); the default bound when not given.
     """
 
     name = "rpcproxy-query"
@@ -143,8 +182,12 @@ class QueryServer(SocketThread):
         clock: Callable[[], float] = time.monotonic,
         curve: CurveServer | None = None,
         metrics: Metrics | None = None,
+        max_writes: int = DEFAULT_MAX_WRITES,
+        max_write_entries: int = DEFAULT_MAX_WRITE_ENTRIES,
+        decoder: Decoder | None = None,
     ) -> None:
         super().__init__(context)
+        self._decoder = decoder or Decoder()
         self._curve = curve
         self._metrics = metrics or Metrics()
         self._durations: dict[str, Any] = {}
@@ -157,6 +200,13 @@ class QueryServer(SocketThread):
         self._waker = Waker()
         self._replies: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}
+        # Writes the actor has not answered yet (token -> weight), including
+        # those already answered "unavailable" after their deadline.
+        self._in_flight: dict[int, int] = {}
+        self._in_flight_weight = 0
+        self._max_writes = max_writes
+        self._max_write_entries = max_write_entries
+        self._peer_log = PeerLog(log, clock=clock)
         self._deadlines: list[tuple[float, int]] = []
         self._tokens = itertools.count(1)
         self._find_cache: tuple[int, bytes] = (-1, b"")
@@ -200,8 +250,13 @@ class QueryServer(SocketThread):
             _, token = heapq.heappop(self._deadlines)
             pending = self._pending.pop(token, None)
             if pending is not None:
-                log.warning("%s timed out waiting for the proxy", type(pending.request).__name__)
+                self._peer_log.warning(
+                    "timeout",
+                    "%s timed out waiting for the proxy",
+                    type(pending.request).__name__,
+                )
                 self._send_error(pending, ErrorCode.UNAVAILABLE, "the proxy did not answer in time")
+                self._observe(ErrorCode.UNAVAILABLE.value, pending.started)
 
     def teardown(self) -> None:
         for pending in self._pending.values():
@@ -222,14 +277,33 @@ class QueryServer(SocketThread):
             frames = self._router.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
-        if len(frames) < 2 or len(frames) > _MAX_FRAMES:
-            return  # Not a REQ/DEALER request; there is no sane place to reply.
+        if len(frames) > _MAX_FRAMES:
+            self._refuse_envelope(frames)
+            return
+        if len(frames) < 2:
+            return  # A routing id alone: nothing was asked, nobody to answer.
         self._serve(frames[:-1], frames[-1])
+
+    def _refuse_envelope(self, frames: list[bytes]) -> None:
+        """Answer an oversized envelope ``bad_request``, to its sender only.
+
+        The reply goes to the routing id with an empty delimiter and nothing
+        of the peer's frames: a REQ, or a DEALER that sent the delimiter
+        (PROTOCOL.md section 1's clients), reads it as a normal reply, and
+        an abuser gets no echo of what it sent.
+        """
+        started = time.perf_counter()
+        message = (
+            f"a request has at most {_MAX_FRAMES - 1} frames (an envelope and one body),"
+            f" got {len(frames) - 1}"
+        )
+        self._send([frames[0], b""], encode_error(ErrorCode.BAD_REQUEST, message, NO_ID))
+        self._observe(ErrorCode.BAD_REQUEST.value, started)
 
     def _serve(self, envelope: list[bytes], body: bytes) -> None:
         started = time.perf_counter()
         try:
-            request = decode_request(body)
+            request = self._decoder.request(body)
         except RequestError as exc:
             self._send(envelope, encode_error(exc.code, exc.message, exc.request_id))
             self._observe(exc.code.value, started)
@@ -289,15 +363,48 @@ class QueryServer(SocketThread):
 
     def _dispatch_write(self, envelope: list[bytes], request: Request, started: float) -> None:
         make_message, encode = _write_op(request)
-        token = next(self._tokens)
         pending = _Pending(envelope, request, encode, started)
+        weight = _weight(request)
+        if not self._admit(weight):
+            self._send_error(
+                pending,
+                ErrorCode.UNAVAILABLE,
+                f"the proxy is behind ({len(self._in_flight)} writes waiting for it); retry later",
+            )
+            self._observe(ErrorCode.UNAVAILABLE.value, started)
+            return
+        token = next(self._tokens)
         self._pending[token] = pending
+        self._in_flight[token] = weight
+        self._in_flight_weight += weight
         heapq.heappush(self._deadlines, (self._clock() + self._op_timeout_s, token))
         try:
             self._proxy.tell(make_message(lambda result: self._deliver(token, result)))
         except pykka.ActorDeadError:
             del self._pending[token]
+            self._settle(token)
             self._send_error(pending, ErrorCode.UNAVAILABLE, "the proxy is shutting down")
+
+    def _admit(self, weight: int) -> bool:
+        """Whether one more write of ``weight`` fits; the first always does."""
+        if not self._in_flight:
+            return True  # A single write heavier than the bound still gets through.
+        if (
+            len(self._in_flight) < self._max_writes
+            and self._in_flight_weight + weight <= self._max_write_entries
+        ):
+            return True
+        self._peer_log.warning(
+            "writes refused",
+            "refusing a write: %d writes (%d entries) are waiting for the proxy",
+            len(self._in_flight),
+            self._in_flight_weight,
+        )
+        return False
+
+    def _settle(self, token: int) -> None:
+        """The actor is done with a write: it no longer counts against admission."""
+        self._in_flight_weight -= self._in_flight.pop(token, 0)
 
     def _deliver(self, token: int, result: Any) -> None:
         """Runs on the actor's thread: hand the result over, never touch the socket.
@@ -314,6 +421,7 @@ class QueryServer(SocketThread):
                 token, result = self._replies.get_nowait()
             except queue.Empty:
                 return
+            self._settle(token)
             pending = self._pending.pop(token, None)
             if pending is None:
                 continue  # Already answered "unavailable" after its deadline.
