@@ -22,6 +22,7 @@ from actors import ProxyActor, ProxySettings, SnapshotBox
 from actors.lifecycle import stop_within
 from actors.metrics import Metrics, MetricsServer
 from actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
+from bus.codec import Decoder
 from bus.curve import HEARTBEAT_DOMAIN, AllowList, CurveError, CurveServer, load_key_pair
 from bus.events import EventPublisher
 from bus.heartbeats import HeartbeatListener
@@ -180,6 +181,8 @@ class ProxyService:
         self._children = self._proxy.proxy().children().get(timeout=_ACTOR_START_TIMEOUT_S)
         # Rebalance replies can wait one ping timeout behind a running rebalance.
         op_timeout = max(5.0, 2 * config.ping_timeout_s + 2.0)
+        # One decoder, built once: its wire types carry the max_servers bound.
+        decoder = Decoder(config.max_servers)
         self._query = QueryServer(
             context,
             config.query,
@@ -189,6 +192,7 @@ class ProxyService:
             op_timeout_s=op_timeout,
             curve=curve,
             metrics=self.metrics,
+            decoder=decoder,
         )
         self._query.start()
         self._heartbeats = HeartbeatListener(
@@ -200,6 +204,7 @@ class ProxyService:
             max_message_bytes=config.max_message_bytes,
             curve=curve,
             metrics=self.metrics,
+            decoder=decoder,
         )
         self._heartbeats.start()
         if config.metrics:
