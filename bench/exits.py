@@ -1,0 +1,185 @@
+"""Benchmark: how long ``serve`` takes to exit, and what idle metrics connections cost.
+
+Two figures of issue 9 (rows 2, 3 and 9 share the first; row 8 the second),
+each against a baseline measured in the same run:
+
+* :func:`exit_times`: seconds from SIGTERM to the process's exit while a
+  rebalance waits on servers that accept and never answer (``ping_timeout_s``
+  30), side by side with an idle ``serve``. PROTOCOL.md section 8: within
+  10 s whatever it is doing. Before issue 9 this case took ~5.5 s and printed
+  two tracebacks; a stuck actor could hold the process for ever.
+* :func:`metrics_threads`: the process's threads with 300 idle TCP
+  connections open to the metrics port, against the same process with none.
+  Before issue 9: one thread per connection, held for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import zmq
+from common import CTX, Result, Spread, call, free_port, pack, running_serve
+
+EXIT_TARGET_S = 10.0
+HUNG_PING_TIMEOUT_S = 30.0
+IDLE_CONNECTIONS = 300
+
+
+class _HungServers:
+    """``k`` listeners that accept connections and never say a word."""
+
+    def __init__(self, k: int) -> None:
+        self.reached = threading.Event()
+        self._held: list[socket.socket] = []
+        self._listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(k)]
+        self.addrs = [f"127.0.0.1:{s.getsockname()[1]}" for s in self._listeners]
+        for listener in self._listeners:
+            threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self._held.append(listener.accept()[0])
+                self.reached.set()
+
+    def close(self) -> None:
+        for sock in self._listeners + self._held:
+            sock.close()
+
+
+def _sigterm_to_exit(proc: subprocess.Popen[bytes]) -> float:
+    begin = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60.0)
+    elapsed = time.perf_counter() - begin
+    if proc.returncode != 0:
+        raise RuntimeError(f"serve exited with {proc.returncode} after SIGTERM")
+    return elapsed
+
+
+def _idle_exit() -> tuple[float, bool]:
+    with running_serve() as serve:
+        elapsed = _sigterm_to_exit(serve.proc)
+        return elapsed, "Traceback" in serve.log()
+
+
+def _hung_exit() -> tuple[float, bool]:
+    hung = _HungServers(2)
+    try:
+        with running_serve("--ping-timeout-s", str(HUNG_PING_TIMEOUT_S)) as serve:
+            for addr in hung.addrs:
+                call(serve.query, "add_primary_server", addr=addr)
+            asker: zmq.Socket[bytes] = CTX.socket(zmq.REQ)
+            asker.linger = 0
+            try:
+                asker.connect(serve.query)
+                asker.send(pack({"op": "rebalance"}))  # its reply would take 30 s
+                if not hung.reached.wait(10.0):
+                    raise RuntimeError("the rebalance's ping never reached the hung servers")
+                elapsed = _sigterm_to_exit(serve.proc)
+            finally:
+                asker.close()
+            return elapsed, "Traceback" in serve.log()
+    finally:
+        hung.close()
+
+
+def exit_times(rounds: int = 3) -> Result:
+    idle: list[float] = []
+    hung: list[float] = []
+    tracebacks = 0
+    for _ in range(rounds):
+        for runs, measure in ((idle, _idle_exit), (hung, _hung_exit)):
+            elapsed, traced = measure()
+            runs.append(elapsed)
+            tracebacks += traced
+    idle_s, hung_s = Spread.of(idle), Spread.of(hung)
+    ratio = Spread.of([h / i for h, i in zip(hung, idle, strict=True)])
+    result = Result(
+        "SIGTERM to exit: idle, and during a rebalance of hung servers",
+        ["serve", "SIGTERM -> exit (s)"],
+        [
+            ["idle (baseline)", idle_s.fmt(3)],
+            [
+                f"rebalance pinging 2 hung servers, ping_timeout_s {HUNG_PING_TIMEOUT_S:g}",
+                hung_s.fmt(3),
+            ],
+            ["**ratio hung / idle**", ratio.fmt(2)],
+        ],
+    )
+    result.check(
+        f"exit during the hung rebalance {hung_s.fmt(2)} s",
+        f"< {EXIT_TARGET_S:g} s (PROTOCOL.md section 8)",
+        hung_s.high < EXIT_TARGET_S,
+    )
+    result.check(f"{tracebacks} tracebacks in {2 * rounds} stops", "0", tracebacks == 0)
+    result.notes.append(
+        f"{rounds} rounds, alternating. Before issue 9 the hung case exited after ~5.5 s"
+        " (a pinger that would not stop) with a `pykka.Timeout` and a `ZMQError` traceback."
+    )
+    return result
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _scrape(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return bool(response.read())
+    except OSError:
+        return False
+
+
+def metrics_threads(count: int = IDLE_CONNECTIONS) -> Result:
+    port = free_port()
+    with running_serve("--metrics", f"127.0.0.1:{port}") as serve:
+        pid = serve.proc.pid
+        deadline = time.monotonic() + 10.0
+        while not _scrape(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = _threads(pid)
+        opened = time.monotonic()
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+        try:
+            most = before
+            while time.monotonic() - opened < 2.0:  # before the idle timeout closes them
+                most = max(most, _threads(pid))
+                time.sleep(0.02)
+            while not _scrape(port) and time.monotonic() - opened < 30.0:
+                time.sleep(0.1)
+            back_s = time.monotonic() - opened
+        finally:
+            for sock in idle:
+                sock.close()
+    result = Result(
+        f"Metrics endpoint: threads with {count} idle TCP connections",
+        ["serve", "threads"],
+        [
+            ["no connection (baseline)", str(before)],
+            [f"{count} idle connections (most seen)", str(most)],
+            ["**extra threads**", str(most - before)],
+        ],
+    )
+    result.check(
+        f"{most - before} extra threads", "<= 16 (the connection bound)", most - before <= 16
+    )
+    result.notes.append(
+        f"A scrape worked again {back_s:.1f} s after the {count} connections were opened"
+        " (idle ones are closed after 3 s). Before issue 9: one thread per connection, held"
+        " for as long as the peer kept it open."
+    )
+    return result
+
+
+if __name__ == "__main__":
+    print(exit_times(1).markdown())
+    print(metrics_threads().markdown())
