@@ -17,7 +17,7 @@ import pykka
 import pytest
 
 import actors.proxy_actor as proxy_actor_module
-from actors import NotifyFailed, Rebalance, RebalanceResult
+from actors import NotifyFailed, PingerActor, ProxyActor, Rebalance, RebalanceResult, TimerActor
 from tests.waiting import poll_until
 
 from ._fakes import GATE_TIMEOUT, TIMEOUT, A, B
@@ -28,14 +28,22 @@ def broken(*_args: Any, **_kwargs: Any) -> Any:
     raise RuntimeError("a bug in the state code (test)")
 
 
+_PROXY_FAMILY = tuple(f"{cls.__name__}-" for cls in (ProxyActor, TimerActor, PingerActor))
+"""pykka names an actor's thread ``<class name>-<n>``."""
+
+
 def nothing_left_running() -> bool:
-    """No actor registered and no thread but this one that would block exit."""
-    others = [
+    """No actor registered, and no thread of ProxyActor or its children that would block exit.
+
+    Only this family's threads are looked at: other tests' threads are not
+    this test's business.
+    """
+    threads = [
         t
         for t in threading.enumerate()
-        if not t.daemon and t is not threading.main_thread() and t.is_alive()
+        if t.name.startswith(_PROXY_FAMILY) and not t.daemon and t.is_alive()
     ]
-    return pykka.ActorRegistry.get_all() == [] and others == []
+    return pykka.ActorRegistry.get_all() == [] and threads == []
 
 
 def test_a_failing_tell_handler_stops_the_children(
