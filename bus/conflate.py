@@ -9,7 +9,6 @@ This table is that rule, kept apart from sockets so it is tested alone.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
 K = TypeVar("K")
@@ -32,8 +31,8 @@ class Offered(NamedTuple):
     evicted: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry(Generic[T]):
+class _Entry(NamedTuple, Generic[T]):
+    # A NamedTuple: made once per message of a flood, so it must be cheap.
     seq: int | None
     value: T
     size: int
