@@ -17,7 +17,8 @@ import msgpack  # type: ignore[import-untyped]
 import zmq
 
 TOPIC = b"heartbeat/global"
-RCVHWM = 10_000
+RCVHWM = 32
+"""The proxy's own (bus/heartbeats.py DEFAULT_RCVHWM), so both read through the same queue."""
 
 
 def serve(endpoint: str, control_endpoint: str, count: int) -> None:
