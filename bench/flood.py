@@ -15,11 +15,12 @@ import contextlib
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from common import Requester, Result, Spread, call, running_serve, script, vm_rss_kib
-from flood_publisher import FIRST, server_list
+from flood_publisher import server_list
 from lookup import LoadRun, drive
 
 RSS_GROWTH_TARGET_MIB = 100.0
@@ -66,8 +67,8 @@ class RssSampler:
 
 
 @contextlib.contextmanager
-def flooding(endpoint: str, nice: int) -> Iterator[subprocess.Popen[str]]:
-    argv = ["nice", "-n", str(nice), *script("flood_publisher.py", endpoint)]
+def flooding(endpoint: str, publisher: str, nice: int) -> Iterator[subprocess.Popen[str]]:
+    argv = ["nice", "-n", str(nice), *script("flood_publisher.py", endpoint, publisher)]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         yield proc
@@ -85,10 +86,16 @@ def _idle(query: str, pid: int, duration_s: float) -> Phase:
 
 def _flood(query: str, heartbeat: str, pid: int, duration_s: float, nice: int) -> Phase:
     status = Requester(query)
+    # A name of its own: the seqs of an earlier flood's publisher would make it stale.
+    publisher = f"flood-{uuid.uuid4().hex[:8]}"
+
+    def arrived() -> bool:
+        return any(p["publisher"] == publisher for p in status.call("status")["publishers"])
+
     try:
-        with flooding(heartbeat, nice) as flooder, RssSampler(pid) as rss:
+        with flooding(heartbeat, publisher, nice) as flooder, RssSampler(pid) as rss:
             deadline = time.monotonic() + 15.0
-            while status.call("status")["num_nodes"] < FIRST:
+            while not arrived():
                 if time.monotonic() > deadline:
                     raise RuntimeError("the flood never reached the proxy")
                 time.sleep(0.01)

@@ -10,7 +10,7 @@ heartbeat i are ``FIRST + i``.
 Runs until its standard input closes, then prints one line:
 ``<num_nodes of the last heartbeat sent> <count sent> <time.time() of the last send>``.
 
-Usage: ``python bench/flood_publisher.py ENDPOINT``
+Usage: ``python bench/flood_publisher.py ENDPOINT PUBLISHER``
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ def server_list(variant: int) -> list[dict[str, Any]]:
     return primaries + backups
 
 
-def main(endpoint: str) -> None:
+def main(endpoint: str, publisher: str) -> None:
     # Five keys, servers first: the big part is encoded once per variant.
     bodies = [b"\x85" + _pack("servers") + _pack(server_list(v)) for v in range(VARIANTS)]
-    tail = _pack("leader_rpc_addr") + _pack("") + _pack("publisher") + _pack("flood")
+    tail = _pack("leader_rpc_addr") + _pack("") + _pack("publisher") + _pack(publisher)
     stop = threading.Event()
 
     def wait_for_eof() -> None:
@@ -92,4 +92,4 @@ def main(endpoint: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
