@@ -69,7 +69,7 @@ def test_a_flood_is_conflated_bounded_and_still_served(
     )
     publishers = {p["publisher"]: p["seq"] for p in serve.call("status")["publishers"]}
     assert publishers["flood"] == last
-    assert flood.sent > 2 * lookups / 50 and writes > 0
+    assert writes > 0
     assert peak - base < MAX_RSS_GROWTH_MIB, f"RSS grew {peak - base:.0f} MiB from {base:.0f}"
 
 
