@@ -402,6 +402,11 @@ class QueryServer(SocketThread):
         )
         return False
 
+    @property
+    def writes_waiting(self) -> int:
+        """Writes told to the actor that it has not answered yet (any thread may read it)."""
+        return len(self._in_flight)
+
     def _settle(self, token: int) -> None:
         """The actor is done with a write: it no longer counts against admission."""
         self._in_flight_weight -= self._in_flight.pop(token, 0)

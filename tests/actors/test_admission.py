@@ -17,6 +17,7 @@ import zmq
 
 from actors import AddPrimary, AddResult, ApplyHeartbeat, HeartbeatResult, SnapshotBox
 from bus.query import QueryServer
+from tests.waiting import poll_until
 
 from ._fakes import TIMEOUT
 
@@ -172,6 +173,8 @@ def test_a_write_that_timed_out_counts_until_the_actor_gets_to_it(
         assert "behind" in client.replies(1)[3]["error"]["message"]
 
         held.proxy().release().get(timeout=TIMEOUT)
+        # Their answers go nowhere (the clients had theirs), but they free the places.
+        poll_until(lambda: server.writes_waiting == 0, TIMEOUT, what="the late answers")
         client.send(4, "add_primary_server", addr="10.4.0.4")
         assert client.replies(1)[4]["ok"] is True
     finally:
