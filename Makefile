@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration compose-test compose-up fuzz soak bench wheelhouse base-image clean
+.PHONY: demo test lint typecheck unit integration compose-test compose-up fuzz soak adversary bench wheelhouse base-image clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ fuzz: $(STAMP)
 ## 60 s of load: 8 clients, a heartbeat every 10 ms, a rebalance every second.
 soak: $(STAMP)
 	$(BIN)/python tests/soak/run_soak.py --seconds 60
+
+## Every issue-9 attack at once for 60 s, then SIGTERM while they run.
+adversary: $(STAMP)
+	$(BIN)/python tests/soak/adversary.py --seconds 60
 
 ## Benchmarks against this machine's limits; writes bench/RESULTS.md.
 bench: $(STAMP)

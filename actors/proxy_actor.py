@@ -59,6 +59,7 @@ from proxy import (
     add_primary,
     apply_heartbeat,
     choose_head,
+    list_changes,
     notify_failed,
     plan_rebalance,
     reconcile,
@@ -480,11 +481,7 @@ def _log_membership(before: ProxyState, after: ProxyState, reason: str) -> None:
         ("primary", before.primaries, after.primaries),
         ("backup", before.backups, after.backups),
     ):
-        if old is new or old == new:
-            continue
-        old_set, new_set = frozenset(old), frozenset(new)
-        added = [a for a in new if a not in old_set]
-        removed = [a for a in old if a not in new_set]
+        added, removed = list_changes(old, new)
         if added or removed:
             log.info(
                 "%s servers changed (%s): +%d %s -%d %s",

@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import Result, machine_description
+from exits import exit_times, metrics_threads
+from fill import fill_to_max_servers, throttle_cost
+from flood import heartbeat_flood
 from ingest import heartbeat_ingest
 from lookup import concurrency, lookup_throughput
 from memory import memory
-from rebalance import rebalance
+from rebalance import lookups_during_blackhole, rebalance
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,15 @@ class Plan:
     rebalance_reps: int
     ingest_rounds: int
     ingest_count: int
+    flood_rounds: int
+    flood_s: float
+    fill_rounds: int
+    throttle_rounds: int
+    exit_rounds: int
 
 
-FULL = Plan(8, 1.5, 6, 1.5, 5, 3, 50_000)
-QUICK = Plan(5, 0.5, 3, 0.7, 2, 2, 10_000)
+FULL = Plan(8, 1.5, 6, 1.5, 5, 3, 50_000, 3, 4.0, 3, 5, 3)
+QUICK = Plan(5, 0.5, 3, 0.7, 2, 2, 10_000, 1, 2.0, 1, 3, 2)
 
 
 def benchmarks(plan: Plan) -> dict[str, Callable[[], Result]]:
@@ -53,6 +61,12 @@ def benchmarks(plan: Plan) -> dict[str, Callable[[], Result]]:
         "rebalance": lambda: rebalance(plan.rebalance_reps),
         "ingest": lambda: heartbeat_ingest(plan.ingest_rounds, plan.ingest_count),
         "memory": memory,
+        "flood": lambda: heartbeat_flood(plan.flood_rounds, plan.flood_s),
+        "blackhole": lambda: lookups_during_blackhole(plan.lookup_rounds, plan.lookup_s),
+        "fill": lambda: fill_to_max_servers(plan.fill_rounds),
+        "throttle": lambda: throttle_cost(plan.throttle_rounds),
+        "exits": lambda: exit_times(plan.exit_rounds),
+        "metrics_threads": metrics_threads,
     }
 
 

@@ -193,6 +193,8 @@ class ProxyService:
             curve=curve,
             metrics=self.metrics,
             decoder=decoder,
+            # Room for a few of the largest writes the configured bound allows.
+            max_write_entries=4 * (1 + config.max_servers),
         )
         self._query.start()
         self._heartbeats = HeartbeatListener(

@@ -9,6 +9,7 @@ queue drops SYNs (TCP pings). Names that never resolve come from an injected
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -159,19 +160,41 @@ def blackholes(
 ) -> Iterator[Callable[[int], list[Address]]]:
     """Addresses whose SYNs go unanswered, like a server behind a dead link.
 
-    A listener with backlog 0 and one connection nobody accepts has a full
-    accept queue; Linux then drops further SYNs, so connects hang.
+    A listener with backlog 0 whose accept queue is full of connections
+    nobody accepts makes Linux drop further SYNs, so connects hang. The
+    kernel may still let one more handshake through while the queue fills
+    (it drops only once it sees young requests pending), so every listener
+    gets probes, all at once, until a probe's connect no longer completes.
     """
     fillers: list[socket.socket] = []
 
     def make(n: int) -> list[Address]:
-        addrs = []
-        for _ in range(n):
-            listener = listeners()
-            filler = socket.create_connection(listener.getsockname(), timeout=2)
-            fillers.append(filler)
-            addrs.append(tcp_addr(listener))
-        return addrs
+        pending = [listeners() for _ in range(n)]
+        addrs = [tcp_addr(listener) for listener in pending]
+        for _round in range(8):
+            if not pending:
+                return addrs
+            probes = {}
+            for listener in pending:
+                probe = socket.socket()
+                probe.setblocking(False)
+                probe.connect_ex(listener.getsockname())
+                probes[probe] = listener
+            with selectors.DefaultSelector() as selector:  # select() stops at fd 1024
+                for probe in probes:
+                    selector.register(probe, selectors.EVENT_WRITE)
+                ready = {key.fd for key, _ in selector.select(0.3)}
+            # A probe that connected joined the queue: that listener needs another.
+            connected = [
+                p
+                for p in probes
+                if p.fileno() in ready and p.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+            ]
+            pending = [probes[p] for p in connected]
+            fillers.extend(connected)
+            for probe in probes.keys() - set(connected):
+                probe.close()
+        pytest.fail("could not fill the accept queues of the black-hole listeners")
 
     yield make
     for filler in fillers:
