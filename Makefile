@@ -6,10 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck unit integration compose-test compose-up fuzz soak adversary bench wheelhouse base-image clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# A strict editable install (a tree of links mypy can read, unlike an import
+# hook) links the files that exist when it runs, so it is redone when a
+# package folder gains or loses a file (the folder's mtime changes).
+PACKAGE_DIRS := $(wildcard proxy actors bus bus/* cli sim)
+$(STAMP): pyproject.toml __init__.py $(filter-out %.py %__pycache__,$(PACKAGE_DIRS))
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 ## The demo: a local cluster with a live view (ARGS="--duration 30" to stop by itself).
@@ -64,7 +68,7 @@ compose-up: wheelhouse
 
 ## Wheels of rpcproxy and its dependencies, installed into images offline.
 wheelhouse: $(STAMP)
-	rm -rf wheelhouse
+	rm -rf wheelhouse build/lib build/bdist.*
 	$(BIN)/python -m pip wheel --quiet --wheel-dir wheelhouse .
 
 ## A local Debian base image, for engines that cannot pull python:3.11-slim.

@@ -5,7 +5,7 @@ children. Requests are the frozen messages of :mod:`actors.messages`; readers
 use the :class:`SnapshotBox` instead of the mailbox.
 """
 
-from actors.messages import (
+from rpcproxy.actors.messages import (
     ActiveServerChanged,
     AddPrimary,
     AddResult,
@@ -21,10 +21,10 @@ from actors.messages import (
     ResetRebalanceTimer,
     SetBackups,
 )
-from actors.pinger import Pinger, PingerActor
-from actors.proxy_actor import ProxyActor, ProxySettings
-from actors.snapshot import Snapshot, SnapshotBox
-from actors.timer import TimerActor
+from rpcproxy.actors.pinger import Pinger, PingerActor
+from rpcproxy.actors.proxy_actor import ProxyActor, ProxySettings
+from rpcproxy.actors.snapshot import Snapshot, SnapshotBox
+from rpcproxy.actors.timer import TimerActor
 
 __all__ = [
     "ActiveServerChanged",

@@ -1,4 +1,4 @@
-"""A per-kind rate limit for the warnings a peer can cause (PROTOCOL.md section 8).
+"""A per-kind rate limit for the warnings a peer can cause (docs/protocol.md section 8).
 
 Garbage heartbeats, heartbeats full of invalid entries, refused CURVE keys:
 whatever a peer sends that the proxy warns about, the peer decides how often

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from proxy import Address, Heartbeat
+from rpcproxy.proxy import Address, Heartbeat
 
 T = TypeVar("T")
 Reply = Callable[[Any], None]
@@ -66,7 +66,7 @@ class ApplyHeartbeats:
     """The pending heartbeats of the SUB socket, the latest of each publisher.
 
     Applied in order, with one published snapshot for the whole batch. The
-    sender keeps at most one of these in the mailbox (PROTOCOL.md section 2,
+    sender keeps at most one of these in the mailbox (docs/protocol.md section 2,
     heartbeats are state): it conflates what arrives meanwhile and sends the
     next batch only once ``done`` has been called, which ProxyActor does when
     it has applied this one (whatever happened). So a flood costs the mailbox
@@ -99,7 +99,7 @@ class AddResult:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The result of a write refused as bad input (a bound, PROTOCOL.md section 8).
+    """The result of a write refused as bad input (a bound, docs/protocol.md section 8).
 
     Nothing changed; the query socket answers ``bad_request`` with ``reason``.
     """
@@ -154,7 +154,7 @@ class PingResults:
 
 @dataclass(frozen=True, slots=True)
 class ActiveServerChanged:
-    """To listeners: the active server changed, and why (PROTOCOL.md section 5 reasons)."""
+    """To listeners: the active server changed, and why (docs/protocol.md section 5 reasons)."""
 
     server: Address | None
     reason: str

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from actors.snapshot import SnapshotBox
+from rpcproxy.actors.snapshot import SnapshotBox
 
 log = logging.getLogger(__name__)
 

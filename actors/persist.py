@@ -22,8 +22,8 @@ from typing import Any
 
 import pykka
 
-from proxy import ProxyState
-from proxy.persisted import from_document, to_document
+from rpcproxy.proxy import ProxyState
+from rpcproxy.proxy.persisted import from_document, to_document
 
 log = logging.getLogger(__name__)
 

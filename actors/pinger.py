@@ -10,9 +10,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import pykka
 
-from actors.messages import PingCandidates, PingResults
-from actors.metrics import Metrics
-from proxy import Address
+from rpcproxy.actors.messages import PingCandidates, PingResults
+from rpcproxy.actors.metrics import Metrics
+from rpcproxy.proxy import Address
 
 log = logging.getLogger(__name__)
 

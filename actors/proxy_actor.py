@@ -19,9 +19,9 @@ from typing import Any
 
 import pykka
 
-from actors.lifecycle import stop_within
-from actors.log_gate import PeerLog
-from actors.messages import (
+from rpcproxy.actors.lifecycle import stop_within
+from rpcproxy.actors.log_gate import PeerLog
+from rpcproxy.actors.messages import (
     ActiveServerChanged,
     AddPrimary,
     AddResult,
@@ -41,11 +41,11 @@ from actors.messages import (
     ScheduleTick,
     SetBackups,
 )
-from actors.metrics import Metrics
-from actors.pinger import Pinger, PingerActor
-from actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
-from actors.timer import TimerActor
-from proxy import (
+from rpcproxy.actors.metrics import Metrics
+from rpcproxy.actors.pinger import Pinger, PingerActor
+from rpcproxy.actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
+from rpcproxy.actors.timer import TimerActor
+from rpcproxy.proxy import (
     DEFAULT_MAX_SERVERS,
     Address,
     Heartbeat,
@@ -85,7 +85,7 @@ class ProxySettings:
     restored: ProxyState = field(default_factory=ProxyState)
     """The state saved by an earlier run; the configured servers are added to it."""
     max_servers: int = DEFAULT_MAX_SERVERS
-    """The most primaries and backups together (PROTOCOL.md section 8)."""
+    """The most primaries and backups together (docs/protocol.md section 8)."""
 
 
 @dataclass(slots=True)

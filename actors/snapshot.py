@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy import ProxyState
+from rpcproxy.proxy import ProxyState
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import pykka
 
-from actors.messages import RebalanceTick, ScheduleTick
+from rpcproxy.actors.messages import RebalanceTick, ScheduleTick
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ each against a baseline measured in the same run:
 
 * :func:`exit_times`: seconds from SIGTERM to the process's exit while a
   rebalance waits on servers that accept and never answer (``ping_timeout_s``
-  30), side by side with an idle ``serve``. PROTOCOL.md section 8: within
+  30), side by side with an idle ``serve``. docs/protocol.md section 8: within
   10 s whatever it is doing. Before issue 9 this case took ~5.5 s and printed
   two tracebacks; a stuck actor could hold the process for ever.
 * :func:`metrics_threads`: the process's threads with 300 idle TCP
@@ -116,7 +116,7 @@ def exit_times(rounds: int = 3) -> Result:
     )
     result.check(
         f"exit during the hung rebalance {hung_s.fmt(2)} s",
-        f"< {EXIT_TARGET_S:g} s (PROTOCOL.md section 8)",
+        f"< {EXIT_TARGET_S:g} s (docs/protocol.md section 8)",
         hung_s.high < EXIT_TARGET_S,
     )
     result.check(f"{tracebacks} tracebacks in {2 * rounds} stops", "0", tracebacks == 0)

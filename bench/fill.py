@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from common import Requester, Result, Spread, running_serve
 
-from proxy import Throttle
+from rpcproxy.proxy import Throttle
 
 DEFAULT_COUNT = 4096
 EDGE = 256
@@ -79,7 +79,7 @@ def _check_full(client: Requester, count: int) -> None:
 
 
 def _empty(client: Requester) -> None:
-    """A heartbeat naming no server drops every primary (PROTOCOL.md section 2)."""
+    """A heartbeat naming no server drops every primary (docs/protocol.md section 2)."""
     client.call("heartbeat", servers=[], num_nodes=0, leader_rpc_addr="")
     if client.call("status")["num_servers"] != 0:
         raise RuntimeError("the proxy is not empty after a heartbeat with no servers")

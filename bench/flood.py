@@ -1,6 +1,6 @@
 """Benchmark: one allowed publisher floods ``rpcproxy serve`` with 4096-server heartbeats.
 
-Issue 9 row 1 (PROTOCOL.md section 2, heartbeats are state): while
+Issue 9 row 1 (docs/protocol.md section 2, heartbeats are state): while
 ``flood_publisher.py`` sends heartbeats as fast as the proxy reads them, each
 replacing the backups, one REQ client (``req_client.py``) measures
 ``find_server`` and the benchmark samples the proxy's resident memory. The

@@ -286,7 +286,7 @@ def heartbeat_ingest(rounds: int, count: int) -> Result:
         " second. \"Publisher's last send returned\" shows how far the reader's intake ran"
         " ahead of the applying.",
         "",
-        "Heartbeats are state (PROTOCOL.md section 2): the proxy reads every payload but"
+        "Heartbeats are state (docs/protocol.md section 2): the proxy reads every payload but"
         " only peeks at its `publisher` and `seq`; one that arrives while an earlier one"
         " of its publisher waits supersedes it, and ProxyActor applies the latest of each"
         " publisher, one batch at a time. So the heartbeats before the last are read,"

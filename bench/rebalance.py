@@ -7,7 +7,7 @@ holds a ping for the whole timeout. All are primaries; the live server is a
 :class:`bus.standin.ServerStandIn` given as the only backup, and backups
 always follow primaries in the candidate order, so every rebalance must give
 up on all k before it can pick the live one. Nomad's serial pinging would
-take k ping timeouts. Here a window of attempts is open at once (PROTOCOL.md
+take k ping timeouts. Here a window of attempts is open at once (docs/protocol.md
 section 4: bounded sockets), so k hung servers cost one timeout per window.
 """
 
@@ -29,8 +29,8 @@ from pathlib import Path
 from common import CTX, Requester, Result, Spread, call, free_port, running_serve
 from lookup import drive
 
-from bus.ping import ZmqPinger, window_for
-from bus.standin import ServerStandIn
+from rpcproxy.bus.ping import ZmqPinger, window_for
+from rpcproxy.bus.standin import ServerStandIn
 
 PING_TIMEOUT_S = 0.5
 TARGET = 1.3

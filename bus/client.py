@@ -1,6 +1,6 @@
 """ProxyClient: the library other Python services use to talk to rpcproxy.
 
-It speaks PROTOCOL.md section 1 over a ZeroMQ REQ socket and hides the
+It speaks docs/protocol.md section 1 over a ZeroMQ REQ socket and hides the
 transport's failure modes behind the ZeroMQ guide's *Lazy Pirate* pattern:
 send, wait at most ``timeout_s``, and on silence throw the socket away (a REQ
 socket that missed its reply is stuck), open a fresh one and resend, giving
@@ -37,9 +37,9 @@ from typing import Any, Final, NamedTuple, Self, TypeVar
 import msgspec
 import zmq
 
-from bus.codec import PROTOCOL_VERSION, ErrorCode
-from bus.curve import CurveClient
-from proxy import HeartbeatServer
+from rpcproxy.bus.codec import PROTOCOL_VERSION, ErrorCode
+from rpcproxy.bus.curve import CurveClient
+from rpcproxy.proxy import HeartbeatServer
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -122,7 +122,7 @@ class ProxyTimeoutError(ProxyError):
 
 
 class ProtocolError(ProxyError):
-    """The reply does not follow PROTOCOL.md (not a map, a key of the wrong type...)."""
+    """The reply does not follow docs/protocol.md (not a map, a key of the wrong type...)."""
 
     default_code = "protocol_error"
 
@@ -161,7 +161,7 @@ class Status:
     """The ``status`` reply: everything at once.
 
     ``heartbeat_age_s`` (seconds since the last applied heartbeat, None before
-    the first) and ``publishers`` are additions to PROTOCOL.md's keys; they
+    the first) and ``publishers`` are additions to docs/protocol.md's keys; they
     default to "unknown" so older proxies' replies still parse.
     """
 
@@ -377,7 +377,7 @@ class ProxyClient:
         publisher: str | None = None,
         seq: int | None = None,
     ) -> bool:
-        """Apply one heartbeat (PROTOCOL.md section 2); True when membership changed.
+        """Apply one heartbeat (docs/protocol.md section 2); True when membership changed.
 
         ``servers`` holds :class:`proxy.HeartbeatServer` values or maps with the
         same keys.

@@ -1,4 +1,4 @@
-"""MessagePack codec for the query, heartbeat and event sockets (PROTOCOL.md).
+"""MessagePack codec for the query, heartbeat and event sockets (docs/protocol.md).
 
 Decoding and validation are one step: msgspec decodes a frame straight into a
 frozen Struct, or fails. The request ops form a tagged union on ``op``, so the
@@ -25,7 +25,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, TypeVar,
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from proxy import (
+from rpcproxy.proxy import (
     DEFAULT_MAX_SERVERS,
     Address,
     Heartbeat,
@@ -86,7 +86,7 @@ _Name = Annotated[str, Meta(max_length=MAX_NAME_LEN)]
 
 
 class ErrorCode(enum.StrEnum):
-    """The ``error.code`` values of PROTOCOL.md's error table."""
+    """The ``error.code`` values of docs/protocol.md's error table."""
 
     BAD_REQUEST = "bad_request"
     UNKNOWN_OP = "unknown_op"
@@ -116,7 +116,7 @@ class RequestError(Exception):
 
 
 class HeartbeatError(ValueError):
-    """A heartbeat payload that breaks PROTOCOL.md section 2's table (rule 1: drop it)."""
+    """A heartbeat payload that breaks docs/protocol.md section 2's table (rule 1: drop it)."""
 
 
 # --------------------------------------------------------------------------
@@ -226,7 +226,7 @@ READ_ONLY_OPS: Final[frozenset[type[Request]]] = frozenset(
 
 
 # --------------------------------------------------------------------------
-# Wire types: exactly the MessagePack maps of PROTOCOL.md.
+# Wire types: exactly the MessagePack maps of docs/protocol.md.
 
 
 class _HeartbeatServerWire(Struct, frozen=True):
@@ -382,7 +382,7 @@ def _bounded(base: type[_S], tag: str | None = None, **fields: Any) -> type[_S]:
 class Decoder:
     """Reads query requests and heartbeats, with server lists bounded.
 
-    ``max_servers`` (PROTOCOL.md section 8) bounds a heartbeat's ``servers``
+    ``max_servers`` (docs/protocol.md section 8) bounds a heartbeat's ``servers``
     and a ``set_backup_servers``'s ``addrs``. msgspec checks a list's length
     as it reads the list, before it builds any entry, so an oversized list
     costs next to nothing; the bound is part of the wire type, so each
@@ -420,7 +420,7 @@ class Decoder:
             The typed request, with its addresses parsed.
 
         Raises:
-            RequestError: the frame breaks PROTOCOL.md; ``code`` says which
+            RequestError: the frame breaks docs/protocol.md; ``code`` says which
                 rule and ``request_id`` is the request's ``id`` whenever it
                 could be read. A list longer than ``max_servers`` is
                 ``bad_request``.
@@ -432,7 +432,7 @@ class Decoder:
         return self._converters[type(wire)](wire)
 
     def heartbeat(self, payload: bytes) -> Heartbeat:
-        """Decode and validate a heartbeat payload (PROTOCOL.md section 2).
+        """Decode and validate a heartbeat payload (docs/protocol.md section 2).
 
         Entries whose address does not parse are kept: rule 3 skips them one
         by one later, whereas anything raised here drops the whole payload
@@ -483,7 +483,7 @@ def peek_heartbeat(payload: bytes | memoryview) -> tuple[str | None, int | None]
     A small fraction of :func:`decode_heartbeat`'s cost (msgspec skips the
     server list without building anything), so the heartbeat socket can read
     a flood at the transport's pace and fully decode only the latest payload
-    of each publisher (PROTOCOL.md section 2: heartbeats are state).
+    of each publisher (docs/protocol.md section 2: heartbeats are state).
 
     Raises:
         HeartbeatError: the payload is not a map or those two keys have the
@@ -505,7 +505,7 @@ def peek_heartbeat(payload: bytes | memoryview) -> tuple[str | None, int | None]
 def _classify(frame: bytes, cause: Exception) -> RequestError:
     """Say which rule a frame that failed the fast decode broke.
 
-    The checks run in PROTOCOL.md's order of precedence: the envelope (so the
+    The checks run in docs/protocol.md's order of precedence: the envelope (so the
     ``id`` can be echoed), then ``v``, then ``op``, then the op's own keys.
     """
     try:

@@ -1,6 +1,6 @@
 """The latest pending value per key, bounded: heartbeats are state, not events.
 
-PROTOCOL.md section 2: when heartbeats come faster than the proxy applies
+docs/protocol.md section 2: when heartbeats come faster than the proxy applies
 them, a pending heartbeat is superseded by a newer one from the same
 publisher, and memory held for pending ones is bounded whatever the rate.
 This table is that rule, kept apart from sockets so it is tested alone.

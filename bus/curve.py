@@ -27,7 +27,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from actors.log_gate import LogGate, PeerLog
+from rpcproxy.actors.log_gate import LogGate, PeerLog
 
 log = logging.getLogger(__name__)
 

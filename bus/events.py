@@ -1,4 +1,4 @@
-"""The events PUB socket (PROTOCOL.md section 5), owned by an actor of its own.
+"""The events PUB socket (docs/protocol.md section 5), owned by an actor of its own.
 
 ProxyActor tells this actor :class:`ActiveServerChanged`; the actor's thread
 creates, uses and closes the PUB socket, so no other thread ever touches it.
@@ -12,10 +12,10 @@ from typing import Any
 import pykka
 import zmq
 
-from actors import ActiveServerChanged
-from bus.codec import encode_event
-from bus.curve import EVENTS_DOMAIN, CurveServer
-from bus.loop import needs_ipv6
+from rpcproxy.actors import ActiveServerChanged
+from rpcproxy.bus.codec import encode_event
+from rpcproxy.bus.curve import EVENTS_DOMAIN, CurveServer
+from rpcproxy.bus.loop import needs_ipv6
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The heartbeat SUB socket (PROTOCOL.md section 2).
+"""The heartbeat SUB socket (docs/protocol.md section 2).
 
 Validation happens here, on the socket's thread: only a typed, valid
 :class:`proxy.Heartbeat` reaches ProxyActor. Anything else is dropped whole,
@@ -41,14 +41,14 @@ from typing import Any
 import pykka
 import zmq
 
-from actors import ApplyHeartbeats
-from actors.log_gate import PeerLog
-from actors.metrics import Metrics
-from bus.codec import Decoder, HeartbeatError, peek_heartbeat
-from bus.conflate import Conflator
-from bus.curve import HEARTBEAT_DOMAIN, CurveServer
-from bus.loop import SocketThread, Waker, needs_ipv6
-from proxy import Heartbeat
+from rpcproxy.actors import ApplyHeartbeats
+from rpcproxy.actors.log_gate import PeerLog
+from rpcproxy.actors.metrics import Metrics
+from rpcproxy.bus.codec import Decoder, HeartbeatError, peek_heartbeat
+from rpcproxy.bus.conflate import Conflator
+from rpcproxy.bus.curve import HEARTBEAT_DOMAIN, CurveServer
+from rpcproxy.bus.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.proxy import Heartbeat
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Parallel server pings for rebalancing (PROTOCOL.md section 4).
+"""Parallel server pings for rebalancing (docs/protocol.md section 4).
 
 The reference pinged candidates one after another, so k dead servers at the
 head of the list cost k timeouts. Here candidates are pinged at once and a
@@ -48,8 +48,8 @@ from typing import Self, TypeAlias
 import msgspec
 import zmq
 
-from bus.loop import Waker
-from bus.resolve import (
+from rpcproxy.bus.loop import Waker
+from rpcproxy.bus.resolve import (
     DEFAULT_MAX_LOOKUPS,
     Endpoint,
     Lookup,
@@ -57,7 +57,7 @@ from bus.resolve import (
     numeric_endpoints,
     shared_resolver,
 )
-from proxy.address import Address
+from rpcproxy.proxy.address import Address
 
 __all__ = [
     "Attempt",

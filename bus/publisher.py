@@ -15,11 +15,11 @@ from typing import Any
 
 import zmq
 
-from bus.codec import encode_heartbeat
-from bus.curve import CurveClient
-from bus.heartbeats import heartbeat_topic
-from bus.loop import SocketThread, needs_ipv6
-from proxy import Heartbeat, HeartbeatServer
+from rpcproxy.bus.codec import encode_heartbeat
+from rpcproxy.bus.curve import CurveClient
+from rpcproxy.bus.heartbeats import heartbeat_topic
+from rpcproxy.bus.loop import SocketThread, needs_ipv6
+from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
 log = logging.getLogger(__name__)
 

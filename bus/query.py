@@ -1,4 +1,4 @@
-"""The query socket: a ROUTER that answers clients (PROTOCOL.md section 1).
+"""The query socket: a ROUTER that answers clients (docs/protocol.md section 1).
 
 Read-only ops are answered from the published snapshot, on this thread,
 without a mailbox round trip. State-changing ops become actor messages; the
@@ -6,7 +6,7 @@ actor's reply comes back through a queue and a :class:`Waker`, and is sent
 from this thread, the only one that touches the socket. A write whose reply
 does not come within ``op_timeout_s`` is answered ``unavailable``.
 
-Writes are admitted only while the actor keeps up (PROTOCOL.md section 8):
+Writes are admitted only while the actor keeps up (docs/protocol.md section 8):
 at most ``max_writes`` told and not yet answered by the actor, holding at
 most ``max_write_entries`` servers or addresses between them. Beyond that a
 write is answered ``unavailable`` at once, so a client that floods writes
@@ -29,7 +29,7 @@ from typing import Any
 import pykka
 import zmq
 
-from actors import (
+from rpcproxy.actors import (
     AddPrimary,
     AddResult,
     ApplyHeartbeat,
@@ -43,9 +43,9 @@ from actors import (
     SetBackups,
     SnapshotBox,
 )
-from actors.log_gate import PeerLog
-from actors.metrics import Metrics
-from bus.codec import (
+from rpcproxy.actors.log_gate import PeerLog
+from rpcproxy.actors.metrics import Metrics
+from rpcproxy.bus.codec import (
     NO_ID,
     AddPrimaryRequest,
     Decoder,
@@ -66,9 +66,9 @@ from bus.codec import (
     encode_ok,
     server_obj,
 )
-from bus.curve import QUERY_DOMAIN, CurveServer
-from bus.loop import SocketThread, Waker, needs_ipv6
-from proxy import DEFAULT_MAX_SERVERS, Address
+from rpcproxy.bus.curve import QUERY_DOMAIN, CurveServer
+from rpcproxy.bus.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ class QueryServer(SocketThread):
 
         The reply goes to the routing id with an empty delimiter and nothing
         of the peer's frames: a REQ, or a DEALER that sent the delimiter
-        (PROTOCOL.md section 1's clients), reads it as a normal reply, and
+        (docs/protocol.md section 1's clients), reads it as a normal reply, and
         an abuser gets no echo of what it sent.
         """
         started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Name resolution for pings, off every shared thread and bounded (PROTOCOL.md section 4).
+"""Name resolution for pings, off every shared thread and bounded (docs/protocol.md section 4).
 
 libzmq resolves a DNS name on the I/O thread of the socket's context, so one
 name whose lookup hangs would stall every socket sharing that thread. Pingers
@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from proxy.address import Address
+from rpcproxy.proxy.address import Address
 
 __all__ = [
     "DEFAULT_MAX_LOOKUPS",

@@ -1,4 +1,4 @@
-"""A Nomad-server stand-in that answers the ZeroMQ ping (PROTOCOL.md section 4).
+"""A Nomad-server stand-in that answers the ZeroMQ ping (docs/protocol.md section 4).
 
 The demo, the integration tests, ``rpcproxy fake-server`` and the docker
 containers need servers that can be alive, gray-failed (connection up, no
@@ -31,7 +31,7 @@ import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from bus.loop import SocketThread
+from rpcproxy.bus.loop import SocketThread
 
 __all__ = ["PingResponder", "Responder", "ServerStandIn"]
 

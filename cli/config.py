@@ -1,6 +1,6 @@
 """Configuration of ``rpcproxy serve``: one table, three sources, one-line errors.
 
-PROTOCOL.md section 6 lets every key come from a TOML file, an environment
+docs/protocol.md section 6 lets every key come from a TOML file, an environment
 variable ``RPCPROXY_<KEY>`` or a flag ``--<key>``, with flag > environment >
 file > default, and requires a bad value to stop the proxy at start with one
 line naming the key. To keep those four spellings from drifting apart, the
@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from proxy.address import Address, InvalidAddressError, parse_address
-from proxy.state import DEFAULT_MAX_SERVERS
+from rpcproxy.proxy.address import Address, InvalidAddressError, parse_address
+from rpcproxy.proxy.state import DEFAULT_MAX_SERVERS
 
 ENV_PREFIX = "RPCPROXY_"
 """Environment variables are ``ENV_PREFIX + key.upper()``."""

@@ -19,15 +19,15 @@ from typing import Any
 import msgspec
 import zmq
 
-from bus.client import ProxyClient, ProxyError
-from bus.events import EVENT_TOPIC
-from bus.ping import ZmqPinger
-from bus.publisher import HeartbeatPublisher
-from bus.standin import ServerStandIn
-from cli.config import Config
-from cli.service import ProxyService
-from cli.status import CLEAR, render_status
-from proxy import HeartbeatServer, parse_address
+from rpcproxy.bus.client import ProxyClient, ProxyError
+from rpcproxy.bus.events import EVENT_TOPIC
+from rpcproxy.bus.ping import ZmqPinger
+from rpcproxy.bus.publisher import HeartbeatPublisher
+from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.cli.config import Config
+from rpcproxy.cli.service import ProxyService
+from rpcproxy.cli.status import CLEAR, render_status
+from rpcproxy.proxy import HeartbeatServer, parse_address
 
 _LOCAL = "tcp://127.0.0.1:*"
 _NAMES = ("s1", "s2", "s3", "s4")

@@ -1,4 +1,12 @@
-"""The ``rpcproxy`` command: ``serve``, ``status`` and ``demo``."""
+"""The ``rpcproxy`` command and its subcommands.
+
+``serve`` runs the proxy; ``status`` and ``ping`` ask a running one;
+``demo`` runs a whole local cluster; ``simulate`` runs the fleet simulator;
+``fake-server``, ``publish`` and ``client-loop`` play the other parts of a
+cluster (a Nomad server, a heartbeat publisher, a client) for demos, compose
+and tests; ``keygen`` makes CURVE certificates. ``serve`` is documented in
+docs/protocol.md section 6.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +25,16 @@ from typing import Any, NoReturn
 import pykka
 import zmq
 
-from actors.lifecycle import stop_within
-from bus.curve import CurveClient, CurveError
-from cli.config import ConfigError, add_config_arguments, load_config
-from cli.demo import run_demo
-from cli.logs import setup_logging
-from cli.service import ProxyService, libzmq_problem
-from cli.simulate import add_simulate_parser, run_simulate
-from cli.status import run_status
-from cli.tools import run_client_loop, run_fake_server, run_keygen, run_ping, run_publish
+from rpcproxy import __version__
+from rpcproxy.actors.lifecycle import stop_within
+from rpcproxy.bus.curve import CurveClient, CurveError
+from rpcproxy.cli.config import ConfigError, add_config_arguments, load_config
+from rpcproxy.cli.demo import run_demo
+from rpcproxy.cli.logs import setup_logging
+from rpcproxy.cli.service import ProxyService, libzmq_problem
+from rpcproxy.cli.simulate import add_simulate_parser, run_simulate
+from rpcproxy.cli.status import run_status
+from rpcproxy.cli.tools import run_client_loop, run_fake_server, run_keygen, run_ping, run_publish
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -42,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rpcproxy",
         description="Client-side Nomad server selection, as a ZeroMQ service.",
     )
+    parser.add_argument("--version", action="version", version=f"rpcproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the proxy until SIGINT or SIGTERM")
@@ -237,7 +247,7 @@ def supervise(service: ProxyService, stopping: threading.Event, period_s: float 
 STOP_BUDGET_S = 8.0
 """From a stop signal (or a part's death) to the process's exit, at most.
 
-PROTOCOL.md section 8 allows 10 s; the orderly stop normally takes
+docs/protocol.md section 8 allows 10 s; the orderly stop normally takes
 milliseconds, and this leaves room for a busy machine after the budget."""
 
 LEFTOVER_STOP_TIMEOUT_S = 1.5
@@ -278,7 +288,7 @@ class StopWatchdog:
     The orderly stop bounds every wait, but after ``serve`` returns the
     interpreter still joins every non-daemon thread, without a timeout: a
     pykka actor stuck in a handler (a ping, a disk that stopped answering)
-    would hold the process forever, and PROTOCOL.md section 8 says it must
+    would hold the process forever, and docs/protocol.md section 8 says it must
     exit within 10 s. Nothing in Python can stop such a thread, so the last
     resort is ``os._exit`` from this daemon thread, which keeps running
     while the interpreter waits on the others. It is never disarmed: it has

@@ -18,18 +18,18 @@ from typing import Any
 import pykka
 import zmq
 
-from actors import ProxyActor, ProxySettings, SnapshotBox
-from actors.lifecycle import stop_within
-from actors.metrics import Metrics, MetricsServer
-from actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
-from bus.codec import Decoder
-from bus.curve import HEARTBEAT_DOMAIN, AllowList, CurveError, CurveServer, load_key_pair
-from bus.events import EventPublisher
-from bus.heartbeats import HeartbeatListener
-from bus.ping import TcpPinger, WindowedPinger, ZmqPinger
-from bus.query import QueryServer
-from cli.config import Config, ConfigError
-from proxy import LocalIdentity, ProxyState, RebalanceTiming
+from rpcproxy.actors import ProxyActor, ProxySettings, SnapshotBox
+from rpcproxy.actors.lifecycle import stop_within
+from rpcproxy.actors.metrics import Metrics, MetricsServer
+from rpcproxy.actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
+from rpcproxy.bus.codec import Decoder
+from rpcproxy.bus.curve import HEARTBEAT_DOMAIN, AllowList, CurveError, CurveServer, load_key_pair
+from rpcproxy.bus.events import EventPublisher
+from rpcproxy.bus.heartbeats import HeartbeatListener
+from rpcproxy.bus.ping import TcpPinger, WindowedPinger, ZmqPinger
+from rpcproxy.bus.query import QueryServer
+from rpcproxy.cli.config import Config, ConfigError
+from rpcproxy.proxy import LocalIdentity, ProxyState, RebalanceTiming
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _ACTOR_START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 6.0
 """How long :meth:`ProxyService.stop` waits for all its parts, together.
 
-Under the 10 s PROTOCOL.md section 8 allows from SIGTERM to exit, with room
+Under the 10 s docs/protocol.md section 8 allows from SIGTERM to exit, with room
 for ``serve``'s last sweep of leftover actors."""
 
 

@@ -15,10 +15,10 @@ import random
 import sys
 from typing import TextIO
 
-from proxy import RebalanceTiming
-from sim.fleet import FleetConfig, FleetResult, simulate
-from sim.plot import PlotUnavailableError, save_plot
-from sim.progress import progress_bar
+from rpcproxy.proxy import RebalanceTiming
+from rpcproxy.sim.fleet import FleetConfig, FleetResult, simulate
+from rpcproxy.sim.plot import PlotUnavailableError, save_plot
+from rpcproxy.sim.progress import progress_bar
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

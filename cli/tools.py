@@ -19,12 +19,12 @@ from typing import Any
 
 import zmq
 
-from bus.client import ProxyClient, ProxyError
-from bus.curve import CurveClient, create_key_pair
-from bus.ping import ZmqPinger
-from bus.publisher import HeartbeatPublisher
-from bus.standin import ServerStandIn
-from proxy import HeartbeatServer, InvalidAddressError, parse_address
+from rpcproxy.bus.client import ProxyClient, ProxyError
+from rpcproxy.bus.curve import CurveClient, create_key_pair
+from rpcproxy.bus.ping import ZmqPinger
+from rpcproxy.bus.publisher import HeartbeatPublisher
+from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.proxy import HeartbeatServer, InvalidAddressError, parse_address
 
 
 def stop_on_signals() -> threading.Event:

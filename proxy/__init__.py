@@ -1,27 +1,27 @@
 """The domain of rpcproxy: pure functions and immutable values.
 
 No threads, sockets, clocks or randomness of its own: a ``random.Random`` and
-the time are passed in, so every rule of PROTOCOL.md sections 2 and 3 can be
+the time are passed in, so every rule of docs/protocol.md sections 2 and 3 can be
 tested in microseconds and simulated for whole fleets.
 """
 
-from proxy.address import DEFAULT_PORT, Address, InvalidAddressError, parse_address
-from proxy.heartbeat import (
+from rpcproxy.proxy.address import DEFAULT_PORT, Address, InvalidAddressError, parse_address
+from rpcproxy.proxy.heartbeat import (
     Heartbeat,
     HeartbeatOutcome,
     HeartbeatServer,
     LocalIdentity,
     apply_heartbeat,
 )
-from proxy.interval import RebalanceTiming
-from proxy.rebalance import (
+from rpcproxy.proxy.interval import RebalanceTiming
+from rpcproxy.proxy.rebalance import (
     RebalancePlan,
     ReconcileOutcome,
     choose_head,
     plan_rebalance,
     reconcile,
 )
-from proxy.state import (
+from rpcproxy.proxy.state import (
     DEFAULT_MAX_SERVERS,
     ProxyState,
     TooManyServersError,
@@ -33,7 +33,7 @@ from proxy.state import (
     remove_server,
     set_backups,
 )
-from proxy.throttle import Throttle
+from rpcproxy.proxy.throttle import Throttle
 
 __all__ = [
     "DEFAULT_MAX_SERVERS",

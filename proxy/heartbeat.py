@@ -1,4 +1,4 @@
-"""Merging a heartbeat's server list into the proxy's state (PROTOCOL.md section 2).
+"""Merging a heartbeat's server list into the proxy's state (docs/protocol.md section 2).
 
 The merge is a pure function of the state, the heartbeat and who we are. It
 reports what it skipped (newer API, unparsable addresses) instead of logging,
@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from proxy.address import Address, InvalidAddressError, parse_address
-from proxy.state import ProxyState, backup_set, primary_set, with_members
+from rpcproxy.proxy.address import Address, InvalidAddressError, parse_address
+from rpcproxy.proxy.state import ProxyState, backup_set, primary_set, with_members
 
 MAX_PUBLISHERS = 1024
 """Publishers whose last ``seq`` is remembered; the least recently heard is forgotten first."""
@@ -83,7 +83,7 @@ def is_stale(state: ProxyState, heartbeat: Heartbeat) -> bool:
 def apply_heartbeat(
     state: ProxyState, heartbeat: Heartbeat, local: LocalIdentity
 ) -> HeartbeatOutcome:
-    """Apply rules 2-7 of PROTOCOL.md section 2 and the publisher/seq rule."""
+    """Apply rules 2-7 of docs/protocol.md section 2 and the publisher/seq rule."""
     if is_stale(state, heartbeat):
         return HeartbeatOutcome(state, stale=True)
 

@@ -1,4 +1,4 @@
-"""When the next rebalance fires (PROTOCOL.md section 3, rule 5).
+"""When the next rebalance fires (docs/protocol.md section 3, rule 5).
 
 A client keeps its server for at least ``min_reuse_s`` plus jitter, and for
 longer in big clusters so that the fleet as a whole opens at most

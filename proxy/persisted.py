@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.address import Address, InvalidAddressError, parse_address
-from proxy.state import ProxyState, with_members
+from rpcproxy.proxy.address import Address, InvalidAddressError, parse_address
+from rpcproxy.proxy.state import ProxyState, with_members
 
 FORMAT_VERSION = 1
 

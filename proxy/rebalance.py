@@ -1,4 +1,4 @@
-"""Rebalancing as plan -> ping -> reconcile (PROTOCOL.md section 3).
+"""Rebalancing as plan -> ping -> reconcile (docs/protocol.md section 3).
 
 The network step sits between two pure ones, so the proxy's writer never
 waits on a ping: it plans, hands the candidates to a pinger, and reconciles
@@ -11,8 +11,8 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from proxy.address import Address
-from proxy.state import ProxyState, members_of
+from rpcproxy.proxy.address import Address
+from rpcproxy.proxy.state import ProxyState, members_of
 
 
 @dataclass(frozen=True, slots=True)

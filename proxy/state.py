@@ -6,7 +6,7 @@ backups (or both), each once: :func:`with_members` is the single place that
 restores that invariant after the membership changes, so no operation can
 forget it.
 
-Lists can hold thousands of servers (up to ``max_servers``, PROTOCOL.md
+Lists can hold thousands of servers (up to ``max_servers``, docs/protocol.md
 section 8) and an :class:`Address` hashes and compares in Python, so a state
 carries sets of its lists (see :class:`_Index`): membership tests are O(1),
 and an add copies tuples and sets in C instead of rehashing every server.
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from proxy.address import Address
+from rpcproxy.proxy.address import Address
 
 _EMPTY_SEQS: Mapping[str, int] = MappingProxyType({})
 

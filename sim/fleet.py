@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy import (
+from rpcproxy.proxy import (
     Address,
     ProxyState,
     RebalanceTiming,

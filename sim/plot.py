@@ -6,7 +6,7 @@ the rest of the CLI work without it; only asking for a plot needs it.
 
 from __future__ import annotations
 
-from sim.fleet import BUCKET_S, FleetResult
+from rpcproxy.sim.fleet import BUCKET_S, FleetResult
 
 
 class PlotUnavailableError(RuntimeError):

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import pykka
 
-from actors import ProxyActor, Snapshot, SnapshotBox
-from proxy import Address, Heartbeat, HeartbeatServer, parse_address
+from rpcproxy.actors import ProxyActor, Snapshot, SnapshotBox
+from rpcproxy.proxy import Address, Heartbeat, HeartbeatServer, parse_address
 
 T = TypeVar("T")
 

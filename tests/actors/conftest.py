@@ -10,8 +10,8 @@ from typing import Any, Protocol
 import pykka
 import pytest
 
-from actors import ProxyActor, ProxySettings
-from proxy import Address, LocalIdentity, RebalanceTiming
+from rpcproxy.actors import ProxyActor, ProxySettings
+from rpcproxy.proxy import Address, LocalIdentity, RebalanceTiming
 
 from ._fakes import GATE_TIMEOUT, TIMEOUT, FakePinger, Harness, RecordingBox, start_recorder
 

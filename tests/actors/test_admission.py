@@ -1,6 +1,6 @@
 """Writes from the query socket are admitted only while the actor keeps up.
 
-PROTOCOL.md section 8: when the proxy is behind, a write is answered
+docs/protocol.md section 8: when the proxy is behind, a write is answered
 ``unavailable`` rather than queued without end. The actor here is a stand-in
 that holds every write until the test releases it, so "behind" is exact.
 """
@@ -15,8 +15,8 @@ import pykka
 import pytest
 import zmq
 
-from actors import AddPrimary, AddResult, ApplyHeartbeat, HeartbeatResult, SnapshotBox
-from bus.query import QueryServer
+from rpcproxy.actors import AddPrimary, AddResult, ApplyHeartbeat, HeartbeatResult, SnapshotBox
+from rpcproxy.bus.query import QueryServer
 from tests.waiting import poll_until
 
 from ._fakes import TIMEOUT

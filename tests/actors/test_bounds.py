@@ -1,4 +1,4 @@
-"""ProxyActor and ``max_servers`` (PROTOCOL.md section 8): refusals change nothing."""
+"""ProxyActor and ``max_servers`` (docs/protocol.md section 8): refusals change nothing."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 import pykka
 import pytest
 
-from actors import AddPrimary, AddResult, ProxyActor, ProxySettings, Refused, SetBackups
-from proxy import ProxyState, add_primary
+from rpcproxy.actors import AddPrimary, AddResult, ProxyActor, ProxySettings, Refused, SetBackups
+from rpcproxy.proxy import ProxyState, add_primary
 
 from ._fakes import TIMEOUT, FakePinger, Harness, RecordingBox, addr
 

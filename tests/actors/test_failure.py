@@ -16,8 +16,15 @@ from typing import Any
 import pykka
 import pytest
 
-import actors.proxy_actor as proxy_actor_module
-from actors import NotifyFailed, PingerActor, ProxyActor, Rebalance, RebalanceResult, TimerActor
+import rpcproxy.actors.proxy_actor as proxy_actor_module
+from rpcproxy.actors import (
+    NotifyFailed,
+    PingerActor,
+    ProxyActor,
+    Rebalance,
+    RebalanceResult,
+    TimerActor,
+)
 from tests.waiting import poll_until
 
 from ._fakes import GATE_TIMEOUT, TIMEOUT, A, B

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from actors import ApplyHeartbeat, ApplyHeartbeats
+from rpcproxy.actors import ApplyHeartbeat, ApplyHeartbeats
 
 from ._fakes import TIMEOUT, A, B, hb
 from .conftest import StartProxy

@@ -1,6 +1,6 @@
 """HeartbeatListener conflates: one batch in the mailbox at a time, the latest per publisher.
 
-PROTOCOL.md section 2, "Heartbeats are state": the actor here is a recorder
+docs/protocol.md section 2, "Heartbeats are state": the actor here is a recorder
 that never says it is done with a batch; the test does, so "the proxy is
 behind" is exact. Real PUB/SUB sockets carry the heartbeats.
 """
@@ -15,7 +15,7 @@ import pykka
 import pytest
 import zmq
 
-from bus.heartbeats import HeartbeatListener
+from rpcproxy.bus.heartbeats import HeartbeatListener
 from tests.waiting import poll_until
 
 from ._fakes import TIMEOUT, Inbox, Recorder, received, start_recorder

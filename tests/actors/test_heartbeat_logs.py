@@ -1,7 +1,7 @@
 """What ProxyActor logs because of a heartbeat stays a few lines.
 
 A peer decides what a heartbeat holds, so what the actor writes to the log
-because of one must stay a few lines (PROTOCOL.md section 8), however many
+because of one must stay a few lines (docs/protocol.md section 8), however many
 entries are wrong or new.
 """
 
@@ -11,8 +11,8 @@ import logging
 
 import pytest
 
-from actors import ApplyHeartbeat
-from proxy import Heartbeat, HeartbeatServer
+from rpcproxy.actors import ApplyHeartbeat
+from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
 from ._fakes import A, FakeClock, hb
 from .conftest import StartProxy

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from actors import (
+from rpcproxy.actors import (
     ActiveServerChanged,
     AddPrimary,
     ApplyHeartbeat,
@@ -16,7 +16,7 @@ from actors import (
     ResetRebalanceTimer,
     SetBackups,
 )
-from actors.messages import Reply
+from rpcproxy.actors.messages import Reply
 
 from ._fakes import A, B, C, D, E, F, Harness, hb
 from .conftest import StartProxy

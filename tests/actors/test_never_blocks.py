@@ -7,7 +7,7 @@ import time
 import pykka
 import pytest
 
-from actors import (
+from rpcproxy.actors import (
     AddPrimary,
     AddResult,
     ApplyHeartbeat,

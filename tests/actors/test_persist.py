@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import AddPrimary, ApplyHeartbeat, ProxyActor, ProxySettings, SetBackups
-from actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
-from proxy import LocalIdentity, ProxyState, add_primary, check_invariant, set_backups
-from proxy.persisted import from_document, to_document
+from rpcproxy.actors import AddPrimary, ApplyHeartbeat, ProxyActor, ProxySettings, SetBackups
+from rpcproxy.actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
+from rpcproxy.proxy import LocalIdentity, ProxyState, add_primary, check_invariant, set_backups
+from rpcproxy.proxy.persisted import from_document, to_document
 from tests.waiting import poll_until
 
 from ._fakes import GATE_TIMEOUT, TIMEOUT, A, B, C, D, E, FakePinger, RecordingBox, hb
@@ -124,7 +124,7 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(
     def crash(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device (test)")
 
-    monkeypatch.setattr("actors.persist.os.replace", crash)
+    monkeypatch.setattr("rpcproxy.actors.persist.os.replace", crash)
     with pytest.raises(OSError, match="No space left"):
         store.save(primaries(B, C))
     assert on_disk(store.path) == to_document(primaries(A))
@@ -163,7 +163,7 @@ GARBAGE: dict[str, bytes] = {
 def test_load_of_garbage_is_none_with_a_warning(
     tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="actors.persist")
+    caplog.set_level(logging.WARNING, logger="rpcproxy.actors.persist")
     path = tmp_path / "state.json"
     path.write_bytes(content)
     assert StateFile(path).load() is None
@@ -187,7 +187,7 @@ def test_load_of_every_truncation_of_a_real_file_is_none(tmp_path: Path) -> None
 def test_load_of_a_directory_is_none_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="actors.persist")
+    caplog.set_level(logging.WARNING, logger="rpcproxy.actors.persist")
     path = tmp_path / "state.json"
     path.mkdir()
     assert StateFile(path).load() is None
@@ -325,7 +325,7 @@ def test_a_state_offered_before_the_persister_started_does_not_block_later_write
 def test_a_failing_save_is_logged_and_the_persister_survives(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="actors.persist")
+    caplog.set_level(logging.ERROR, logger="rpcproxy.actors.persist")
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the directory should be")
     store = StateFile(blocker / "state.json")
@@ -344,7 +344,7 @@ def test_a_failing_save_is_logged_and_the_persister_survives(
 def test_after_a_failed_save_the_same_state_is_tried_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="actors.persist")
+    caplog.set_level(logging.ERROR, logger="rpcproxy.actors.persist")
     store = GatedStore(tmp_path / "state.json")
     store.fail_next = 1
     ref, pending = start_persister(store)
@@ -457,7 +457,7 @@ def test_an_interrupted_save_leaves_a_temporary_that_remove_leftovers_removes(
         Path(src).rename(src + ".kept")
         raise Killed
 
-    monkeypatch.setattr("actors.persist.os.replace", killed)
+    monkeypatch.setattr("rpcproxy.actors.persist.os.replace", killed)
     with pytest.raises(Killed):
         store.save(primaries(B))
     (kept,) = tmp_path.glob("*.kept")
@@ -501,7 +501,7 @@ def test_remove_leftovers_touches_only_this_files_temporaries(tmp_path: Path) ->
 def test_remove_leftovers_in_a_missing_directory_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="actors.persist")
+    caplog.set_level(logging.WARNING, logger="rpcproxy.actors.persist")
     assert StateFile(tmp_path / "gone" / "state.json").remove_leftovers() == []
     assert "leftover" in caplog.text
 
@@ -549,10 +549,12 @@ def test_load_of_a_device_raises_instead_of_reading_without_end(tmp_path: Path) 
 def test_load_of_a_file_larger_than_any_state_starts_empty(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="actors.persist")
+    caplog.set_level(logging.WARNING, logger="rpcproxy.actors.persist")
     store = StateFile(tmp_path / "state.json")
     store.save(primaries(A, B, C))
-    monkeypatch.setattr("actors.persist.MAX_STATE_FILE_BYTES", store.path.stat().st_size - 1)
+    monkeypatch.setattr(
+        "rpcproxy.actors.persist.MAX_STATE_FILE_BYTES", store.path.stat().st_size - 1
+    )
 
     assert store.load() is None
     assert "larger than" in caplog.text and "starting empty" in caplog.text

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors import PingerActor
-from actors.messages import PingCandidates, PingResults
-from bus.ping import TcpPinger, WindowedPinger, ZmqPinger
-from proxy import Address
+from rpcproxy.actors import PingerActor
+from rpcproxy.actors.messages import PingCandidates, PingResults
+from rpcproxy.bus.ping import TcpPinger, WindowedPinger, ZmqPinger
+from rpcproxy.proxy import Address
 from tests.waiting import poll_until
 
 from ._fakes import TIMEOUT, A, B, C, FakePinger, received, start_recorder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pykka
 import pytest
 
-from actors import (
+from rpcproxy.actors import (
     AddPrimary,
     ApplyHeartbeat,
     NotifyFailed,
@@ -15,7 +15,7 @@ from actors import (
     SetBackups,
     TimerActor,
 )
-from proxy import Address
+from rpcproxy.proxy import Address
 
 from ._fakes import TIMEOUT, A, B, C, D, E, FakeClock, FakePinger, hb
 from .conftest import StartProxy

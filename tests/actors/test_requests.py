@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 
-from actors import (
+from rpcproxy.actors import (
     AddPrimary,
     AddResult,
     ApplyHeartbeat,
@@ -17,7 +17,7 @@ from actors import (
     ResetRebalanceTimer,
     SetBackups,
 )
-from proxy import Address
+from rpcproxy.proxy import Address
 
 from ._fakes import A, B, C, D, E, FakeClock, FixedRandom, hb
 from .conftest import StartProxy

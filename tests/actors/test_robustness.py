@@ -7,7 +7,7 @@ import logging
 import pykka
 import pytest
 
-from actors import (
+from rpcproxy.actors import (
     AddPrimary,
     AddResult,
     ApplyHeartbeat,
@@ -19,8 +19,8 @@ from actors import (
     RebalanceResult,
     TimerActor,
 )
-from actors.messages import PingResults, ScheduleTick
-from proxy import Heartbeat, HeartbeatServer
+from rpcproxy.actors.messages import PingResults, ScheduleTick
+from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
 from ._fakes import TIMEOUT, A, B, C, FakeClock, hb, received, start_recorder
 from .conftest import StartProxy

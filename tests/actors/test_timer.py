@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import pykka
 import pytest
 
-from actors import TimerActor
-from actors.messages import RebalanceTick, ScheduleTick
-from actors.timer import ThreadingScheduler
+from rpcproxy.actors import TimerActor
+from rpcproxy.actors.messages import RebalanceTick, ScheduleTick
+from rpcproxy.actors.timer import ThreadingScheduler
 
 from ._fakes import TIMEOUT, Inbox, Recorder, received, start_recorder
 

@@ -34,10 +34,10 @@ from typing import Final
 import pytest
 import zmq
 
-from bus.client import ProxyClient, ProxyError
-from bus.curve import CurveClient
-from bus.ping import ZmqPinger
-from proxy import parse_address
+from rpcproxy.bus.client import ProxyClient, ProxyError
+from rpcproxy.bus.curve import CurveClient
+from rpcproxy.bus.ping import ZmqPinger
+from rpcproxy.proxy import parse_address
 from tests.compose.chaos import CheckResult, Op, Outage, check_invariant
 from tests.compose.compose import SERVERS, ComposeProject, in_ci, wait_for
 

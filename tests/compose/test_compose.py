@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bus.client import ProxyClient, ProxyTimeoutError
-from bus.curve import CurveClient, create_key_pair, load_key_pair
+from rpcproxy.bus.client import ProxyClient, ProxyTimeoutError
+from rpcproxy.bus.curve import CurveClient, create_key_pair, load_key_pair
 from tests.compose.compose import (
     PROXY_PUBLIC_KEY,
     SERVERS,
@@ -244,7 +244,7 @@ def rpcproxy_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("rpcproxy")
-    return [found] if found else [sys.executable, "-m", "cli.main"]
+    return [found] if found else [sys.executable, "-m", "rpcproxy.cli.main"]
 
 
 def test_strangers_get_no_answer_and_cannot_publish(

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus.codec import (
+from rpcproxy.bus.codec import (
     ErrorCode,
     HeartbeatError,
     Request,
@@ -22,7 +22,7 @@ from bus.codec import (
     decode_request,
     encode_request_error,
 )
-from proxy import Heartbeat
+from rpcproxy.proxy import Heartbeat
 
 from ._strategies import (
     fuzz_settings,

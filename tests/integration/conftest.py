@@ -1,7 +1,7 @@
 """Fixtures that run the real ``rpcproxy serve`` and talk to it over real sockets.
 
 Everything here speaks the wire protocol with the independent ``msgpack``
-package, never with the product's codec, so the tests check PROTOCOL.md and
+package, never with the product's codec, so the tests check docs/protocol.md and
 not the codec's own idea of it. Waiting is always polling with a deadline or
 waiting on a socket; nothing sleeps blindly.
 """
@@ -26,7 +26,7 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
 
-from bus.standin import ServerStandIn
+from rpcproxy.bus.standin import ServerStandIn
 from tests.waiting import poll_until
 
 RPCPROXY = str(Path(sys.executable).parent / "rpcproxy")

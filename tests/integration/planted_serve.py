@@ -22,8 +22,8 @@ from typing import Any
 
 import pykka
 
-import actors.proxy_actor
-import cli.main
+import rpcproxy.actors.proxy_actor
+import rpcproxy.cli.main
 
 
 class Leftover(pykka.ThreadingActor):
@@ -45,16 +45,16 @@ def main(argv: list[str]) -> int:
     while argv and argv[0] in ("--plant", "--stop-budget"):
         option, value, argv = argv[0], argv[1], argv[2:]
         if option == "--stop-budget":
-            cli.main.STOP_BUDGET_S = float(value)
+            rpcproxy.cli.main.STOP_BUDGET_S = float(value)
         elif value == "notify-failed":
-            actors.proxy_actor.notify_failed = _bug  # type: ignore[assignment]
+            rpcproxy.actors.proxy_actor.notify_failed = _bug  # type: ignore[assignment]
         elif value == "leftover-actor":
             Leftover.start()
         elif value == "stuck-actor":
             Stuck.start().tell("block")
         else:
             raise SystemExit(f"planted_serve: unknown fault {value!r}")
-    return cli.main.main(argv)
+    return rpcproxy.cli.main.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``max_servers`` through the real ``rpcproxy serve`` (PROTOCOL.md section 8).
+"""``max_servers`` through the real ``rpcproxy serve`` (docs/protocol.md section 8).
 
 At most ``max_servers`` servers per heartbeat, per ``set_backup_servers``, and
 in the primary and backup lists together. Beyond it, a request gets

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from bus.client import ProxyClient, ProxyTimeoutError
-from bus.curve import CurveClient, create_key_pair
-from bus.publisher import HeartbeatPublisher
-from proxy import HeartbeatServer
+from rpcproxy.bus.client import ProxyClient, ProxyTimeoutError
+from rpcproxy.bus.curve import CurveClient, create_key_pair
+from rpcproxy.bus.publisher import HeartbeatPublisher
+from rpcproxy.proxy import HeartbeatServer
 from tests.integration.conftest import CTX, RPCPROXY, free_port, poll_until, tcp
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """Requests of too many frames get ``bad_request`` and change nothing (issue 9 row 12).
 
 A request is an envelope and one body; the proxy accepts up to 15 frames from
-a peer (16 with the routing id its ROUTER adds). Beyond that, PROTOCOL.md's
+a peer (16 with the routing id its ROUTER adds). Beyond that, docs/protocol.md's
 "every other bad input ... always gets an error reply" holds: the reply goes
 to the sender with an empty delimiter, as a REQ (or a DEALER that sent one)
 expects, and echoes none of the peer's frames (README, "Wire").

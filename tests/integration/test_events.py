@@ -1,4 +1,4 @@
-"""The events PUB socket (PROTOCOL.md section 5).
+"""The events PUB socket (docs/protocol.md section 5).
 
 "No event" is proven with a marker: events are published in the order of the
 changes, so when the next event received is the one of a later, known change,
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from bus.standin import ServerStandIn
+from rpcproxy.bus.standin import ServerStandIn
 from tests.integration.conftest import (
     EventSub,
     HeartbeatPub,

@@ -1,4 +1,4 @@
-"""Every exit path of the real ``rpcproxy serve`` ends the process (PROTOCOL.md section 8).
+"""Every exit path of the real ``rpcproxy serve`` ends the process (docs/protocol.md section 8).
 
 ``serve`` exits within 10 s of SIGINT or SIGTERM whatever it is doing (exit 0),
 and within 10 s of one of its parts dying (exit 1). pykka threads are not

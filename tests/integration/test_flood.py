@@ -1,6 +1,6 @@
 """A hostile but allowed publisher floods the real ``rpcproxy serve`` (issue 9 rows 1 and 2).
 
-PROTOCOL.md section 2: heartbeats are state, so a flood is conflated, not
+docs/protocol.md section 2: heartbeats are state, so a flood is conflated, not
 queued; memory stays bounded whatever the rate, queries and writes are still
 answered, the last heartbeat is applied soon after the flood ends, and
 SIGTERM still stops the process (section 8). Timings here are generous

@@ -1,4 +1,4 @@
-"""Heartbeats over real PUB/SUB sockets (PROTOCOL.md section 2).
+"""Heartbeats over real PUB/SUB sockets (docs/protocol.md section 2).
 
 Proving that a heartbeat was *dropped* needs a sentinel: messages of one PUB
 connection arrive in order, so once a later good heartbeat is visible, every

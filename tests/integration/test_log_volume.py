@@ -1,4 +1,4 @@
-"""What a peer sends cannot flood the log (issue 9 row 7, PROTOCOL.md section 8).
+"""What a peer sends cannot flood the log (issue 9 row 7, docs/protocol.md section 8).
 
 Garbage heartbeats and heartbeats full of invalid entries used to write a
 line each (a line per entry for the latter): megabytes a second. Now every

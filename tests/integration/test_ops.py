@@ -1,4 +1,4 @@
-"""Every op of PROTOCOL.md section 1 and every error code, over a raw REQ socket."""
+"""Every op of docs/protocol.md section 1 and every error code, over a raw REQ socket."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bus.standin import ServerStandIn
+from rpcproxy.bus.standin import ServerStandIn
 from tests.integration.conftest import (
     Serve,
     addrs,

@@ -1,4 +1,4 @@
-"""Pinging never delays anything else (PROTOCOL.md section 4; issue 9, rows 4, 5 and 9).
+"""Pinging never delays anything else (docs/protocol.md section 4; issue 9, rows 4, 5 and 9).
 
 A server name whose DNS lookup never ends is made real, not mocked: ``serve``
 runs in a private mount namespace (``unshare -m``) whose ``/etc/resolv.conf``
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.standin import ServerStandIn
+from rpcproxy.bus.standin import ServerStandIn
 from tests.integration.conftest import (
     RPCPROXY,
     NoReplyError,

@@ -20,11 +20,11 @@ from typing import Any
 import pykka
 import pytest
 
-import actors.proxy_actor
-from actors.persist import StateFile
-from cli.config import Config
-from cli.main import EXIT_FAILURE, EXIT_OK, supervise
-from cli.service import ProxyService
+import rpcproxy.actors.proxy_actor
+from rpcproxy.actors.persist import StateFile
+from rpcproxy.cli.config import Config
+from rpcproxy.cli.main import EXIT_FAILURE, EXIT_OK, supervise
+from rpcproxy.cli.service import ProxyService
 from tests.integration.conftest import RawClient, poll_until
 
 pytestmark = pytest.mark.integration
@@ -222,7 +222,7 @@ def test_a_crashing_proxy_actor_is_noticed_and_takes_its_children_with_it(
     def broken(*_args: object) -> object:
         raise RuntimeError("bug in notify_failed (test)")
 
-    monkeypatch.setattr(actors.proxy_actor, "notify_failed", broken)
+    monkeypatch.setattr(rpcproxy.actors.proxy_actor, "notify_failed", broken)
     timer, pinger = child(service, "rebalance timer"), child(service, "pinger")
     with RawClient(service.query_endpoint) as client:
         client.call("add_primary_server", addr="10.0.0.7")

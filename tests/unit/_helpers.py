@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from proxy import Address, ProxyState, add_primary, parse_address, set_backups
+from rpcproxy.proxy import Address, ProxyState, add_primary, parse_address, set_backups
 
 
 def addr(text: str) -> Address:

@@ -1,4 +1,4 @@
-"""Address parsing and the canonical form (PROTOCOL.md "Words")."""
+"""Address parsing and the canonical form (docs/protocol.md "Words")."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import DEFAULT_PORT, Address, InvalidAddressError, parse_address
+from rpcproxy.proxy import DEFAULT_PORT, Address, InvalidAddressError, parse_address
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_regression_non_ascii_host_rejected() -> None:
             parse_address(text)
 
 
-# Known defects of the reference (PROTOCOL.md, last section).
+# Known defects of the reference (docs/protocol.md, last section).
 
 
 def test_defect_raw_string_identity_default_port_is_same_server() -> None:

@@ -1,4 +1,4 @@
-"""ProxyClient against a scripted ROUTER on loopback (PROTOCOL.md section 1).
+"""ProxyClient against a scripted ROUTER on loopback (docs/protocol.md section 1).
 
 The fake proxy is raw pyzmq + msgpack in its own thread, so these tests check
 the client against the wire contract, not against our own codec. Nothing
@@ -17,7 +17,7 @@ import msgpack
 import pytest
 import zmq
 
-from bus.client import (
+from rpcproxy.bus.client import (
     AddResult,
     BadRequestError,
     ProtocolError,
@@ -32,7 +32,7 @@ from bus.client import (
     UnknownOpError,
     UnsupportedVersionError,
 )
-from proxy import HeartbeatServer
+from rpcproxy.proxy import HeartbeatServer
 
 WAIT_S = 5.0
 """Upper bound for anything the tests wait on; only reached when a test fails."""

@@ -1,4 +1,4 @@
-"""The MessagePack codec (PROTOCOL.md "Encoding", sections 1, 2 and 5).
+"""The MessagePack codec (docs/protocol.md "Encoding", sections 1, 2 and 5).
 
 Frames are built, and replies read back, with the independent ``msgpack``
 package: the tests speak MessagePack the way a non-Python client would, not
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bus.codec import (
+from rpcproxy.bus.codec import (
     NO_ID,
     OPS,
     READ_ONLY_OPS,
@@ -42,7 +42,7 @@ from bus.codec import (
     encode_request_error,
     server_obj,
 )
-from proxy import DEFAULT_MAX_SERVERS, Heartbeat, HeartbeatServer, parse_address
+from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Heartbeat, HeartbeatServer, parse_address
 
 
 def pack(obj: Any) -> bytes:
@@ -317,7 +317,7 @@ def _servers(count: int) -> list[dict[str, Any]]:
 
 
 def test_a_decoder_bounds_lists_by_its_max_servers() -> None:
-    # max_servers (PROTOCOL.md section 8) flows into the wire types: one more
+    # max_servers (docs/protocol.md section 8) flows into the wire types: one more
     # than it is bad_request (requests) or dropped whole (heartbeats, rule 1).
     decoder = Decoder(max_servers=3)
     backups = decoder.request(pack({"op": "set_backup_servers", "addrs": ["a", "b", "c"]}))

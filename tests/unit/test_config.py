@@ -1,5 +1,5 @@
 """Configuration: defaults, the three sources, precedence and validation
-(PROTOCOL.md section 6).
+(docs/protocol.md section 6).
 
 Every test passes its environment as a dict, so nothing here reads or changes
 the real ``os.environ``.
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cli.config import (
+from rpcproxy.cli.config import (
     KEYS,
     Config,
     ConfigError,
@@ -26,7 +26,7 @@ from cli.config import (
     config_reference_markdown,
     load_config,
 )
-from proxy import Address, parse_address
+from rpcproxy.proxy import Address, parse_address
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,7 +102,7 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "log_level": "info",
     "log_format": "text",
 }
-"""The PROTOCOL.md section 6 table, plus the operational keys."""
+"""The docs/protocol.md section 6 table, plus the operational keys."""
 
 
 def test_defaults_equal_the_protocol_table(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
-"""Heartbeat merge, rules 2-7 of PROTOCOL.md section 2 and publisher/seq staleness."""
+"""Heartbeat merge, rules 2-7 of docs/protocol.md section 2 and publisher/seq staleness."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy import (
+from rpcproxy.proxy import (
     Heartbeat,
     HeartbeatServer,
     LocalIdentity,
@@ -14,7 +14,7 @@ from proxy import (
     check_invariant,
     notify_failed,
 )
-from proxy.heartbeat import MAX_PUBLISHERS
+from rpcproxy.proxy.heartbeat import MAX_PUBLISHERS
 
 from ._helpers import addr, addrs, canon, with_backups, with_primaries
 

@@ -1,4 +1,4 @@
-"""The rebalance interval formula (PROTOCOL.md section 3, rule 5)."""
+"""The rebalance interval formula (docs/protocol.md section 3, rule 5)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import RebalanceTiming
+from rpcproxy.proxy import RebalanceTiming
 
 T = RebalanceTiming()
 ALMOST_ONE = math.nextafter(1.0, 0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from cli.service import MIN_LIBZMQ, libzmq_problem
+from rpcproxy.cli.service import MIN_LIBZMQ, libzmq_problem
 
 
 @pytest.mark.parametrize("version", [(4, 3, 2), (4, 3, 0), (4, 2, 5), (4, 1, 9), (3, 9, 9)])

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import (
+from rpcproxy.proxy import (
     Address,
     Heartbeat,
     HeartbeatServer,
@@ -35,7 +35,7 @@ from proxy import (
     remove_server,
     set_backups,
 )
-from proxy.persisted import FORMAT_VERSION, from_document, to_document
+from rpcproxy.proxy.persisted import FORMAT_VERSION, from_document, to_document
 
 LOCAL = LocalIdentity("dc1", rpc_major_version=1, rpc_minor_version=1)
 

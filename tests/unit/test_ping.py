@@ -27,7 +27,7 @@ import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus.ping import (
+from rpcproxy.bus.ping import (
     MAX_WINDOW,
     MIN_WINDOW,
     TcpPinger,
@@ -37,9 +37,9 @@ from bus.ping import (
     prefix_results,
     window_for,
 )
-from bus.resolve import Resolver
-from bus.standin import ServerStandIn
-from proxy.address import Address, parse_address
+from rpcproxy.bus.resolve import Resolver
+from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.proxy.address import Address, parse_address
 from tests.waiting import poll_until
 
 StandInFactory = Callable[..., ServerStandIn]
@@ -532,8 +532,8 @@ FD_LIMIT_SCRIPT = textwrap.dedent(
     """
     import resource, sys
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-    from bus.ping import TcpPinger, ZmqPinger
-    from proxy.address import Address, parse_address
+    from rpcproxy.bus.ping import TcpPinger, ZmqPinger
+    from rpcproxy.proxy.address import Address, parse_address
 
     kind, live, port, hung = sys.argv[1], parse_address(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     cands = [Address(f"127.1.{i // 250}.{i % 250 + 1}", port) for i in range(1100)]

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import (
+from rpcproxy.proxy import (
     Address,
     Heartbeat,
     HeartbeatServer,
@@ -32,7 +32,7 @@ from proxy import (
     remove_server,
     set_backups,
 )
-from proxy.heartbeat import is_stale
+from rpcproxy.proxy.heartbeat import is_stale
 
 LOCAL = LocalIdentity("dc1", rpc_major_version=1, rpc_minor_version=1)
 

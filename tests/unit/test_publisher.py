@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import zmq
 
-from bus.codec import decode_heartbeat
-from bus.curve import CurveClient, KeyPair
-from bus.publisher import HeartbeatPublisher
-from proxy import Heartbeat, HeartbeatServer
+from rpcproxy.bus.codec import decode_heartbeat
+from rpcproxy.bus.curve import CurveClient, KeyPair
+from rpcproxy.bus.publisher import HeartbeatPublisher
+from rpcproxy.proxy import Heartbeat, HeartbeatServer
 from tests.integration.conftest import free_port, port_is_free, tcp
 from tests.waiting import poll_until
 
@@ -184,7 +184,7 @@ def test_a_failing_server_list_skips_heartbeats_not_the_publisher(
 
     sub, endpoint = subscriber(bind="tcp://127.0.0.1:*")
     publisher = publishers(ctx, connect=[endpoint], servers=flaky)
-    with caplog.at_level(logging.WARNING, logger="bus.publisher"):
+    with caplog.at_level(logging.WARNING, logger="rpcproxy.bus.publisher"):
         publisher.start()
         _, beat = receive(sub)
     assert beat.servers == SERVERS

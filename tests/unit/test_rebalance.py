@@ -1,4 +1,4 @@
-"""Rebalancing as plan -> ping -> reconcile (PROTOCOL.md section 3)."""
+"""Rebalancing as plan -> ping -> reconcile (docs/protocol.md section 3)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from proxy import (
+from rpcproxy.proxy import (
     Address,
     ProxyState,
     RebalancePlan,

@@ -1,7 +1,7 @@
 """The fleet simulator (``sim/``) and ``rpcproxy simulate``.
 
 Small fleets with a fixed seed, so the suite stays fast and exact; the
-expected figures are the reference's, scaled down (PROTOCOL.md section 3).
+expected figures are the reference's, scaled down (docs/protocol.md section 3).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.simulate import add_simulate_parser, run_simulate
-from proxy import RebalanceTiming
-from sim import FleetConfig, FleetResult, simulate
-from sim.progress import ProgressBar, progress_bar
+from rpcproxy.cli.simulate import add_simulate_parser, run_simulate
+from rpcproxy.proxy import RebalanceTiming
+from rpcproxy.sim import FleetConfig, FleetResult, simulate
+from rpcproxy.sim.progress import ProgressBar, progress_bar
 
 N = 2_000
 SEED = 20240611

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from proxy import (
+from rpcproxy.proxy import (
     Address,
     ProxyState,
     TooManyServersError,
@@ -21,7 +21,7 @@ from proxy import (
     remove_server,
     set_backups,
 )
-from proxy.state import list_changes
+from rpcproxy.proxy.state import list_changes
 
 from ._helpers import addr, addrs, canon, server_names, with_backups, with_primaries
 
@@ -244,7 +244,7 @@ def test_check_invariant_detects_violations(bad: ProxyState) -> None:
         check_invariant(bad)
 
 
-# --- max_servers (PROTOCOL.md section 8) ----------------------------------------
+# --- max_servers (docs/protocol.md section 8) ----------------------------------------
 
 
 def test_add_primary_beyond_max_servers_is_refused() -> None:

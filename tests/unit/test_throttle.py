@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy import Throttle
+from rpcproxy.proxy import Throttle
 
 
 def test_defect_api_mismatch_throttle_once_per_key_per_interval() -> None:

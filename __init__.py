@@ -1,0 +1,53 @@
+"""rpcproxy: client-side Nomad server selection, as a service.
+
+This package is what a Python service imports to use a running proxy::
+
+    from rpcproxy import ProxyClient
+
+    with ProxyClient("tcp://127.0.0.1:4650") as client:
+        server = client.find_server()
+
+The service itself (``rpcproxy serve``) is built from the subpackages:
+:mod:`rpcproxy.proxy` (the pure domain), :mod:`rpcproxy.actors` (the one
+writer of its state) and :mod:`rpcproxy.bus` (its ZeroMQ transport, the
+client library and the stand-ins used by demos and tests).
+"""
+
+from rpcproxy.bus.client import (
+    DEFAULT_ENDPOINT,
+    AddResult,
+    BadRequestError,
+    ProtocolError,
+    ProxyClient,
+    ProxyError,
+    ProxyInvalidAddressError,
+    ProxyTimeoutError,
+    Publisher,
+    RebalanceResult,
+    Server,
+    Status,
+    UnavailableError,
+    UnknownOpError,
+    UnsupportedVersionError,
+)
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "AddResult",
+    "BadRequestError",
+    "ProtocolError",
+    "ProxyClient",
+    "ProxyError",
+    "ProxyInvalidAddressError",
+    "ProxyTimeoutError",
+    "Publisher",
+    "RebalanceResult",
+    "Server",
+    "Status",
+    "UnavailableError",
+    "UnknownOpError",
+    "UnsupportedVersionError",
+    "__version__",
+]
