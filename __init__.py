@@ -13,7 +13,7 @@ writer of its state) and :mod:`rpcproxy.bus` (its ZeroMQ transport, the
 client library and the stand-ins used by demos and tests).
 """
 
-from rpcproxy.bus.client import (
+from rpcproxy.bus.client.client import (
     DEFAULT_ENDPOINT,
     AddResult,
     BadRequestError,

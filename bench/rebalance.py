@@ -29,8 +29,8 @@ from pathlib import Path
 from common import CTX, Requester, Result, Spread, call, free_port, running_serve
 from lookup import drive
 
-from rpcproxy.bus.ping import ZmqPinger, window_for
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.service.ping import ZmqPinger, window_for
+from rpcproxy.bus.standins.standin import ServerStandIn
 
 PING_TIMEOUT_S = 0.5
 TARGET = 1.3

@@ -19,11 +19,11 @@ from typing import Any
 import msgspec
 import zmq
 
-from rpcproxy.bus.client import ProxyClient, ProxyError
-from rpcproxy.bus.events import EVENT_TOPIC
-from rpcproxy.bus.ping import ZmqPinger
-from rpcproxy.bus.publisher import HeartbeatPublisher
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.client.client import ProxyClient, ProxyError
+from rpcproxy.bus.service.events import EVENT_TOPIC
+from rpcproxy.bus.service.ping import ZmqPinger
+from rpcproxy.bus.standins.publisher import HeartbeatPublisher
+from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.cli.config import Config
 from rpcproxy.cli.service import ProxyService
 from rpcproxy.cli.status import CLEAR, render_status

@@ -22,12 +22,18 @@ from rpcproxy.actors import ProxyActor, ProxySettings, SnapshotBox
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.actors.metrics import Metrics, MetricsServer
 from rpcproxy.actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
-from rpcproxy.bus.codec import Decoder
-from rpcproxy.bus.curve import HEARTBEAT_DOMAIN, AllowList, CurveError, CurveServer, load_key_pair
-from rpcproxy.bus.events import EventPublisher
-from rpcproxy.bus.heartbeats import HeartbeatListener
-from rpcproxy.bus.ping import TcpPinger, WindowedPinger, ZmqPinger
-from rpcproxy.bus.query import QueryServer
+from rpcproxy.bus.service.codec import Decoder
+from rpcproxy.bus.service.curve import (
+    HEARTBEAT_DOMAIN,
+    AllowList,
+    CurveError,
+    CurveServer,
+    load_key_pair,
+)
+from rpcproxy.bus.service.events import EventPublisher
+from rpcproxy.bus.service.heartbeats import HeartbeatListener
+from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
+from rpcproxy.bus.service.query import QueryServer
 from rpcproxy.cli.config import Config, ConfigError
 from rpcproxy.proxy import LocalIdentity, ProxyState, RebalanceTiming
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import zmq
 
-from rpcproxy.bus.client import ProxyClient, ProxyError
-from rpcproxy.bus.curve import CurveClient, create_key_pair
-from rpcproxy.bus.ping import ZmqPinger
-from rpcproxy.bus.publisher import HeartbeatPublisher
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.client.client import ProxyClient, ProxyError
+from rpcproxy.bus.service.curve import CurveClient, create_key_pair
+from rpcproxy.bus.service.ping import ZmqPinger
+from rpcproxy.bus.standins.publisher import HeartbeatPublisher
+from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.proxy import HeartbeatServer, InvalidAddressError, parse_address
 
 

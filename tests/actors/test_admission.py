@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from rpcproxy.actors import AddPrimary, AddResult, ApplyHeartbeat, HeartbeatResult, SnapshotBox
-from rpcproxy.bus.query import QueryServer
+from rpcproxy.bus.service.query import QueryServer
 from tests.waiting import poll_until
 
 from ._fakes import TIMEOUT

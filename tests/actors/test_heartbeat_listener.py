@@ -15,7 +15,7 @@ import pykka
 import pytest
 import zmq
 
-from rpcproxy.bus.heartbeats import HeartbeatListener
+from rpcproxy.bus.service.heartbeats import HeartbeatListener
 from tests.waiting import poll_until
 
 from ._fakes import TIMEOUT, Inbox, Recorder, received, start_recorder

@@ -9,7 +9,7 @@ import pytest
 
 from rpcproxy.actors import PingerActor
 from rpcproxy.actors.messages import PingCandidates, PingResults
-from rpcproxy.bus.ping import TcpPinger, WindowedPinger, ZmqPinger
+from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
 from rpcproxy.proxy import Address
 from tests.waiting import poll_until
 

@@ -34,9 +34,9 @@ from typing import Final
 import pytest
 import zmq
 
-from rpcproxy.bus.client import ProxyClient, ProxyError
-from rpcproxy.bus.curve import CurveClient
-from rpcproxy.bus.ping import ZmqPinger
+from rpcproxy.bus.client.client import ProxyClient, ProxyError
+from rpcproxy.bus.service.curve import CurveClient
+from rpcproxy.bus.service.ping import ZmqPinger
 from rpcproxy.proxy import parse_address
 from tests.compose.chaos import CheckResult, Op, Outage, check_invariant
 from tests.compose.compose import SERVERS, ComposeProject, in_ci, wait_for

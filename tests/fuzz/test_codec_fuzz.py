@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpcproxy.bus.codec import (
+from rpcproxy.bus.service.codec import (
     ErrorCode,
     HeartbeatError,
     Request,

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpcproxy.bus.codec import HeartbeatError, decode_heartbeat
+from rpcproxy.bus.service.codec import HeartbeatError, decode_heartbeat
 from tests.integration.conftest import (
     HeartbeatPub,
     Serve,

@@ -26,7 +26,7 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
 
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.waiting import poll_until
 
 RPCPROXY = str(Path(sys.executable).parent / "rpcproxy")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.integration.conftest import (
     EventSub,
     HeartbeatPub,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.integration.conftest import (
     HeartbeatPub,
     Serve,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.integration.conftest import (
     Serve,
     addrs,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.integration.conftest import (
     RPCPROXY,
     NoReplyError,

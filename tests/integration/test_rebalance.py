@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.integration.conftest import EventSub, Serve, addrs, free_port, poll_until
 
 pytestmark = pytest.mark.integration

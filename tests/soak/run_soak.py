@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rpcproxy.bus.client import ProxyClient, ProxyError, ProxyTimeoutError  # noqa: E402
-from rpcproxy.bus.standin import ServerStandIn  # noqa: E402
+from rpcproxy.bus.client.client import ProxyClient, ProxyError, ProxyTimeoutError  # noqa: E402
+from rpcproxy.bus.standins.standin import ServerStandIn  # noqa: E402
 
 RPCPROXY = str(Path(sys.executable).parent / "rpcproxy")
 HEARTBEAT_PERIOD_S = 0.01

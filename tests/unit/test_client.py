@@ -17,7 +17,7 @@ import msgpack
 import pytest
 import zmq
 
-from rpcproxy.bus.client import (
+from rpcproxy.bus.client.client import (
     AddResult,
     BadRequestError,
     ProtocolError,
@@ -499,7 +499,8 @@ def test_a_silent_proxy_raises_timeout_after_every_try(
     assert info.value.code == "timeout"
     assert "3 tries" in info.value.message
     assert len(proxy.wait_for(3)) == 3
-    assert 0.3 <= elapsed < 3.0
+    # Three waits of 0.1 s; libzmq's poll may wake a fraction of a millisecond early.
+    assert 0.29 <= elapsed < 3.0
 
 
 def test_the_per_call_timeout_overrides_the_default(

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rpcproxy.bus.codec import (
+from rpcproxy.bus.service.codec import (
     NO_ID,
     OPS,
     READ_ONLY_OPS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rpcproxy.bus.conflate import Conflator, Offered
+from rpcproxy.bus.service.conflate import Conflator, Offered
 
 
 def test_a_newer_value_supersedes_the_pending_one_of_its_key() -> None:

@@ -27,7 +27,7 @@ import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpcproxy.bus.ping import (
+from rpcproxy.bus.service.ping import (
     MAX_WINDOW,
     MIN_WINDOW,
     TcpPinger,
@@ -37,8 +37,8 @@ from rpcproxy.bus.ping import (
     prefix_results,
     window_for,
 )
-from rpcproxy.bus.resolve import Resolver
-from rpcproxy.bus.standin import ServerStandIn
+from rpcproxy.bus.service.resolve import Resolver
+from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.proxy.address import Address, parse_address
 from tests.waiting import poll_until
 
@@ -532,7 +532,7 @@ FD_LIMIT_SCRIPT = textwrap.dedent(
     """
     import resource, sys
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-    from rpcproxy.bus.ping import TcpPinger, ZmqPinger
+    from rpcproxy.bus.service.ping import TcpPinger, ZmqPinger
     from rpcproxy.proxy.address import Address, parse_address
 
     kind, live, port, hung = sys.argv[1], parse_address(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import zmq
 
-from rpcproxy.bus.codec import decode_heartbeat
-from rpcproxy.bus.curve import CurveClient, KeyPair
-from rpcproxy.bus.publisher import HeartbeatPublisher
+from rpcproxy.bus.service.codec import decode_heartbeat
+from rpcproxy.bus.service.curve import CurveClient, KeyPair
+from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 from tests.integration.conftest import free_port, port_is_free, tcp
 from tests.waiting import poll_until
@@ -184,7 +184,7 @@ def test_a_failing_server_list_skips_heartbeats_not_the_publisher(
 
     sub, endpoint = subscriber(bind="tcp://127.0.0.1:*")
     publisher = publishers(ctx, connect=[endpoint], servers=flaky)
-    with caplog.at_level(logging.WARNING, logger="rpcproxy.bus.publisher"):
+    with caplog.at_level(logging.WARNING, logger="rpcproxy.bus.standins.publisher"):
         publisher.start()
         _, beat = receive(sub)
     assert beat.servers == SERVERS

@@ -15,7 +15,7 @@ import msgpack
 import pytest
 import zmq
 
-from rpcproxy.bus.standin import PingResponder, ServerStandIn
+from rpcproxy.bus.standins.standin import PingResponder, ServerStandIn
 from tests.integration.conftest import port_is_free, tcp
 from tests.waiting import poll_until
 

@@ -13,9 +13,9 @@ import pykka
 import zmq
 
 from rpcproxy.actors import ActiveServerChanged
-from rpcproxy.bus.codec import encode_event
-from rpcproxy.bus.curve import EVENTS_DOMAIN, CurveServer
-from rpcproxy.bus.loop import needs_ipv6
+from rpcproxy.bus.service.codec import encode_event
+from rpcproxy.bus.service.curve import EVENTS_DOMAIN, CurveServer
+from rpcproxy.bus.service.loop import needs_ipv6
 
 log = logging.getLogger(__name__)
 

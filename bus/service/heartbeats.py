@@ -44,10 +44,10 @@ import zmq
 from rpcproxy.actors import ApplyHeartbeats
 from rpcproxy.actors.log_gate import PeerLog
 from rpcproxy.actors.metrics import Metrics
-from rpcproxy.bus.codec import Decoder, HeartbeatError, peek_heartbeat
-from rpcproxy.bus.conflate import Conflator
-from rpcproxy.bus.curve import HEARTBEAT_DOMAIN, CurveServer
-from rpcproxy.bus.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.bus.service.codec import Decoder, HeartbeatError, peek_heartbeat
+from rpcproxy.bus.service.conflate import Conflator
+from rpcproxy.bus.service.curve import HEARTBEAT_DOMAIN, CurveServer
+from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.proxy import Heartbeat
 
 log = logging.getLogger(__name__)

@@ -48,8 +48,8 @@ from typing import Self, TypeAlias
 import msgspec
 import zmq
 
-from rpcproxy.bus.loop import Waker
-from rpcproxy.bus.resolve import (
+from rpcproxy.bus.service.loop import Waker
+from rpcproxy.bus.service.resolve import (
     DEFAULT_MAX_LOOKUPS,
     Endpoint,
     Lookup,

@@ -31,7 +31,7 @@ import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from rpcproxy.bus.loop import SocketThread
+from rpcproxy.bus.service.loop import SocketThread
 
 __all__ = ["PingResponder", "Responder", "ServerStandIn"]
 

@@ -37,8 +37,8 @@ from typing import Any, Final, NamedTuple, Self, TypeVar
 import msgspec
 import zmq
 
-from rpcproxy.bus.codec import PROTOCOL_VERSION, ErrorCode
-from rpcproxy.bus.curve import CurveClient
+from rpcproxy.bus.service.codec import PROTOCOL_VERSION, ErrorCode
+from rpcproxy.bus.service.curve import CurveClient
 from rpcproxy.proxy import HeartbeatServer
 
 __all__ = [

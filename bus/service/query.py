@@ -45,7 +45,7 @@ from rpcproxy.actors import (
 )
 from rpcproxy.actors.log_gate import PeerLog
 from rpcproxy.actors.metrics import Metrics
-from rpcproxy.bus.codec import (
+from rpcproxy.bus.service.codec import (
     NO_ID,
     AddPrimaryRequest,
     Decoder,
@@ -66,8 +66,8 @@ from rpcproxy.bus.codec import (
     encode_ok,
     server_obj,
 )
-from rpcproxy.bus.curve import QUERY_DOMAIN, CurveServer
-from rpcproxy.bus.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.bus.service.curve import QUERY_DOMAIN, CurveServer
+from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address
 
 log = logging.getLogger(__name__)
