@@ -13,7 +13,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
 import zmq
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -124,28 +122,13 @@ def machine_description() -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------
-# Addresses and MessagePack.
+# Addresses and MessagePack: the tests' own helpers (tests/helpers.py), one
+# copy for both, reached through the repository root as tests/soak does.
 
+if str(BENCH_DIR.parent) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR.parent))
 
-def free_port() -> int:
-    """A loopback TCP port nobody listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def tcp(port: int) -> str:
-    return f"tcp://127.0.0.1:{port}"
-
-
-def pack(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
-
-
-def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False)
+from tests.helpers import free_port, pack, tcp, unpack  # noqa: E402
 
 
 def request(endpoint: str, message: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import msgpack  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from tests.helpers import pack
+
 DEFAULT_TOTAL = 10_000
 TOTAL = int(os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES", DEFAULT_TOTAL))
 
@@ -273,11 +275,6 @@ def _request_maps(draw: st.DrawFn) -> dict[Any, Any]:
 
 
 request_maps: st.SearchStrategy[dict[Any, Any]] = _request_maps()
-
-
-def pack(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
 
 
 request_frames = request_maps.map(pack)

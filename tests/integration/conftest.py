@@ -9,11 +9,9 @@ waiting on a socket; nothing sleeps blindly.
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
 
 from rpcproxy.bus.standins.standin import ServerStandIn
+from tests.helpers import free_port, pack, tcp, unpack
 from tests.waiting import poll_until
 
 RPCPROXY = str(Path(sys.executable).parent / "rpcproxy")
@@ -44,41 +42,6 @@ _live: list[Serve] = []
 
 # --------------------------------------------------------------------------
 # Small helpers.
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a new listener could bind ``port`` now (as a restarted proxy would)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-            sock.listen(1)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return False
-            raise
-        return True
-
-
-def tcp(port: int) -> str:
-    return f"tcp://127.0.0.1:{port}"
-
-
-def pack(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
-
-
-def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 def addrs(servers: Sequence[Mapping[str, Any]]) -> list[str]:

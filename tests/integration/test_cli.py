@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import port_is_free
 from tests.integration.conftest import (
     RPCPROXY,
     RawClient,
@@ -21,7 +22,6 @@ from tests.integration.conftest import (
     free_port,
     hb_payload,
     hb_server,
-    port_is_free,
     run_rpcproxy,
     tcp,
 )

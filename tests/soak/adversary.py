@@ -34,7 +34,6 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import zmq
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.helpers import pack  # noqa: E402
 from tests.integration.conftest import (  # noqa: E402
     CTX,
     NoReplyError,
@@ -57,11 +57,6 @@ from tests.integration.flood import FIRST, server_list  # noqa: E402
 TOPIC = b"heartbeat/global"
 STOP_TIMEOUT_S = 10.0
 LOOKUP_TIMEOUT_S = 5.0
-
-
-def pack(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
 
 
 def rss_mib(pid: int) -> float:

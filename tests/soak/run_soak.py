@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,18 +36,12 @@ if str(ROOT) not in sys.path:
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError, ProxyTimeoutError  # noqa: E402
 from rpcproxy.bus.standins.standin import ServerStandIn  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 RPCPROXY = str(Path(sys.executable).parent / "rpcproxy")
 HEARTBEAT_PERIOD_S = 0.01
 REBALANCE_PERIOD_S = 1.0
 SAMPLE_PERIOD_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_kib(pid: int) -> int:

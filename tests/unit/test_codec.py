@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +19,6 @@ from rpcproxy.bus.service.codec import (
     READ_ONLY_OPS,
     AddPrimaryRequest,
     Decoder,
-    ErrorCode,
     FindServerRequest,
     HeartbeatError,
     HeartbeatRequest,
@@ -42,16 +40,9 @@ from rpcproxy.bus.service.codec import (
     encode_request_error,
     server_obj,
 )
+from rpcproxy.bus.wire import ErrorCode, Op
 from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Heartbeat, HeartbeatServer, parse_address
-
-
-def pack(obj: Any) -> bytes:
-    frame: bytes = msgpack.packb(obj, use_bin_type=True)
-    return frame
-
-
-def unpack(frame: bytes) -> Any:
-    return msgpack.unpackb(frame, raw=False, strict_map_key=False)
+from tests.helpers import pack, unpack
 
 
 def request_error(frame: bytes) -> RequestError:

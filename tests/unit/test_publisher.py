@@ -12,10 +12,10 @@ import pytest
 import zmq
 
 from rpcproxy.bus.service.codec import decode_heartbeat
-from rpcproxy.bus.service.curve import CurveClient, KeyPair
+from rpcproxy.bus.client.keys import CurveClient, KeyPair
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
-from tests.integration.conftest import free_port, port_is_free, tcp
+from tests.helpers import free_port, port_is_free, tcp
 from tests.waiting import poll_until
 
 SERVERS = (HeartbeatServer("10.0.0.1:4647", 1, 1, "dc1"),)

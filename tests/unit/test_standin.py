@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from rpcproxy.bus.standins.standin import PingResponder, ServerStandIn
-from tests.integration.conftest import port_is_free, tcp
+from tests.helpers import port_is_free, tcp
 from tests.waiting import poll_until
 
 PING = msgpack.packb({"op": "ping", "region": "global", "rpc_major_version": 1})
