@@ -17,6 +17,7 @@ from rpcproxy.bus.client.client import (
     DEFAULT_ENDPOINT,
     AddResult,
     BadRequestError,
+    HeartbeatEntry,
     ProtocolError,
     ProxyClient,
     ProxyError,
@@ -30,6 +31,7 @@ from rpcproxy.bus.client.client import (
     UnknownOpError,
     UnsupportedVersionError,
 )
+from rpcproxy.bus.client.keys import CurveClient, CurveError
 
 __version__ = "0.2.0"
 
@@ -37,6 +39,9 @@ __all__ = [
     "DEFAULT_ENDPOINT",
     "AddResult",
     "BadRequestError",
+    "CurveClient",
+    "CurveError",
+    "HeartbeatEntry",
     "ProtocolError",
     "ProxyClient",
     "ProxyError",

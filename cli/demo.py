@@ -20,10 +20,10 @@ import msgspec
 import zmq
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError
-from rpcproxy.bus.service.events import EVENT_TOPIC
 from rpcproxy.bus.service.ping import ZmqPinger
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.bus.standins.standin import ServerStandIn
+from rpcproxy.bus.wire import EVENT_TOPIC
 from rpcproxy.cli.config import Config
 from rpcproxy.cli.service import ProxyService
 from rpcproxy.cli.status import CLEAR, render_status

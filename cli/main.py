@@ -27,7 +27,7 @@ import zmq
 
 from rpcproxy import __version__
 from rpcproxy.actors.lifecycle import stop_within
-from rpcproxy.bus.service.curve import CurveClient, CurveError
+from rpcproxy.bus.client.keys import CurveClient, CurveError
 from rpcproxy.cli.config import ConfigError, add_config_arguments, load_config
 from rpcproxy.cli.demo import run_demo
 from rpcproxy.cli.logs import setup_logging

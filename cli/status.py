@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError, Status
-from rpcproxy.bus.service.curve import CurveClient
+from rpcproxy.bus.client.keys import CurveClient
 
 CLEAR = "\x1b[H\x1b[2J"
 """Cursor home and clear screen: redraw a live view in place."""

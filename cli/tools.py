@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError
-from rpcproxy.bus.service.curve import CurveClient, create_key_pair
+from rpcproxy.bus.client.keys import CurveClient, create_key_pair
 from rpcproxy.bus.service.ping import ZmqPinger
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.bus.standins.standin import ServerStandIn

@@ -30,21 +30,28 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
 import msgspec
 import zmq
 
-from rpcproxy.bus.service.codec import PROTOCOL_VERSION, ErrorCode
-from rpcproxy.bus.service.curve import CurveClient
-from rpcproxy.proxy import HeartbeatServer
+from rpcproxy.bus.client.keys import CurveClient
+from rpcproxy.bus.wire import (
+    DEFAULT_QUERY_ENDPOINT,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    HeartbeatEntry,
+    HeartbeatPayload,
+    Op,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
     "AddResult",
     "BadRequestError",
+    "HeartbeatEntry",
     "ProtocolError",
     "ProxyClient",
     "ProxyError",
@@ -59,7 +66,7 @@ __all__ = [
     "UnsupportedVersionError",
 ]
 
-DEFAULT_ENDPOINT: Final = "tcp://127.0.0.1:4650"
+DEFAULT_ENDPOINT: Final = DEFAULT_QUERY_ENDPOINT
 
 _T = TypeVar("_T")
 
@@ -72,7 +79,7 @@ class ProxyError(Exception):
     """Base of every error the client raises for a failed call.
 
     Attributes:
-        code: the proxy's error code (an :class:`~bus.codec.ErrorCode` value),
+        code: the proxy's error code (an :class:`~rpcproxy.bus.wire.ErrorCode` value),
             or ``"timeout"`` / ``"protocol_error"`` for failures seen only here.
         message: the human-readable reason.
     """
@@ -264,7 +271,7 @@ class ProxyClient:
         max_message_bytes: the largest reply accepted (ZeroMQ ``MAXMSGSIZE``);
             a bigger one drops the connection and shows up as a timeout.
         curve: the proxy's public key and this client's key pair, for a proxy
-            that runs with CURVE (see :mod:`bus.curve`).
+            that runs with CURVE (see :mod:`rpcproxy.bus.client.keys`).
 
     Raises:
         ValueError: ``timeout_s`` is not positive or ``retries`` is below 1.
@@ -320,19 +327,19 @@ class ProxyClient:
         No answer raises :class:`ProxyTimeoutError` rather than returning False,
         like every other call, so "down" and "said no" stay distinct.
         """
-        return self._call_as(_Pong, "ping", {}, timeout_s).pong
+        return self._call_as(_Pong, Op.PING, {}, timeout_s).pong
 
     def find_server(self) -> Server | None:
         """The active server, or None when the proxy knows no server."""
-        return self._call_as(_OneServer, "find_server", {}).server
+        return self._call_as(_OneServer, Op.FIND_SERVER, {}).server
 
     def servers(self) -> list[Server]:
         """The active list, active server first."""
-        return self._call_as(_ServerList, "servers", {}).servers
+        return self._call_as(_ServerList, Op.SERVERS, {}).servers
 
     def status(self) -> Status:
         """Everything at once: lists, leader, node count and the rebalance timer."""
-        return _convert(self.call("status"), Status)
+        return _convert(self._request(Op.STATUS, {}, None), Status)
 
     def notify_failed_server(self, addr: str) -> bool:
         """Report that an RPC to ``addr`` failed; True when it was rotated to the end.
@@ -340,7 +347,7 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return self._call_as(_Rotated, "notify_failed_server", {"addr": addr}).rotated
+        return self._call_as(_Rotated, Op.NOTIFY_FAILED_SERVER, {"addr": addr}).rotated
 
     def add_primary_server(self, addr: str) -> AddResult:
         """Add ``addr`` to the primaries; ``added`` is False when it was already known.
@@ -348,7 +355,7 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        reply = self._call_as(_Added, "add_primary_server", {"addr": addr})
+        reply = self._call_as(_Added, Op.ADD_PRIMARY_SERVER, {"addr": addr})
         return AddResult(reply.server, reply.added)
 
     def set_backup_servers(self, addrs: Sequence[str]) -> list[Server]:
@@ -358,7 +365,7 @@ class ProxyClient:
             ProxyInvalidAddressError: an address does not parse; nothing changed.
         """
         keys = {"addrs": list(addrs)}
-        return self._call_as(_ServerList, "set_backup_servers", keys).servers
+        return self._call_as(_ServerList, Op.SET_BACKUP_SERVERS, keys).servers
 
     def remove_server(self, addr: str) -> bool:
         """Drop ``addr`` from every list; True when it was known.
@@ -366,11 +373,11 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return self._call_as(_Removed, "remove_server", {"addr": addr}).removed
+        return self._call_as(_Removed, Op.REMOVE_SERVER, {"addr": addr}).removed
 
     def heartbeat(
         self,
-        servers: Iterable[HeartbeatServer | Mapping[str, Any]],
+        servers: Iterable[HeartbeatEntry | Mapping[str, Any]],
         *,
         num_nodes: int = 0,
         leader_rpc_addr: str = "",
@@ -379,19 +386,14 @@ class ProxyClient:
     ) -> bool:
         """Apply one heartbeat (docs/protocol.md section 2); True when membership changed.
 
-        ``servers`` holds :class:`proxy.HeartbeatServer` values or maps with the
-        same keys.
+        ``servers`` holds :class:`HeartbeatEntry` values or maps with the same
+        keys (sent as they are: the proxy checks them). ``publisher`` and
+        ``seq`` are left out when None.
         """
-        keys: dict[str, Any] = {
-            "servers": [_heartbeat_entry(s) for s in servers],
-            "num_nodes": num_nodes,
-            "leader_rpc_addr": leader_rpc_addr,
-        }
-        if publisher is not None:
-            keys["publisher"] = publisher
-        if seq is not None:
-            keys["seq"] = seq
-        return self._call_as(_Changed, "heartbeat", keys).changed
+        payload = HeartbeatPayload((), num_nodes, leader_rpc_addr, publisher, seq)
+        keys: dict[str, Any] = msgspec.to_builtins(payload)
+        keys["servers"] = [_heartbeat_entry(s) for s in servers]
+        return self._call_as(_Changed, Op.HEARTBEAT, keys).changed
 
     def rebalance(self, timeout_s: float | None = None) -> RebalanceResult:
         """Run one rebalance now and wait for it.
@@ -400,12 +402,12 @@ class ProxyClient:
             timeout_s: per-try wait; a rebalance pings servers, so it can take
                 up to the proxy's ``ping_timeout_s`` longer than other calls.
         """
-        reply = self._call_as(_Rebalanced, "rebalance", {}, timeout_s)
+        reply = self._call_as(_Rebalanced, Op.REBALANCE, {}, timeout_s)
         return RebalanceResult(reply.server, reply.healthy)
 
     def reset_rebalance_timer(self) -> float:
         """Restart the rebalance timer; returns the seconds until it fires."""
-        return self._call_as(_NextRebalance, "reset_rebalance_timer", {}).next_rebalance_s
+        return self._call_as(_NextRebalance, Op.RESET_REBALANCE_TIMER, {}).next_rebalance_s
 
     def call(self, op: str, /, *, timeout_s: float | None = None, **keys: Any) -> dict[str, Any]:
         """Send any op with ``keys`` and return the whole success reply.
@@ -503,7 +505,8 @@ def _convert(reply: Mapping[str, Any], shape: type[_T]) -> _T:
         raise ProtocolError(f"malformed reply: {exc}") from None
 
 
-def _heartbeat_entry(server: HeartbeatServer | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(server, HeartbeatServer):
-        return asdict(server)
+def _heartbeat_entry(server: HeartbeatEntry | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(server, HeartbeatEntry):
+        entry: dict[str, Any] = msgspec.to_builtins(server)
+        return entry
     return dict(server)

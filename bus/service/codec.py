@@ -15,16 +15,24 @@ without breaking an older proxy.
 
 from __future__ import annotations
 
-import enum
 import functools
 import operator
 import re
-from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, TypeVar, cast
+from typing import Annotated, Any, ClassVar, Final, Protocol, TypeAlias, TypeVar, cast
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from rpcproxy.bus.wire import (
+    PROTOCOL_VERSION,
+    ChangeReason,
+    ErrorCode,
+    HeartbeatEntry,
+    HeartbeatPayload,
+    Name,
+    Op,
+    Version,
+)
 from rpcproxy.proxy import (
     DEFAULT_MAX_SERVERS,
     Address,
@@ -35,14 +43,11 @@ from rpcproxy.proxy import (
 )
 
 __all__ = [
-    "MAX_NAME_LEN",
     "NO_ID",
     "OPS",
-    "PROTOCOL_VERSION",
     "READ_ONLY_OPS",
     "AddPrimaryRequest",
     "Decoder",
-    "ErrorCode",
     "FindServerRequest",
     "HeartbeatError",
     "HeartbeatRequest",
@@ -67,32 +72,8 @@ __all__ = [
     "server_obj",
 ]
 
-PROTOCOL_VERSION: Final = 1
-"""The only value of ``v`` this proxy accepts."""
-
-MAX_NAME_LEN: Final = 1024
-"""Longest datacenter, publisher or leader address string accepted.
-
-Server addresses themselves are not bounded here: :func:`proxy.parse_address`
-rejects long ones, and an address that does not parse must give
-``invalid_address`` (requests) or be skipped (heartbeat rule 3), not fail the
-whole message.
-"""
-
 NO_ID: Final = UNSET
 """The ``request_id`` of a request that carried no ``id`` (or none could be read)."""
-
-_Name = Annotated[str, Meta(max_length=MAX_NAME_LEN)]
-
-
-class ErrorCode(enum.StrEnum):
-    """The ``error.code`` values of docs/protocol.md's error table."""
-
-    BAD_REQUEST = "bad_request"
-    UNKNOWN_OP = "unknown_op"
-    INVALID_ADDRESS = "invalid_address"
-    UNSUPPORTED_VERSION = "unsupported_version"
-    UNAVAILABLE = "unavailable"
 
 
 class RequestError(Exception):
@@ -120,89 +101,172 @@ class HeartbeatError(ValueError):
 
 
 # --------------------------------------------------------------------------
-# Public request types: validated domain values plus the ``id`` to echo.
+# The ops. Each op is declared once, as a pair: its public request type
+# (validated domain values plus the ``id`` to echo), whose ``op`` is the
+# op's :class:`~rpcproxy.bus.wire.Op`, and right after it its wire type
+# (exactly the MessagePack map of docs/protocol.md section 1), tagged with
+# that same ``op``, whose ``request()`` converts it. The wire types form the
+# tagged union the fast path decodes in one step.
+
+
+class _Op(Struct, frozen=True, kw_only=True, tag_field="op"):
+    # Version (Literal[1]) makes any other ``v`` (2, True, "1", 1.0) fail the
+    # fast decode; the slow path then reports it as unsupported_version.
+    v: Version | UnsetType = UNSET
+    id: Any = UNSET
 
 
 class PingRequest(Struct, frozen=True):
     """``ping``: is the proxy alive."""
 
-    op: ClassVar[str] = "ping"
+    op: ClassVar[Op] = Op.PING
     id: Any = NO_ID
+
+
+class _PingWire(_Op, frozen=True, tag=PingRequest.op.value):
+    def request(self) -> PingRequest:
+        return PingRequest(self.id)
 
 
 class FindServerRequest(Struct, frozen=True):
     """``find_server``: the active server."""
 
-    op: ClassVar[str] = "find_server"
+    op: ClassVar[Op] = Op.FIND_SERVER
     id: Any = NO_ID
+
+
+class _FindServerWire(_Op, frozen=True, tag=FindServerRequest.op.value):
+    def request(self) -> FindServerRequest:
+        return FindServerRequest(self.id)
 
 
 class ServersRequest(Struct, frozen=True):
     """``servers``: the active list."""
 
-    op: ClassVar[str] = "servers"
+    op: ClassVar[Op] = Op.SERVERS
     id: Any = NO_ID
+
+
+class _ServersWire(_Op, frozen=True, tag=ServersRequest.op.value):
+    def request(self) -> ServersRequest:
+        return ServersRequest(self.id)
 
 
 class StatusRequest(Struct, frozen=True):
     """``status``: everything at once."""
 
-    op: ClassVar[str] = "status"
+    op: ClassVar[Op] = Op.STATUS
     id: Any = NO_ID
+
+
+class _StatusWire(_Op, frozen=True, tag=StatusRequest.op.value):
+    def request(self) -> StatusRequest:
+        return StatusRequest(self.id)
 
 
 class NotifyFailedRequest(Struct, frozen=True):
     """``notify_failed_server``: rotate ``addr`` away if it is the active server."""
 
-    op: ClassVar[str] = "notify_failed_server"
+    op: ClassVar[Op] = Op.NOTIFY_FAILED_SERVER
     addr: Address
     id: Any = NO_ID
+
+
+class _NotifyFailedWire(_Op, frozen=True, tag=NotifyFailedRequest.op.value):
+    addr: str
+
+    def request(self) -> NotifyFailedRequest:
+        return NotifyFailedRequest(_address(self.addr, self.id), self.id)
 
 
 class AddPrimaryRequest(Struct, frozen=True):
     """``add_primary_server``: add ``addr`` to the primaries."""
 
-    op: ClassVar[str] = "add_primary_server"
+    op: ClassVar[Op] = Op.ADD_PRIMARY_SERVER
     addr: Address
     id: Any = NO_ID
+
+
+class _AddPrimaryWire(_Op, frozen=True, tag=AddPrimaryRequest.op.value):
+    addr: str
+
+    def request(self) -> AddPrimaryRequest:
+        return AddPrimaryRequest(_address(self.addr, self.id), self.id)
 
 
 class SetBackupsRequest(Struct, frozen=True):
     """``set_backup_servers``: replace the backups with ``addrs``."""
 
-    op: ClassVar[str] = "set_backup_servers"
+    op: ClassVar[Op] = Op.SET_BACKUP_SERVERS
     addrs: tuple[Address, ...]
     id: Any = NO_ID
+
+
+class _SetBackupsWire(_Op, frozen=True, tag=SetBackupsRequest.op.value):
+    # Bounded by max_servers in the copy each Decoder makes.
+    addrs: tuple[str, ...]
+
+    def request(self) -> SetBackupsRequest:
+        addrs = tuple(_address(a, self.id, f"addrs[{i}]") for i, a in enumerate(self.addrs))
+        return SetBackupsRequest(addrs, self.id)
 
 
 class RemoveServerRequest(Struct, frozen=True):
     """``remove_server``: drop ``addr`` from every list."""
 
-    op: ClassVar[str] = "remove_server"
+    op: ClassVar[Op] = Op.REMOVE_SERVER
     addr: Address
     id: Any = NO_ID
+
+
+class _RemoveServerWire(_Op, frozen=True, tag=RemoveServerRequest.op.value):
+    addr: str
+
+    def request(self) -> RemoveServerRequest:
+        return RemoveServerRequest(_address(self.addr, self.id), self.id)
 
 
 class HeartbeatRequest(Struct, frozen=True):
     """``heartbeat``: apply one heartbeat as if it came from the heartbeat socket."""
 
-    op: ClassVar[str] = "heartbeat"
+    op: ClassVar[Op] = Op.HEARTBEAT
     heartbeat: Heartbeat
     id: Any = NO_ID
+
+
+class _HeartbeatOpWire(
+    HeartbeatPayload, frozen=True, kw_only=True, tag_field="op", tag=HeartbeatRequest.op.value
+):
+    # Section 2's payload keys plus the envelope's: the payload is the op's body.
+    v: Version | UnsetType = UNSET
+    id: Any = UNSET
+
+    def request(self) -> HeartbeatRequest:
+        return HeartbeatRequest(_to_heartbeat(self), self.id)
 
 
 class RebalanceRequest(Struct, frozen=True):
     """``rebalance``: run one rebalance now."""
 
-    op: ClassVar[str] = "rebalance"
+    op: ClassVar[Op] = Op.REBALANCE
     id: Any = NO_ID
+
+
+class _RebalanceWire(_Op, frozen=True, tag=RebalanceRequest.op.value):
+    def request(self) -> RebalanceRequest:
+        return RebalanceRequest(self.id)
 
 
 class ResetRebalanceTimerRequest(Struct, frozen=True):
     """``reset_rebalance_timer``: restart the timer at the minimum reuse duration."""
 
-    op: ClassVar[str] = "reset_rebalance_timer"
+    op: ClassVar[Op] = Op.RESET_REBALANCE_TIMER
     id: Any = NO_ID
+
+
+class _ResetRebalanceTimerWire(_Op, frozen=True, tag=ResetRebalanceTimerRequest.op.value):
+    def request(self) -> ResetRebalanceTimerRequest:
+        return ResetRebalanceTimerRequest(self.id)
 
 
 Request: TypeAlias = (
@@ -219,85 +283,35 @@ Request: TypeAlias = (
     | ResetRebalanceTimerRequest
 )
 
+
+class _WireRequest(Protocol):
+    """A decoded wire type: it converts itself to its public request."""
+
+    def request(self) -> Request: ...
+
+
+_WIRE_TYPES: Final[tuple[type[Struct], ...]] = (
+    _PingWire,
+    _FindServerWire,
+    _ServersWire,
+    _StatusWire,
+    _NotifyFailedWire,
+    _AddPrimaryWire,
+    _SetBackupsWire,
+    _RemoveServerWire,
+    _HeartbeatOpWire,
+    _RebalanceWire,
+    _ResetRebalanceTimerWire,
+)
+"""The tagged union of requests, one member per op."""
+
+OPS: Final[frozenset[Op]] = frozenset(Op(str(t.__struct_config__.tag)) for t in _WIRE_TYPES)
+"""Every op this proxy answers (all of :class:`~rpcproxy.bus.wire.Op`)."""
+
 READ_ONLY_OPS: Final[frozenset[type[Request]]] = frozenset(
     {PingRequest, FindServerRequest, ServersRequest, StatusRequest}
 )
 """Request types answered from the published snapshot, without the actor."""
-
-
-# --------------------------------------------------------------------------
-# Wire types: exactly the MessagePack maps of docs/protocol.md.
-
-
-class _HeartbeatServerWire(Struct, frozen=True):
-    rpc_advertise_addr: str
-    rpc_major_version: int
-    rpc_minor_version: int
-    datacenter: _Name
-
-
-class _HeartbeatWire(Struct, frozen=True):
-    """Section 2's payload table; shared by the SUB payload and the ``heartbeat`` op."""
-
-    # Bounded by max_servers in the copy each Decoder makes.
-    servers: tuple[_HeartbeatServerWire, ...]
-    num_nodes: Annotated[int, Meta(ge=0)]
-    leader_rpc_addr: _Name
-    publisher: _Name | None = None
-    seq: int | None = None
-
-
-class _Op(Struct, frozen=True, kw_only=True, tag_field="op"):
-    # Literal[1] makes any other ``v`` (2, True, "1", 1.0) fail the fast decode;
-    # the slow path then reports it as unsupported_version.
-    v: Literal[1] | UnsetType = UNSET
-    id: Any = UNSET
-
-
-class _PingWire(_Op, frozen=True, tag="ping"):
-    pass
-
-
-class _FindServerWire(_Op, frozen=True, tag="find_server"):
-    pass
-
-
-class _ServersWire(_Op, frozen=True, tag="servers"):
-    pass
-
-
-class _StatusWire(_Op, frozen=True, tag="status"):
-    pass
-
-
-class _NotifyFailedWire(_Op, frozen=True, tag="notify_failed_server"):
-    addr: str
-
-
-class _AddPrimaryWire(_Op, frozen=True, tag="add_primary_server"):
-    addr: str
-
-
-class _SetBackupsWire(_Op, frozen=True, tag="set_backup_servers"):
-    # Bounded by max_servers in the copy each Decoder makes.
-    addrs: tuple[str, ...]
-
-
-class _RemoveServerWire(_Op, frozen=True, tag="remove_server"):
-    addr: str
-
-
-class _HeartbeatOpWire(_HeartbeatWire, frozen=True, kw_only=True, tag_field="op", tag="heartbeat"):
-    v: Literal[1] | UnsetType = UNSET
-    id: Any = UNSET
-
-
-class _RebalanceWire(_Op, frozen=True, tag="rebalance"):
-    pass
-
-
-class _ResetRebalanceTimerWire(_Op, frozen=True, tag="reset_rebalance_timer"):
-    pass
 
 
 class _Envelope(Struct, frozen=True):
@@ -320,7 +334,7 @@ def _address(text: str, request_id: Any, where: str | None = None) -> Address:
         raise RequestError(ErrorCode.INVALID_ADDRESS, message, request_id) from None
 
 
-def _to_heartbeat(wire: _HeartbeatWire) -> Heartbeat:
+def _to_heartbeat(wire: HeartbeatPayload) -> Heartbeat:
     servers = tuple(
         HeartbeatServer(
             s.rpc_advertise_addr, s.rpc_major_version, s.rpc_minor_version, s.datacenter
@@ -328,33 +342,6 @@ def _to_heartbeat(wire: _HeartbeatWire) -> Heartbeat:
         for s in wire.servers
     )
     return Heartbeat(servers, wire.num_nodes, wire.leader_rpc_addr, wire.publisher, wire.seq)
-
-
-def _convert_set_backups(wire: _SetBackupsWire) -> SetBackupsRequest:
-    addrs = tuple(_address(a, wire.id, f"addrs[{i}]") for i, a in enumerate(wire.addrs))
-    return SetBackupsRequest(addrs, wire.id)
-
-
-def _convert_heartbeat(wire: _HeartbeatOpWire) -> HeartbeatRequest:
-    return HeartbeatRequest(_to_heartbeat(wire), wire.id)
-
-
-_CONVERTERS: Final[dict[type[Any], Callable[[Any], Request]]] = {
-    _PingWire: lambda w: PingRequest(w.id),
-    _FindServerWire: lambda w: FindServerRequest(w.id),
-    _ServersWire: lambda w: ServersRequest(w.id),
-    _StatusWire: lambda w: StatusRequest(w.id),
-    _NotifyFailedWire: lambda w: NotifyFailedRequest(_address(w.addr, w.id), w.id),
-    _AddPrimaryWire: lambda w: AddPrimaryRequest(_address(w.addr, w.id), w.id),
-    _SetBackupsWire: _convert_set_backups,
-    _RemoveServerWire: lambda w: RemoveServerRequest(_address(w.addr, w.id), w.id),
-    _HeartbeatOpWire: _convert_heartbeat,
-    _RebalanceWire: lambda w: RebalanceRequest(w.id),
-    _ResetRebalanceTimerWire: lambda w: ResetRebalanceTimerRequest(w.id),
-}
-
-OPS: Final[frozenset[str]] = frozenset({t.__struct_config__.tag for t in _CONVERTERS})
-"""Every op name this proxy answers."""
 
 
 # --------------------------------------------------------------------------
@@ -365,8 +352,10 @@ _ENVELOPE_DECODER: Final = msgspec.msgpack.Decoder(_Envelope)
 _S = TypeVar("_S", bound=Struct)
 
 
-def _bounded(base: type[_S], tag: str | None = None, **fields: Any) -> type[_S]:
+def _bounded(base: type[_S], **fields: Any) -> type[_S]:
     """A subclass of ``base`` with ``fields`` retyped, read under the same tag."""
+    # A subclass would be tagged with its class name: give it the base's tag.
+    tag = base.__struct_config__.tag
     options: dict[str, Any] = {} if tag is None else {"tag": tag}
     made = msgspec.defstruct(
         base.__name__,
@@ -399,16 +388,17 @@ class Decoder:
         if max_servers < 1:
             raise ValueError(f"max_servers must be at least 1, got {max_servers}")
         self.max_servers = max_servers
-        servers = Annotated[tuple[_HeartbeatServerWire, ...], Meta(max_length=max_servers)]
+        servers = Annotated[tuple[HeartbeatEntry, ...], Meta(max_length=max_servers)]
         addrs = Annotated[tuple[str, ...], Meta(max_length=max_servers)]
         bounded: dict[type[Any], type[Any]] = {
-            _SetBackupsWire: _bounded(_SetBackupsWire, "set_backup_servers", addrs=addrs),
-            _HeartbeatOpWire: _bounded(_HeartbeatOpWire, "heartbeat", servers=servers),
+            _SetBackupsWire: _bounded(_SetBackupsWire, addrs=addrs),
+            _HeartbeatOpWire: _bounded(_HeartbeatOpWire, servers=servers),
         }
-        self._converters = {bounded.get(t, t): convert for t, convert in _CONVERTERS.items()}
-        request_type = functools.reduce(operator.or_, self._converters)
-        self._requests = msgspec.msgpack.Decoder(request_type)
-        self._heartbeats = msgspec.msgpack.Decoder(_bounded(_HeartbeatWire, servers=servers))
+        request_type = functools.reduce(operator.or_, (bounded.get(t, t) for t in _WIRE_TYPES))
+        self._requests: msgspec.msgpack.Decoder[_WireRequest] = msgspec.msgpack.Decoder(
+            request_type
+        )
+        self._heartbeats = msgspec.msgpack.Decoder(_bounded(HeartbeatPayload, servers=servers))
 
     def request(self, frame: bytes) -> Request:
         """Decode and validate one query-socket request.
@@ -429,7 +419,7 @@ class Decoder:
             wire = self._requests.decode(frame)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise _classify(frame, exc) from None
-        return self._converters[type(wire)](wire)
+        return wire.request()
 
     def heartbeat(self, payload: bytes) -> Heartbeat:
         """Decode and validate a heartbeat payload (docs/protocol.md section 2).
@@ -460,7 +450,7 @@ _DEFAULT_DECODER: Final = Decoder()
 class _HeartbeatKeyWire(Struct, frozen=True):
     """The two keys of a heartbeat that say which pending one it supersedes."""
 
-    publisher: _Name | None = None
+    publisher: Name | None = None
     seq: int | None = None
 
 
@@ -645,7 +635,7 @@ def server_obj(addr: Address | None) -> dict[str, str] | None:
     return None if addr is None else {"addr": addr.canonical}
 
 
-def encode_event(server: Address | None, reason: str) -> bytes:
+def encode_event(server: Address | None, reason: ChangeReason) -> bytes:
     """The events socket's payload ``{"server": server or nil, "reason": reason}``."""
     return _ENCODER.encode({"server": server_obj(server), "reason": reason})
 
@@ -653,24 +643,15 @@ def encode_event(server: Address | None, reason: str) -> bytes:
 def encode_heartbeat(heartbeat: Heartbeat) -> bytes:
     """A heartbeat payload that :func:`decode_heartbeat` reads back to an equal value.
 
-    ``publisher`` and ``seq`` are left out when None rather than sent as nil,
-    so that strict readers of the table see only keys they know.
+    ``publisher`` and ``seq`` are left out when None rather than sent as nil
+    (:class:`~rpcproxy.bus.wire.HeartbeatPayload` omits defaults), so that
+    strict readers of the table see only keys they know.
     """
-    payload: dict[str, Any] = {
-        "servers": [
-            {
-                "rpc_advertise_addr": s.rpc_advertise_addr,
-                "rpc_major_version": s.rpc_major_version,
-                "rpc_minor_version": s.rpc_minor_version,
-                "datacenter": s.datacenter,
-            }
-            for s in heartbeat.servers
-        ],
-        "num_nodes": heartbeat.num_nodes,
-        "leader_rpc_addr": heartbeat.leader_rpc_addr,
-    }
-    if heartbeat.publisher is not None:
-        payload["publisher"] = heartbeat.publisher
-    if heartbeat.seq is not None:
-        payload["seq"] = heartbeat.seq
+    servers = tuple(
+        HeartbeatEntry(s.rpc_advertise_addr, s.rpc_major_version, s.rpc_minor_version, s.datacenter)
+        for s in heartbeat.servers
+    )
+    payload = HeartbeatPayload(
+        servers, heartbeat.num_nodes, heartbeat.leader_rpc_addr, heartbeat.publisher, heartbeat.seq
+    )
     return _ENCODER.encode(payload)

@@ -9,7 +9,9 @@ socket (ZAP domain) and logged, rate-limited per domain: a stranger can try
 a fresh key every time, so a limit per key would bound nothing.
 
 Keys are ``zmq.auth`` certificate files, as ``rpcproxy keygen`` writes them:
-``NAME.key`` (public) and ``NAME.key_secret`` (public and secret).
+``NAME.key`` (public) and ``NAME.key_secret`` (public and secret). Reading
+them is shared with the client library (:mod:`rpcproxy.bus.client.keys`,
+which also holds the client's side, ``CurveClient``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,51 +29,24 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from rpcproxy.actors.log_gate import LogGate, PeerLog
+from rpcproxy.bus.client.keys import CurveError, KeyPair, load_key_pair
+
+__all__ = [
+    "EVENTS_DOMAIN",
+    "HEARTBEAT_DOMAIN",
+    "QUERY_DOMAIN",
+    "AllowList",
+    "CurveError",
+    "CurveServer",
+    "KeyPair",
+    "load_key_pair",
+]
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_DOMAIN = "heartbeat"
 QUERY_DOMAIN = "query"
 EVENTS_DOMAIN = "events"
-
-
-class CurveError(ValueError):
-    """A key file or directory that cannot be used; the message says which."""
-
-
-@dataclass(frozen=True, slots=True)
-class KeyPair:
-    """A CURVE key pair in Z85 text form."""
-
-    public: bytes
-    secret: bytes
-
-
-def load_key_pair(path: str | Path) -> KeyPair:
-    """Read a ``.key_secret`` certificate (it holds both keys)."""
-    try:
-        public, secret = zmq.auth.load_certificate(str(path))
-    except (OSError, ValueError) as exc:
-        raise CurveError(f"cannot read CURVE certificate {path}: {exc}") from None
-    if secret is None:
-        raise CurveError(f"{path} holds no secret key (use the .key_secret file)")
-    return KeyPair(public, secret)
-
-
-def load_public_key(path: str | Path) -> bytes:
-    """Read the public key of a ``.key`` (or ``.key_secret``) certificate."""
-    try:
-        public, _ = zmq.auth.load_certificate(str(path))
-    except (OSError, ValueError) as exc:
-        raise CurveError(f"cannot read CURVE certificate {path}: {exc}") from None
-    return public
-
-
-def create_key_pair(directory: str | Path, name: str) -> tuple[Path, Path]:
-    """Write ``NAME.key`` and ``NAME.key_secret`` into ``directory``; return both paths."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(directory), name)
-    return Path(public), Path(secret)
 
 
 class AllowList:
@@ -159,21 +133,3 @@ class CurveServer:
         sock.curve_secretkey = self.keys.secret
         sock.curve_publickey = self.keys.public
         sock.curve_server = True
-
-
-@dataclass(frozen=True, slots=True)
-class CurveClient:
-    """A peer's side of CURVE: the proxy's public key and the peer's own pair."""
-
-    server_public: bytes
-    keys: KeyPair
-
-    @classmethod
-    def from_files(cls, server_key_file: str | Path, cert_file: str | Path) -> CurveClient:
-        return cls(load_public_key(server_key_file), load_key_pair(cert_file))
-
-    def secure(self, sock: zmq.Socket[Any]) -> None:
-        """Make ``sock`` a CURVE client of the proxy; set before connecting."""
-        sock.curve_serverkey = self.server_public
-        sock.curve_publickey = self.keys.public
-        sock.curve_secretkey = self.keys.secret

@@ -16,11 +16,9 @@ from rpcproxy.actors import ActiveServerChanged
 from rpcproxy.bus.service.codec import encode_event
 from rpcproxy.bus.service.curve import EVENTS_DOMAIN, CurveServer
 from rpcproxy.bus.service.loop import needs_ipv6
+from rpcproxy.bus.wire import EVENT_TOPIC
 
 log = logging.getLogger(__name__)
-
-EVENT_TOPIC = b"event/active_server"
-
 
 class EventPublisher(pykka.ThreadingActor):
     """Publishes every change of the active server on ``endpoint``."""

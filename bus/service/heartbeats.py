@@ -48,6 +48,7 @@ from rpcproxy.bus.service.codec import Decoder, HeartbeatError, peek_heartbeat
 from rpcproxy.bus.service.conflate import Conflator
 from rpcproxy.bus.service.curve import HEARTBEAT_DOMAIN, CurveServer
 from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.bus.wire import heartbeat_topic
 from rpcproxy.proxy import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,6 @@ during a flood of 4096-server heartbeats is about halved from a factor of 1)."""
 
 _MAX_READ = 256
 """Messages read per wake-up, so the stop pipe is looked at between bursts."""
-
-
-def heartbeat_topic(region: str) -> bytes:
-    """The topic publishers send a region's heartbeats on."""
-    return f"heartbeat/{region}".encode()
 
 
 class HeartbeatListener(SocketThread):

@@ -49,7 +49,6 @@ from rpcproxy.bus.service.codec import (
     NO_ID,
     AddPrimaryRequest,
     Decoder,
-    ErrorCode,
     FindServerRequest,
     HeartbeatRequest,
     NotifyFailedRequest,
@@ -68,6 +67,7 @@ from rpcproxy.bus.service.codec import (
 )
 from rpcproxy.bus.service.curve import QUERY_DOMAIN, CurveServer
 from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.bus.wire import ErrorCode
 from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address
 
 log = logging.getLogger(__name__)

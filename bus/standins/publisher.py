@@ -15,10 +15,10 @@ from typing import Any
 
 import zmq
 
+from rpcproxy.bus.client.keys import CurveClient
 from rpcproxy.bus.service.codec import encode_heartbeat
-from rpcproxy.bus.service.curve import CurveClient
-from rpcproxy.bus.service.heartbeats import heartbeat_topic
 from rpcproxy.bus.service.loop import SocketThread, needs_ipv6
+from rpcproxy.bus.wire import heartbeat_topic
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError
-from rpcproxy.bus.service.curve import CurveClient
+from rpcproxy.bus.client.keys import CurveClient
 from tests.waiting import poll_until
 
 REPO: Final = Path(__file__).resolve().parents[2]

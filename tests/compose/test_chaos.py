@@ -35,7 +35,7 @@ import pytest
 import zmq
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError
-from rpcproxy.bus.service.curve import CurveClient
+from rpcproxy.bus.client.keys import CurveClient
 from rpcproxy.bus.service.ping import ZmqPinger
 from rpcproxy.proxy import parse_address
 from tests.compose.chaos import CheckResult, Op, Outage, check_invariant

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyTimeoutError
-from rpcproxy.bus.service.curve import CurveClient, create_key_pair, load_key_pair
+from rpcproxy.bus.client.keys import CurveClient, create_key_pair, load_key_pair
 from tests.compose.compose import (
     PROXY_PUBLIC_KEY,
     SERVERS,

@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rpcproxy.bus.service.codec import (
-    ErrorCode,
     HeartbeatError,
     Request,
     RequestError,
@@ -22,6 +21,7 @@ from rpcproxy.bus.service.codec import (
     decode_request,
     encode_request_error,
 )
+from rpcproxy.bus.wire import ErrorCode
 from rpcproxy.proxy import Heartbeat
 
 from ._strategies import (

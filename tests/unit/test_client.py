@@ -20,6 +20,7 @@ import zmq
 from rpcproxy.bus.client.client import (
     AddResult,
     BadRequestError,
+    HeartbeatEntry,
     ProtocolError,
     ProxyClient,
     ProxyError,
@@ -32,7 +33,6 @@ from rpcproxy.bus.client.client import (
     UnknownOpError,
     UnsupportedVersionError,
 )
-from rpcproxy.proxy import HeartbeatServer
 
 WAIT_S = 5.0
 """Upper bound for anything the tests wait on; only reached when a test fails."""
@@ -279,7 +279,7 @@ def test_heartbeat_sends_the_section_2_keys(
     proxy, client = serve(replying(changed=True))
     changed = client.heartbeat(
         [
-            HeartbeatServer("10.0.0.1", 1, 1, "dc1"),
+            HeartbeatEntry("10.0.0.1", 1, 1, "dc1"),
             {
                 "rpc_advertise_addr": "10.0.0.2",
                 "rpc_major_version": 1,

@@ -185,6 +185,23 @@ def test_ops_and_read_only_ops() -> None:
     assert {PingRequest, FindServerRequest, ServersRequest, StatusRequest} == READ_ONLY_OPS
 
 
+_OP_KEYS: dict[str, dict[str, Any]] = {
+    "notify_failed_server": {"addr": "10.0.0.1:4647"},
+    "add_primary_server": {"addr": "10.0.0.1:4647"},
+    "set_backup_servers": {"addrs": ["10.0.0.1:4647"]},
+    "remove_server": {"addr": "10.0.0.1:4647"},
+    "heartbeat": {"servers": [], "num_nodes": 1, "leader_rpc_addr": ""},
+}
+"""The keys an op needs besides ``op``; ops not listed need none."""
+
+
+def test_every_op_of_the_wire_vocabulary_is_answered_by_its_own_request_type() -> None:
+    assert set(Op) == OPS
+    decoded = {op: decode_request(pack({"op": op.value, **_OP_KEYS.get(op, {})})) for op in Op}
+    assert {op: request.op for op, request in decoded.items()} == {op: op for op in Op}
+    assert len({type(request) for request in decoded.values()}) == len(Op)
+
+
 # --------------------------------------------------------------------------
 # Every kind of bad input.
 

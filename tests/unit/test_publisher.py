@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import zmq
 
-from rpcproxy.bus.service.codec import decode_heartbeat
 from rpcproxy.bus.client.keys import CurveClient, KeyPair
+from rpcproxy.bus.service.codec import decode_heartbeat
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 from tests.helpers import free_port, port_is_free, tcp
