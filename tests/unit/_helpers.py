@@ -4,7 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from rpcproxy.proxy import Address, ProxyState, add_primary, parse_address, set_backups
+from rpcproxy.proxy import (
+    Address,
+    LocalIdentity,
+    ProxyState,
+    add_primary,
+    parse_address,
+    set_backups,
+)
+
+LOCAL = LocalIdentity("dc1", rpc_major_version=1, rpc_minor_version=1)
+"""The proxy's own identity in these tests: datacenter dc1, RPC API 1.1."""
+
+SPELLINGS = [
+    "10.0.0.1",
+    "10.0.0.1:4647",
+    "10.0.0.2:4647",
+    "10.0.0.2:4648",
+    "[::1]",
+    "[0:0::1]:4647",
+    "[2001:db8::7]:9000",
+    "A.nomad",
+    "a.nomad:4647",
+    "b.nomad",
+    "B.nomad:4647",
+    "c.nomad:4648",
+    "d.nomad",
+]
+"""Valid addresses, several spellings per server (default port, IPv6 zeros, case)."""
+POOL: list[Address] = list(dict.fromkeys(parse_address(s) for s in SPELLINGS))
+"""The distinct servers SPELLINGS names, in order."""
 
 
 def addr(text: str) -> Address:

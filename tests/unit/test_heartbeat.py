@@ -16,9 +16,7 @@ from rpcproxy.proxy import (
 )
 from rpcproxy.proxy.heartbeat import MAX_PUBLISHERS
 
-from ._helpers import addr, addrs, canon, with_backups, with_primaries
-
-LOCAL = LocalIdentity(datacenter="dc1", rpc_major_version=1, rpc_minor_version=1)
+from ._helpers import LOCAL, addr, addrs, canon, with_backups, with_primaries
 
 
 def srv(address: str, dc: str = "dc1", major: int = 1, minor: int = 1) -> HeartbeatServer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,17 +10,6 @@ import zmq
 
 from rpcproxy.bus.service.loop import SocketThread
 from tests.waiting import poll_until
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    # term() blocks while any socket is open, so a leaked socket fails here.
-    closer = threading.Thread(target=context.term, daemon=True)
-    closer.start()
-    closer.join(5)
-    assert not closer.is_alive(), "a ZeroMQ socket was left open"
 
 
 class Pair(SocketThread):

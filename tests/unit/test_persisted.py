@@ -18,10 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rpcproxy.proxy import (
-    Address,
     Heartbeat,
     HeartbeatServer,
-    LocalIdentity,
     ProxyState,
     add_primary,
     apply_heartbeat,
@@ -37,21 +35,8 @@ from rpcproxy.proxy import (
 )
 from rpcproxy.proxy.persisted import FORMAT_VERSION, from_document, to_document
 
-LOCAL = LocalIdentity("dc1", rpc_major_version=1, rpc_minor_version=1)
+from ._helpers import LOCAL, POOL, SPELLINGS
 
-SPELLINGS = [
-    "10.0.0.1",
-    "10.0.0.1:4647",
-    "10.0.0.2:4648",
-    "[::1]",
-    "[0:0::1]:4647",
-    "[2001:db8::7]:9000",
-    "a.nomad",
-    "B.nomad:4647",
-    "c.nomad:4648",
-    "d.nomad",
-]
-POOL: list[Address] = list(dict.fromkeys(parse_address(s) for s in SPELLINGS))
 pool_addr = st.sampled_from(POOL)
 
 heartbeats = st.builds(

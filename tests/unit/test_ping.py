@@ -47,18 +47,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    """The test's own context, for stand-ins and raw peers (pingers have their own)."""
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    # term() blocks while any socket is open, so a leaked socket fails here.
-    closer = threading.Thread(target=context.term, daemon=True)
-    closer.start()
-    closer.join(5)
-    assert not closer.is_alive(), "a ZeroMQ socket was left open"
-
-
-@pytest.fixture
 def standin(ctx: zmq.Context[Any]) -> Iterator[StandInFactory]:
     started: list[ServerStandIn] = []
 

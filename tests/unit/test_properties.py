@@ -18,7 +18,6 @@ from rpcproxy.proxy import (
     Address,
     Heartbeat,
     HeartbeatServer,
-    LocalIdentity,
     ProxyState,
     add_primary,
     apply_heartbeat,
@@ -34,23 +33,10 @@ from rpcproxy.proxy import (
 )
 from rpcproxy.proxy.heartbeat import is_stale
 
-LOCAL = LocalIdentity("dc1", rpc_major_version=1, rpc_minor_version=1)
+from ._helpers import LOCAL, POOL, SPELLINGS
 
-# Several spellings per server, plus addresses that do not parse.
-SPELLINGS = [
-    "10.0.0.1",
-    "10.0.0.1:4647",
-    "10.0.0.2:4647",
-    "[::1]",
-    "[0:0::1]:4647",
-    "A.nomad",
-    "a.nomad:4647",
-    "b.nomad",
-    "c.nomad:4648",
-    "d.nomad",
-]
+# Addresses that do not parse, beside the valid SPELLINGS.
 INVALID = ["bad:0", "300.1.1.1", "[::1"]
-POOL: list[Address] = list(dict.fromkeys(parse_address(s) for s in SPELLINGS))
 
 Op = tuple[Any, ...]
 

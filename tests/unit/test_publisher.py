@@ -23,17 +23,6 @@ Subscriber = Callable[..., tuple[zmq.Socket[bytes], str]]
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    # term() blocks while any socket is open, so a leaked socket fails here.
-    closer = threading.Thread(target=context.term, daemon=True)
-    closer.start()
-    closer.join(5)
-    assert not closer.is_alive(), "a ZeroMQ socket was left open"
-
-
-@pytest.fixture
 def publishers() -> Iterator[Callable[..., HeartbeatPublisher]]:
     """Publishers on a short interval, stopped after the test."""
     made: list[HeartbeatPublisher] = []

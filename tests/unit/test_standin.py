@@ -24,17 +24,6 @@ Client = Callable[[ServerStandIn], zmq.Socket[bytes]]
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    # term() blocks while any socket is open, so a leaked socket fails here.
-    closer = threading.Thread(target=context.term, daemon=True)
-    closer.start()
-    closer.join(5)
-    assert not closer.is_alive(), "a ZeroMQ socket was left open"
-
-
-@pytest.fixture
 def server(ctx: zmq.Context[Any]) -> Iterator[ServerStandIn]:
     standin = ServerStandIn(context=ctx, max_message_bytes=1024)
     standin.start()
