@@ -5,23 +5,107 @@ exactly once from the actor's thread after the new snapshot is published, so
 the caller's reply can never show an older state than its own write
 (read-your-writes). Callers that want a future pass ``future.set``; the query
 server passes a function that queues the answer and wakes its poller.
+
+Each request's ``reply`` is typed with what it is called with (``Reply[bool]``,
+``Reply[AddOutcome | Refused]`` ...), so the type checker holds every sender
+and every receiver of an answer to the same type: the query socket's encoder
+of an op must accept exactly what the op's message is answered with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Literal, TypeAlias, TypeVar, get_args
 
 from rpcproxy.proxy import Address, Heartbeat
 
-T = TypeVar("T")
-Reply = Callable[[Any], None]
-"""Called once with the operation's result (one of the *Result types below)."""
+R = TypeVar("R")
+
+Reply: TypeAlias = Callable[[R], None]
+"""Called once, on the actor's thread, with the request's result (``Reply[R]``)."""
 
 
 def no_reply(_: object) -> None:
     """The reply of fire-and-forget messages, such as heartbeats from the SUB socket."""
+
+
+# Vocabularies ---------------------------------------------------------------
+#
+# Literal types, like Mopidy's event names: a misspelt reason or result is a
+# type error where it is written, not a metrics series or event nobody reads.
+
+ChangeReason: TypeAlias = Literal["rebalance", "failed", "heartbeat", "added", "removed", "backup"]
+"""Why ProxyActor changed its state: the reasons of docs/protocol.md section 5.
+
+``rebalance``: a rebalance reordered the list; ``failed``: notify_failed_server;
+``heartbeat``: one heartbeat or one batch of them; ``added``: add_primary_server,
+or the servers configured or restored at start; ``removed``: remove_server;
+``backup``: set_backup_servers. The wire's reasons (``bus.wire.ChangeReason``)
+are these and ``refresh``, which the events publisher sends on its own and no
+state change ever causes. The two are separate definitions because actors may
+not import the transport nor the client library the actors (the layers), and
+``proxy`` knows nothing of why a change happened; ``bus/service/events.py``,
+which sees both, makes the type checker hold this one inside the wire's.
+"""
+
+RebalanceKind: TypeAlias = Literal["moved", "kept", "none_answered", "abandoned", "skipped"]
+"""How a rebalance ended (the ``result`` label of ``rpcproxy_rebalances``).
+
+``moved``: a new head; ``kept``: the same head answered first; ``none_answered``:
+nobody answered, the list is kept; ``abandoned``: the chosen head was removed
+while pinging; ``skipped``: fewer than two servers, nothing was pinged.
+"""
+
+HeartbeatKind: TypeAlias = Literal["applied", "stale"]
+"""What ProxyActor did with a heartbeat (the ``result`` label of ``rpcproxy_heartbeats``).
+
+``stale``: its publisher's seq was not newer than one already applied. The
+transport counts a third result under the same label, ``superseded`` (replaced
+by a newer one of its publisher before it reached this actor).
+"""
+
+CHANGE_REASONS: tuple[ChangeReason, ...] = get_args(ChangeReason)
+REBALANCE_KINDS: tuple[RebalanceKind, ...] = get_args(RebalanceKind)
+HEARTBEAT_KINDS: tuple[HeartbeatKind, ...] = get_args(HeartbeatKind)
+
+
+# Results --------------------------------------------------------------------
+#
+# Named ...Outcome: the client library's AddResult and RebalanceResult are
+# public API (``from rpcproxy import AddResult``) and mean the decoded reply.
+
+
+@dataclass(frozen=True, slots=True)
+class AddOutcome:
+    """What :class:`AddPrimary` did: ``added`` is False when it was a member already."""
+
+    server: Address
+    added: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The result of a write refused as bad input (a bound, docs/protocol.md section 8).
+
+    Nothing changed; the query socket answers ``bad_request`` with ``reason``.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    changed: bool
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RebalanceOutcome:
+    """``healthy`` is None when fewer than two servers meant nothing was pinged."""
+
+    server: Address | None
+    healthy: bool | None
 
 
 # Requests to ProxyActor ---------------------------------------------------
@@ -29,32 +113,38 @@ def no_reply(_: object) -> None:
 
 @dataclass(frozen=True, slots=True)
 class NotifyFailed:
+    """Answered whether the failed server was the head and so moved to the end."""
+
     addr: Address
-    reply: Reply = no_reply
+    reply: Reply[bool] = no_reply
 
 
 @dataclass(frozen=True, slots=True)
 class AddPrimary:
     addr: Address
-    reply: Reply = no_reply
+    reply: Reply[AddOutcome | Refused] = no_reply
 
 
 @dataclass(frozen=True, slots=True)
 class SetBackups:
+    """Answered the backup list as it now is, or :class:`Refused` beyond max_servers."""
+
     addrs: tuple[Address, ...]
-    reply: Reply = no_reply
+    reply: Reply[tuple[Address, ...] | Refused] = no_reply
 
 
 @dataclass(frozen=True, slots=True)
 class RemoveServer:
+    """Answered whether the server was a member (of either list)."""
+
     addr: Address
-    reply: Reply = no_reply
+    reply: Reply[bool] = no_reply
 
 
 @dataclass(frozen=True, slots=True)
 class ApplyHeartbeat:
     heartbeat: Heartbeat
-    reply: Reply = no_reply
+    reply: Reply[HeartbeatResult] = no_reply
 
 
 def _nothing() -> None:
@@ -80,45 +170,14 @@ class ApplyHeartbeats:
 
 @dataclass(frozen=True, slots=True)
 class Rebalance:
-    reply: Reply = no_reply
+    reply: Reply[RebalanceOutcome] = no_reply
 
 
 @dataclass(frozen=True, slots=True)
 class ResetRebalanceTimer:
-    reply: Reply = no_reply
+    """Answered the seconds until the rebalance it scheduled."""
 
-
-# Results ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AddResult:
-    server: Address
-    added: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """The result of a write refused as bad input (a bound, docs/protocol.md section 8).
-
-    Nothing changed; the query socket answers ``bad_request`` with ``reason``.
-    """
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatResult:
-    changed: bool
-    stale: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RebalanceResult:
-    """``healthy`` is None when fewer than two servers meant nothing was pinged."""
-
-    server: Address | None
-    healthy: bool | None
+    reply: Reply[float] = no_reply
 
 
 # Between actors -------------------------------------------------------------
@@ -157,4 +216,17 @@ class ActiveServerChanged:
     """To listeners: the active server changed, and why (docs/protocol.md section 5 reasons)."""
 
     server: Address | None
-    reason: str
+    reason: ChangeReason
+
+
+ProxyRequest: TypeAlias = (
+    NotifyFailed
+    | AddPrimary
+    | SetBackups
+    | RemoveServer
+    | ApplyHeartbeat
+    | ApplyHeartbeats
+    | Rebalance
+    | ResetRebalanceTimer
+)
+"""What other threads tell ProxyActor (its children tell it RebalanceTick and PingResults)."""

@@ -235,8 +235,9 @@ class PersistActor(pykka.ThreadingActor):
         self._pending.wake(self.actor_ref)
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Wake):
-            self._write_waiting()
+        if not isinstance(message, _Wake):
+            return super().on_receive(message)  # pykka's warning
+        self._write_waiting()
         return None
 
     def on_stop(self) -> None:

@@ -54,8 +54,7 @@ class PingerActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, PingCandidates):
-            log.warning("PingerActor: unexpected message %r", message)
-            return None
+            return super().on_receive(message)  # pykka's warning
         started = time.perf_counter()
         try:
             answered: Mapping[Address, bool] = dict(self._pinger(message.candidates))

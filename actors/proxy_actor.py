@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 
@@ -23,16 +23,18 @@ from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.actors.log_gate import PeerLog
 from rpcproxy.actors.messages import (
     ActiveServerChanged,
+    AddOutcome,
     AddPrimary,
-    AddResult,
     ApplyHeartbeat,
     ApplyHeartbeats,
+    ChangeReason,
     HeartbeatResult,
     NotifyFailed,
     PingCandidates,
     PingResults,
     Rebalance,
-    RebalanceResult,
+    RebalanceKind,
+    RebalanceOutcome,
     RebalanceTick,
     Refused,
     RemoveServer,
@@ -69,6 +71,8 @@ from rpcproxy.proxy import (
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
+
 CHILD_STOP_TIMEOUT_S = 3.0
 """How long stopping ProxyActor waits for its timer and pinger, together."""
 
@@ -92,7 +96,7 @@ class ProxySettings:
 class _Rebalancing:
     token: int
     plan: RebalancePlan
-    waiters: list[Reply]
+    waiters: list[Reply[RebalanceOutcome]]
 
 
 class ProxyActor(pykka.ThreadingActor):
@@ -193,7 +197,7 @@ class ProxyActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._stop_children()
-        self._answer_rebalance_waiters(RebalanceResult(self._state.head, None))
+        self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, None))
 
     def on_failure(
         self,
@@ -208,7 +212,7 @@ class ProxyActor(pykka.ThreadingActor):
         died. The rebalance waiters get their answer instead of a timeout.
         """
         self._stop_children()
-        self._answer_rebalance_waiters(RebalanceResult(self._state.head, None))
+        self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, None))
 
     def _stop_children(self) -> None:
         """Stop the timer and the pinger together, bounded; log one that will not."""
@@ -247,7 +251,7 @@ class ProxyActor(pykka.ThreadingActor):
                     _answer(reply, Refused(str(exc)))
                     return None
                 self._commit(state, "added")
-                _answer(reply, AddResult(addr, added))
+                _answer(reply, AddOutcome(addr, added))
             case SetBackups(addrs, reply):
                 try:
                     state = set_backups(self._state, addrs, max_servers=self._settings.max_servers)
@@ -285,7 +289,7 @@ class ProxyActor(pykka.ThreadingActor):
                 self._publish()
                 _answer(reply, delay)
             case _:
-                log.warning("ProxyActor: unexpected message %r", message)
+                return super().on_receive(message)  # pykka's warning
         return None
 
     def _merge_heartbeat(
@@ -354,7 +358,7 @@ class ProxyActor(pykka.ThreadingActor):
 
     # Rebalancing ------------------------------------------------------------------
 
-    def _start_rebalance(self, reply: Reply | None) -> None:
+    def _start_rebalance(self, reply: Reply[RebalanceOutcome] | None) -> None:
         if self._rebalancing is not None:
             # One rebalance at a time: later requests share the running one's result.
             if reply is not None:
@@ -367,7 +371,7 @@ class ProxyActor(pykka.ThreadingActor):
             self._restart_timer()
             self._publish()
             for waiter in waiters:
-                _answer(waiter, RebalanceResult(self._state.head, None))
+                _answer(waiter, RebalanceOutcome(self._state.head, None))
             return
         self._token += 1
         self._rebalancing = _Rebalancing(self._token, plan, waiters)
@@ -385,7 +389,7 @@ class ProxyActor(pykka.ThreadingActor):
                 len(pending.plan.candidates),
             )
             healthy = False
-            result = "none_answered"
+            result: RebalanceKind = "none_answered"
         else:
             before = self._state.head
             outcome = reconcile(self._state, pending.plan, head_index)
@@ -403,9 +407,9 @@ class ProxyActor(pykka.ThreadingActor):
         self._metrics.rebalances.labels(result).inc()
         self._restart_timer()
         self._publish()
-        self._answer_rebalance_waiters(RebalanceResult(self._state.head, healthy))
+        self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, healthy))
 
-    def _answer_rebalance_waiters(self, result: RebalanceResult) -> None:
+    def _answer_rebalance_waiters(self, result: RebalanceOutcome) -> None:
         pending, self._rebalancing = self._rebalancing, None
         for waiter in pending.waiters if pending else ():
             _answer(waiter, result)
@@ -424,7 +428,7 @@ class ProxyActor(pykka.ThreadingActor):
 
     # Publishing ---------------------------------------------------------------------
 
-    def _commit(self, state: ProxyState, reason: str) -> None:
+    def _commit(self, state: ProxyState, reason: ChangeReason) -> None:
         """Adopt ``state``, publish it, and announce a new active server."""
         if state is self._state:
             return
@@ -471,7 +475,7 @@ MEMBERSHIP_NAMES_SHOWN = 5
 """Servers named per side of a membership line; the rest are counted."""
 
 
-def _log_membership(before: ProxyState, after: ProxyState, reason: str) -> None:
+def _log_membership(before: ProxyState, after: ProxyState, reason: ChangeReason) -> None:
     """One line per change of the server lists, with its reason.
 
     Counts, and the first few names: a heartbeat may swap 4096 servers at
@@ -501,7 +505,7 @@ def _some(addrs: Sequence[Address]) -> str:
     return f"[{names} and {more} more]" if more > 0 else f"[{names}]"
 
 
-def _answer(reply: Reply, result: object) -> None:
+def _answer(reply: Reply[R], result: R) -> None:
     """Call a request's ``reply``; a broken one is logged, never fatal.
 
     The reply is the caller's code (a future, the query loop's queue). If it

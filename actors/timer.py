@@ -99,9 +99,9 @@ class TimerActor(pykka.ThreadingActor):
                     # The target is stopping and will stop us next.
                     log.debug("rebalance tick dropped: the target has stopped")
             case _Fire():
-                pass
+                pass  # Replaced before it fired (see the class docstring).
             case _:
-                log.warning("TimerActor: unexpected message %r", message)
+                return super().on_receive(message)  # pykka's warning
         return None
 
     def time_left(self) -> float:

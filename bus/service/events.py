@@ -12,13 +12,26 @@ from typing import Any
 import pykka
 import zmq
 
-from rpcproxy.actors import ActiveServerChanged
+from rpcproxy.actors import ActiveServerChanged, ChangeReason
+from rpcproxy.bus import wire
 from rpcproxy.bus.service.codec import encode_event
 from rpcproxy.bus.service.curve import EVENTS_DOMAIN, CurveServer
 from rpcproxy.bus.service.loop import needs_ipv6
 from rpcproxy.bus.wire import EVENT_TOPIC
 
 log = logging.getLogger(__name__)
+
+
+def _wire_reason(reason: ChangeReason) -> wire.ChangeReason:
+    """An actor's reason for a change, as the wire spells it: the same string.
+
+    The two Literals are defined apart (actors import no transport, and the
+    client library no actors); this is where the type checker holds every
+    reason a state change can have to one the wire knows (``refresh`` is the
+    wire's own, sent without a state change).
+    """
+    return reason
+
 
 class EventPublisher(pykka.ThreadingActor):
     """Publishes every change of the active server on ``endpoint``."""
@@ -58,8 +71,10 @@ class EventPublisher(pykka.ThreadingActor):
         return self.bound_endpoint
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, ActiveServerChanged) and self._pub is not None:
-            payload = encode_event(message.server, message.reason)
+        if not isinstance(message, ActiveServerChanged):
+            return super().on_receive(message)  # pykka's warning
+        if self._pub is not None:
+            payload = encode_event(message.server, _wire_reason(message.reason))
             # PUB never blocks: with no subscriber or a full queue it drops.
             self._pub.send_multipart([EVENT_TOPIC, payload])
         return None

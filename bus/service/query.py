@@ -17,6 +17,7 @@ ends the client's wait, not the message's place in the mailbox.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -24,21 +25,23 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import pykka
 import zmq
 
 from rpcproxy.actors import (
+    AddOutcome,
     AddPrimary,
-    AddResult,
     ApplyHeartbeat,
     HeartbeatResult,
     NotifyFailed,
+    ProxyRequest,
     Rebalance,
-    RebalanceResult,
+    RebalanceOutcome,
     Refused,
     RemoveServer,
+    Reply,
     ResetRebalanceTimer,
     SetBackups,
     SnapshotBox,
@@ -91,12 +94,61 @@ a million.
 """
 
 
+R = TypeVar("R")
+
+Encoded = Callable[[], dict[str, Any]]
+"""A result made ready to encode: called on this thread, never the actor's."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     envelope: list[bytes]
     request: Request
-    encode: Callable[[Any], dict[str, Any]]
     started: float
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp(Generic[R]):
+    """A state-changing op: the actor message it becomes, and how its result is encoded.
+
+    ``R`` is what the message's ``reply`` is called with, so the type checker
+    holds ``encode`` to the message: an encoder given another op's result is
+    a type error where the op is built (:func:`_write_op`). The reply also
+    accepts :class:`Refused`, which is answered ``bad_request`` and never
+    reaches an encoder.
+    """
+
+    make: Callable[[Reply[R | Refused]], ProxyRequest]
+    encode: Callable[[R], dict[str, Any]]
+
+    def message(self, deliver: Callable[[Refused | Encoded], None]) -> ProxyRequest:
+        """The message to tell the actor; its reply gives ``deliver`` the result.
+
+        The reply runs on the actor's thread, so it only pairs the result with
+        its encoder; ``deliver`` hands that over to the query thread, which
+        encodes it (a :class:`Refused` is passed as it is).
+        """
+        encode = self.encode
+
+        def reply(result: R | Refused) -> None:
+            deliver(result if isinstance(result, Refused) else functools.partial(encode, result))
+
+        return self.make(reply)
+
+
+AnyWriteOp: TypeAlias = (
+    WriteOp[bool]
+    | WriteOp[AddOutcome]
+    | WriteOp[tuple[Address, ...]]
+    | WriteOp[HeartbeatResult]
+    | WriteOp[RebalanceOutcome]
+    | WriteOp[float]
+)
+"""Every op's :class:`WriteOp`, by the result it is answered with.
+
+A union, not ``WriteOp[Any]``: an ``Any`` expected where an op is built
+would bind its ``R`` to ``Any`` and let any encoder through.
+"""
 
 
 def _servers(addrs: tuple[Address, ...]) -> list[dict[str, str] | None]:
@@ -107,24 +159,35 @@ def _age(at: float | None, now: float) -> float | None:
     return None if at is None else max(0.0, now - at)
 
 
-def _write_op(request: Request) -> tuple[Callable[[Any], Any], Callable[[Any], dict[str, Any]]]:
-    """The actor message factory and the reply encoder of a state-changing op."""
+def _write_op(request: Request) -> AnyWriteOp:
+    """The actor message factory and the reply encoder of a state-changing op.
+
+    Each op is built by :func:`_op`, which binds ``R`` from the encoder's
+    parameter and checks the message's ``reply`` against it.
+    """
     match request:
         case NotifyFailedRequest(addr=addr):
-            return (lambda r: NotifyFailed(addr, r)), lambda rotated: {"rotated": rotated}
+            return _op(lambda r: NotifyFailed(addr, r), _encode_rotated)
         case AddPrimaryRequest(addr=addr):
-            return (lambda r: AddPrimary(addr, r)), _encode_add
+            return _op(lambda r: AddPrimary(addr, r), _encode_add)
         case SetBackupsRequest(addrs=addrs):
-            return (lambda r: SetBackups(addrs, r)), lambda backups: {"servers": _servers(backups)}
+            return _op(lambda r: SetBackups(addrs, r), _encode_backups)
         case RemoveServerRequest(addr=addr):
-            return (lambda r: RemoveServer(addr, r)), lambda removed: {"removed": removed}
+            return _op(lambda r: RemoveServer(addr, r), _encode_removed)
         case HeartbeatRequest(heartbeat=heartbeat):
-            return (lambda r: ApplyHeartbeat(heartbeat, r)), _encode_heartbeat
+            return _op(lambda r: ApplyHeartbeat(heartbeat, r), _encode_heartbeat)
         case RebalanceRequest():
-            return Rebalance, _encode_rebalance
+            return _op(Rebalance, _encode_rebalance)
         case ResetRebalanceTimerRequest():
-            return ResetRebalanceTimer, lambda delay: {"next_rebalance_s": delay}
+            return _op(ResetRebalanceTimer, _encode_next_rebalance)
     raise TypeError(f"not a state-changing request: {request!r}")
+
+
+def _op(
+    make: Callable[[Reply[R | Refused]], ProxyRequest], encode: Callable[[R], dict[str, Any]]
+) -> WriteOp[R]:
+    """One op's :class:`WriteOp`, ``R`` bound here and nowhere else."""
+    return WriteOp(make, encode)
 
 
 def _weight(request: Request) -> int:
@@ -137,16 +200,35 @@ def _weight(request: Request) -> int:
     return 1
 
 
-def _encode_add(result: AddResult) -> dict[str, Any]:
+# The encoders: one per op, each typed with the result its message is answered.
+
+
+def _encode_rotated(rotated: bool) -> dict[str, Any]:
+    return {"rotated": rotated}
+
+
+def _encode_add(result: AddOutcome) -> dict[str, Any]:
     return {"server": server_obj(result.server), "added": result.added}
+
+
+def _encode_backups(backups: tuple[Address, ...]) -> dict[str, Any]:
+    return {"servers": _servers(backups)}
+
+
+def _encode_removed(removed: bool) -> dict[str, Any]:
+    return {"removed": removed}
 
 
 def _encode_heartbeat(result: HeartbeatResult) -> dict[str, Any]:
     return {"changed": result.changed, "stale": result.stale}
 
 
-def _encode_rebalance(result: RebalanceResult) -> dict[str, Any]:
+def _encode_rebalance(result: RebalanceOutcome) -> dict[str, Any]:
     return {"server": server_obj(result.server), "healthy": result.healthy}
+
+
+def _encode_next_rebalance(delay_s: float) -> dict[str, Any]:
+    return {"next_rebalance_s": delay_s}
 
 
 class QueryServer(SocketThread):
@@ -198,7 +280,7 @@ class QueryServer(SocketThread):
         self._op_timeout_s = op_timeout_s
         self._clock = clock
         self._waker = Waker()
-        self._replies: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[tuple[int, Refused | Encoded]] = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}
         # Writes the actor has not answered yet (token -> weight), including
         # those already answered "unavailable" after their deadline.
@@ -362,8 +444,8 @@ class QueryServer(SocketThread):
         )
 
     def _dispatch_write(self, envelope: list[bytes], request: Request, started: float) -> None:
-        make_message, encode = _write_op(request)
-        pending = _Pending(envelope, request, encode, started)
+        op = _write_op(request)
+        pending = _Pending(envelope, request, started)
         weight = _weight(request)
         if not self._admit(weight):
             self._send_error(
@@ -379,7 +461,7 @@ class QueryServer(SocketThread):
         self._in_flight_weight += weight
         heapq.heappush(self._deadlines, (self._clock() + self._op_timeout_s, token))
         try:
-            self._proxy.tell(make_message(lambda result: self._deliver(token, result)))
+            self._proxy.tell(op.message(functools.partial(self._deliver, token)))
         except pykka.ActorDeadError:
             del self._pending[token]
             self._settle(token)
@@ -411,7 +493,7 @@ class QueryServer(SocketThread):
         """The actor is done with a write: it no longer counts against admission."""
         self._in_flight_weight -= self._in_flight.pop(token, 0)
 
-    def _deliver(self, token: int, result: Any) -> None:
+    def _deliver(self, token: int, result: Refused | Encoded) -> None:
         """Runs on the actor's thread: hand the result over, never touch the socket.
 
         After teardown nobody reads the queue; the request was already
@@ -435,7 +517,7 @@ class QueryServer(SocketThread):
                 self._send_error(pending, ErrorCode.BAD_REQUEST, result.reason)
                 self._observe(ErrorCode.BAD_REQUEST.value, pending.started)
                 continue
-            self._send(pending.envelope, encode_ok(pending.request.id, **pending.encode(result)))
+            self._send(pending.envelope, encode_ok(pending.request.id, **result()))
             self._observe(pending.request.op, pending.started)
 
     def _send_error(self, pending: _Pending, code: ErrorCode, message: str) -> None:

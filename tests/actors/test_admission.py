@@ -15,7 +15,7 @@ import pykka
 import pytest
 import zmq
 
-from rpcproxy.actors import AddPrimary, AddResult, ApplyHeartbeat, HeartbeatResult, SnapshotBox
+from rpcproxy.actors import AddOutcome, AddPrimary, ApplyHeartbeat, HeartbeatResult, SnapshotBox
 from rpcproxy.bus.service.query import QueryServer
 from tests.waiting import poll_until
 
@@ -59,7 +59,7 @@ class HeldProxy(pykka.ThreadingActor):
         for message in held:
             match message:
                 case AddPrimary(addr, reply):
-                    reply(AddResult(addr, True))
+                    reply(AddOutcome(addr, True))
                 case ApplyHeartbeat(_, reply):
                     reply(HeartbeatResult(changed=True, stale=False))
         return len(held)

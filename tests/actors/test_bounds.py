@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pykka
 import pytest
 
-from rpcproxy.actors import AddPrimary, AddResult, ProxyActor, ProxySettings, Refused, SetBackups
+from rpcproxy.actors import AddOutcome, AddPrimary, ProxyActor, ProxySettings, Refused, SetBackups
 from rpcproxy.proxy import ProxyState, add_primary
 
 from ._fakes import TIMEOUT, FakePinger, Harness, RecordingBox, addr
@@ -35,7 +35,7 @@ def test_writes_beyond_max_servers_are_refused_and_change_nothing(
     start: Callable[[ProxySettings], Harness],
 ) -> None:
     h = start(ProxySettings(primary_servers=(A, B), max_servers=3))
-    assert h.request(lambda r: AddPrimary(C, r)) == AddResult(C, True)
+    assert h.request(lambda r: AddPrimary(C, r)) == AddOutcome(C, True)
     version = h.box.current.version
     refused = h.request(lambda r: AddPrimary(X, r))
     assert isinstance(refused, Refused) and "max_servers (3)" in refused.reason
@@ -46,7 +46,7 @@ def test_writes_beyond_max_servers_are_refused_and_change_nothing(
     assert h.state.active == h.state.primaries == (A, B, C)
     # Known servers still fit: as a backup, or added again.
     assert h.request(lambda r: SetBackups((C,), r)) == (C,)
-    assert h.request(lambda r: AddPrimary(A, r)) == AddResult(A, False)
+    assert h.request(lambda r: AddPrimary(A, r)) == AddOutcome(A, False)
 
 
 def test_a_restored_state_beyond_max_servers_is_kept_with_a_warning(

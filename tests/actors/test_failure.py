@@ -22,7 +22,7 @@ from rpcproxy.actors import (
     PingerActor,
     ProxyActor,
     Rebalance,
-    RebalanceResult,
+    RebalanceOutcome,
     TimerActor,
 )
 from tests.waiting import poll_until
@@ -81,7 +81,7 @@ def test_a_failure_during_a_rebalance_answers_its_waiters(
     assert h.ref.actor_stopped.wait(TIMEOUT)
     h.pinger.release()
 
-    assert pending.get(timeout=TIMEOUT) == RebalanceResult(A, None)
+    assert pending.get(timeout=TIMEOUT) == RebalanceOutcome(A, None)
     poll_until(nothing_left_running, GATE_TIMEOUT, what="every actor thread to end")
 
 

@@ -11,7 +11,7 @@ from rpcproxy.actors import (
     ApplyHeartbeat,
     NotifyFailed,
     Rebalance,
-    RebalanceResult,
+    RebalanceOutcome,
     RemoveServer,
     ResetRebalanceTimer,
     SetBackups,
@@ -21,7 +21,7 @@ from rpcproxy.actors.messages import Reply
 from ._fakes import A, B, C, D, E, F, Harness, hb
 from .conftest import StartProxy
 
-Step = Callable[[Reply], Any]
+Step = Callable[[Reply[Any]], Any]
 
 
 def check(h: Harness, step: Step, expected: list[ActiveServerChanged]) -> None:
@@ -56,15 +56,15 @@ def test_a_rebalance_that_moves_the_head_is_announced(start_proxy: StartProxy) -
     h = start_proxy(primaries=(A, B), live=(B,), listen=True)
     assert h.events() == [ActiveServerChanged(A, "added")]
 
-    assert h.request(Rebalance) == RebalanceResult(B, True)
+    assert h.request(Rebalance) == RebalanceOutcome(B, True)
     assert h.events()[1:] == [ActiveServerChanged(B, "rebalance")]
 
 
 def test_a_rebalance_that_keeps_the_head_is_silent(start_proxy: StartProxy) -> None:
     h = start_proxy(primaries=(A, B, C), live=(A,), listen=True)
 
-    assert h.request(Rebalance) == RebalanceResult(A, True)
-    assert h.request(Rebalance) == RebalanceResult(A, True)
+    assert h.request(Rebalance) == RebalanceOutcome(A, True)
+    assert h.request(Rebalance) == RebalanceOutcome(A, True)
 
     assert h.events() == [ActiveServerChanged(A, "added")]
 

@@ -8,13 +8,13 @@ import pykka
 import pytest
 
 from rpcproxy.actors import (
+    AddOutcome,
     AddPrimary,
-    AddResult,
     ApplyHeartbeat,
     HeartbeatResult,
     NotifyFailed,
     Rebalance,
-    RebalanceResult,
+    RebalanceOutcome,
     RemoveServer,
     ResetRebalanceTimer,
     SetBackups,
@@ -34,7 +34,7 @@ def test_requests_are_answered_while_a_ping_is_held(start_proxy: StartProxy) -> 
 
     started = time.monotonic()
     assert h.send(lambda r: NotifyFailed(A, r)).get(timeout=PROMPT) is True
-    assert h.send(lambda r: AddPrimary(D, r)).get(timeout=PROMPT) == AddResult(D, True)
+    assert h.send(lambda r: AddPrimary(D, r)).get(timeout=PROMPT) == AddOutcome(D, True)
     assert h.send(lambda r: SetBackups((E,), r)).get(timeout=PROMPT) == (E,)
     assert h.send(lambda r: RemoveServer(E, r)).get(timeout=PROMPT) is True
     assert h.send(
@@ -48,4 +48,4 @@ def test_requests_are_answered_while_a_ping_is_held(start_proxy: StartProxy) -> 
     with pytest.raises(pykka.Timeout):
         pending.get(timeout=0)
     h.pinger.release()
-    assert pending.get(timeout=TIMEOUT) == RebalanceResult(B, True)
+    assert pending.get(timeout=TIMEOUT) == RebalanceOutcome(B, True)

@@ -60,7 +60,7 @@ def test_unexpected_messages_are_logged_and_ignored(caplog: pytest.LogCaptureFix
 
     assert actor.is_alive()
     assert received(target, inbox) == [PingResults(3, {A: True})]
-    unexpected = [r for r in caplog.records if "unexpected message" in r.getMessage()]
+    unexpected = [r for r in caplog.records if "Unexpected message received by" in r.getMessage()]
     assert len(unexpected) == 2
 
 

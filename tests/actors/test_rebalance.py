@@ -10,7 +10,7 @@ from rpcproxy.actors import (
     ApplyHeartbeat,
     NotifyFailed,
     Rebalance,
-    RebalanceResult,
+    RebalanceOutcome,
     RemoveServer,
     SetBackups,
     TimerActor,
@@ -35,7 +35,7 @@ def test_fewer_than_two_servers_pings_nobody(
 
     result = h.request(Rebalance)
 
-    assert result == RebalanceResult(head, None)
+    assert result == RebalanceOutcome(head, None)
     assert h.pinger.call_count() == 0
 
 
@@ -54,7 +54,7 @@ def test_all_dead_keeps_the_list_and_reports_unhealthy(start_proxy: StartProxy) 
 
     result, seen = h.request_seen(Rebalance)
 
-    assert result == RebalanceResult(A, False)
+    assert result == RebalanceOutcome(A, False)
     assert seen.state.active == (A, B, C, D)
     (candidates,) = h.pinger.calls
     assert sorted(candidates[:3]) == sorted((A, B, C))
@@ -67,7 +67,7 @@ def test_the_only_live_server_goes_first(start_proxy: StartProxy, live: Address)
 
     result, seen = h.request_seen(Rebalance)
 
-    assert result == RebalanceResult(live, True)
+    assert result == RebalanceOutcome(live, True)
     assert seen.state.head == live
     (candidates,) = h.pinger.calls
     index = candidates.index(live)
@@ -80,7 +80,7 @@ def test_a_live_primary_is_preferred_to_a_live_backup(start_proxy: StartProxy) -
 
     result = h.request(Rebalance)
 
-    assert result == RebalanceResult(B, True)
+    assert result == RebalanceOutcome(B, True)
 
 
 def test_chosen_head_removed_while_pinging_abandons_the_rebalance(
@@ -94,7 +94,7 @@ def test_chosen_head_removed_while_pinging_abandons_the_rebalance(
     h.pinger.release()
     result, seen = pending.get(timeout=TIMEOUT), h.box.current
 
-    assert result == RebalanceResult(A, True)
+    assert result == RebalanceOutcome(A, True)
     assert seen.state.active == (A, C)
 
 
@@ -112,7 +112,7 @@ def test_changes_made_while_pinging_win(start_proxy: StartProxy) -> None:
     result = pending.get(timeout=TIMEOUT)
 
     expected = (*(c for c in candidates if c != dropped), D, E)
-    assert result == RebalanceResult(candidates[0], True)
+    assert result == RebalanceOutcome(candidates[0], True)
     assert h.box.current.state.active == expected
 
 
@@ -131,7 +131,7 @@ def test_requests_during_a_rebalance_share_one_ping(start_proxy: StartProxy) -> 
 
     results = [f.get(timeout=TIMEOUT) for f in (first, second, third)]
 
-    assert results == [RebalanceResult(C, True)] * 3
+    assert results == [RebalanceOutcome(C, True)] * 3
     assert h.pinger.call_count() == 1
 
 
@@ -179,11 +179,11 @@ def test_a_failing_pinger_counts_as_nobody_answering(
 
     result, seen = h.request_seen(Rebalance)
 
-    assert result == RebalanceResult(A, False)
+    assert result == RebalanceOutcome(A, False)
     assert seen.state.active == (A, B)
     assert any("pinging 2 servers failed" in r.getMessage() for r in caplog.records)
     # PingerActor survived: the next rebalance is pinged and succeeds.
     pinger.error = None
     pinger.set_live(B)
-    assert h.request(Rebalance) == RebalanceResult(B, True)
+    assert h.request(Rebalance) == RebalanceOutcome(B, True)
     assert pinger.call_count() == 2

@@ -8,8 +8,8 @@ from functools import partial
 import pytest
 
 from rpcproxy.actors import (
+    AddOutcome,
     AddPrimary,
-    AddResult,
     ApplyHeartbeat,
     HeartbeatResult,
     NotifyFailed,
@@ -94,7 +94,7 @@ def test_add_primary_is_visible_when_the_reply_is_called(start_proxy: StartProxy
 
     result, seen = h.request_seen(lambda r: AddPrimary(B, r))
 
-    assert result == AddResult(B, True)
+    assert result == AddOutcome(B, True)
     assert seen.state.primaries == (A, B)
     assert seen.state.active == (A, B)
 
@@ -104,7 +104,7 @@ def test_add_primary_of_a_known_server_is_a_no_op(start_proxy: StartProxy) -> No
 
     result, seen = h.request_seen(lambda r: AddPrimary(A, r))
 
-    assert result == AddResult(A, False)
+    assert result == AddOutcome(A, False)
     assert seen.state.active == (A, B)
 
 
@@ -113,7 +113,7 @@ def test_add_primary_of_a_backup_keeps_its_place(start_proxy: StartProxy) -> Non
 
     result, seen = h.request_seen(lambda r: AddPrimary(B, r))
 
-    assert result == AddResult(B, True)
+    assert result == AddOutcome(B, True)
     assert seen.state.primaries == (A, B)
     assert seen.state.active == (A, B)
 

@@ -8,15 +8,15 @@ import pykka
 import pytest
 
 from rpcproxy.actors import (
+    AddOutcome,
     AddPrimary,
-    AddResult,
     ApplyHeartbeat,
     HeartbeatResult,
     NotifyFailed,
     PingerActor,
     ProxyActor,
     Rebalance,
-    RebalanceResult,
+    RebalanceOutcome,
     TimerActor,
 )
 from rpcproxy.actors.messages import PingResults, ScheduleTick
@@ -126,9 +126,9 @@ def test_proxy_actor_logs_unexpected_messages_and_carries_on(
     h.ref.tell(message)
     assert h.ref.ask(message, timeout=TIMEOUT) is None
 
-    assert h.request(lambda r: AddPrimary(B, r)) == AddResult(B, True)
+    assert h.request(lambda r: AddPrimary(B, r)) == AddOutcome(B, True)
     assert h.ref.is_alive()
-    unexpected = [r for r in caplog.records if "unexpected message" in r.getMessage()]
+    unexpected = [r for r in caplog.records if "Unexpected message received by" in r.getMessage()]
     assert len(unexpected) == 2
 
 
@@ -155,7 +155,7 @@ def test_timer_actor_logs_unexpected_messages_and_carries_on(
 
     assert inbox.wait_count(1, TIMEOUT)
     assert timer.is_alive()
-    assert any("unexpected message" in r.getMessage() for r in caplog.records)
+    assert any("Unexpected message received by" in r.getMessage() for r in caplog.records)
 
 
 def test_a_stopped_listener_does_not_break_the_proxy(start_proxy: StartProxy) -> None:
@@ -163,7 +163,7 @@ def test_a_stopped_listener_does_not_break_the_proxy(start_proxy: StartProxy) ->
     assert h.listener is not None
     h.listener.stop(timeout=TIMEOUT)
 
-    assert h.request(lambda r: AddPrimary(A, r)) == AddResult(A, True)
+    assert h.request(lambda r: AddPrimary(A, r)) == AddOutcome(A, True)
     assert h.request(lambda r: NotifyFailed(A, r)) is False
     assert h.ref.is_alive()
 
@@ -182,7 +182,7 @@ def test_a_reply_that_raises_does_not_kill_the_proxy(start_proxy: StartProxy) ->
     assert h.pinger.entered.wait(TIMEOUT)
     pending = h.send(Rebalance)
     h.pinger.release()
-    assert pending.get(timeout=TIMEOUT) == RebalanceResult(B, True)
+    assert pending.get(timeout=TIMEOUT) == RebalanceOutcome(B, True)
     assert h.ref.is_alive()
 
 
@@ -199,7 +199,7 @@ def test_stopping_during_a_rebalance_answers_its_waiters(
     assert h.ref.actor_stopped.wait(TIMEOUT)
     h.pinger.release()
 
-    assert pending.get(timeout=TIMEOUT) == RebalanceResult(A, None)
+    assert pending.get(timeout=TIMEOUT) == RebalanceOutcome(A, None)
     assert stopped.get(timeout=TIMEOUT) is True
     assert not pykka.ActorRegistry.get_by_class(ProxyActor)
     assert not pykka.ActorRegistry.get_by_class(PingerActor)

@@ -12,15 +12,19 @@ Faults:
         the final sweep of remaining actors can let the process exit.
     stuck-actor: an actor stuck forever in a message handler, which nothing
         can stop, so only the stop watchdog can end the process.
+    libzmq-X.Y.Z: pyzmq reports libzmq X.Y.Z (``zmq.zmq_version_info``, which
+        ``serve`` asks before anything starts), whatever the real one is.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pykka
+import zmq
 
 import rpcproxy.actors.proxy_actor
 import rpcproxy.cli.main
@@ -41,6 +45,11 @@ def _bug(*_args: Any, **_kwargs: Any) -> Any:
     raise RuntimeError("planted bug in notify_failed (test)")
 
 
+def _reports(version: tuple[int, int, int]) -> Callable[[], tuple[int, int, int]]:
+    """A stand-in for ``zmq.zmq_version_info`` that answers ``version``."""
+    return lambda: version
+
+
 def main(argv: list[str]) -> int:
     while argv and argv[0] in ("--plant", "--stop-budget"):
         option, value, argv = argv[0], argv[1], argv[2:]
@@ -52,6 +61,9 @@ def main(argv: list[str]) -> int:
             Leftover.start()
         elif value == "stuck-actor":
             Stuck.start().tell("block")
+        elif value.startswith("libzmq-"):
+            major, minor, patch = (int(part) for part in value.removeprefix("libzmq-").split("."))
+            zmq.zmq_version_info = _reports((major, minor, patch))
         else:
             raise SystemExit(f"planted_serve: unknown fault {value!r}")
     return rpcproxy.cli.main.main(argv)

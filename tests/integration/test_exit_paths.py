@@ -25,9 +25,11 @@ import zmq
 from tests.integration.conftest import (
     CTX,
     NoReplyError,
+    ProcessExitedError,
     Serve,
     pack,
     poll_until,
+    start_serve,
 )
 
 pytestmark = pytest.mark.integration
@@ -75,6 +77,30 @@ def test_a_proxy_actor_that_fails_ends_serve_with_exit_1(
     # ProxyActor stopped its children itself: nothing was left for the last sweep.
     assert "actors still running" not in text
     assert "did not stop" not in text
+
+
+def test_serve_refuses_to_start_on_a_libzmq_older_than_4_3_3(tmp_path: Path) -> None:
+    """CVE-2020-15166: one error line, exit 1, before any socket is opened."""
+    # start_serve, not serve_factory: pytest loads conftest.py under another
+    # module name than ``tests.integration.conftest``, so the fixture's
+    # ProcessExitedError is not the class imported here.
+    with pytest.raises(ProcessExitedError) as exited:
+        started = start_serve(tmp_path, command=planted("libzmq-4.3.2"))
+        started.stop()  # it started after all: stop it, and pytest.raises fails
+
+    assert exited.value.code == 1
+    lines = exited.value.stderr.splitlines()
+    (refusal,) = [line for line in lines if "CVE-2020-15166" in line]
+    assert " ERROR " in refusal
+    assert "libzmq 4.3.2 is older than 4.3.3" in refusal
+    assert not [line for line in lines if "serving queries" in line], exited.value.stderr
+
+
+def test_serve_starts_on_libzmq_4_3_3(serve_factory: Callable[..., Serve]) -> None:
+    """The oldest libzmq with the fix is enough (and the planted version alone stops nothing)."""
+    serve = serve_factory(command=planted("libzmq-4.3.3"))
+    assert serve.call("ping")["pong"] is True
+    assert "CVE-2020-15166" not in serve.stderr()
 
 
 def test_an_actor_left_behind_is_stopped_by_the_last_sweep_after_a_failure(
