@@ -118,12 +118,15 @@ func runServer(cfg *config) error {
 		return err
 	}
 
+	// Signals are caught before the address goes out: whoever started us
+	// may stop us the moment it has read the line, and that must be a
+	// clean exit, not the default action's death.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+
 	// The address goes out before the first accept, so whoever started us
 	// can connect as soon as it has read the line.
 	fmt.Printf("listening %s\n", self)
-
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		sig := <-stop
 		log.Printf("%s: closing", sig)
