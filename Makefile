@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration compose-test compose-up fuzz soak adversary bench wheelhouse base-image clean
+.PHONY: demo test lint typecheck unit integration compose-test compose-up fuzz soak adversary bench wheelhouse base-image nomad-peer clean
 
 # A strict editable install (a tree of links mypy can read, unlike an import
 # hook) links the files that exist when it runs, so it is redone when a
@@ -74,6 +74,11 @@ wheelhouse: $(STAMP)
 ## A local Debian base image, for engines that cannot pull python:3.11-slim.
 base-image:
 	docker/build-base-image.sh
+
+## The reference Nomad peer (Go, on Debian's packages of Nomad's libraries):
+## build/nomad-peer, static; installs Go and the libraries with apt-get if needed.
+nomad-peer:
+	tests/nomad_peer/build.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis wheelhouse build
