@@ -13,7 +13,11 @@
 //	           [-tls-cert F -tls-key F -tls-ca F [-tls-upgrade]]
 //
 // prints "listening HOST:PORT" as its first line on stdout, then serves until
-// SIGTERM or SIGINT, when it closes every connection and exits 0.
+// SIGTERM or SIGINT, when it closes every connection and exits 0. With the
+// -tls-* flags it is a Nomad server with tls { rpc = true }: only 0x04
+// connections are served (the client must present a certificate signed by
+// -tls-ca), and any plain first byte closes the connection, unless
+// -tls-upgrade (Nomad's rpc_upgrade_mode) lets plain connections through too.
 //
 // Client mode (the benchmark's side-by-side baseline):
 //
