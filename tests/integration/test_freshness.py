@@ -3,19 +3,30 @@
 ``heartbeat_age_s`` is nil until a heartbeat is applied, ``publishers`` lists
 each named publisher's last seq and age, and ``serve`` warns once when no
 heartbeat was applied for ``heartbeat_stale_s`` (counting from start before
-the first), and says so when heartbeats come back. Waits poll with a deadline.
+the first), and says so when heartbeats come back. Waits poll with a deadline;
+the warning is checked at explicit times, not by waiting for them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import pykka
 import pytest
 
+from rpcproxy.actors.snapshot import Snapshot
+from rpcproxy.cli.config import Config
+from rpcproxy.cli.service import ProxyService
+from rpcproxy.proxy import ProxyState
 from tests.integration.conftest import (
     HeartbeatPub,
+    RawClient,
     Serve,
     hb_payload,
     hb_server,
@@ -26,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 STALE = "no heartbeat applied for"
 BACK = "heartbeats are arriving again"
+STALE_S = 60.0
 
 
 def count(serve: Serve, text: str) -> int:
@@ -140,59 +152,157 @@ def test_heartbeats_on_the_socket_set_the_age(
 
 # --------------------------------------------------------------------------
 # The staleness warning in the log.
+#
+# ``ProxyService.watch(now)`` decides it; serve's loop calls it with
+# ``time.monotonic()`` twice a second. Here an in-process service (its real
+# actor, its real query socket) is watched at explicit times, so minutes of
+# silence cost nothing and no test waits on the clock. One test checks that
+# the real ``serve`` calls it.
 
 
-def test_silence_from_start_warns_once_then_recovery_is_logged(
-    serve_factory: Callable[..., Serve], pubs: Callable[[str], HeartbeatPub]
-) -> None:
-    serve = serve_factory("--heartbeat-stale-s", "0.5")
-    poll_until(lambda: count(serve, STALE), timeout=10.0, what="the stale warning")
-    # Still silent for several more checks (twice a second): still one warning.
-    warned_at = time.monotonic()
-    poll_until(lambda: time.monotonic() - warned_at > 1.2, timeout=10.0, what="more silence")
-    assert serve.call("status")["heartbeat_age_s"] is None
-    assert count(serve, STALE) == 1, serve.stderr()
-    line = next(line for line in serve.stderr().splitlines() if STALE in line)
-    assert " WARNING " in line and "heartbeat_stale_s = 0.5" in line
+@dataclass
+class Watched:
+    """An in-process ProxyService (``heartbeat_stale_s`` = 60) and when it was made."""
 
-    # Heartbeats return: one info line.
-    pub = pubs(serve.heartbeat)
-    seq = iter(range(100_000))
+    service: ProxyService
+    made_before: float
+    """``time.monotonic()`` just before the service was made; it counts silence from then on."""
+    made_after: float
+    """``time.monotonic()`` just after."""
+    client: RawClient
 
-    def back() -> int:
-        pub.send(heartbeat(publisher="p", seq=next(seq)))
-        return count(serve, BACK)
+    def heartbeat(self, seq: int) -> float:
+        """Apply a heartbeat from publisher ``p``; the actor's time of applying it."""
+        reply = self.client.call("heartbeat", **heartbeat(publisher="p", seq=seq))
+        assert reply["stale"] is False, reply
 
-    poll_until(back, timeout=10.0, interval=0.05, what="the recovery line")
-    assert count(serve, STALE) == 1
-    recovery = next(line for line in serve.stderr().splitlines() if BACK in line)
-    assert " INFO " in recovery
+        def applied() -> float | None:
+            current = self.service.box.current
+            if any(p.name == "p" and p.seq == seq for p in current.publishers):
+                return current.last_heartbeat_at
+            return None
 
-    # Silent again: a second warning, and only one.
-    poll_until(lambda: count(serve, STALE) == 2, timeout=10.0, what="the second warning")
-    age = serve.call("status")["heartbeat_age_s"]
-    poll_until(
-        lambda: serve.call("status")["heartbeat_age_s"] > age + 1.2,
-        timeout=10.0,
-        what="more silence",
+        return poll_until(applied, what=f"heartbeat {seq} in the snapshot")
+
+    def watch(self, now: float) -> None:
+        assert self.service.watch(now) == [], "a part of the service died"
+
+
+def exactly(age: float, after: float) -> float:
+    """The last time at which something from ``after`` is not older than ``age``.
+
+    ``after + age`` itself, unless the sum was rounded up (near a power of two).
+    """
+    now = after + age
+    while now - after > age:
+        now = math.nextafter(now, after)
+    return now
+
+
+@pytest.fixture
+def watched() -> Iterator[Watched]:
+    config = dataclasses.replace(
+        Config(),
+        query="tcp://127.0.0.1:*",
+        heartbeat_bind=("tcp://127.0.0.1:*",),
+        events="",
+        heartbeat_stale_s=STALE_S,
     )
-    assert count(serve, STALE) == 2
-    assert count(serve, BACK) == 1
+    made_before = time.monotonic()
+    service = ProxyService(config)
+    made_after = time.monotonic()
+    service.start()
+    client = RawClient(service.query_endpoint)
+    try:
+        yield Watched(service, made_before, made_after, client)
+    finally:
+        client.close()
+        late = service.stop()
+        pykka.ActorRegistry.stop_all(timeout=10.0)  # for the next test, whatever happened
+        assert late == [], f"ProxyService.stop gave up on {late}"
 
 
-def test_steady_heartbeats_never_warn(
-    serve_factory: Callable[..., Serve], pubs: Callable[[str], HeartbeatPub]
+@pytest.fixture
+def logged(caplog: pytest.LogCaptureFixture) -> Callable[[str], list[logging.LogRecord]]:
+    """The service's log records whose message contains a text."""
+    caplog.set_level(logging.INFO, logger="rpcproxy")
+
+    def records(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if text in r.getMessage()]
+
+    return records
+
+
+def test_silence_from_start_warns_once_after_heartbeat_stale_s(
+    watched: Watched, logged: Callable[[str], list[logging.LogRecord]]
 ) -> None:
-    """A publisher faster than heartbeat_stale_s keeps the log quiet."""
-    serve = serve_factory("--heartbeat-stale-s", "1.5")
-    serve.call("heartbeat", **heartbeat(publisher="op", seq=0))
-    started = time.monotonic()
-    seq = iter(range(1, 100_000))
+    watched.watch(watched.made_before + STALE_S - 0.1)
+    assert logged(STALE) == []
 
-    def seconds_of_heartbeats() -> bool:
-        serve.call("heartbeat", **heartbeat(publisher="op", seq=next(seq)))
-        return time.monotonic() - started > 2.0
+    watched.watch(watched.made_after + STALE_S + 1.0)
+    (warning,) = logged(STALE)
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage().startswith("no heartbeat applied for 61 s")
+    assert "(heartbeat_stale_s = 60)" in warning.getMessage()
 
-    poll_until(seconds_of_heartbeats, timeout=15.0, interval=0.1, what="2 s of heartbeats")
-    assert count(serve, STALE) == 0, serve.stderr()
-    assert count(serve, BACK) == 0
+    # Still silent at every later check, for an hour: still one warning.
+    for later in range(62, 3600, 30):
+        watched.watch(watched.made_after + later)
+    assert len(logged(STALE)) == 1
+    assert logged(BACK) == []
+    assert watched.client.call("status")["heartbeat_age_s"] is None
+
+
+def test_recovery_is_logged_once_and_a_new_silence_warns_again(
+    watched: Watched, logged: Callable[[str], list[logging.LogRecord]]
+) -> None:
+    watched.watch(watched.made_after + STALE_S + 1.0)
+    assert len(logged(STALE)) == 1
+
+    heard = watched.heartbeat(seq=1)
+    watched.watch(heard + 0.5)
+    (recovery,) = logged(BACK)
+    assert recovery.levelno == logging.INFO
+    watched.watch(heard + 1.0)
+    watched.watch(exactly(STALE_S, after=heard))  # not older than heartbeat_stale_s: fine
+    assert len(logged(BACK)) == 1
+    assert len(logged(STALE)) == 1
+
+    # A replayed seq is not applied, so it does not end the next silence.
+    assert watched.client.call("heartbeat", **heartbeat(publisher="p", seq=1))["stale"] is True
+    watched.watch(heard + STALE_S + 1.0)
+    assert len(logged(STALE)) == 2
+    watched.watch(heard + STALE_S + 30.0)
+    assert len(logged(STALE)) == 2
+    assert len(logged(BACK)) == 1
+
+    # The next applied heartbeat ends it: one more recovery line.
+    watched.watch(watched.heartbeat(seq=2) + 0.5)
+    assert len(logged(BACK)) == 2
+
+
+def test_steady_heartbeats_never_warn(logged: Callable[[str], list[logging.LogRecord]]) -> None:
+    """A publisher faster than heartbeat_stale_s keeps the log quiet, for an hour.
+
+    Heartbeats through a socket arrive when the test sends them, all within
+    moments of the start; to space them out over an hour, this service is not
+    started and its snapshots (what ProxyActor publishes) say when each came.
+    """
+    config = dataclasses.replace(Config(), heartbeat_stale_s=STALE_S)
+    service = ProxyService(config)
+    start = time.monotonic()
+    for n, heard in enumerate(range(40, 3600, 40), start=1):
+        snapshot = Snapshot(ProxyState(), float("inf"), n, last_heartbeat_at=start + heard)
+        service.box.publish(snapshot)
+        for since in (1.0, STALE_S / 2, STALE_S - 0.5):
+            assert service.watch(start + heard + since) == []
+    assert logged(STALE) == []
+    assert logged(BACK) == []
+
+
+def test_serve_warns_about_silence(serve_factory: Callable[..., Serve]) -> None:
+    """The real ``serve`` loop watches: its log gets the warning, with the configured value."""
+    serve = serve_factory("--heartbeat-stale-s", "0.2")
+    poll_until(lambda: count(serve, STALE), timeout=10.0, what="the stale warning")
+    line = next(line for line in serve.stderr().splitlines() if STALE in line)
+    assert " WARNING " in line and "heartbeat_stale_s = 0.2" in line
