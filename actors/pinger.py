@@ -6,28 +6,30 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import pykka
 
+from rpcproxy.actors.counters import NO_COUNTERS, ActorCounters
 from rpcproxy.actors.messages import PingCandidates, PingResults
-from rpcproxy.actors.metrics import Metrics
 from rpcproxy.proxy import Address
 
 log = logging.getLogger(__name__)
 
-Pinger = Callable[[Sequence[Address]], Mapping[Address, bool]]
+Pinger: TypeAlias = Callable[[Sequence[Address]], Mapping[Address, bool]]
 """Pings candidates in parallel, returning within about one ping timeout.
 
 The result holds, in candidate order, every candidate up to and including the
-first one that answered (see ``proxy.choose_head``). Implementations live in
-``bus.ping``; tests pass in-memory ones.
+first one that answered (all of them, failed, when none did; see
+``proxy.choose_head``). A candidate missing from the result counts as failed.
+This is the one definition of the contract: the transport's pingers
+(:mod:`rpcproxy.bus.service.ping`) implement it; tests pass in-memory ones.
 """
 
 
 @runtime_checkable
 class Closable(Protocol):
-    """A pinger that holds resources (``bus.ping``'s do): ``close()`` ends a
+    """A pinger that holds resources (the transport's do): ``close()`` ends a
     ping in flight, fails later ones at once, and frees them; idempotent."""
 
     def close(self) -> None: ...
@@ -45,12 +47,15 @@ class PingerActor(pykka.ThreadingActor):
     """
 
     def __init__(
-        self, pinger: Pinger, target: pykka.ActorRef[Any], metrics: Metrics | None = None
+        self,
+        pinger: Pinger,
+        target: pykka.ActorRef[Any],
+        counters: ActorCounters = NO_COUNTERS,
     ) -> None:
         super().__init__()
         self._pinger = pinger
         self._target = target
-        self._metrics = metrics
+        self._counters = counters
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, PingCandidates):
@@ -63,8 +68,7 @@ class PingerActor(pykka.ThreadingActor):
             # report "nobody answered", which keeps the list as it is.
             log.exception("pinging %d servers failed", len(message.candidates))
             answered = {}
-        if self._metrics is not None:
-            self._metrics.ping_duration.observe(time.perf_counter() - started)
+        self._counters.pinged(time.perf_counter() - started)
         try:
             self._target.tell(PingResults(message.token, answered))
         except pykka.ActorDeadError:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pykka
 
+from rpcproxy.actors.counters import NO_COUNTERS, ActorCounters
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.actors.log_gate import PeerLog
 from rpcproxy.actors.messages import (
@@ -43,7 +44,6 @@ from rpcproxy.actors.messages import (
     ScheduleTick,
     SetBackups,
 )
-from rpcproxy.actors.metrics import Metrics
 from rpcproxy.actors.pinger import Pinger, PingerActor
 from rpcproxy.actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
 from rpcproxy.actors.timer import TimerActor
@@ -110,7 +110,7 @@ class ProxyActor(pykka.ThreadingActor):
         rng: the only source of randomness (shuffles and jitter).
         clock: monotonic seconds, for the snapshot's rebalance deadline.
         on_change: called with every new state (to save it); must not block.
-        metrics: counters to update (a private set when not given).
+        counters: what to count (failovers, rebalances, heartbeats); nothing by default.
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class ProxyActor(pykka.ThreadingActor):
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[ProxyState], None] | None = None,
-        metrics: Metrics | None = None,
+        counters: ActorCounters = NO_COUNTERS,
     ) -> None:
         super().__init__()
         self._settings = settings
@@ -133,10 +133,7 @@ class ProxyActor(pykka.ThreadingActor):
         self._rng = rng or random.Random()
         self._clock = clock
         self._on_change = on_change
-        self._metrics = metrics or Metrics()
-        # Label children bound once: heartbeats can come thousands a second.
-        self._applied_heartbeats = self._metrics.heartbeats.labels("applied")
-        self._stale_heartbeats = self._metrics.heartbeats.labels("stale")
+        self._counters = counters
         self._state = ProxyState()
         self._heard: dict[str, float] = {}
         self._last_heartbeat_at: float | None = None
@@ -157,7 +154,7 @@ class ProxyActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self._timer = TimerActor.start(self.actor_ref, self._clock)
-        self._pinger = PingerActor.start(self._pinger_fn, self.actor_ref, self._metrics)
+        self._pinger = PingerActor.start(self._pinger_fn, self.actor_ref, self._counters)
         try:
             state = self._starting_state()
             # Schedule before the first publish, so no snapshot lacks a deadline.
@@ -239,7 +236,7 @@ class ProxyActor(pykka.ThreadingActor):
             case NotifyFailed(addr, reply):
                 state, rotated = notify_failed(self._state, addr)
                 if rotated:
-                    self._metrics.failovers.inc()
+                    self._counters.failover()
                 self._commit(state, "failed")
                 _answer(reply, rotated)
             case AddPrimary(addr, reply):
@@ -301,11 +298,11 @@ class ProxyActor(pykka.ThreadingActor):
             log.debug(
                 "stale heartbeat from %s (seq %s) dropped", heartbeat.publisher, heartbeat.seq
             )
-            self._stale_heartbeats.inc()
+            self._counters.heartbeats("stale")
             return state, HeartbeatResult(changed=False, stale=True)
         now = self._clock()
         self._warn_skipped(heartbeat, outcome.newer_api, outcome.invalid, now)
-        self._applied_heartbeats.inc()
+        self._counters.heartbeats("applied")
         self._last_heartbeat_at = now
         if heartbeat.publisher is not None:
             self._heard[heartbeat.publisher] = now
@@ -367,7 +364,7 @@ class ProxyActor(pykka.ThreadingActor):
         waiters = [reply] if reply is not None else []
         plan = plan_rebalance(self._state, self._rng)
         if plan is None:
-            self._metrics.rebalances.labels("skipped").inc()
+            self._counters.rebalanced("skipped")
             self._restart_timer()
             self._publish()
             for waiter in waiters:
@@ -404,7 +401,7 @@ class ProxyActor(pykka.ThreadingActor):
                 if self._state.head != before
                 else "kept"
             )
-        self._metrics.rebalances.labels(result).inc()
+        self._counters.rebalanced(result)
         self._restart_timer()
         self._publish()
         self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, healthy))

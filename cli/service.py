@@ -20,7 +20,6 @@ import zmq
 
 from rpcproxy.actors import ProxyActor, ProxySettings, SnapshotBox
 from rpcproxy.actors.lifecycle import stop_within
-from rpcproxy.actors.metrics import Metrics, MetricsServer
 from rpcproxy.actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
 from rpcproxy.bus.service.codec import Decoder
 from rpcproxy.bus.service.curve import (
@@ -32,6 +31,7 @@ from rpcproxy.bus.service.curve import (
 )
 from rpcproxy.bus.service.events import EventPublisher
 from rpcproxy.bus.service.heartbeats import HeartbeatListener
+from rpcproxy.bus.service.metrics import Metrics, MetricsServer
 from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
 from rpcproxy.bus.service.query import QueryServer
 from rpcproxy.cli.config import Config, ConfigError
@@ -97,9 +97,7 @@ def curve_from(config: Config, metrics: Metrics) -> CurveServer | None:
         allow = AllowList(
             config.curve_allowed_dir,
             on_refused=lambda domain: (
-                metrics.heartbeats_rejected.labels("curve").inc()
-                if domain == HEARTBEAT_DOMAIN
-                else None
+                metrics.rejected("curve") if domain == HEARTBEAT_DOMAIN else None
             ),
         )
     except CurveError as exc:
@@ -179,7 +177,7 @@ class ProxyService:
             listeners=listeners,
             rng=self._rng,
             on_change=on_change,
-            metrics=self.metrics,
+            counters=self.metrics,
         )
         # Mailboxes are FIFO, so an answered ping means on_start ran; a failed
         # on_start raises ActorDeadError here instead of running half-started.

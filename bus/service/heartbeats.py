@@ -7,7 +7,7 @@ changes nothing.
 
 Heartbeats are state, not events, so a flood is conflated here rather than
 queued: every payload is read at once, but only its ``publisher`` and ``seq``
-are looked at (:func:`bus.codec.peek_heartbeat`, a small fraction of a full
+are looked at (:func:`~rpcproxy.bus.service.codec.peek_heartbeat`, a small fraction of a full
 decode), and it supersedes the pending payload of its publisher in a bounded
 table (:class:`bus.conflate.Conflator`). At most one
 :class:`actors.ApplyHeartbeats` is in ProxyActor's mailbox at a time: when
@@ -43,11 +43,11 @@ import zmq
 
 from rpcproxy.actors import ApplyHeartbeats
 from rpcproxy.actors.log_gate import PeerLog
-from rpcproxy.actors.metrics import Metrics
 from rpcproxy.bus.service.codec import Decoder, HeartbeatError, peek_heartbeat
 from rpcproxy.bus.service.conflate import Conflator
 from rpcproxy.bus.service.curve import HEARTBEAT_DOMAIN, CurveServer
 from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.bus.service.metrics import HeartbeatRejection, Metrics
 from rpcproxy.bus.wire import heartbeat_topic
 from rpcproxy.proxy import Heartbeat
 
@@ -127,9 +127,7 @@ class HeartbeatListener(SocketThread):
         super().__init__(context)
         self._decoder = decoder or Decoder()
         self._curve = curve
-        metrics = metrics or Metrics()
-        self._rejected = metrics.heartbeats_rejected
-        self._superseded = metrics.heartbeats.labels("superseded")
+        self._metrics = metrics or Metrics()
         self._proxy = proxy
         self._topic = heartbeat_topic(region)
         self._bind = tuple(bind)
@@ -228,7 +226,7 @@ class HeartbeatListener(SocketThread):
         if topic.bytes != self._topic:
             # Another region sharing our prefix: not an error, but counted.
             self.dropped["topic"] += 1
-            self._rejected.labels("topic").inc()
+            self._metrics.rejected("topic")
             return
         try:
             publisher, seq = peek_heartbeat(payload.buffer)
@@ -238,10 +236,10 @@ class HeartbeatListener(SocketThread):
         offered = self._pending.offer(publisher, seq, payload, len(payload))
         if offered.superseded:
             self.dropped["superseded"] += offered.superseded
-            self._superseded.inc(offered.superseded)
+            self._metrics.heartbeats("superseded", offered.superseded)
         if offered.evicted:
             self.dropped["overflow"] += offered.evicted
-            self._rejected.labels("overflow").inc(offered.evicted)
+            self._metrics.rejected("overflow", offered.evicted)
             self._peer_log.warning(
                 "overflow",
                 "dropped %d pending heartbeats: more publishers or bytes waiting than the"
@@ -282,9 +280,9 @@ class HeartbeatListener(SocketThread):
         self._slot_free.set()
         self._waker.wake()
 
-    def _drop(self, reason: str, msg: str, *args: object) -> None:
+    def _drop(self, reason: HeartbeatRejection, msg: str, *args: object) -> None:
         self.dropped[reason] += 1
-        self._rejected.labels(reason).inc()
+        self._metrics.rejected(reason)
         self._peer_log.warning(f"dropped {reason}", "dropped a heartbeat: " + msg, *args)
 
     def _why(self, payload: bytes, peeked: HeartbeatError) -> HeartbeatError:

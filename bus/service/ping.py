@@ -26,8 +26,9 @@ request and a reply needs: :class:`TcpConnect` connects, and a subclass goes
 on from :meth:`TcpConnect.connected` (the ZeroMQ ping here; a msgpack-rpc
 ``Status.Ping``, with TLS, would be another).
 
-Every pinger honours the same return contract (see ``Pinger``), decided by
-``prefix_decided`` and built by ``prefix_results``.
+Every pinger here is a :data:`rpcproxy.actors.pinger.Pinger`, the contract
+PingerActor calls (defined there, once), decided by ``prefix_decided`` and
+built by ``prefix_results``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Self, TypeAlias
+from typing import TYPE_CHECKING, Self, TypeAlias
 
 import msgspec
 import zmq
@@ -59,9 +60,11 @@ from rpcproxy.bus.service.resolve import (
 )
 from rpcproxy.proxy.address import Address
 
+if TYPE_CHECKING:
+    from rpcproxy.actors.pinger import Pinger
+
 __all__ = [
     "Attempt",
-    "Pinger",
     "Step",
     "TcpConnect",
     "TcpPinger",
@@ -73,11 +76,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Pinger: TypeAlias = Callable[[Sequence[Address]], dict[Address, bool]]
-"""Pings candidates in parallel and reports, in candidate order, every result
-up to and including the first ``True`` (all ``False`` when none answered). A
-candidate missing from the result counts as failed."""
 
 
 def prefix_decided(results: Sequence[bool | None]) -> bool:
@@ -99,7 +97,7 @@ def prefix_decided(results: Sequence[bool | None]) -> bool:
 def prefix_results(
     candidates: Sequence[Address], results: Sequence[bool | None]
 ) -> dict[Address, bool]:
-    """The ``Pinger`` return value: results up to the first success.
+    """A :data:`~rpcproxy.actors.pinger.Pinger`'s return value: results up to the first success.
 
     Pending candidates count as failed, which is what they are once the
     deadline has passed.
@@ -554,6 +552,13 @@ class WindowedPinger(abc.ABC):
 
     def _release(self) -> None:  # noqa: B027 - a hook; most pingers own nothing.
         """Free what the pinger owns; called once, with no call running."""
+
+
+if TYPE_CHECKING:
+
+    def _is_a_pinger(pinger: WindowedPinger) -> Pinger:
+        """Holds every pinger here to the contract PingerActor calls (mypy only)."""
+        return pinger
 
 
 class TcpPinger(WindowedPinger):

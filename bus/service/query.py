@@ -47,7 +47,6 @@ from rpcproxy.actors import (
     SnapshotBox,
 )
 from rpcproxy.actors.log_gate import PeerLog
-from rpcproxy.actors.metrics import Metrics
 from rpcproxy.bus.service.codec import (
     NO_ID,
     AddPrimaryRequest,
@@ -70,6 +69,7 @@ from rpcproxy.bus.service.codec import (
 )
 from rpcproxy.bus.service.curve import QUERY_DOMAIN, CurveServer
 from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.bus.service.metrics import Metrics
 from rpcproxy.bus.wire import ErrorCode
 from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address
 

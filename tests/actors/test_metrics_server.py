@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from rpcproxy.actors.metrics import MetricsServer
+from rpcproxy.bus.service.metrics import MetricsServer
 from tests.waiting import poll_until
 
 WAIT_S = 10.0

@@ -4,6 +4,11 @@ Every service has its own registry, so several proxies (in tests, in one
 process) never share counts. Whatever the snapshot already says (list sizes,
 the active server, heartbeat ages) is computed at scrape time by a collector,
 so the hot paths pay nothing for it.
+
+The transport counts its own events here (request durations by op, heartbeat
+rejections, heartbeats superseded while pending); the actors count theirs
+through :class:`~rpcproxy.actors.counters.ActorCounters`, which
+:class:`Metrics` implements, so the actors never see a registry.
 """
 
 from __future__ import annotations
@@ -15,34 +20,53 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal, TypeAlias, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from rpcproxy.actors.messages import (
+    HEARTBEAT_KINDS,
+    REBALANCE_KINDS,
+    HeartbeatKind,
+    RebalanceKind,
+)
 from rpcproxy.actors.snapshot import SnapshotBox
+
+__all__ = [
+    "HEARTBEAT_REJECTIONS",
+    "HEARTBEAT_RESULTS",
+    "HeartbeatRejection",
+    "HeartbeatResultLabel",
+    "Metrics",
+    "MetricsServer",
+    "SnapshotCollector",
+]
 
 log = logging.getLogger(__name__)
 
-REBALANCE_RESULTS = ("moved", "kept", "none_answered", "abandoned", "skipped")
-"""``moved``: a new head; ``kept``: the same head answered first; ``none_answered``:
-list kept; ``abandoned``: the chosen head was removed meanwhile; ``skipped``:
-fewer than two servers."""
-
-
-HEARTBEAT_REJECTIONS = ("payload", "frames", "topic", "curve", "overflow")
+HeartbeatRejection: TypeAlias = Literal["payload", "frames", "topic", "curve", "overflow"]
 """Why a heartbeat never reached the state: it broke the payload table, was not
 two frames, carried another region's topic, came from a refused CURVE key, or
 was evicted from the pending table by more publishers (or bytes) than it holds."""
 
-HEARTBEAT_RESULTS = ("applied", "stale", "superseded")
-"""``superseded``: a newer heartbeat of the same publisher came before it was applied."""
+HEARTBEAT_REJECTIONS: tuple[HeartbeatRejection, ...] = get_args(HeartbeatRejection)
+
+HeartbeatResultLabel: TypeAlias = HeartbeatKind | Literal["superseded"]
+"""The actor's results and the transport's own: ``superseded``, a newer
+heartbeat of the same publisher came before it was applied."""
+
+HEARTBEAT_RESULTS: tuple[HeartbeatResultLabel, ...] = (*HEARTBEAT_KINDS, "superseded")
 
 
 class Metrics:
-    """The counters and histograms of one proxy."""
+    """The counters and histograms of one proxy; the actors' :class:`ActorCounters`.
+
+    Label children are bound once here: heartbeats can come thousands a
+    second, and ``labels()`` is a dictionary lookup under a lock.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -68,7 +92,7 @@ class Metrics:
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.1, 1.0, 5.0),
             registry=r,
         )
-        self.heartbeats = Counter(
+        self.heartbeat_results = Counter(
             "rpcproxy_heartbeats",
             "Heartbeats by result: applied, stale, or superseded while pending",
             ["result"],
@@ -80,12 +104,35 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        for result in REBALANCE_RESULTS:
-            self.rebalances.labels(result)
-        for result in HEARTBEAT_RESULTS:
-            self.heartbeats.labels(result)
-        for reason in HEARTBEAT_REJECTIONS:
-            self.heartbeats_rejected.labels(reason)
+        # Every label exists from the start, so a scrape shows zeros, not gaps.
+        self._rebalances = {result: self.rebalances.labels(result) for result in REBALANCE_KINDS}
+        self._heartbeats = {
+            result: self.heartbeat_results.labels(result) for result in HEARTBEAT_RESULTS
+        }
+        self._rejected = {
+            reason: self.heartbeats_rejected.labels(reason) for reason in HEARTBEAT_REJECTIONS
+        }
+
+    # ActorCounters -------------------------------------------------------------
+
+    def failover(self) -> None:
+        self.failovers.inc()
+
+    def rebalanced(self, result: RebalanceKind) -> None:
+        self._rebalances[result].inc()
+
+    def heartbeats(self, result: HeartbeatResultLabel, count: int = 1) -> None:
+        """Also the transport's ``superseded`` heartbeats (of the same label)."""
+        self._heartbeats[result].inc(count)
+
+    def pinged(self, seconds: float) -> None:
+        self.ping_duration.observe(seconds)
+
+    # The transport's own -------------------------------------------------------
+
+    def rejected(self, reason: HeartbeatRejection, count: int = 1) -> None:
+        """``count`` heartbeats were dropped before the state, for ``reason``."""
+        self._rejected[reason].inc(count)
 
     def watch(self, box: SnapshotBox, clock: Callable[[], float] = time.monotonic) -> None:
         """Export what ``box``'s snapshots say, computed at each scrape."""
