@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, target
 from hypothesis import strategies as st
 
 from rpcproxy.bus.service.codec import (
@@ -23,12 +23,13 @@ from rpcproxy.bus.service.codec import (
 )
 from rpcproxy.bus.wire import ErrorCode
 from rpcproxy.proxy import Heartbeat
+from tests.helpers import pack
 
+from ._branches import Branches
 from ._strategies import (
     fuzz_settings,
     heartbeat_frames,
     heartbeat_maps,
-    pack,
     raw_frames,
     request_maps,
 )
@@ -79,12 +80,18 @@ def test_decode_request_on_arbitrary_bytes(frame: bytes) -> None:
     decode_or_error(frame)
 
 
+REQUEST_SHAPED = Branches("request_shaped", "accepted", "refused")
+
+
+@REQUEST_SHAPED.each_taken
 @fuzz_settings("request_shaped")
 @given(request_maps)
 def test_decode_request_on_request_shaped_maps(message: dict[Any, Any]) -> None:
     result = decode_or_error(pack(message))
     if isinstance(result, RequestError):
+        REQUEST_SHAPED.took("refused")
         return
+    REQUEST_SHAPED.took("accepted")
     # Accepted: it names a real op, speaks v1, and the id comes back as sent.
     assert message["op"] == result.op
     v = message.get("v", 1)
@@ -100,12 +107,20 @@ def test_decode_heartbeat_on_arbitrary_bytes(payload: bytes) -> None:
     heartbeat_or_error(payload)
 
 
+HEARTBEAT_SHAPED = Branches("heartbeat_shaped", "accepted", "refused")
+
+
+@HEARTBEAT_SHAPED.each_taken
 @fuzz_settings("heartbeat_shaped")
 @given(heartbeat_maps)
 def test_decode_heartbeat_on_heartbeat_shaped_maps(payload: dict[Any, Any]) -> None:
     result = heartbeat_or_error(pack(payload))
     if isinstance(result, HeartbeatError):
+        HEARTBEAT_SHAPED.took("refused")
         return
+    HEARTBEAT_SHAPED.took("accepted")
+    # Accepted heartbeats with more servers check more: steer towards them.
+    target(len(result.servers), label="servers in an accepted heartbeat")
     assert len(result.servers) == len(payload["servers"])
     assert result.num_nodes == payload["num_nodes"]
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import event, given, target
 from hypothesis import strategies as st
 
 from rpcproxy.bus.service.codec import HeartbeatError, decode_heartbeat
+from rpcproxy.proxy import Heartbeat
 from tests.integration.conftest import (
     HeartbeatPub,
     Serve,
@@ -32,6 +33,7 @@ from tests.integration.conftest import (
     unpack,
 )
 
+from ._branches import Branches
 from ._strategies import (
     OPS,
     fuzz_settings,
@@ -70,6 +72,7 @@ class Proxy:
         if reply["ok"] is False:
             self.errors += 1
             error = reply["error"]
+            event(f"error code {error['code']}")
             assert error["code"] in CODES, reply
             assert isinstance(error["message"], str) and error["message"], reply
             assert after == before, f"rejected {frame[:200]!r} changed the state"
@@ -108,12 +111,21 @@ def proxy(serve: Serve) -> Proxy:
     return Proxy(serve)
 
 
+PROCESS_REQUESTS = Branches("process_requests", "refused", "read-only accepted", "write accepted")
+
+
+@PROCESS_REQUESTS.each_taken
 @fuzz_settings("process_requests")
 @given(request_maps)
 def test_every_op_with_fuzzed_keys(proxy: Proxy, message: dict[Any, Any]) -> None:
     reply = proxy.exchange(pack(message))
-    if reply["ok"] and message.get("op") in READ_ONLY:
+    if not reply["ok"]:
+        PROCESS_REQUESTS.took("refused")
+    elif message.get("op") in READ_ONLY:
+        PROCESS_REQUESTS.took("read-only accepted")
         assert proxy.last == proxy.serve.state()
+    else:
+        PROCESS_REQUESTS.took("write accepted")
 
 
 @fuzz_settings("process_frames")
@@ -122,11 +134,16 @@ def test_arbitrary_frames(proxy: Proxy, frame: bytes) -> None:
     proxy.exchange(frame)
 
 
+PROCESS_OPS = Branches("process_ops", "refused", "accepted")
+
+
+@PROCESS_OPS.each_taken
 @fuzz_settings("process_ops")
 @given(st.sampled_from(OPS), request_maps)
 def test_each_op_with_another_ops_keys(proxy: Proxy, op: str, message: dict[Any, Any]) -> None:
     """Every op is reached, whatever the keys: a real op name with a mix of keys."""
-    proxy.exchange(pack({**message, "op": op}))
+    reply = proxy.exchange(pack({**message, "op": op}))
+    PROCESS_OPS.took("accepted" if reply["ok"] else "refused")
 
 
 # --------------------------------------------------------------------------
@@ -166,19 +183,25 @@ class HeartbeatFuzz:
         before = self.view
         self.pub.send_frames(frames)
         after = self.mark()
-        if not self.valid(frames):
+        heartbeat = self.valid(frames)
+        if heartbeat is None:
+            HEARTBEAT_SOCKET.took("dropped")
             assert after == before, f"dropped heartbeat {frames!r:.300} changed the state"
+        else:
+            HEARTBEAT_SOCKET.took("valid")
+            # Valid heartbeats with more servers change more: steer towards them.
+            target(len(heartbeat.servers), label="servers in a valid heartbeat")
         self.view = after
 
     @staticmethod
-    def valid(frames: list[bytes]) -> bool:
+    def valid(frames: list[bytes]) -> Heartbeat | None:
+        """The heartbeat the proxy applies from ``frames``, or None if it drops them."""
         if len(frames) != 2 or frames[0] != TOPIC:
-            return False
+            return None
         try:
-            decode_heartbeat(frames[1])
+            return decode_heartbeat(frames[1])
         except HeartbeatError:
-            return False
-        return True
+            return None
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +233,10 @@ frame_lists = st.one_of(
 )
 
 
+HEARTBEAT_SOCKET = Branches("process_heartbeat_socket", "valid", "dropped")
+
+
+@HEARTBEAT_SOCKET.each_taken
 @fuzz_settings("process_heartbeat_socket")
 @given(frame_lists)
 def test_heartbeat_socket(heartbeats: HeartbeatFuzz, frames: list[bytes]) -> None:
