@@ -128,24 +128,17 @@ def silent(_proxy: FakeProxy, _received: Received) -> None:
 
 
 @pytest.fixture
-def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield ctx
-    ctx.term()
-
-
-@pytest.fixture
 def serve(
-    context: zmq.Context[zmq.Socket[bytes]],
+    ctx: zmq.Context[zmq.Socket[bytes]],
 ) -> Iterator[Callable[..., tuple[FakeProxy, ProxyClient]]]:
     """Start a fake proxy with a handler and a client connected to it."""
     started: list[tuple[FakeProxy, ProxyClient]] = []
 
     def start(handler: Handler, **client_options: Any) -> tuple[FakeProxy, ProxyClient]:
-        proxy = FakeProxy(context, handler)
+        proxy = FakeProxy(ctx, handler)
         proxy.start()
         options: dict[str, Any] = {"timeout_s": 1.0, "retries": 2, **client_options}
-        client = ProxyClient(proxy.endpoint, context=context, **options)
+        client = ProxyClient(proxy.endpoint, context=ctx, **options)
         started.append((proxy, client))
         return proxy, client
 
@@ -528,9 +521,9 @@ def test_the_client_recovers_after_a_timeout(
     assert client.ping() is True
 
 
-def test_no_proxy_at_all_times_out(context: zmq.Context[zmq.Socket[bytes]]) -> None:
+def test_no_proxy_at_all_times_out(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     with (
-        ProxyClient("tcp://127.0.0.1:1", timeout_s=0.05, retries=2, context=context) as client,
+        ProxyClient("tcp://127.0.0.1:1", timeout_s=0.05, retries=2, context=ctx) as client,
         pytest.raises(ProxyTimeoutError),
     ):
         client.find_server()
@@ -542,10 +535,10 @@ def test_no_proxy_at_all_times_out(context: zmq.Context[zmq.Socket[bytes]]) -> N
 
 def test_context_manager_closes_and_a_closed_client_refuses_calls(
     serve: Callable[..., tuple[FakeProxy, ProxyClient]],
-    context: zmq.Context[zmq.Socket[bytes]],
+    ctx: zmq.Context[zmq.Socket[bytes]],
 ) -> None:
     proxy, _ = serve(replying(pong=True))
-    with ProxyClient(proxy.endpoint, context=context) as client:
+    with ProxyClient(proxy.endpoint, context=ctx) as client:
         assert client.ping() is True
     with pytest.raises(RuntimeError, match="closed"):
         client.ping()
