@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -240,19 +241,20 @@ def test_a_corrupt_file_starts_empty_with_a_warning(
     assert code == 0, serve.stderr()
 
 
+def serve_to_exit(state_file: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``serve`` with ``state_file`` on any free ports, for a start that must fail."""
+    any_port = "tcp://127.0.0.1:*"
+    return run_rpcproxy(
+        "serve",
+        *("--query", any_port, "--heartbeat-bind", any_port, "--events", any_port),
+        *("--state-file", str(state_file)),
+        timeout=20.0,
+    )
+
+
 def test_a_state_file_in_a_missing_directory_stops_the_start(tmp_path: Path) -> None:
     path = tmp_path / "no-such-dir" / "state.json"
-    result = run_rpcproxy(
-        "serve",
-        "--query",
-        "tcp://127.0.0.1:*",
-        "--heartbeat-bind",
-        "tcp://127.0.0.1:*",
-        "--events",
-        "tcp://127.0.0.1:*",
-        "--state-file",
-        str(path),
-    )
+    result = serve_to_exit(path)
     assert result.returncode == 1, result
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if " ERROR " in line]
@@ -315,18 +317,7 @@ def test_a_state_file_that_is_not_a_regular_file_is_refused_at_start(
 ) -> None:
     """It used to hang at start (a FIFO blocks the read until a writer comes)."""
     path = not_a_file(tmp_path, kind)
-    result = run_rpcproxy(
-        "serve",
-        "--query",
-        "tcp://127.0.0.1:*",
-        "--heartbeat-bind",
-        "tcp://127.0.0.1:*",
-        "--events",
-        "tcp://127.0.0.1:*",
-        "--state-file",
-        str(path),
-        timeout=20.0,
-    )
+    result = serve_to_exit(path)
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
