@@ -28,6 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from rpcproxy.bus.wire import (
+    DEFAULT_EVENTS_ENDPOINT,
+    DEFAULT_HEARTBEAT_ENDPOINT,
+    DEFAULT_QUERY_ENDPOINT,
+)
 from rpcproxy.proxy.address import Address, InvalidAddressError, parse_address
 from rpcproxy.proxy.state import DEFAULT_MAX_SERVERS
 
@@ -332,10 +337,10 @@ class Config:
     datacenter: str = _key("dc1", _NAME, "Local datacenter: its heartbeat servers are primaries, others backups")  # noqa: E501
     rpc_major_version: int = _key(1, _VERSION, "RPC API major version; servers with a newer API are ignored")  # noqa: E501
     rpc_minor_version: int = _key(1, _VERSION, "RPC API minor version, compared when the majors are equal")  # noqa: E501
-    query: str = _key("tcp://127.0.0.1:4650", _endpoint(), "Endpoint the query ROUTER socket binds")
-    heartbeat_bind: tuple[str, ...] = _key(("tcp://127.0.0.1:4651",), _list_of(_endpoint(), "endpoints"), "Endpoints the heartbeat SUB socket binds")  # noqa: E501
+    query: str = _key(DEFAULT_QUERY_ENDPOINT, _endpoint(), "Endpoint the query ROUTER socket binds")
+    heartbeat_bind: tuple[str, ...] = _key((DEFAULT_HEARTBEAT_ENDPOINT,), _list_of(_endpoint(), "endpoints"), "Endpoints the heartbeat SUB socket binds")  # noqa: E501
     heartbeat_connect: tuple[str, ...] = _key((), _list_of(_endpoint(connect=True), "endpoints"), "Endpoints the heartbeat SUB socket connects to")  # noqa: E501
-    events: str = _key("tcp://127.0.0.1:4652", _endpoint(optional=True), "Endpoint the events PUB socket binds; empty turns events off")  # noqa: E501
+    events: str = _key(DEFAULT_EVENTS_ENDPOINT, _endpoint(optional=True), "Endpoint the events PUB socket binds; empty turns events off")  # noqa: E501
     backup_servers: tuple[Address, ...] = _key((), _list_of(_ADDRESS, "addresses"), "Backup servers at start, as if given to set_backup_servers")  # noqa: E501
     primary_servers: tuple[Address, ...] = _key((), _list_of(_ADDRESS, "addresses"), "Primary servers at start, as if given to add_primary_server")  # noqa: E501
     ping_method: str = _key("zmq", _choice("zmq", "tcp"), "How a rebalance checks a server: a ZeroMQ ping request or a TCP connect")  # noqa: E501

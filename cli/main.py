@@ -28,6 +28,7 @@ import zmq
 from rpcproxy import __version__
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.bus.client.keys import CurveClient, CurveError
+from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.cli.config import ConfigError, add_config_arguments, load_config
 from rpcproxy.cli.demo import run_demo
 from rpcproxy.cli.logs import setup_logging
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="print a running proxy's status")
     status.add_argument(
-        "--query", default="tcp://127.0.0.1:4650", help="the proxy's query endpoint"
+        "--query", default=DEFAULT_QUERY_ENDPOINT, help="the proxy's query endpoint"
     )
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for it")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -116,7 +117,7 @@ def _add_tool_parsers(commands: Any) -> None:
     loop = commands.add_parser(
         "client-loop", help="look up a server, use it, report failures; one JSON line each"
     )
-    loop.add_argument("--query", default="tcp://127.0.0.1:4650")
+    loop.add_argument("--query", default=DEFAULT_QUERY_ENDPOINT)
     loop.add_argument("--interval", type=float, default=0.5)
     loop.add_argument("--ping-timeout", type=float, default=0.5)
     loop.add_argument("--count", type=int, default=None, help="stop after this many lookups")

@@ -24,6 +24,7 @@ from rpcproxy.bus.client.keys import CurveClient, create_key_pair
 from rpcproxy.bus.service.ping import ZmqPinger
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.bus.standins.standin import ServerStandIn
+from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.proxy import HeartbeatServer, InvalidAddressError, parse_address
 
 
@@ -184,7 +185,7 @@ def run_ping(
         if not alive:
             print(f"rpcproxy ping: {server} did not answer within {timeout_s}s", file=sys.stderr)
         return 0 if alive else 1
-    endpoint = query or "tcp://127.0.0.1:4650"
+    endpoint = query or DEFAULT_QUERY_ENDPOINT
     try:
         with ProxyClient(endpoint, timeout_s=timeout_s, retries=1, curve=curve) as client:
             client.ping()

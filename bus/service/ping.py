@@ -58,6 +58,7 @@ from rpcproxy.bus.service.resolve import (
     numeric_endpoints,
     shared_resolver,
 )
+from rpcproxy.bus.wire import Op
 from rpcproxy.proxy.address import Address
 
 if TYPE_CHECKING:
@@ -668,7 +669,7 @@ class ZmqPinger(WindowedPinger):
         super().__init__(timeout_s=timeout_s, window=window, resolver=resolver)
         self._max_message_bytes = max_message_bytes
         self._payload = msgspec.msgpack.encode(
-            {"op": "ping", "region": region, "rpc_major_version": rpc_major_version}
+            {"op": Op.PING, "region": region, "rpc_major_version": rpc_major_version}
         )
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
 

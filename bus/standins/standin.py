@@ -32,6 +32,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from rpcproxy.bus.service.loop import SocketThread
+from rpcproxy.bus.wire import ErrorCode, Op
 
 __all__ = ["PingResponder", "Responder", "ServerStandIn"]
 
@@ -76,9 +77,9 @@ class PingResponder:
         try:
             request = _REQUEST_DECODER.decode(payload)
         except (msgspec.MsgspecError, RecursionError) as exc:
-            return _error_reply("bad_request", str(exc))
-        if request.op != "ping":
-            return _error_reply("unknown_op", f"unknown op {request.op[:64]!r}")
+            return _error_reply(ErrorCode.BAD_REQUEST, str(exc))
+        if request.op != Op.PING:
+            return _error_reply(ErrorCode.UNKNOWN_OP, f"unknown op {request.op[:64]!r}")
         self.pings += 1
         return _OK_REPLY
 
