@@ -1,0 +1,323 @@
+"""Nomad's own ``Status.Ping``, with or without TLS (docs/protocol.md sections 4, 4.1).
+
+A Nomad client checks a server the way it calls it: a TCP connection whose
+first byte says what follows, then Go ``net/rpc`` in msgpack-rpc framing
+(:mod:`bus.service.msgpackrpc`). Here that is one more :class:`Attempt` for
+the windowed engine of :mod:`bus.service.ping`, so a Nomad ping shares the
+zmq ping's window, deadlines, off-thread name resolution and prompt close:
+
+1. connect (:class:`TcpConnect`);
+2. with TLS: send ``0x04``, then run the TLS handshake on the same socket,
+   non-blocking, each ``SSLWantReadError``/``SSLWantWriteError`` a wait for
+   the socket to be readable/writable;
+3. send ``0x01`` and the ``Status.Ping`` request (header ``{"Seq": n,
+   "ServiceMethod": "Status.Ping"}``, body ``{}``), inside TLS when on;
+4. read the reply through a bounded :class:`ValueSplitter`: the header, which
+   must echo ``Seq`` with an empty ``Error``, then the body.
+
+Every step is in the candidate's one deadline (the engine's), so a server
+that accepts and says nothing, or trickles a byte a second, costs one timeout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import zmq
+
+from rpcproxy.bus.service.msgpackrpc import (
+    RPC_NOMAD,
+    RPC_TLS,
+    FramingError,
+    ValueSplitter,
+    decode_response_header,
+    encode_request,
+)
+from rpcproxy.bus.service.ping import MakeAttempt, Step, TcpConnect, WindowedPinger
+from rpcproxy.bus.service.resolve import Endpoint, Resolver
+
+__all__ = [
+    "MAX_REPLY_BYTES",
+    "NomadPinger",
+    "NomadTls",
+    "ReplyCheck",
+    "TlsSetupError",
+    "load_tls",
+    "server_name",
+]
+
+MAX_REPLY_BYTES: Final = 64 * 1024
+"""Largest header or body a ping reply may have. Nomad's is about 40 bytes
+(and an error string); the bound is what a hostile server can make us hold."""
+
+_RECV_BYTES: Final = 4096
+
+
+def server_name(region: str) -> str:
+    """The name a Nomad server's certificate carries: ``server.<region>.nomad``."""
+    return f"server.{region}.nomad"
+
+
+# -- TLS ---------------------------------------------------------------------------
+
+
+class TlsSetupError(ValueError):
+    """A TLS file that cannot be used; ``which`` is ``ca_file``, ``cert_file``
+    or ``key_file``, so the caller can name its own configuration key."""
+
+    def __init__(self, which: Literal["ca_file", "cert_file", "key_file"], message: str) -> None:
+        super().__init__(which, message)
+        self.which = which
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.which}: {self.message}"
+
+
+@dataclass(frozen=True)
+class NomadTls:
+    """What a TLS ping needs: the client context and the name to send and check.
+
+    Attributes:
+        context: verifies the server's chain (and its name when
+            ``context.check_hostname``) and presents the client certificate.
+        server_hostname: sent as SNI; checked when ``context.check_hostname``.
+    """
+
+    context: ssl.SSLContext
+    server_hostname: str
+
+
+def _no_password() -> bytes:
+    # An encrypted key would otherwise make OpenSSL prompt on the terminal
+    # of a service; refusing it makes it an error at start instead.
+    return b""
+
+
+def load_tls(
+    *,
+    ca_file: str,
+    cert_file: str = "",
+    key_file: str = "",
+    region: str,
+    verify_server_hostname: bool = True,
+) -> NomadTls:
+    """The client side of Nomad's RPC TLS, as Nomad's ``tls`` block configures it.
+
+    The chain is always verified against ``ca_file`` (and only it: a server's
+    certificate from a public CA is not a cluster member). With
+    ``verify_server_hostname`` the certificate must also name
+    ``server.<region>.nomad``, which a client certificate of the same CA does
+    not, so a client cannot pose as a server.
+
+    Raises:
+        TlsSetupError: a file is missing, unreadable or not what it should be.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = verify_server_hostname
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError is one too: not PEM, no certificate.
+        raise TlsSetupError("ca_file", f"cannot use {ca_file}: {_reason(exc)}") from None
+    if cert_file or key_file:
+        if not cert_file or not key_file:
+            missing: Literal["cert_file", "key_file"] = "key_file" if cert_file else "cert_file"
+            raise TlsSetupError(missing, "cert_file and key_file go together")
+        _check_readable("cert_file", cert_file)
+        _check_readable("key_file", key_file)
+        try:
+            context.load_cert_chain(cert_file, key_file, password=_no_password)
+        except OSError as exc:
+            raise TlsSetupError(
+                "key_file", f"{key_file} is not the key of {cert_file}: {_reason(exc)}"
+            ) from None
+    return NomadTls(context, server_name(region))
+
+
+def _check_readable(which: Literal["cert_file", "key_file"], path: str) -> None:
+    """Say which file is missing, not what OpenSSL made of the pair."""
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise TlsSetupError(which, f"cannot read {path}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return exc.strerror or str(exc)
+
+
+# -- the reply -------------------------------------------------------------------------
+
+
+class ReplyCheck:
+    """Reads one ``Status.Ping`` reply from received bytes, bounded.
+
+    :meth:`feed` returns None while undecided, then True (``Seq`` echoed,
+    ``Error`` empty, body whole) or False (anything else). It never holds more
+    than ``max_value_bytes`` of the reply.
+    """
+
+    def __init__(self, seq: int, *, max_value_bytes: int = MAX_REPLY_BYTES) -> None:
+        self._seq = seq
+        self._splitter = ValueSplitter(max_value_bytes)
+        self._header_ok = False
+        self.error = ""
+        """Why the reply failed, for debugging."""
+
+    def feed(self, data: bytes) -> bool | None:
+        try:
+            values = self._splitter.feed(data)
+        except FramingError as exc:
+            self.error = str(exc)
+            return False
+        for value in values:
+            if self._header_ok:
+                return True  # The body: what it holds does not matter.
+            try:
+                header = decode_response_header(value)
+            except FramingError as exc:
+                self.error = str(exc)
+                return False
+            if header.seq != self._seq:
+                self.error = f"Seq {header.seq}, expected {self._seq}"
+                return False
+            if header.error:
+                self.error = f"Error {header.error[:200]!r}"
+                return False
+            self._header_ok = True
+        return None
+
+
+# -- the attempt -----------------------------------------------------------------------
+
+_SEND_TLS_BYTE, _HANDSHAKE, _SEND_REQUEST, _RECEIVE = range(4)
+
+
+class _NomadPing(TcpConnect):
+    """One ``Status.Ping`` to one resolved endpoint; ``self.sock`` becomes an
+    :class:`ssl.SSLSocket` (same descriptor) once TLS starts."""
+
+    def __init__(self, endpoint: Endpoint, pinger: NomadPinger) -> None:
+        super().__init__(endpoint)
+        self._tls = pinger.tls
+        seq = pinger.next_seq()
+        self._request = RPC_NOMAD + encode_request(seq)
+        self._reply = ReplyCheck(seq, max_value_bytes=pinger.max_reply_bytes)
+        self._phase: int | None = None  # None while connecting.
+        self._out = bytearray()
+
+    def connected(self) -> Step:
+        if self._tls is None:
+            self._phase, self._out = _SEND_REQUEST, bytearray(self._request)
+        else:
+            self._phase, self._out = _SEND_TLS_BYTE, bytearray(RPC_TLS)
+        return self._go_on()
+
+    def ready(self) -> Step:
+        if self._phase is None:
+            return super().ready()
+        return self._go_on()
+
+    def _go_on(self) -> Step:
+        """Do what the phase allows now; what to wait for next, or the result."""
+        assert self.sock is not None
+        fd = self.sock.fileno()
+        try:
+            return self._advance()
+        except ssl.SSLWantReadError:
+            return fd, zmq.POLLIN
+        except ssl.SSLWantWriteError:
+            return fd, zmq.POLLOUT
+        except BlockingIOError:
+            # Plain sockets: sending waits for room, receiving for bytes.
+            return fd, zmq.POLLIN if self._phase == _RECEIVE else zmq.POLLOUT
+        except (OSError, ValueError):
+            # Refused or reset, a TLS alert or a bad certificate (SSLError is an
+            # OSError), or an SSL object in a state it should not be in.
+            return False
+
+    def _advance(self) -> Step:
+        assert self.sock is not None
+        if self._phase in (_SEND_TLS_BYTE, _SEND_REQUEST):
+            while self._out:
+                del self._out[: self.sock.send(self._out)]
+            if self._phase == _SEND_TLS_BYTE:
+                self._start_tls()
+            else:
+                self._phase = _RECEIVE
+        if self._phase == _HANDSHAKE:
+            assert isinstance(self.sock, ssl.SSLSocket)
+            self.sock.do_handshake()
+            self._phase, self._out = _SEND_REQUEST, bytearray(self._request)
+            return self._advance()
+        return self._receive()
+
+    def _start_tls(self) -> None:
+        assert self.sock is not None and self._tls is not None
+        # wrap_socket takes over the descriptor (the plain socket is detached).
+        self.sock = self._tls.context.wrap_socket(
+            self.sock,
+            server_hostname=self._tls.server_hostname,
+            do_handshake_on_connect=False,
+        )
+        self._phase = _HANDSHAKE
+
+    def _receive(self) -> Step:
+        assert self.sock is not None
+        # Read until the socket (or TLS) has nothing more: a TLS record may
+        # hold more than one recv's worth, and poll() does not see what the
+        # SSL object has already decrypted. The splitter's bound ends this.
+        while True:
+            data = self.sock.recv(_RECV_BYTES)
+            if not data:
+                return False  # Closed before the reply was whole.
+            verdict = self._reply.feed(data)
+            if verdict is not None:
+                return verdict
+
+
+class NomadPinger(WindowedPinger):
+    """Pings servers with Nomad's ``Status.Ping`` (``ping_method = "nomad"``).
+
+    Args:
+        timeout_s: the deadline of one candidate's whole ping, TLS included.
+        tls: when given, every ping upgrades to TLS first (``0x04``).
+        max_reply_bytes: the largest reply header or body accepted.
+        window: attempts open at once (:func:`bus.service.ping.window_for`).
+        resolver: where names are resolved (the process's shared one if None).
+    """
+
+    fds_per_attempt = 1
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        tls: NomadTls | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+        window: int | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        super().__init__(timeout_s=timeout_s, window=window, resolver=resolver)
+        self.tls = tls
+        self.max_reply_bytes = max_reply_bytes
+        # Each attempt its own Seq: a reply meant for another is not taken.
+        self._seqs = itertools.count(1)
+        self._seq_lock = threading.Lock()
+
+    def next_seq(self) -> int:
+        """The next request number (wraps inside Go's uint64)."""
+        with self._seq_lock:
+            return next(self._seqs) % (1 << 63) or 1
+
+    def _prepare(self) -> MakeAttempt:
+        return lambda endpoint: _NomadPing(endpoint, self)
