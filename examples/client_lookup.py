@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import socket
 
-from rpcproxy.bus.client.client import ProxyClient, ProxyError
+from rpcproxy import ProxyClient, ProxyError
 
 
 def use(addr: str, timeout_s: float) -> bool:

@@ -9,7 +9,7 @@ Heartbeats are state, not events, so a flood is conflated here rather than
 queued: every payload is read at once, but only its ``publisher`` and ``seq``
 are looked at (:func:`~rpcproxy.bus.service.codec.peek_heartbeat`, a small fraction of a full
 decode), and it supersedes the pending payload of its publisher in a bounded
-table (:class:`bus.conflate.Conflator`). At most one
+table (:class:`~rpcproxy.bus.service.conflate.Conflator`). At most one
 :class:`actors.ApplyHeartbeats` is in ProxyActor's mailbox at a time: when
 the actor has applied it, it calls back, and the listener then decodes the
 pending payloads, the latest of each publisher, into the next batch. So the

@@ -13,7 +13,7 @@ lists, so every call here is shaped by four rules:
 - **A deadline per candidate**, ``timeout_s`` from when it was opened, covering
   resolution, connect and the exchange. Candidates opened together share it,
   so k dead servers cost about one timeout while k is below the window.
-- **Names resolved off every shared thread** (:mod:`bus.resolve`): sockets
+- **Names resolved off every shared thread** (:mod:`~rpcproxy.bus.service.resolve`): sockets
   are only ever connected to IP literals, so libzmq never resolves.
 - **Interruptible.** :meth:`WindowedPinger.close` may be called from any
   thread: a call in flight returns at once with what it has (pending counts as

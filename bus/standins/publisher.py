@@ -30,7 +30,7 @@ class HeartbeatPublisher(SocketThread):
     """Publishes ``servers()`` on ``heartbeat/<region>`` every ``interval_s``.
 
     The PUB socket is created, used and closed by the publisher's own thread
-    (a :class:`~bus.loop.SocketThread`), so :meth:`start` raises what setting
+    (a :class:`~rpcproxy.bus.service.loop.SocketThread`), so :meth:`start` raises what setting
     it up raised, a taken port for one, instead of returning with a thread
     that died. ``servers`` is called on that thread each time, so the caller
     can change the list while it runs (thread-safe if it returns an immutable

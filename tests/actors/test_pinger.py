@@ -65,7 +65,7 @@ def test_unexpected_messages_are_logged_and_ignored(caplog: pytest.LogCaptureFix
 
 
 class ClosablePinger(FakePinger):
-    """A FakePinger with the ``close()`` that bus.ping's pingers have."""
+    """A FakePinger with the ``close()`` that bus/service/ping.py's pingers have."""
 
     def __init__(self, live: tuple[Address, ...] = ()) -> None:
         super().__init__(live)

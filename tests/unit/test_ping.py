@@ -1,4 +1,4 @@
-"""Parallel pings over real loopback sockets (bus/ping.py, bus/resolve.py).
+"""Parallel pings over real loopback sockets (bus/service/ping.py, bus/service/resolve.py).
 
 Dead servers are ports nobody listens on (refused at once); hung ones are
 listeners that accept and never answer (ZeroMQ pings) or whose full accept

@@ -1,4 +1,4 @@
-"""The heartbeat publisher over real loopback sockets (bus/publisher.py)."""
+"""The heartbeat publisher over real loopback sockets (bus/standins/publisher.py)."""
 
 from __future__ import annotations
 
