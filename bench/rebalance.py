@@ -29,7 +29,8 @@ from pathlib import Path
 from common import CTX, Requester, Result, Spread, call, free_port, running_serve
 from lookup import drive
 
-from rpcproxy.bus.service.ping import ZmqPinger, window_for
+from rpcproxy.bus.service.nomad_ping import NomadPinger
+from rpcproxy.bus.service.ping import window_for
 from rpcproxy.bus.standins.standin import ServerStandIn
 
 PING_TIMEOUT_S = 0.5
@@ -67,7 +68,8 @@ def _serve_window(pid: int) -> int:
         if line.startswith("Max open files"):
             soft = line.split()[3]
             limit = None if soft == "unlimited" else int(soft)
-            return window_for(ZmqPinger.fds_per_attempt, fd_limit=limit)
+            # serve pings with its default, ping_method = "nomad".
+            return window_for(NomadPinger.fds_per_attempt, fd_limit=limit)
     raise RuntimeError(f"no descriptor limit for pid {pid}")
 
 
@@ -146,7 +148,7 @@ def rebalance(
     finally:
         standin.stop()
     result.notes.append(
-        f"Ping timeout {PING_TIMEOUT_S} s (`--ping-timeout-s`, `ping_method = zmq`);"
+        f"Ping timeout {PING_TIMEOUT_S} s (`--ping-timeout-s`, `ping_method = nomad`);"
         f" {repetitions} `rebalance` ops per k on one `serve`, timed at the client from"
         " request to reply; median (min-max). The live server (one ServerStandIn in the"
         " benchmark's process) is the only backup, so it is always the last candidate."

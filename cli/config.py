@@ -107,6 +107,8 @@ class Key:
 
 
 def _toml_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_literal(item) for item in value) + "]"
     if isinstance(value, str | Address):
@@ -319,6 +321,27 @@ def _listen_or_empty(text: str) -> str:
 
 
 _LISTEN = _string("host:port or empty", "HOST:PORT", _listen_or_empty)
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def _convert_bool(value: object, textual: bool) -> object:
+    """A bool: TOML ``true``/``false``; in text ``true``/``false`` (also
+    ``yes``/``no``, ``on``/``off``, ``1``/``0``), case-insensitively. A TOML
+    string or number is refused: ``"false"`` being true would be a trap."""
+    if not textual and isinstance(value, bool):
+        return value
+    if textual and isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    raise ValueError(f"expected true or false, got {_show(value)}")
+
+
+_BOOL = Parser("bool", "{true,false}", _convert_bool)
 _REGION = _string("str without whitespace or /", "NAME", _topic_part)
 _NAME = _string("str", "NAME", _non_empty)
 _VERSION = _integer(0)
@@ -343,7 +366,7 @@ class Config:
     events: str = _key(DEFAULT_EVENTS_ENDPOINT, _endpoint(optional=True), "Endpoint the events PUB socket binds; empty turns events off")  # noqa: E501
     backup_servers: tuple[Address, ...] = _key((), _list_of(_ADDRESS, "addresses"), "Backup servers at start, as if given to set_backup_servers")  # noqa: E501
     primary_servers: tuple[Address, ...] = _key((), _list_of(_ADDRESS, "addresses"), "Primary servers at start, as if given to add_primary_server")  # noqa: E501
-    ping_method: str = _key("zmq", _choice("zmq", "tcp"), "How a rebalance checks a server: a ZeroMQ ping request or a TCP connect")  # noqa: E501
+    ping_method: str = _key("nomad", _choice("nomad", "zmq", "tcp"), "How a rebalance checks a server: Nomad's Status.Ping RPC, a ZeroMQ ping request or a TCP connect")  # noqa: E501
     ping_timeout_s: float = _key(1.0, _POSITIVE, "Seconds a ping may take before the server counts as down")  # noqa: E501
     min_reuse_s: float = _key(600.0, _POSITIVE, "Minimum seconds between rebalances")
     jitter_fraction: float = _key(2.0, _POSITIVE, "The interval adds U[0, min_reuse_s / jitter_fraction) so a fleet spreads out")  # noqa: E501
@@ -351,6 +374,10 @@ class Config:
     api_mismatch_log_interval_s: float = _key(10800.0, _real(positive=False), "Seconds between warnings about one server with a newer API; 0 warns every time")  # noqa: E501
     max_message_bytes: int = _key(1048576, _integer(1024), "Largest frame accepted (ZeroMQ MAXMSGSIZE); a peer sending more is disconnected")  # noqa: E501
     max_servers: int = _key(DEFAULT_MAX_SERVERS, _integer(1), "Most servers in one heartbeat, in one set_backup_servers, and in the primary and backup lists together; beyond it: bad_request, or the heartbeat is dropped")  # noqa: E501
+    nomad_tls_ca_file: str = _key("", _PATH, "PEM CA of the cluster's RPC certificates; set, nomad pings use TLS and verify the server against it")  # noqa: E501
+    nomad_tls_cert_file: str = _key("", _PATH, "PEM client certificate nomad pings present (servers with tls { rpc = true } require one); with nomad_tls_key_file")  # noqa: E501
+    nomad_tls_key_file: str = _key("", _PATH, "PEM private key (unencrypted) of nomad_tls_cert_file")  # noqa: E501
+    nomad_tls_verify_server_hostname: bool = _key(True, _BOOL, "With TLS, the server's certificate must name server.<region>.nomad, as Nomad's verify_server_hostname")  # noqa: E501
     metrics: str = _key("", _LISTEN, "Serve Prometheus metrics over HTTP at host:port (/metrics); empty: off")  # noqa: E501
     heartbeat_stale_s: float = _key(60.0, _POSITIVE, "Warn when no heartbeat has been applied for this many seconds")  # noqa: E501
     state_file: str = _key("", _PATH, "Where the server lists are saved after each change and restored at start; empty: not saved")  # noqa: E501
@@ -370,6 +397,7 @@ class Config:
         _check_distinct_binds(values, {})
         _check_curve(values, {})
         _check_server_bound(values, {})
+        _check_nomad_tls(values, {})
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with some keys changed (typed values, validated like TOML)."""
@@ -451,6 +479,30 @@ def _check_server_bound(values: Mapping[str, object], sources: Mapping[str, str]
             "max_servers",
             f"primary_servers and backup_servers name {servers} servers, more than {limit}",
             sources.get("max_servers"),
+        )
+
+
+def _check_nomad_tls(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    """A client certificate is its file and its key, and is only presented
+    over TLS, which ``nomad_tls_ca_file`` turns on (docs/protocol.md section 4.1):
+    a certificate without a CA would be silently unused."""
+
+    def value(name: str) -> object:
+        return values.get(name, _KEYS_BY_NAME[name].default)
+
+    cert, key = value("nomad_tls_cert_file"), value("nomad_tls_key_file")
+    if bool(cert) != bool(key):
+        given, missing = (
+            ("nomad_tls_cert_file", "nomad_tls_key_file")
+            if cert
+            else ("nomad_tls_key_file", "nomad_tls_cert_file")
+        )
+        raise ConfigError(missing, f"must be set with {given}", sources.get(given))
+    if cert and not value("nomad_tls_ca_file"):
+        raise ConfigError(
+            "nomad_tls_ca_file",
+            "must be set with nomad_tls_cert_file: TLS verifies servers against it",
+            sources.get("nomad_tls_cert_file"),
         )
 
 
@@ -537,6 +589,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     _check_distinct_binds(values, sources)
     _check_curve(values, sources)
     _check_server_bound(values, sources)
+    _check_nomad_tls(values, sources)
     return Config(**values)
 
 

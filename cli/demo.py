@@ -20,7 +20,7 @@ import msgspec
 import zmq
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError
-from rpcproxy.bus.service.ping import ZmqPinger
+from rpcproxy.bus.service.nomad_ping import NomadPinger
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.bus.wire import EVENT_TOPIC
@@ -260,7 +260,7 @@ class Demo:
     def _client_loop(self, service: ProxyService, cluster: _Cluster) -> None:
         """A client of the proxy: use the active server, report it when it fails."""
         with (
-            ZmqPinger(region="global", rpc_major_version=1, timeout_s=0.3) as pinger,
+            NomadPinger(timeout_s=0.3) as pinger,
             ProxyClient(service.query_endpoint, timeout_s=1.0, retries=2) as client,
         ):
             while not self._stop.wait(0.2):

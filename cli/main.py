@@ -28,6 +28,7 @@ import zmq
 from rpcproxy import __version__
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.bus.client.keys import CurveClient, CurveError
+from rpcproxy.bus.standins.standin import PROTOCOLS
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.cli.config import ConfigError, add_config_arguments, load_config
 from rpcproxy.cli.demo import run_demo
@@ -35,7 +36,14 @@ from rpcproxy.cli.logs import setup_logging
 from rpcproxy.cli.service import ProxyService, libzmq_problem
 from rpcproxy.cli.simulate import add_simulate_parser, run_simulate
 from rpcproxy.cli.status import run_status
-from rpcproxy.cli.tools import run_client_loop, run_fake_server, run_keygen, run_ping, run_publish
+from rpcproxy.cli.tools import (
+    PING_METHODS,
+    run_client_loop,
+    run_fake_server,
+    run_keygen,
+    run_ping,
+    run_publish,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -89,8 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_tool_parsers(commands: Any) -> None:
-    fake = commands.add_parser("fake-server", help="a Nomad-server stand-in answering zmq pings")
+    fake = commands.add_parser("fake-server", help="a Nomad-server stand-in answering pings")
     fake.add_argument("--bind", default="tcp://0.0.0.0:4647", help="endpoint to answer on")
+    fake.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="nomad",
+        help="nomad: Status.Ping over Nomad's RPC (ping_method nomad); zmq: the ZeroMQ ping",
+    )
 
     publish = commands.add_parser("publish", help="publish heartbeats listing servers")
     publish.add_argument("--connect", type=_csv, default=[], help="endpoints to connect to")
@@ -121,6 +135,9 @@ def _add_tool_parsers(commands: Any) -> None:
     loop.add_argument("--interval", type=float, default=0.5)
     loop.add_argument("--ping-timeout", type=float, default=0.5)
     loop.add_argument("--count", type=int, default=None, help="stop after this many lookups")
+    loop.add_argument(
+        "--method", choices=PING_METHODS, default="nomad", help="how to ping (use) the server"
+    )
     _add_curve_client_arguments(loop)
 
     ping = commands.add_parser("ping", help="exit 0 if the proxy (or a server) answers a ping")
@@ -128,6 +145,12 @@ def _add_tool_parsers(commands: Any) -> None:
     target.add_argument("--query", default=None, help="the proxy's query endpoint")
     target.add_argument("--server", default=None, help="a Nomad server address to ping")
     ping.add_argument("--timeout", type=float, default=1.0)
+    ping.add_argument(
+        "--method",
+        choices=PING_METHODS,
+        default="nomad",
+        help="how to ping a --server, as ping_method (default nomad)",
+    )
     _add_curve_client_arguments(ping)
 
     keygen = commands.add_parser(
@@ -169,7 +192,7 @@ def _csv(text: str) -> list[str]:
 
 def _run_tool(args: argparse.Namespace) -> int:
     if args.command == "fake-server":
-        return run_fake_server(args.bind)
+        return run_fake_server(args.bind, args.protocol)
     if args.command == "publish":
         return run_publish(
             connect=args.connect,
@@ -191,11 +214,16 @@ def _run_tool(args: argparse.Namespace) -> int:
             ping_timeout_s=args.ping_timeout,
             count=args.count,
             curve=_curve_client(args),
+            method=args.method,
         )
     if args.command == "keygen":
         return run_keygen(args.directory, args.names)
     return run_ping(
-        query=args.query, server=args.server, timeout_s=args.timeout, curve=_curve_client(args)
+        query=args.query,
+        server=args.server,
+        timeout_s=args.timeout,
+        curve=_curve_client(args),
+        method=args.method,
     )
 
 

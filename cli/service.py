@@ -32,6 +32,7 @@ from rpcproxy.bus.service.curve import (
 from rpcproxy.bus.service.events import EventPublisher
 from rpcproxy.bus.service.heartbeats import HeartbeatListener
 from rpcproxy.bus.service.metrics import Metrics, MetricsServer
+from rpcproxy.bus.service.nomad_ping import NomadPinger, NomadTls, TlsSetupError, load_tls
 from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
 from rpcproxy.bus.service.query import QueryServer
 from rpcproxy.cli.config import Config, ConfigError
@@ -106,12 +107,39 @@ def curve_from(config: Config, metrics: Metrics) -> CurveServer | None:
     return CurveServer(keys, allow)
 
 
+def nomad_tls_from(config: Config) -> NomadTls | None:
+    """The TLS of nomad pings, when ``nomad_tls_ca_file`` is set (section 4.1).
+
+    Raises:
+        ConfigError: a file is missing, unreadable or not a certificate or
+            key; it names the key, and ``serve`` exits 2.
+    """
+    if not config.nomad_tls_ca_file:
+        return None
+    try:
+        return load_tls(
+            ca_file=config.nomad_tls_ca_file,
+            cert_file=config.nomad_tls_cert_file,
+            key_file=config.nomad_tls_key_file,
+            region=config.region,
+            verify_server_hostname=config.nomad_tls_verify_server_hostname,
+        )
+    except TlsSetupError as exc:
+        raise ConfigError(f"nomad_tls_{exc.which}", exc.message) from None
+
+
 def pinger_from(config: Config) -> WindowedPinger:
     """The configured pinger. It owns what it pings with (a ZeroMQ pinger its
     own context), so a slow server never touches the service's sockets;
-    ``close()`` it at stop to end a ping in flight."""
+    ``close()`` it at stop to end a ping in flight.
+
+    Raises:
+        ConfigError: the TLS files of a nomad pinger cannot be used.
+    """
     if config.ping_method == "tcp":
         return TcpPinger(timeout_s=config.ping_timeout_s)
+    if config.ping_method == "nomad":
+        return NomadPinger(timeout_s=config.ping_timeout_s, tls=nomad_tls_from(config))
     return ZmqPinger(
         region=config.region,
         rpc_major_version=config.rpc_major_version,
@@ -153,8 +181,10 @@ class ProxyService:
 
     def _start(self) -> None:
         config = self.config
-        # Before anything binds: a bad state_file is a configuration error.
+        # Before anything binds: a bad state_file, or TLS files that cannot
+        # be used, are configuration errors.
         store = self._open_state_file()
+        self._pinger = pinger_from(config)
         self._context = context = zmq.Context()
         self._curve = curve = curve_from(config, self.metrics)
         if curve is not None:
@@ -169,7 +199,6 @@ class ProxyService:
             )
             listeners.append(self._events)
         restored, on_change = self._start_persistence(store)
-        self._pinger = pinger_from(config)
         self._proxy = ProxyActor.start(
             settings_from(config, restored),
             self._pinger,

@@ -21,11 +21,15 @@ import zmq
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError
 from rpcproxy.bus.client.keys import CurveClient, create_key_pair
-from rpcproxy.bus.service.ping import ZmqPinger
+from rpcproxy.bus.service.nomad_ping import NomadPinger
+from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
-from rpcproxy.bus.standins.standin import ServerStandIn
+from rpcproxy.bus.standins.standin import Protocol, ServerStandIn
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.proxy import HeartbeatServer, InvalidAddressError, parse_address
+
+PING_METHODS = ("nomad", "zmq", "tcp")
+"""What ``ping --server`` and ``client-loop`` ping servers with, as ``ping_method``."""
 
 
 def stop_on_signals() -> threading.Event:
@@ -40,16 +44,25 @@ def stop_on_signals() -> threading.Event:
     return stopping
 
 
-def run_fake_server(bind: str) -> int:
-    """Answer zmq pings on ``bind`` until SIGINT or SIGTERM."""
-    standin = ServerStandIn(bind)
+def server_pinger(method: str, timeout_s: float) -> WindowedPinger:
+    """A pinger of servers as ``ping_method = method`` pings them (plain TCP for nomad)."""
+    if method == "tcp":
+        return TcpPinger(timeout_s=timeout_s)
+    if method == "zmq":
+        return ZmqPinger(region="global", rpc_major_version=1, timeout_s=timeout_s)
+    return NomadPinger(timeout_s=timeout_s)
+
+
+def run_fake_server(bind: str, protocol: Protocol = "nomad") -> int:
+    """Answer pings (Nomad's ``Status.Ping``, or zmq's) on ``bind`` until SIGINT or SIGTERM."""
+    standin = ServerStandIn(bind, protocol=protocol)
     stopping = stop_on_signals()
     try:
         standin.start()
-    except zmq.ZMQError as exc:
+    except (zmq.ZMQError, OSError, ValueError) as exc:
         print(f"rpcproxy fake-server: cannot bind {bind}: {exc}", file=sys.stderr)
         return 1
-    print(f"fake-server answering pings on {standin.endpoint}", flush=True)
+    print(f"fake-server answering {protocol} pings on {standin.endpoint}", flush=True)
     try:
         stopping.wait()
     finally:
@@ -139,6 +152,7 @@ def run_client_loop(
     ping_timeout_s: float,
     count: int | None,
     curve: CurveClient | None = None,
+    method: str = "nomad",
 ) -> int:
     """Look up a server, "use" it (a ping), report it when it fails; print each step.
 
@@ -148,7 +162,7 @@ def run_client_loop(
     stopping = stop_on_signals()
     done = 0
     with (
-        ZmqPinger(region="global", rpc_major_version=1, timeout_s=ping_timeout_s) as pinger,
+        server_pinger(method, ping_timeout_s) as pinger,
         ProxyClient(query, timeout_s=1.0, retries=2, context=context, curve=curve) as client,
     ):
         while not stopping.is_set() and (count is None or done < count):
@@ -171,16 +185,22 @@ def run_client_loop(
 
 
 def run_ping(
-    *, query: str | None, server: str | None, timeout_s: float, curve: CurveClient | None = None
+    *,
+    query: str | None,
+    server: str | None,
+    timeout_s: float,
+    curve: CurveClient | None = None,
+    method: str = "nomad",
 ) -> int:
-    """Exit 0 when the proxy (``query``) or a Nomad server (``server``) answers a ping."""
+    """Exit 0 when the proxy (``query``) or a Nomad server (``server``, pinged
+    as ``ping_method = method`` would) answers a ping."""
     if server is not None:
         try:
             addr = parse_address(server)
         except InvalidAddressError as exc:
             print(f"rpcproxy ping: {exc}", file=sys.stderr)
             return 2
-        with ZmqPinger(region="global", rpc_major_version=1, timeout_s=timeout_s) as pinger:
+        with server_pinger(method, timeout_s) as pinger:
             alive = bool(pinger([addr]).get(addr))
         if not alive:
             print(f"rpcproxy ping: {server} did not answer within {timeout_s}s", file=sys.stderr)

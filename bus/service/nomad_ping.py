@@ -22,7 +22,9 @@ that accepts and says nothing, or trickles a byte a second, costs one timeout.
 from __future__ import annotations
 
 import itertools
+import os
 import ssl
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -121,6 +123,7 @@ def load_tls(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = verify_server_hostname
+    _check_regular("ca_file", ca_file)
     try:
         context.load_verify_locations(cafile=ca_file)
     except OSError as exc:  # ssl.SSLError is one too: not PEM, no certificate.
@@ -129,8 +132,13 @@ def load_tls(
         if not cert_file or not key_file:
             missing: Literal["cert_file", "key_file"] = "key_file" if cert_file else "cert_file"
             raise TlsSetupError(missing, "cert_file and key_file go together")
-        _check_readable("cert_file", cert_file)
-        _check_readable("key_file", key_file)
+        _check_regular("cert_file", cert_file)
+        _check_regular("key_file", key_file)
+        try:
+            # Read alone first, so a bad certificate is not blamed on the key.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert_file)
+        except OSError as exc:
+            raise TlsSetupError("cert_file", f"cannot use {cert_file}: {_reason(exc)}") from None
         try:
             context.load_cert_chain(cert_file, key_file, password=_no_password)
         except OSError as exc:
@@ -140,18 +148,27 @@ def load_tls(
     return NomadTls(context, server_name(region))
 
 
-def _check_readable(which: Literal["cert_file", "key_file"], path: str) -> None:
-    """Say which file is missing, not what OpenSSL made of the pair."""
+def _check_regular(which: Literal["ca_file", "cert_file", "key_file"], path: str) -> None:
+    """Say which file is missing, not what OpenSSL made of the pair; and refuse
+    a FIFO or a device, which OpenSSL would block on or read for ever."""
     try:
-        with open(path, "rb") as handle:
-            handle.read(1)
+        mode = os.stat(path).st_mode
     except OSError as exc:
         raise TlsSetupError(which, f"cannot read {path}: {_reason(exc)}") from None
+    if not stat.S_ISREG(mode):
+        raise TlsSetupError(which, f"{path} is not a regular file")
+
+
+_SSL_REASONS: Final = {
+    "NO_CERTIFICATE_OR_CRL_FOUND": "it holds no PEM certificate",
+    "KEY_VALUES_MISMATCH": "the key does not match the certificate",
+}
 
 
 def _reason(exc: OSError) -> str:
     if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
+        reason = exc.reason or ""
+        return _SSL_REASONS.get(reason, reason or str(exc))
     return exc.strerror or str(exc)
 
 

@@ -23,8 +23,8 @@ One engine (:class:`_Run`) drives every pinger; a pinger only says how to
 make an :class:`Attempt` for one resolved endpoint. An attempt is a small
 state machine over one socket at a time, which is what a TCP exchange of a
 request and a reply needs: :class:`TcpConnect` connects, and a subclass goes
-on from :meth:`TcpConnect.connected` (the ZeroMQ ping here; a msgpack-rpc
-``Status.Ping``, with TLS, would be another).
+on from :meth:`TcpConnect.connected` (the ZeroMQ ping here; Nomad's
+msgpack-rpc ``Status.Ping``, with TLS, in :mod:`bus.service.nomad_ping`).
 
 Every pinger here is a :data:`rpcproxy.actors.pinger.Pinger`, the contract
 PingerActor calls (defined there, once), decided by ``prefix_decided`` and

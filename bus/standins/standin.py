@@ -1,19 +1,22 @@
-"""A Nomad-server stand-in that answers the ZeroMQ ping (docs/protocol.md section 4).
+"""A Nomad-server stand-in that answers pings (docs/protocol.md section 4).
 
 The demo, the integration tests, ``rpcproxy fake-server`` and the docker
 containers need servers that can be alive, gray-failed (connection up, no
 answers), dead, and alive again on the same port. ``ServerStandIn`` is that
-server and nothing more: it answers ``{"op": "ping"}`` with ``{"ok": true}``.
+server and nothing more. It speaks one of two protocols:
 
-Three parts, so that another protocol (Nomad's own RPC) can be added beside
-the ping without touching the rest:
+- ``nomad`` (the default, as ``ping_method``): Nomad's own ``Status.Ping``
+  over msgpack-rpc on a plain TCP port (:mod:`bus.standins.nomad_rpc`);
+- ``zmq``: the ZeroMQ ping, ``{"op": "ping"}`` answered with ``{"ok": true}``.
 
-- :class:`PingResponder` is what is answered: one request payload in, one
-  reply out, with no socket or thread in sight.
-- ``_RouterThread`` is the plumbing: a :class:`bus.loop.SocketThread` whose
-  ROUTER socket is bound, read and closed by that thread alone, so a bind
-  error is raised by ``start()`` and ``stop()`` goes through the thread's
-  inproc control pipe.
+Three parts, so that each protocol only adds its own:
+
+- :class:`PingResponder` (and ``NomadResponder``) is what is answered: one
+  request in, one reply out, with no socket or thread in sight.
+- ``_RouterThread`` (and ``NomadRpcListener``) is the plumbing: a
+  :class:`bus.loop.SocketThread` whose ROUTER socket is bound, read and
+  closed by that thread alone, so a bind error is raised by ``start()`` and
+  ``stop()`` goes through the thread's inproc control pipe.
 - :class:`ServerStandIn` is the life cycle the callers see: start, stop,
   restart on the same port, pause and resume. Each start runs a fresh thread.
 """
@@ -21,20 +24,25 @@ the ping without touching the rest:
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from rpcproxy.bus.service.loop import SocketThread
+from rpcproxy.bus.standins.nomad_rpc import NomadResponder, NomadRpcListener
 from rpcproxy.bus.wire import ErrorCode, Op
 
-__all__ = ["PingResponder", "Responder", "ServerStandIn"]
+__all__ = ["PROTOCOLS", "PingResponder", "Protocol", "Responder", "ServerStandIn"]
+
+Protocol = Literal["nomad", "zmq"]
+PROTOCOLS: Final[tuple[Protocol, ...]] = ("nomad", "zmq")
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +185,7 @@ def _close_listener(router: zmq.Socket[bytes], endpoint: str) -> None:
 
 
 class ServerStandIn:
-    """A fake Nomad server on one ROUTER socket, run by a daemon thread.
+    """A fake Nomad server on one port, run by a daemon thread.
 
     Use ``start()``/``stop()`` (or ``with``) to run it in the background, or
     ``serve_forever()`` to block the calling thread while it runs. ``pause()``
@@ -186,25 +194,40 @@ class ServerStandIn:
 
     Args:
         bind: the endpoint to bind; ``tcp://127.0.0.1:*`` picks a free port.
-        context: the ZeroMQ context; the process's shared one by default.
-        max_message_bytes: larger frames disconnect the peer (ZeroMQ MAXMSGSIZE).
+        protocol: ``nomad`` (Nomad RPC on a TCP port) or ``zmq`` (a ROUTER).
+        context: the ZeroMQ context of a ``zmq`` stand-in; the process's
+            shared one by default.
+        max_message_bytes: larger frames (``zmq``) or request values
+            (``nomad``) disconnect the peer.
+        tls: a server-side TLS context for a ``nomad`` stand-in, which then
+            also accepts connections that start with ``0x04`` and a handshake.
     """
 
     def __init__(
         self,
         bind: str = "tcp://127.0.0.1:*",
         *,
+        protocol: Protocol = "nomad",
         context: zmq.Context[Any] | None = None,
         max_message_bytes: int = 1 << 20,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if tls is not None and protocol != "nomad":
+            raise ValueError("tls is for the nomad protocol only")
         self._bind = bind
-        self._context: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
+        self.protocol: Protocol = protocol
+        self._context = context
         self._max_message_bytes = max_message_bytes
-        self._responder = PingResponder()
+        self._tls = tls
+        self._responder: PingResponder | NomadResponder = (
+            NomadResponder() if protocol == "nomad" else PingResponder()
+        )
         # Guards _thread. Re-entrant so that stop() from a signal handler
         # cannot deadlock against a start() it interrupted.
         self._lock = threading.RLock()
-        self._thread: _RouterThread | None = None
+        self._thread: _RouterThread | NomadRpcListener | None = None
         self._endpoint: str | None = None
 
     # -- properties ---------------------------------------------------------
@@ -249,8 +272,9 @@ class ServerStandIn:
 
         Raises:
             RuntimeError: already running, or the thread did not start in time.
-            zmq.ZMQError: the bind failed (e.g. the port is taken); nothing
-                is left open and the stand-in may be started again.
+            zmq.ZMQError: (``zmq``) the bind failed (e.g. the port is taken);
+                nothing is left open and the stand-in may be started again.
+            OSError: (``nomad``) likewise.
         """
         self._start(self._bind, timeout_s)
 
@@ -272,15 +296,23 @@ class ServerStandIn:
                 # thread was alive, when there was nothing to tell yet.
                 thread.stop(timeout_s)
 
-    def _claim(self, bind: str) -> _RouterThread:
+    def _claim(self, bind: str) -> _RouterThread | NomadRpcListener:
         """A new thread, recorded before it starts so that a stop() arriving
         meanwhile (a signal handler) finds something to stop."""
         if self._thread is not None:
             raise RuntimeError("the stand-in is already running")
-        self._thread = _RouterThread(
-            self._context, bind, self._responder, max_message_bytes=self._max_message_bytes
-        )
-        return self._thread
+        thread: _RouterThread | NomadRpcListener
+        if isinstance(self._responder, NomadResponder):
+            thread = NomadRpcListener(
+                bind, self._responder, tls=self._tls, max_value_bytes=self._max_message_bytes
+            )
+        else:
+            context = self._context if self._context is not None else zmq.Context.instance()
+            thread = _RouterThread(
+                context, bind, self._responder, max_message_bytes=self._max_message_bytes
+            )
+        self._thread = thread
+        return thread
 
     def serve_forever(self) -> None:
         """Serve until ``stop()`` or KeyboardInterrupt, blocking the calling thread.
@@ -291,7 +323,8 @@ class ServerStandIn:
 
         Raises:
             RuntimeError: already running.
-            zmq.ZMQError: the bind failed.
+            zmq.ZMQError: the bind failed (``zmq``).
+            OSError: the bind failed (``nomad``).
         """
         with self._lock:
             thread = self._claim(self._bind)
@@ -340,7 +373,7 @@ class ServerStandIn:
         """Answer pings again after ``pause()``."""
         self._running_thread().paused = False
 
-    def _running_thread(self) -> _RouterThread:
+    def _running_thread(self) -> _RouterThread | NomadRpcListener:
         with self._lock:
             if self._thread is None or not self._thread.alive:
                 raise RuntimeError("the stand-in is not running")

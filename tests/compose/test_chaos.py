@@ -9,7 +9,7 @@ never restarts.
 Everything that is timed runs on the host, with ``time.monotonic()``: the
 chaos driver (this test's thread), the client threads and the rebalancer
 thread, all CURVE clients of the proxy's published query port. A client
-"uses" a server with a ZeroMQ ping (the proxy's ping timeout) to the server
+"uses" a server with Nomad's Status.Ping (the proxy's ping timeout) to the server
 container's address on the project network (container DNS names do not
 resolve on the host; the driver refreshes the addresses after every action).
 The compose ``client`` service is stopped first, so every client of the proxy
@@ -36,7 +36,7 @@ import zmq
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError
 from rpcproxy.bus.client.keys import CurveClient
-from rpcproxy.bus.service.ping import ZmqPinger
+from rpcproxy.bus.service.nomad_ping import NomadPinger
 from rpcproxy.proxy import parse_address
 from tests.compose.chaos import CheckResult, Op, Outage, check_invariant
 from tests.compose.compose import SERVERS, ComposeProject, in_ci, wait_for
@@ -93,7 +93,7 @@ class Addresses:
             return self._ips.get(service)
 
 
-def answers(pinger: ZmqPinger, ip: str | None) -> bool:
+def answers(pinger: NomadPinger, ip: str | None) -> bool:
     """Whether the fake server at ``ip`` answers a ping within the pinger's timeout."""
     if ip is None:
         return False
@@ -125,9 +125,9 @@ class Run:
             self.endpoint, timeout_s=2.0, retries=3, context=self.context, curve=self.curve
         )
 
-    def pinger(self) -> ZmqPinger:
-        # Each has its own context, released when the test process ends.
-        return ZmqPinger(region="global", rpc_major_version=1, timeout_s=self.ping_timeout_s)
+    def pinger(self) -> NomadPinger:
+        # As the proxy pings the servers by default (ping_method = "nomad").
+        return NomadPinger(timeout_s=self.ping_timeout_s)
 
     def lookup(self, name: str, client: ProxyClient) -> str | None:
         sent = now()

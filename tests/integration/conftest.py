@@ -417,7 +417,7 @@ def serve_factory(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
 
 @pytest.fixture
 def standins() -> Iterator[Callable[[], ServerStandIn]]:
-    """Start live ServerStandIns (servers that answer the zmq ping)."""
+    """Start live ServerStandIns (servers that answer the default ping, Nomad's Status.Ping)."""
     running: list[ServerStandIn] = []
 
     def factory() -> ServerStandIn:

@@ -86,7 +86,7 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "events": "tcp://127.0.0.1:4652",
     "backup_servers": (),
     "primary_servers": (),
-    "ping_method": "zmq",
+    "ping_method": "nomad",
     "ping_timeout_s": 1.0,
     "min_reuse_s": 600.0,
     "jitter_fraction": 2.0,
@@ -94,6 +94,10 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "api_mismatch_log_interval_s": 10800.0,
     "max_message_bytes": 1048576,
     "max_servers": 4096,
+    "nomad_tls_ca_file": "",
+    "nomad_tls_cert_file": "",
+    "nomad_tls_key_file": "",
+    "nomad_tls_verify_server_hostname": True,
     "metrics": "",
     "heartbeat_stale_s": 60.0,
     "state_file": "",
@@ -151,6 +155,8 @@ SAMPLES: dict[str, tuple[str, str, Any]] = {
     "api_mismatch_log_interval_s": ("0", "0", 0.0),
     "max_message_bytes": ("1024", "1024", 1024),
     "max_servers": ("3", "3", 3),
+    "nomad_tls_ca_file": ("/tls/ca.pem", '"/tls/ca.pem"', "/tls/ca.pem"),
+    "nomad_tls_verify_server_hostname": ("False", "false", False),
     "metrics": ("0.0.0.0:9100", '"0.0.0.0:9100"', "0.0.0.0:9100"),
     "heartbeat_stale_s": ("5", "5", 5.0),
     "state_file": ("/tmp/s.json", '"/tmp/s.json"', "/tmp/s.json"),
@@ -159,8 +165,13 @@ SAMPLES: dict[str, tuple[str, str, Any]] = {
 }
 
 
-PAIRED_KEYS = {"curve_secret_key_file", "curve_allowed_dir"}
-"""Keys that are only valid together; tested as a pair below."""
+PAIRED_KEYS = {
+    "curve_secret_key_file",
+    "curve_allowed_dir",
+    "nomad_tls_cert_file",
+    "nomad_tls_key_file",
+}
+"""Keys that are only valid together; tested as pairs below."""
 
 
 def test_samples_cover_every_key() -> None:
@@ -188,6 +199,59 @@ def test_curve_keys_from_each_source(tmp_path: Path) -> None:
 def test_curve_needs_both_keys(tmp_path: Path, given: str, missing: str) -> None:
     error = _error(tmp_path, argv=[f"{_flag(given)}=/x"])
     assert error.key == missing
+
+
+def test_nomad_tls_client_pair_from_each_source(tmp_path: Path) -> None:
+    env = {
+        _env("nomad_tls_ca_file"): "/t/ca.pem",
+        _env("nomad_tls_cert_file"): "/t/cli.pem",
+        _env("nomad_tls_key_file"): "/t/cli-key.pem",
+    }
+    config = _load(tmp_path, env=env)
+    assert (config.nomad_tls_cert_file, config.nomad_tls_key_file) == (
+        "/t/cli.pem",
+        "/t/cli-key.pem",
+    )
+    toml = (
+        'nomad_tls_ca_file = "/c"\nnomad_tls_cert_file = "/p"\nnomad_tls_key_file = "/k"\n'
+        "nomad_tls_verify_server_hostname = true\n"
+    )
+    assert _load(tmp_path, toml=toml).nomad_tls_key_file == "/k"
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ("nomad_tls_cert_file", "nomad_tls_key_file"),
+        ("nomad_tls_key_file", "nomad_tls_cert_file"),
+    ],
+)
+def test_nomad_tls_client_certificate_needs_both_keys(
+    tmp_path: Path, given: str, missing: str
+) -> None:
+    argv = [f"{_flag('nomad_tls_ca_file')}=/ca.pem", f"{_flag(given)}=/x"]
+    error = _error(tmp_path, argv=argv)
+    assert (error.key, error.source) == (missing, _flag(given))
+
+
+def test_nomad_tls_client_certificate_needs_the_ca(tmp_path: Path) -> None:
+    """A client certificate is only ever presented over TLS, which the CA turns on."""
+    argv = [f"{_flag('nomad_tls_cert_file')}=/c.pem", f"{_flag('nomad_tls_key_file')}=/k.pem"]
+    assert _error(tmp_path, argv=argv).key == "nomad_tls_ca_file"
+    with pytest.raises(ConfigError):
+        Config(nomad_tls_cert_file="/c.pem", nomad_tls_key_file="/k.pem")
+
+
+@pytest.mark.parametrize("text", ["true", "TRUE", "yes", "on", "1"])
+def test_bool_texts_true(tmp_path: Path, text: str) -> None:
+    env = {_env("nomad_tls_verify_server_hostname"): text}
+    assert _load(tmp_path, env=env).nomad_tls_verify_server_hostname is True
+
+
+@pytest.mark.parametrize("text", ["false", "No", "off", "0"])
+def test_bool_texts_false(tmp_path: Path, text: str) -> None:
+    argv = [f"{_flag('nomad_tls_verify_server_hostname')}={text}"]
+    assert _load(tmp_path, argv=argv).nomad_tls_verify_server_hostname is False
 
 
 def test_curve_refuses_heartbeat_connect(tmp_path: Path) -> None:
@@ -389,6 +453,11 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("primary_servers", "300.0.0.1"),
     ("ping_method", "udp"),
     ("ping_method", ""),
+    ("nomad_tls_verify_server_hostname", "maybe"),
+    ("nomad_tls_verify_server_hostname", ""),
+    ("nomad_tls_ca_file", "/a\x00b"),
+    ("nomad_tls_cert_file", "/a\x00b"),
+    ("nomad_tls_key_file", "/a\x00b"),
     ("ping_timeout_s", "abc"),
     ("ping_timeout_s", "0"),
     ("ping_timeout_s", "-1"),
@@ -470,6 +539,8 @@ BAD_TOML: list[tuple[str, str]] = [
     ("events", "false"),
     ("query", "[]"),
     ("ping_method", '["zmq"]'),
+    ("nomad_tls_verify_server_hostname", '"false"'),
+    ("nomad_tls_verify_server_hostname", "0"),
     ("log_level", "{ a = 1 }"),
 ]
 

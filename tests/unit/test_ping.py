@@ -51,7 +51,7 @@ def standin(ctx: zmq.Context[Any]) -> Iterator[StandInFactory]:
     started: list[ServerStandIn] = []
 
     def make(bind: str = "tcp://127.0.0.1:*") -> ServerStandIn:
-        server = ServerStandIn(bind, context=ctx)
+        server = ServerStandIn(bind, protocol="zmq", context=ctx)
         server.start()
         started.append(server)
         return server
@@ -635,11 +635,24 @@ def test_unresolvable_name_fails(pingers: Callable[..., ZmqPinger]) -> None:
 
 @pytest.mark.parametrize("kind", ["zmq", "tcp"])
 def test_close_ends_a_ping_in_flight_and_fails_later_calls(
-    kind: str, pingers: Callable[..., ZmqPinger], pool: ThreadPoolExecutor, peers: Peers
+    kind: str,
+    pingers: Callable[..., ZmqPinger],
+    pool: ThreadPoolExecutor,
+    peers: Peers,
+    stuck_dns: Callable[..., tuple[Resolver, StuckDns]],
 ) -> None:
     timeout = 60.0
-    pinger = pingers(timeout) if kind == "zmq" else TcpPinger(timeout_s=timeout)
-    hung, live = peers.hung(kind, 3), peers.live(kind)
+    if kind == "zmq":
+        pinger: ZmqPinger | TcpPinger = pingers(timeout)
+        hung = peers.hung(kind, 3)
+    else:
+        # Names whose lookup never ends keep a TCP ping in flight for sure; a
+        # port whose SYNs the kernel drops can still let one handshake through.
+        names = [f"stuck-{i}.example" for i in range(3)]
+        resolver, _ = stuck_dns(*names)
+        pinger = TcpPinger(timeout_s=timeout, resolver=resolver)
+        hung = [parse_address(f"{name}:4647") for name in names]
+    live = peers.live(kind)
     future = pool.submit(timed, pinger, [*hung, live])
     poll_until(lambda: pinger.in_flight, 10, what="the ping to start")
     pinger.close()

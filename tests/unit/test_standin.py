@@ -1,4 +1,7 @@
-"""The Nomad-server stand-in over real loopback sockets (bus/standin.py)."""
+"""The Nomad-server stand-in over real loopback sockets (bus/standin.py), zmq protocol.
+
+The nomad protocol's stand-in is tested in test_nomad_standin.py.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ Client = Callable[[ServerStandIn], zmq.Socket[bytes]]
 
 @pytest.fixture
 def server(ctx: zmq.Context[Any]) -> Iterator[ServerStandIn]:
-    standin = ServerStandIn(context=ctx, max_message_bytes=1024)
+    standin = ServerStandIn(protocol="zmq", context=ctx, max_message_bytes=1024)
     standin.start()
     yield standin
     standin.stop()
@@ -152,7 +155,7 @@ def test_start_twice_is_refused(server: ServerStandIn) -> None:
 
 
 def test_bind_failure_is_raised(ctx: zmq.Context[Any], server: ServerStandIn) -> None:
-    clash = ServerStandIn(server.endpoint, context=ctx)
+    clash = ServerStandIn(server.endpoint, protocol="zmq", context=ctx)
     with pytest.raises(zmq.ZMQError):
         clash.start()
     assert not clash.running
@@ -160,11 +163,11 @@ def test_bind_failure_is_raised(ctx: zmq.Context[Any], server: ServerStandIn) ->
 
 def test_pause_when_not_running_is_refused(ctx: zmq.Context[Any]) -> None:
     with pytest.raises(RuntimeError):
-        ServerStandIn(context=ctx).pause()
+        ServerStandIn(protocol="zmq", context=ctx).pause()
 
 
 def test_context_manager(ctx: zmq.Context[Any], client: Client) -> None:
-    with ServerStandIn(context=ctx) as standin:
+    with ServerStandIn(protocol="zmq", context=ctx) as standin:
         assert request(client(standin), PING) == {"ok": True}
     assert not standin.running
 
@@ -173,7 +176,7 @@ def test_serve_forever_until_stopped_from_another_thread(ctx: zmq.Context[Any]) 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    standin = ServerStandIn(f"tcp://127.0.0.1:{port}", context=ctx)
+    standin = ServerStandIn(f"tcp://127.0.0.1:{port}", protocol="zmq", context=ctx)
     serving = threading.Thread(target=standin.serve_forever, daemon=True)
     serving.start()
     deadline = time.monotonic() + 5
@@ -196,7 +199,7 @@ def test_serve_forever_until_stopped_from_another_thread(ctx: zmq.Context[Any]) 
 
 
 def test_wildcard_bind_reports_a_loopback_address(ctx: zmq.Context[Any]) -> None:
-    with ServerStandIn("tcp://*:*", context=ctx) as standin:
+    with ServerStandIn("tcp://*:*", protocol="zmq", context=ctx) as standin:
         host, _, port = standin.address.rpartition(":")
         assert host == "127.0.0.1"
         assert port.isdigit()
@@ -205,7 +208,7 @@ def test_wildcard_bind_reports_a_loopback_address(ctx: zmq.Context[Any]) -> None
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs POSIX signals")
 def test_stop_from_a_signal_handler_on_the_serving_thread(ctx: zmq.Context[Any]) -> None:
     """What a CLI does on SIGTERM: the handler runs on the serving thread."""
-    standin = ServerStandIn(context=ctx)
+    standin = ServerStandIn(protocol="zmq", context=ctx)
     answered = threading.Event()
 
     def ping_then_signal() -> None:
@@ -247,7 +250,7 @@ def test_a_port_taken_by_another_program_makes_start_raise(
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        standin = ServerStandIn(tcp(port), context=ctx)
+        standin = ServerStandIn(tcp(port), protocol="zmq", context=ctx)
         with pytest.raises(zmq.ZMQError, match=f"in use.*{port}") as err:
             standin.start()
     assert err.value.errno == errno.EADDRINUSE
@@ -261,7 +264,7 @@ def test_a_port_taken_by_another_program_makes_start_raise(
 
 
 def test_a_bad_endpoint_makes_start_raise(ctx: zmq.Context[Any]) -> None:
-    standin = ServerStandIn("tcp://no-port", context=ctx)
+    standin = ServerStandIn("tcp://no-port", protocol="zmq", context=ctx)
     with pytest.raises(zmq.ZMQError) as err:
         standin.start()
     assert err.value.errno == errno.EINVAL
@@ -269,7 +272,7 @@ def test_a_bad_endpoint_makes_start_raise(ctx: zmq.Context[Any]) -> None:
 
 
 def test_serve_forever_raises_a_bind_failure(ctx: zmq.Context[Any], server: ServerStandIn) -> None:
-    clash = ServerStandIn(server.endpoint, context=ctx)
+    clash = ServerStandIn(server.endpoint, protocol="zmq", context=ctx)
     with pytest.raises(zmq.ZMQError):
         clash.serve_forever()
     assert not clash.running
