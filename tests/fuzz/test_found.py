@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.conftest import Serve, hb_payload, hb_server
+from tests.integration.serving import Serve, hb_payload, hb_server
 
 pytestmark = pytest.mark.integration
 

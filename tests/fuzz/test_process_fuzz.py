@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from rpcproxy.bus.service.codec import HeartbeatError, decode_heartbeat
 from rpcproxy.proxy import Heartbeat
-from tests.integration.conftest import (
+from tests.integration.serving import (
     HeartbeatPub,
     Serve,
     hb_payload,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import HeartbeatPub, Serve, addrs, hb_payload, hb_server
+from tests.integration.serving import HeartbeatPub, Serve, addrs, hb_payload, hb_server
 from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration

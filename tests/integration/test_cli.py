@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import port_is_free
-from tests.integration.conftest import (
+from tests.integration.serving import (
     RPCPROXY,
     RawClient,
     Serve,

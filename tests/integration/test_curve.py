@@ -15,7 +15,7 @@ from rpcproxy.bus.client.client import ProxyClient, ProxyTimeoutError
 from rpcproxy.bus.client.keys import CurveClient, create_key_pair
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.proxy import HeartbeatServer
-from tests.integration.conftest import CTX, RPCPROXY, free_port, poll_until, tcp
+from tests.integration.serving import CTX, RPCPROXY, free_port, poll_until, tcp
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.integration.conftest import CTX, Serve, pack, start_serve, stop_and_check, unpack
+from tests.integration.serving import CTX, Serve, pack, start_serve, stop_and_check, unpack
 
 pytestmark = pytest.mark.integration
 

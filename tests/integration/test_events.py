@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
-from tests.integration.conftest import (
+from tests.integration.serving import (
     EventSub,
     HeartbeatPub,
     Serve,

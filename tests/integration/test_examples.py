@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Serve, addrs, poll_until
+from tests.integration.serving import Serve, addrs, poll_until
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.integration.conftest import (
+from tests.integration.serving import (
     CTX,
     NoReplyError,
     ProcessExitedError,
@@ -82,7 +82,7 @@ def test_a_proxy_actor_that_fails_ends_serve_with_exit_1(
 def test_serve_refuses_to_start_on_a_libzmq_older_than_4_3_3(tmp_path: Path) -> None:
     """CVE-2020-15166: one error line, exit 1, before any socket is opened."""
     # start_serve, not serve_factory: pytest loads conftest.py under another
-    # module name than ``tests.integration.conftest``, so the fixture's
+    # module name than ``tests.integration.serving``, so the fixture's
     # ProcessExitedError is not the class imported here.
     with pytest.raises(ProcessExitedError) as exited:
         started = start_serve(tmp_path, command=planted("libzmq-4.3.2"))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import CTX, Serve, assert_clean_log
 from tests.integration.flood import FIRST, Flood, server_list
+from tests.integration.serving import CTX, Serve, assert_clean_log
 from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration

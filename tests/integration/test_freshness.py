@@ -24,7 +24,7 @@ from rpcproxy.actors.snapshot import Snapshot
 from rpcproxy.cli.config import Config
 from rpcproxy.cli.service import ProxyService
 from rpcproxy.proxy import ProxyState
-from tests.integration.conftest import (
+from tests.integration.serving import (
     HeartbeatPub,
     RawClient,
     Serve,

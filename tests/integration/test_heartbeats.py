@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.integration.serving import (
     HeartbeatPub,
     Serve,
     addrs,

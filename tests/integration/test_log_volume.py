@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import HeartbeatPub, Serve, hb_payload, hb_server, pack
+from tests.integration.serving import HeartbeatPub, Serve, hb_payload, hb_server, pack
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rpcproxy.bus.standins.standin import ServerStandIn
-from tests.integration.conftest import (
+from tests.integration.serving import (
     HeartbeatPub,
     Serve,
     free_port,

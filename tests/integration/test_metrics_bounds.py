@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.conftest import Serve, free_port, poll_until
+from tests.integration.serving import Serve, free_port, poll_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Serve, addrs, free_port, run_rpcproxy, tcp
+from tests.integration.serving import Serve, addrs, free_port, run_rpcproxy, tcp
 from tests.nomadpeer import CertPair, Mode, NomadPeer, TLSFiles, make_tls_files
 
 pytestmark = pytest.mark.integration

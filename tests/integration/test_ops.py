@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
-from tests.integration.conftest import (
+from tests.integration.serving import (
     Serve,
     addrs,
     free_port,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.integration.serving import (
     HeartbeatPub,
     RawClient,
     Serve,

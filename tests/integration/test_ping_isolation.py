@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
-from tests.integration.conftest import (
+from tests.integration.serving import (
     RPCPROXY,
     NoReplyError,
     RawClient,

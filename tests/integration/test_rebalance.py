@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
-from tests.integration.conftest import EventSub, Serve, addrs, free_port, poll_until
+from tests.integration.serving import EventSub, Serve, addrs, free_port, poll_until
 
 pytestmark = pytest.mark.integration
 

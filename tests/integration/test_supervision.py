@@ -25,7 +25,7 @@ from rpcproxy.actors.persist import StateFile
 from rpcproxy.cli.config import Config
 from rpcproxy.cli.main import EXIT_FAILURE, EXIT_OK, supervise
 from rpcproxy.cli.service import ProxyService
-from tests.integration.conftest import RawClient, poll_until
+from tests.integration.serving import RawClient, poll_until
 
 pytestmark = pytest.mark.integration
 

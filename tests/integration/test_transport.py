@@ -12,7 +12,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from tests.integration.conftest import (
+from tests.integration.serving import (
     CTX,
     NoReplyError,
     RawClient,

@@ -43,7 +43,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.helpers import pack  # noqa: E402
-from tests.integration.conftest import (  # noqa: E402
+from tests.integration.flood import FIRST, server_list  # noqa: E402
+from tests.integration.serving import (  # noqa: E402
     CTX,
     NoReplyError,
     RawClient,
@@ -52,7 +53,6 @@ from tests.integration.conftest import (  # noqa: E402
     hb_server,
     start_serve,
 )
-from tests.integration.flood import FIRST, server_list  # noqa: E402
 
 TOPIC = b"heartbeat/global"
 STOP_TIMEOUT_S = 10.0
