@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -53,12 +54,25 @@ def test_a_setup_error_is_raised_after_the_thread_has_closed_its_sockets(
     thread = Pair(ctx, fail=True)
     with pytest.raises(OSError, match="cannot set up"):
         thread.start()
-    # Ended, not merely reported: the name is free to bind again at once.
+    # Ended, not merely reported: the thread is gone and its socket closed.
     assert not thread.alive
     assert thread.torn_down.is_set()
-    again = Pair(ctx)
-    again.start()
-    again.stop()
+    # libzmq frees a closed socket's inproc name on its reaper thread, a
+    # moment later; the name must come free without anyone stopping anything.
+    poll_until(_binds_again(ctx), 10, what="the closed socket's name to come free")
+
+
+def _binds_again(ctx: zmq.Context[Any]) -> Callable[[], bool]:
+    def attempt() -> bool:
+        again = Pair(ctx)
+        try:
+            again.start()
+        except (OSError, zmq.ZMQError):
+            return False
+        again.stop()
+        return True
+
+    return attempt
 
 
 def test_stop_ends_the_thread_and_wait_returns(ctx: zmq.Context[Any]) -> None:
