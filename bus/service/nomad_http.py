@@ -1,0 +1,412 @@
+"""Heartbeats from a Nomad cluster's HTTP API (docs/protocol.md section 7).
+
+:class:`NomadPoller` asks a Nomad agent for ``/v1/agent/members``,
+``/v1/status/leader`` and (at most every ``nodes_refresh_s``) ``/v1/nodes``,
+and turns the answers into a :class:`~rpcproxy.proxy.Heartbeat`. One
+implementation serves both ``rpcproxy publish --nomad-addr`` (which puts the
+heartbeats on the bus) and ``serve`` with ``nomad_addr`` (which hands them to
+the proxy in process).
+
+Every response is validated whole with msgspec before anything is taken from
+it, and bounded (bytes read, members decoded): a broken or hostile API gets
+a logged failure and publishes nothing, and a fetch that finds no server
+publishes nothing either, so a broken API never empties a proxy's list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any
+
+import httpx
+import msgspec
+from msgspec import Meta
+
+from rpcproxy.proxy import Heartbeat, HeartbeatServer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NODES_REFRESH_S = 300.0
+"""How often ``/v1/nodes`` is fetched at most: it costs the server O(nodes)."""
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+"""The largest response body read; a longer one is a failed fetch."""
+
+DEFAULT_MAX_MEMBERS = 1024
+"""The most members (and nodes, counted) decoded from one response."""
+
+MAX_BACKOFF_S = 60.0
+"""The longest wait between retries of a failing API."""
+
+ENV_KEYS = {
+    "addr": "NOMAD_ADDR",
+    "token": "NOMAD_TOKEN",
+    "region": "NOMAD_REGION",
+    "ca_cert": "NOMAD_CACERT",
+    "client_cert": "NOMAD_CLIENT_CERT",
+    "client_key": "NOMAD_CLIENT_KEY",
+    "tls_server_name": "NOMAD_TLS_SERVER_NAME",
+    "skip_verify": "NOMAD_SKIP_VERIFY",
+}
+"""Nomad's own environment variables, by the setting each one fills."""
+
+
+class NomadApiError(Exception):
+    """A fetch from the Nomad API failed (no answer, a bad status or shape)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class NomadApiSettings:
+    """Where the Nomad API is and how to talk to it.
+
+    Attributes:
+        addr: the agent's URL (``http://127.0.0.1:4646`` by default, as Nomad's).
+        token: the ACL token sent as ``X-Nomad-Token``; empty sends none.
+        region: the region whose servers are kept.
+        ca_cert: a CA bundle to verify the API's certificate with.
+        client_cert: a client certificate (PEM) for mTLS.
+        client_key: its key (PEM).
+        tls_server_name: the name the API's certificate must carry.
+        skip_verify: do not verify the API's certificate at all.
+    """
+
+    addr: str = "http://127.0.0.1:4646"
+    token: str = field(default="", repr=False)
+    region: str = "global"
+    ca_cert: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    tls_server_name: str = ""
+    skip_verify: bool = False
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, **overrides: str | bool | None
+    ) -> NomadApiSettings:
+        """Nomad's environment variables, each overridden by a non-None keyword.
+
+        Args:
+            env: the environment (``os.environ`` by default).
+            overrides: settings by attribute name (flags); None leaves the variable's.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for key, var in ENV_KEYS.items():
+            if var in env and env[var] != "":
+                raw = env[var]
+                values[key] = _truthy(raw) if key == "skip_verify" else raw
+        for key, value in overrides.items():
+            if key not in ENV_KEYS:
+                raise TypeError(f"unknown Nomad API setting {key!r}")
+            if value is not None:
+                values[key] = value
+        return replace(cls(), **values)
+
+
+def _truthy(raw: str) -> bool:
+    # Nomad parses NOMAD_SKIP_VERIFY with strconv.ParseBool.
+    return raw.strip().lower() in {"1", "t", "true"}
+
+
+class _Member(msgspec.Struct):
+    # Only what section 7 reads; msgspec ignores the other keys.
+    Addr: str = ""
+    Status: str = ""
+    Tags: dict[str, str] = {}
+
+
+def _members_type(max_members: int) -> type[msgspec.Struct]:
+    # Built at run time (defstruct), since the bound is a setting; a class
+    # statement would see the annotation as a string under future annotations.
+    members = Annotated[list[_Member], Meta(max_length=max_members)]
+    return msgspec.defstruct("_Members", [("Members", members), ("ServerName", str, "")])
+
+
+@dataclass(frozen=True, slots=True)
+class NomadView:
+    """What one poll saw: the region's servers, the leader, the node count."""
+
+    servers: tuple[HeartbeatServer, ...]
+    leader_rpc_addr: str
+    num_nodes: int
+    server_name: str
+
+
+def member_server(member: Any, region: str) -> HeartbeatServer | None:
+    """The server a member is, under section 7's mapping, or None.
+
+    Args:
+        member: one decoded entry of ``Members``.
+        region: the proxy's region.
+    """
+    tags: dict[str, str] = member.Tags
+    if member.Status != "alive" or tags.get("role") != "nomad":
+        return None
+    if tags.get("region") != region or "port" not in tags:
+        return None
+    host = tags.get("rpc_addr") or member.Addr
+    if not host:
+        return None
+    try:
+        port = int(tags["port"])
+        major = int(tags.get("vsn", "1"))
+        minor = int(tags.get("mvn", "1"))
+    except ValueError:
+        return None
+    if not 0 < port < 65536:
+        return None
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address, bracketed as Nomad does
+    return HeartbeatServer(
+        rpc_advertise_addr=f"{host}:{port}",
+        rpc_major_version=major,
+        rpc_minor_version=minor,
+        datacenter=tags.get("dc", ""),
+    )
+
+
+def make_client(settings: NomadApiSettings, *, timeout_s: float = 5.0) -> httpx.Client:
+    """An httpx client for the API: TLS as configured, the token as a header.
+
+    Args:
+        settings: the API's address and credentials.
+        timeout_s: the bound on each request (connect, read, write).
+
+    Raises:
+        OSError, ssl.SSLError: a certificate file is missing or unreadable.
+    """
+    context = ssl.create_default_context(cafile=settings.ca_cert or None)
+    if settings.skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if settings.client_cert:
+        context.load_cert_chain(settings.client_cert, settings.client_key or None)
+    headers = {"X-Nomad-Token": settings.token} if settings.token else {}
+    return httpx.Client(
+        base_url=settings.addr,
+        headers=headers,
+        verify=context,
+        timeout=timeout_s,
+        trust_env=False,
+    )
+
+
+class NomadFetcher:
+    """Fetches and validates the three endpoints section 7 reads.
+
+    Args:
+        client: the httpx client (:func:`make_client`).
+        settings: for the region and the server name.
+        max_members: the most members decoded from ``/v1/agent/members``.
+        max_body_bytes: the largest body read from any endpoint.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        settings: NomadApiSettings,
+        *,
+        max_members: int = DEFAULT_MAX_MEMBERS,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._max_body = max_body_bytes
+        self._members_decoder = msgspec.json.Decoder(_members_type(max_members))
+        self._leader_decoder = msgspec.json.Decoder(str)
+        # Nodes are only counted: each one's content is left unchecked.
+        nodes = Annotated[list[msgspec.Raw], Meta(max_length=max(max_members, 100_000))]
+        self._nodes_decoder = msgspec.json.Decoder(nodes)
+
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
+        """The body of a 200 answer to ``GET path``, bounded in bytes.
+
+        Raises:
+            NomadApiError: no answer, a status other than 200, a body too long.
+        """
+        extensions: dict[str, Any] = {}
+        if self._settings.tls_server_name:
+            extensions["sni_hostname"] = self._settings.tls_server_name
+        try:
+            request = self._client.build_request("GET", path, params=params, extensions=extensions)
+            response = self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise NomadApiError(f"GET {path}: {exc}") from exc
+        try:
+            if response.status_code != 200:
+                raise NomadApiError(
+                    f"GET {path}: status {response.status_code}", status=response.status_code
+                )
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > self._max_body:
+                    raise NomadApiError(f"GET {path}: body over {self._max_body} bytes")
+            return bytes(body)
+        except httpx.HTTPError as exc:
+            raise NomadApiError(f"GET {path}: {exc}") from exc
+        finally:
+            response.close()
+
+    def members(self) -> tuple[tuple[HeartbeatServer, ...], str]:
+        """The region's servers and the agent's ``ServerName``."""
+        body = self.get("/v1/agent/members")
+        try:
+            decoded: Any = self._members_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise NomadApiError(f"GET /v1/agent/members: {exc}") from exc
+        servers = []
+        seen: set[str] = set()
+        for member in decoded.Members:
+            server = member_server(member, self._settings.region)
+            if server is not None and server.rpc_advertise_addr not in seen:
+                seen.add(server.rpc_advertise_addr)
+                servers.append(server)
+        return tuple(servers), decoded.ServerName
+
+    def leader(self) -> str:
+        """``/v1/status/leader``: the leader's RPC address, a JSON string."""
+        body = self.get("/v1/status/leader")
+        try:
+            return self._leader_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise NomadApiError(f"GET /v1/status/leader: {exc}") from exc
+
+    def num_nodes(self) -> int:
+        """The length of ``/v1/nodes?stale=true``."""
+        body = self.get("/v1/nodes", {"stale": "true"})
+        try:
+            return len(self._nodes_decoder.decode(body))
+        except msgspec.DecodeError as exc:
+            raise NomadApiError(f"GET /v1/nodes: {exc}") from exc
+
+
+class NomadPoller:
+    """Polls the API and hands a :class:`Heartbeat` to ``emit`` for each good poll.
+
+    A poll that fails, or finds no server, emits nothing and is retried with
+    a doubling backoff (``interval_s`` up to :data:`MAX_BACKOFF_S`). A 401 or
+    403 is logged once as an error naming the token (never its value).
+    ``seq`` grows with every heartbeat emitted. Polling every ``interval_s``
+    and emitting each good poll covers both section 7's rules: one heartbeat
+    per interval, and the members' changes within one.
+
+    Args:
+        fetcher: the validated fetches.
+        emit: called with each heartbeat (on the poller's thread).
+        interval_s: seconds between polls.
+        nodes_refresh_s: seconds between two fetches of ``/v1/nodes`` at least.
+        publisher: the heartbeats' ``publisher``; the agent's ``ServerName`` by default.
+        clock: monotonic seconds (injected by tests).
+        wait: waits up to its argument in seconds, True when stopped (injected
+            by tests; an Event's ``wait`` by default).
+    """
+
+    def __init__(
+        self,
+        fetcher: NomadFetcher,
+        emit: Callable[[Heartbeat], None],
+        *,
+        interval_s: float = 10.0,
+        nodes_refresh_s: float = DEFAULT_NODES_REFRESH_S,
+        publisher: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        self._fetcher = fetcher
+        self._emit = emit
+        self._interval_s = interval_s
+        self._nodes_refresh_s = nodes_refresh_s
+        self._publisher = publisher
+        self._clock = clock
+        self._stop = threading.Event()
+        self._wait = wait if wait is not None else self._stop.wait
+        self._nodes: int | None = None
+        self._nodes_at: float | None = None
+        self._failures = 0
+        self._auth_logged = False
+        self._thread: threading.Thread | None = None
+        self.seq = 0
+
+    def poll_once(self) -> Heartbeat | None:
+        """One poll: the heartbeat emitted, or None when nothing was."""
+        try:
+            servers, server_name = self._fetcher.members()
+            leader = self._fetcher.leader()
+            num_nodes = self._refresh_nodes()
+        except NomadApiError as exc:
+            self._failed(exc)
+            return None
+        if not servers:
+            self._failures += 1
+            log.warning("nomad API: no alive server in the region; publishing nothing")
+            return None
+        self._failures = 0
+        self.seq += 1
+        heartbeat = Heartbeat(
+            servers=servers,
+            num_nodes=num_nodes,
+            leader_rpc_addr=leader,
+            publisher=self._publisher or server_name or "nomad",
+            seq=self.seq,
+        )
+        self._emit(heartbeat)
+        return heartbeat
+
+    def _refresh_nodes(self) -> int:
+        now = self._clock()
+        due = self._nodes_at is None or now - self._nodes_at >= self._nodes_refresh_s
+        if due or self._nodes is None:
+            self._nodes = self._fetcher.num_nodes()
+            self._nodes_at = now
+        return self._nodes
+
+    def _failed(self, exc: NomadApiError) -> None:
+        self._failures += 1
+        if exc.status in (401, 403):
+            if not self._auth_logged:
+                self._auth_logged = True
+                log.error("nomad API refused the ACL token (NOMAD_TOKEN / --token): %s", exc)
+            return
+        log.warning("nomad API: %s; publishing nothing, retrying", exc)
+
+    def next_delay(self) -> float:
+        """Seconds until the next poll: the interval, doubled per failure, capped."""
+        if self._failures == 0:
+            return self._interval_s
+        factor = 2.0 ** min(self._failures - 1, 16)
+        return min(self._interval_s * factor, max(MAX_BACKOFF_S, self._interval_s))
+
+    def run(self) -> None:
+        """Polls until :meth:`stop` (or the injected ``wait`` says stopped)."""
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # a bug must not end the bridge silently
+                self._failures += 1
+                log.exception("nomad poller: unexpected error")
+            if self._wait(self.next_delay()):
+                return
+
+    def start(self) -> None:
+        """Runs :meth:`run` on a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="rpcproxy-nomad", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stops polling and joins the thread (an in-flight request ends by its timeout)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)

@@ -1,0 +1,307 @@
+"""The Nomad HTTP API bridge (docs/protocol.md section 7) against a local fixture.
+
+The fixture is a tiny ``http.server`` on loopback serving the shapes of
+Nomad's documented responses: ``/v1/agent/members`` with 0.x tags (``vsn``,
+``mvn``, no ``rpc_addr``) and 1.x tags (``rpc_addr``, ``id``, ``raft_vsn``,
+``build``...), ``/v1/status/leader`` and ``/v1/nodes``. Polls are called
+one at a time (``poll_once``), so nothing waits on a clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from rpcproxy.bus.service.nomad_http import (
+    NomadApiSettings,
+    NomadFetcher,
+    NomadPoller,
+    make_client,
+)
+from rpcproxy.proxy import Heartbeat, HeartbeatServer
+
+
+def member_0x(name: str, addr: str, *, status: str = "alive", region: str = "global") -> Any:
+    """A server member as Nomad 0.x reports it: no ``rpc_addr`` tag."""
+    return {
+        "Name": f"{name}.{region}",
+        "Addr": addr,
+        "Port": 4648,
+        "Status": status,
+        "ProtocolCur": 2,
+        "Tags": {
+            "role": "nomad",
+            "region": region,
+            "dc": "dc1",
+            "port": "4647",
+            "vsn": "1",
+            "mvn": "1",
+            "bootstrap": "1",
+            "expect": "3",
+        },
+    }
+
+
+def member_1x(name: str, rpc_addr: str, *, dc: str = "dc2", region: str = "global") -> Any:
+    """A server member as Nomad 1.x reports it: ``rpc_addr``, ``id``, ``raft_vsn``..."""
+    return {
+        "Name": f"{name}.{region}",
+        "Addr": "10.9.9.9",
+        "Port": 4648,
+        "Status": "alive",
+        "Tags": {
+            "role": "nomad",
+            "region": region,
+            "dc": dc,
+            "port": "4647",
+            "rpc_addr": rpc_addr,
+            "id": "c3b9b0e6-0000-0000-0000-000000000000",
+            "raft_vsn": "3",
+            "build": "1.7.2",
+            "vsn": "1",
+            "mvn": "1",
+            "expect": "3",
+        },
+    }
+
+
+class NomadFixture:
+    """What the fixture serves; tests change it between polls."""
+
+    def __init__(self) -> None:
+        self.members: list[Any] = [member_0x("a", "10.0.0.1"), member_1x("b", "10.0.0.2")]
+        self.leader = "10.0.0.1:4647"
+        self.nodes = 3
+        self.status = 200
+        self.raw: bytes | None = None
+        self.tokens: list[str | None] = []
+        self.paths: list[str] = []
+
+    def body(self, path: str) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        if path.startswith("/v1/agent/members"):
+            doc: Any = {
+                "ServerName": "a.global",
+                "ServerRegion": "global",
+                "ServerDC": "dc1",
+                "Members": self.members,
+            }
+        elif path.startswith("/v1/status/leader"):
+            doc = self.leader
+        elif path.startswith("/v1/nodes"):
+            doc = [{"ID": f"n{i}", "Status": "ready"} for i in range(self.nodes)]
+        else:
+            doc = {}
+        return json.dumps(doc).encode()
+
+
+@pytest.fixture
+def nomad() -> Iterator[tuple[NomadFixture, str]]:
+    state = NomadFixture()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.tokens.append(self.headers.get("X-Nomad-Token"))
+            state.paths.append(self.path)
+            body = state.body(self.path)
+            self.send_response(state.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def poller(
+    addr: str, *, token: str = "", clock: list[float] | None = None, **kw: Any
+) -> tuple[NomadPoller, list[Heartbeat]]:
+    settings = NomadApiSettings.from_env({}, addr=addr, token=token)
+    seen: list[Heartbeat] = []
+    now = clock if clock is not None else [0.0]
+    fetcher = NomadFetcher(make_client(settings, timeout_s=5.0), settings, **kw)
+    return NomadPoller(fetcher, seen.append, clock=lambda: now[0]), seen
+
+
+def test_maps_0x_and_1x_members_exactly(nomad: tuple[NomadFixture, str]) -> None:
+    state, addr = nomad
+    state.members.append(member_0x("old", "10.0.0.3", status="left"))
+    state.members.append(member_1x("other", "10.1.0.1:4647", region="eu"))
+    client = {"Name": "c1", "Addr": "10.0.0.7", "Status": "alive", "Tags": {"role": "node"}}
+    state.members.append(client)
+    p, seen = poller(addr)
+    heartbeat = p.poll_once()
+    assert heartbeat is not None and seen == [heartbeat]
+    assert heartbeat.servers == (
+        HeartbeatServer("10.0.0.1:4647", 1, 1, "dc1"),
+        HeartbeatServer("10.0.0.2:4647", 1, 1, "dc2"),
+    )
+    assert heartbeat.leader_rpc_addr == "10.0.0.1:4647"
+    assert heartbeat.num_nodes == 3
+    assert heartbeat.publisher == "a.global"
+    assert heartbeat.seq == 1
+
+
+def test_missing_version_tags_are_one(nomad: tuple[NomadFixture, str]) -> None:
+    state, addr = nomad
+    member = member_0x("a", "10.0.0.1")
+    del member["Tags"]["vsn"], member["Tags"]["mvn"]
+    state.members = [member]
+    heartbeat = poller(addr)[0].poll_once()
+    assert heartbeat is not None
+    assert heartbeat.servers == (HeartbeatServer("10.0.0.1:4647", 1, 1, "dc1"),)
+
+
+def test_membership_change_publishes_and_seq_grows(nomad: tuple[NomadFixture, str]) -> None:
+    state, addr = nomad
+    p, seen = poller(addr)
+    p.poll_once()
+    state.members = [member_0x("c", "10.0.0.5")]
+    p.poll_once()
+    assert [h.seq for h in seen] == [1, 2]
+    assert [s.rpc_advertise_addr for s in seen[1].servers] == ["10.0.0.5:4647"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["status500", "garbage", "wrong_shape", "too_many", "refused"],
+)
+def test_failed_fetch_publishes_nothing_and_retries(
+    nomad: tuple[NomadFixture, str], fault: str
+) -> None:
+    state, addr = nomad
+    if fault == "status500":
+        state.status = 500
+    elif fault == "garbage":
+        state.raw = b"{not json"
+    elif fault == "wrong_shape":
+        state.raw = b'{"Members": "nope"}'
+    elif fault == "too_many":
+        state.members = [member_0x(f"s{i}", f"10.0.1.{i}") for i in range(5)]
+    elif fault == "refused":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            addr = f"http://127.0.0.1:{s.getsockname()[1]}"
+    p, seen = poller(addr, max_members=4)
+    assert p.poll_once() is None and seen == []
+    first, second = p.next_delay(), (p.poll_once(), p.next_delay())[1]
+    assert 10.0 <= first < second <= 60.0  # backed off, capped
+    # The API recovers: the next poll publishes, and the pace is back to normal.
+    state.status, state.raw = 200, None
+    state.members = state.members[:2]
+    if fault != "refused":
+        assert p.poll_once() is not None and p.next_delay() == 10.0
+
+
+def test_backoff_is_capped(nomad: tuple[NomadFixture, str]) -> None:
+    state, addr = nomad
+    state.status = 500
+    p, _ = poller(addr)
+    for _ in range(30):
+        p.poll_once()
+    assert p.next_delay() == 60.0
+
+
+def test_empty_membership_publishes_nothing(nomad: tuple[NomadFixture, str]) -> None:
+    state, addr = nomad
+    state.members = [member_0x("a", "10.0.0.1", status="failed")]
+    p, seen = poller(addr)
+    assert p.poll_once() is None and seen == []
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_token_logged_once_naming_it(
+    nomad: tuple[NomadFixture, str], status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    state, addr = nomad
+    state.status = status
+    p, seen = poller(addr, token="s3cr3t-value")
+    with caplog.at_level(logging.WARNING, logger="rpcproxy.bus.service.nomad_http"):
+        for _ in range(3):
+            assert p.poll_once() is None
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "token" in errors[0].getMessage()
+    assert all("s3cr3t-value" not in r.getMessage() for r in caplog.records)
+    assert seen == []
+
+
+def test_token_header_sent_only_when_set(nomad: tuple[NomadFixture, str]) -> None:
+    state, addr = nomad
+    poller(addr, token="tok-1")[0].poll_once()
+    assert state.tokens and set(state.tokens) == {"tok-1"}
+    state.tokens.clear()
+    poller(addr)[0].poll_once()
+    assert state.tokens and set(state.tokens) == {None}
+
+
+def test_nodes_fetched_at_most_every_refresh(nomad: tuple[NomadFixture, str]) -> None:
+    state, addr = nomad
+    clock = [0.0]
+    p, seen = poller(addr, clock=clock)
+    p.poll_once()
+    state.nodes = 7
+    clock[0] = 299.0
+    p.poll_once()
+    clock[0] = 300.0
+    p.poll_once()
+    assert [h.num_nodes for h in seen] == [3, 3, 7]
+    assert sum(path.startswith("/v1/nodes?stale=true") for path in state.paths) == 2
+
+
+def test_env_vars_read_and_flags_override() -> None:
+    env = {
+        "NOMAD_ADDR": "https://nomad.example:4646",
+        "NOMAD_TOKEN": "SECRET-TOKEN",
+        "NOMAD_REGION": "eu",
+        "NOMAD_CACERT": "/ca.pem",
+        "NOMAD_CLIENT_CERT": "/c.pem",
+        "NOMAD_CLIENT_KEY": "/k.pem",
+        "NOMAD_TLS_SERVER_NAME": "server.eu.nomad",
+        "NOMAD_SKIP_VERIFY": "true",
+    }
+    settings = NomadApiSettings.from_env(env, region="us", token=None)
+    assert settings == NomadApiSettings(
+        addr="https://nomad.example:4646",
+        token="SECRET-TOKEN",
+        region="us",
+        ca_cert="/ca.pem",
+        client_cert="/c.pem",
+        client_key="/k.pem",
+        tls_server_name="server.eu.nomad",
+        skip_verify=True,
+    )
+    assert "SECRET-TOKEN" not in repr(settings)
+
+
+def test_run_stops_via_injected_wait(nomad: tuple[NomadFixture, str]) -> None:
+    _, addr = nomad
+    settings = NomadApiSettings.from_env({}, addr=addr)
+    seen: list[Heartbeat] = []
+    delays: list[float] = []
+
+    def wait(delay: float) -> bool:
+        delays.append(delay)
+        return len(delays) >= 3
+
+    fetcher = NomadFetcher(make_client(settings), settings)
+    NomadPoller(fetcher, seen.append, interval_s=10.0, wait=wait).run()
+    assert [h.seq for h in seen] == [1, 2, 3] and delays == [10.0, 10.0, 10.0]
