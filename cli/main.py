@@ -28,6 +28,7 @@ import zmq
 from rpcproxy import __version__
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.bus.client.keys import CurveClient, CurveError
+from rpcproxy.bus.service.nomad_http import NomadApiSettings
 from rpcproxy.bus.standins.standin import PROTOCOLS
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.cli.config import ConfigError, add_config_arguments, load_config
@@ -43,6 +44,7 @@ from rpcproxy.cli.tools import (
     run_keygen,
     run_ping,
     run_publish,
+    run_publish_nomad,
 )
 
 EXIT_OK = 0
@@ -109,7 +111,9 @@ def _add_tool_parsers(commands: Any) -> None:
     publish = commands.add_parser("publish", help="publish heartbeats listing servers")
     publish.add_argument("--connect", type=_csv, default=[], help="endpoints to connect to")
     publish.add_argument("--bind", type=_csv, default=[], help="endpoints to bind")
-    publish.add_argument("--region", default="global")
+    publish.add_argument(
+        "--region", default=None, help="global by default (NOMAD_REGION with --nomad-addr)"
+    )
     publish.add_argument("--datacenter", default="dc1", help="datacenter of unqualified servers")
     publish.add_argument(
         "--servers",
@@ -126,6 +130,7 @@ def _add_tool_parsers(commands: Any) -> None:
     publish.add_argument("--leader", default="")
     publish.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")
     publish.add_argument("--publisher", default=None, help="publisher name (default: random)")
+    _add_nomad_arguments(publish)
     _add_curve_client_arguments(publish)
 
     loop = commands.add_parser(
@@ -190,14 +195,53 @@ def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _add_nomad_arguments(parser: argparse.ArgumentParser) -> None:
+    # Section 7: each flag overrides its Nomad environment variable.
+    group = parser.add_argument_group("Nomad HTTP API (docs/protocol.md section 7)")
+    group.add_argument("--nomad-addr", default=None, help="poll this agent (NOMAD_ADDR)")
+    group.add_argument("--token", default=None, help="ACL token (NOMAD_TOKEN)")
+    group.add_argument("--ca-cert", default=None, help="CA bundle (NOMAD_CACERT)")
+    group.add_argument("--client-cert", default=None, help="(NOMAD_CLIENT_CERT)")
+    group.add_argument("--client-key", default=None, help="(NOMAD_CLIENT_KEY)")
+    group.add_argument("--tls-server-name", default=None, help="(NOMAD_TLS_SERVER_NAME)")
+    group.add_argument(
+        "--tls-skip-verify", action="store_true", default=None, help="(NOMAD_SKIP_VERIFY)"
+    )
+    group.add_argument(
+        "--interval-s", type=float, default=10.0, help="seconds between polls of the API"
+    )
+    group.add_argument(
+        "--nodes-refresh-s", type=float, default=300.0, help="seconds between /v1/nodes counts"
+    )
+
+
 def _run_tool(args: argparse.Namespace) -> int:
     if args.command == "fake-server":
         return run_fake_server(args.bind, args.protocol)
+    if args.command == "publish" and args.nomad_addr is not None:
+        return run_publish_nomad(
+            connect=args.connect,
+            bind=args.bind,
+            settings=NomadApiSettings.from_env(
+                addr=args.nomad_addr or None,
+                token=args.token,
+                region=args.region,
+                ca_cert=args.ca_cert,
+                client_cert=args.client_cert,
+                client_key=args.client_key,
+                tls_server_name=args.tls_server_name,
+                skip_verify=args.tls_skip_verify,
+            ),
+            interval_s=args.interval_s,
+            nodes_refresh_s=args.nodes_refresh_s,
+            publisher=args.publisher,
+            curve=_curve_client(args),
+        )
     if args.command == "publish":
         return run_publish(
             connect=args.connect,
             bind=args.bind,
-            region=args.region,
+            region=args.region or "global",
             datacenter=args.datacenter,
             servers=args.servers,
             servers_file=args.servers_file,

@@ -21,6 +21,12 @@ import zmq
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError
 from rpcproxy.bus.client.keys import CurveClient, create_key_pair
+from rpcproxy.bus.service.nomad_http import (
+    NomadApiSettings,
+    NomadFetcher,
+    NomadPoller,
+    make_client,
+)
 from rpcproxy.bus.service.nomad_ping import NomadPinger
 from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
@@ -141,6 +147,67 @@ def run_publish(
         stopping.wait()
     finally:
         pub.stop()
+        context.destroy(linger=0)
+    return 0
+
+
+def run_publish_nomad(
+    *,
+    connect: Sequence[str],
+    bind: Sequence[str],
+    settings: NomadApiSettings,
+    interval_s: float,
+    nodes_refresh_s: float,
+    publisher: str | None,
+    curve: CurveClient | None = None,
+) -> int:
+    """Publish heartbeats polled from a Nomad agent's HTTP API (section 7).
+
+    The poller (bus/service/nomad_http.py) builds each heartbeat; the
+    publisher's socket only sends what it hands over, so a failed or empty
+    poll sends nothing.
+    """
+    try:
+        client = make_client(settings)
+    except (OSError, ValueError) as exc:
+        print(f"rpcproxy publish: Nomad API TLS files: {exc}", file=sys.stderr)
+        return 2
+    context: zmq.Context[Any] = zmq.Context()
+    stopping = stop_on_signals()
+    pub = HeartbeatPublisher(
+        context,
+        connect=connect,
+        bind=bind,
+        region=settings.region,
+        servers=lambda: (),
+        interval_s=None,
+        curve=curve,
+    )
+    try:
+        pub.start()
+    except OSError as exc:
+        print(f"rpcproxy publish: {exc}", file=sys.stderr)
+        client.close()
+        context.destroy(linger=0)
+        return 1
+    poller = NomadPoller(
+        NomadFetcher(client, settings),
+        pub.send,
+        interval_s=interval_s,
+        nodes_refresh_s=nodes_refresh_s,
+        publisher=publisher,
+    )
+    poller.start()
+    print(
+        f"publishing heartbeat/{settings.region} every {interval_s}s from {settings.addr}",
+        flush=True,
+    )
+    try:
+        stopping.wait()
+    finally:
+        poller.stop(timeout_s=10.0)
+        pub.stop()
+        client.close()
         context.destroy(linger=0)
     return 0
 

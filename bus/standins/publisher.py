@@ -8,6 +8,7 @@ reordered copies.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ import zmq
 
 from rpcproxy.bus.client.keys import CurveClient
 from rpcproxy.bus.service.codec import encode_heartbeat
-from rpcproxy.bus.service.loop import SocketThread, needs_ipv6
+from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.bus.wire import heartbeat_topic
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
@@ -45,6 +46,8 @@ class HeartbeatPublisher(SocketThread):
         num_nodes: the ``num_nodes`` of each heartbeat.
         leader: the ``leader_rpc_addr`` of each heartbeat.
         interval_s: seconds between heartbeats; the first goes out at once.
+            None publishes only what :meth:`send` hands over (a bridge that
+            builds its own heartbeats, such as the Nomad API's).
         publisher: the ``publisher`` name; a random ``pub-…`` one by default.
         curve: when set, the PUB socket is a CURVE client of the proxy.
         clock: monotonic seconds, for the pace.
@@ -67,7 +70,7 @@ class HeartbeatPublisher(SocketThread):
         servers: ServerList,
         num_nodes: Callable[[], int] = lambda: 0,
         leader: Callable[[], str] = lambda: "",
-        interval_s: float = 1.0,
+        interval_s: float | None = 1.0,
         publisher: str | None = None,
         curve: CurveClient | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -88,6 +91,23 @@ class HeartbeatPublisher(SocketThread):
         self._pub: zmq.Socket[bytes] | None = None
         self._due = 0.0
         self._failures = 0
+        # send(): the latest heartbeat handed over, taken by the thread.
+        self._pending: Heartbeat | None = None
+        self._pending_lock = threading.Lock()
+        self._waker: Waker | None = None
+
+    def send(self, heartbeat: Heartbeat) -> None:
+        """Publish ``heartbeat`` as it is, soon, from the publisher's thread.
+
+        Thread-safe. Heartbeats are state, so one not yet sent is replaced by
+        the next (the latest wins); a handover before :meth:`start` goes out
+        once the socket is up.
+        """
+        with self._pending_lock:
+            self._pending = heartbeat
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
 
     def run_forever(self) -> None:
         """Publish until :meth:`stop` (from another thread or a signal handler).
@@ -135,13 +155,29 @@ class HeartbeatPublisher(SocketThread):
                 pub.connect(endpoint)
             except zmq.ZMQError as exc:
                 raise OSError(f"cannot connect heartbeat publisher to {endpoint}: {exc}") from exc
-        self._due = self._clock()
+        self._waker = Waker()
+        self.poller.register(self._waker.fileno, zmq.POLLIN)
+        self._due = self._clock() if self._interval_s is not None else float("inf")
 
     def poll_timeout_ms(self) -> int | None:
         # Nothing is registered but the control pipe: the poll is the pace.
+        if self._pending is not None:
+            return 0  # handed over before the waker existed
+        if self._due == float("inf"):
+            return None
         return max(0, int((self._due - self._clock()) * 1000) + 1)
 
+    def on_readable(self, sock: Any) -> None:
+        if self._waker is not None and sock == self._waker.fileno:
+            self._waker.drain()
+
     def on_idle(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        if pending is not None and self._pub is not None:
+            self._pub.send_multipart([self._topic, encode_heartbeat(pending)])
+        if self._interval_s is None:
+            return
         now = self._clock()
         if now < self._due:
             return
@@ -151,6 +187,9 @@ class HeartbeatPublisher(SocketThread):
         self._due = now + self._interval_s
 
     def teardown(self) -> None:
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
         if self._pub is not None:
             self._pub.close()
             self._pub = None

@@ -224,3 +224,22 @@ def test_run_forever_until_stopped_from_another_thread(
     running.join(5)
     assert not running.is_alive()
     assert not publisher.alive
+
+
+def test_send_publishes_handed_heartbeats_as_they_are(
+    ctx: zmq.Context[Any], subscriber: Subscriber, publishers: Callable[..., HeartbeatPublisher]
+) -> None:
+    # interval_s=None: the Nomad bridge's mode; nothing goes out but what send() hands over.
+    sub, endpoint = subscriber(bind="tcp://127.0.0.1:*")
+    publisher = publishers(ctx, connect=[endpoint], interval_s=None)
+    early = Heartbeat(SERVERS, 2, "", publisher="nomad-a", seq=1)
+    publisher.send(early)  # before start: goes out once the socket is up
+    publisher.start()
+    # PUB drops what it sends before the subscription arrives: hand over until one lands.
+    later = Heartbeat(SERVERS, 3, "10.0.0.1:4647", publisher="nomad-a", seq=2)
+    got = poll_until(
+        lambda: (publisher.send(later), sub.poll(20) and receive(sub)[1])[1],
+        what="a handed heartbeat",
+    )
+    assert got in (early, later)
+    assert publisher.seq == 0  # it built none of its own
