@@ -141,6 +141,8 @@ class ProxyActor(pykka.ThreadingActor):
         self._version = 0
         self._token = 0
         self._rebalancing: _Rebalancing | None = None
+        # Set by each rebalance that pinged; one that pinged nothing leaves it.
+        self._offline = False
         # One heartbeat's worth of names: no more can be new at once.
         self._mismatch_throttle = Throttle(
             settings.api_mismatch_log_interval_s, max_keys=settings.max_servers
@@ -402,9 +404,20 @@ class ProxyActor(pykka.ThreadingActor):
                 else "kept"
             )
         self._counters.rebalanced(result)
+        self._set_offline(not healthy)
         self._restart_timer()
         self._publish()
         self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, healthy))
+
+    def _set_offline(self, offline: bool) -> None:
+        """Record whether the last pinged rebalance found nobody; log each flip once."""
+        if offline == self._offline:
+            return
+        self._offline = offline
+        if offline:
+            log.warning("offline: no server answered the last rebalance's pings")
+        else:
+            log.info("back online: a server answered a rebalance's ping")
 
     def _answer_rebalance_waiters(self, result: RebalanceOutcome) -> None:
         pending, self._rebalancing = self._rebalancing, None
@@ -464,6 +477,7 @@ class ProxyActor(pykka.ThreadingActor):
                 publishers=tuple(
                     PublisherInfo(name, seq, self._heard.get(name)) for name, seq in seqs.items()
                 ),
+                offline=self._offline,
             )
         )
 

@@ -35,6 +35,8 @@ class Snapshot:
             anything derived from a snapshot.
         last_heartbeat_at: ``time.monotonic()`` of the last applied heartbeat.
         publishers: the last seq and time of each publisher that sends one.
+        offline: the last rebalance that pinged found no server answering
+            (Consul's ``IsOffline``); reported only, nothing acts on it.
     """
 
     state: ProxyState
@@ -42,6 +44,7 @@ class Snapshot:
     version: int
     last_heartbeat_at: float | None = None
     publishers: tuple[PublisherInfo, ...] = ()
+    offline: bool = False
 
 
 class SnapshotBox:

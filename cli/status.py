@@ -60,6 +60,11 @@ def render_status(status: Status, label: Callable[[str], str] = str) -> str:
         f"next rebalance in {format_duration(status.next_rebalance_s)}"
     )
     lines.append(_heartbeat_line(status))
+    if status.offline:
+        # Reported, not acted on: queries still go to the head above.
+        lines.append("offline: yes (no server answered the last rebalance's pings)")
+    else:
+        lines.append("offline: no")
     return "\n".join(lines)
 
 

@@ -181,6 +181,8 @@ class Status:
     next_rebalance_s: float
     heartbeat_age_s: float | None = None
     publishers: list[Publisher] = field(default_factory=list)
+    offline: bool = False
+    """No server answered the last rebalance's pings (False from proxies without it)."""
 
 
 class AddResult(NamedTuple):

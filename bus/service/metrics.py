@@ -184,6 +184,11 @@ class SnapshotCollector(Collector):
         )
         next_rebalance.add_metric([], max(0.0, snapshot.rebalance_deadline - now))
         yield next_rebalance
+        offline = GaugeMetricFamily(
+            "rpcproxy_offline", "1 when no server answered the last rebalance's pings"
+        )
+        offline.add_metric([], 1.0 if snapshot.offline else 0.0)
+        yield offline
         age = GaugeMetricFamily(
             "rpcproxy_heartbeat_age_seconds",
             "Seconds since the last heartbeat applied from each publisher",

@@ -436,6 +436,7 @@ class QueryServer(SocketThread):
             num_nodes=state.num_nodes,
             num_servers=len(state.active),
             next_rebalance_s=max(0.0, snapshot.rebalance_deadline - now),
+            offline=snapshot.offline,
             heartbeat_age_s=_age(snapshot.last_heartbeat_at, now),
             publishers=[
                 {"publisher": p.name, "seq": p.seq, "age_s": _age(p.heard_at, now)}

@@ -98,6 +98,7 @@ def test_status_has_every_key_with_its_type(proxy: Serve) -> None:
         "num_nodes",
         "num_servers",
         "next_rebalance_s",
+        "offline",
         # Freshness additions (issue 5): age of the last heartbeat, per publisher.
         "heartbeat_age_s",
         "publishers",
@@ -118,6 +119,7 @@ def test_status_has_every_key_with_its_type(proxy: Serve) -> None:
     assert type(status["heartbeat_age_s"]) is float and status["heartbeat_age_s"] >= 0
     # hb_payload sends no publisher/seq, so no publisher is tracked.
     assert status["publishers"] == []
+    assert type(status["offline"]) is bool
 
 
 def test_status_backup_and_leader_types_when_empty(proxy: Serve) -> None:

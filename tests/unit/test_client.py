@@ -266,6 +266,22 @@ def test_status_reads_every_field(serve: Callable[..., tuple[FakeProxy, ProxyCli
     assert keys_of(proxy.wait_for(1)[0]) == {"op": "status"}
 
 
+def test_status_reads_offline(serve: Callable[..., tuple[FakeProxy, ProxyClient]]) -> None:
+    _, client = serve(
+        replying(
+            servers=[A],
+            primary=[A],
+            backup=[],
+            leader_addr="",
+            num_nodes=0,
+            num_servers=1,
+            next_rebalance_s=1.0,
+            offline=True,
+        )
+    )
+    assert client.status().offline is True
+
+
 def test_heartbeat_sends_the_section_2_keys(
     serve: Callable[..., tuple[FakeProxy, ProxyClient]],
 ) -> None:
