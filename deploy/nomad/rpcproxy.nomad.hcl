@@ -1,0 +1,127 @@
+# rpcproxy on every Nomad client node: `nomad job run deploy/nomad/rpcproxy.nomad.hcl`.
+#
+# A system job places one allocation on each eligible client node, so every
+# service on a node asks its own proxy, over the node's loopback, which Nomad
+# server to call. The proxy follows the node's own Nomad agent (nomad_addr):
+# it polls that agent's HTTP API for the region's servers and leader (protocol
+# section 7), so no heartbeat publisher is needed.
+#
+# The ports are bound to the node's loopback only. Nomad reserves them on a
+# host network named "loopback", which each client declares once in its agent
+# configuration (see the README, "Deploying across a Nomad cluster"):
+#
+#   client {
+#     host_network "loopback" {
+#       interface = "lo"
+#     }
+#   }
+
+variable "image" {
+  type        = string
+  default     = "rpcproxy:local"
+  description = "The rpcproxy image, as the nodes' Docker engines can pull it."
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["*"]
+}
+
+variable "region" {
+  type        = string
+  default     = "global"
+  description = "The Nomad region whose servers the proxies hand out."
+}
+
+job "rpcproxy" {
+  type        = "system"
+  datacenters = var.datacenters
+  region      = var.region
+
+  update {
+    # One node at a time: a node's clients lose their proxy only briefly.
+    max_parallel = 1
+    stagger      = "10s"
+  }
+
+  group "rpcproxy" {
+    network {
+      mode = "host"
+
+      port "query" {
+        static       = 4650
+        host_network = "loopback"
+      }
+      port "heartbeat" {
+        static       = 4651
+        host_network = "loopback"
+      }
+      port "events" {
+        static       = 4652
+        host_network = "loopback"
+      }
+    }
+
+    restart {
+      # serve exits 1 when a part of it stops (rather than answer from a
+      # frozen list): restart it, and keep trying after a bad spell.
+      attempts = 3
+      interval = "5m"
+      delay    = "10s"
+      mode     = "delay"
+    }
+
+    service {
+      name     = "rpcproxy"
+      provider = "nomad"
+      port     = "query"
+
+      # Nomad's own service checks are http or tcp. The query port answers
+      # only while serve runs (it exits rather than run half-dead), so a
+      # connect is enough; with Consul, a script check can make a real
+      # request instead: command = "rpcproxy", args = ["ping", "--query",
+      # "tcp://127.0.0.1:4650", "--timeout", "1"].
+      check {
+        name     = "rpcproxy query socket"
+        type     = "tcp"
+        interval = "10s"
+        timeout  = "2s"
+
+        check_restart {
+          limit = 3
+          grace = "30s"
+        }
+      }
+    }
+
+    task "rpcproxy" {
+      driver = "docker"
+
+      config {
+        image = var.image
+        # Host networking: the proxy binds the node's loopback, where the
+        # node's clients and the checks find it, and reaches the node's agent.
+        network_mode = "host"
+        command      = "rpcproxy"
+        args         = ["serve"]
+      }
+
+      env {
+        # The proxy follows the node's own Nomad agent for the server list.
+        RPCPROXY_NOMAD_ADDR     = "http://${attr.unique.network.ip-address}:4646"
+        RPCPROXY_REGION         = var.region
+        RPCPROXY_DATACENTER     = "${node.datacenter}"
+        RPCPROXY_QUERY          = "tcp://127.0.0.1:${NOMAD_PORT_query}"
+        RPCPROXY_HEARTBEAT_BIND = "tcp://127.0.0.1:${NOMAD_PORT_heartbeat}"
+        RPCPROXY_EVENTS         = "tcp://127.0.0.1:${NOMAD_PORT_events}"
+      }
+
+      resources {
+        cpu    = 200 # MHz
+        memory = 128 # MB
+      }
+
+      kill_timeout = "10s"
+    }
+  }
+}
