@@ -322,6 +322,20 @@ def _listen_or_empty(text: str) -> str:
 
 _LISTEN = _string("host:port or empty", "HOST:PORT", _listen_or_empty)
 
+
+def _url_or_empty(text: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host (the Nomad API), or empty for off."""
+    if text == "":
+        return text
+    scheme, sep, rest = text.partition("://")
+    host = rest.split("/", 1)[0]
+    if not sep or scheme not in {"http", "https"} or not host or any(c.isspace() for c in text):
+        raise ValueError(f"expected an http:// or https:// URL or empty, got {_show(text)}")
+    return text
+
+
+_URL = _string("URL or empty", "URL", _url_or_empty)
+
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
@@ -378,6 +392,9 @@ class Config:
     nomad_tls_cert_file: str = _key("", _PATH, "PEM client certificate nomad pings present (servers with tls { rpc = true } require one); with nomad_tls_key_file")  # noqa: E501
     nomad_tls_key_file: str = _key("", _PATH, "PEM private key (unencrypted) of nomad_tls_cert_file")  # noqa: E501
     nomad_tls_verify_server_hostname: bool = _key(True, _BOOL, "With TLS, the server's certificate must name server.<region>.nomad, as Nomad's verify_server_hostname")  # noqa: E501
+    nomad_addr: str = _key("", _URL, "Poll this Nomad agent's HTTP API for the region's servers (section 7; NOMAD_TOKEN, NOMAD_CACERT... as Nomad's); empty: off")  # noqa: E501
+    nomad_interval_s: float = _key(10.0, _POSITIVE, "Seconds between polls of nomad_addr's members and leader")  # noqa: E501
+    nomad_nodes_refresh_s: float = _key(300.0, _POSITIVE, "Seconds between counts of nomad_addr's /v1/nodes (num_nodes), which costs the server O(nodes)")  # noqa: E501
     metrics: str = _key("", _LISTEN, "Serve Prometheus metrics over HTTP at host:port (/metrics); empty: off")  # noqa: E501
     heartbeat_stale_s: float = _key(60.0, _POSITIVE, "Warn when no heartbeat has been applied for this many seconds")  # noqa: E501
     state_file: str = _key("", _PATH, "Where the server lists are saved after each change and restored at start; empty: not saved")  # noqa: E501
@@ -462,6 +479,13 @@ def _check_curve(values: Mapping[str, object], sources: Mapping[str, str]) -> No
             "heartbeat_connect",
             "cannot be used with CURVE: publishers must connect to heartbeat_bind",
             sources.get("heartbeat_connect"),
+        )
+    if secret and value("nomad_addr"):
+        # The in-process bridge is no CURVE client of the heartbeat socket.
+        raise ConfigError(
+            "nomad_addr",
+            "cannot be used with CURVE: run rpcproxy publish --nomad-addr with a client key",
+            sources.get("nomad_addr"),
         )
 
 

@@ -32,6 +32,7 @@ from rpcproxy.bus.service.curve import (
 from rpcproxy.bus.service.events import EventPublisher
 from rpcproxy.bus.service.heartbeats import HeartbeatListener
 from rpcproxy.bus.service.metrics import Metrics, MetricsServer
+from rpcproxy.bus.service.nomad_http import NomadApiSettings, NomadBridge, NomadFetcher, make_client
 from rpcproxy.bus.service.nomad_ping import NomadPinger, NomadTls, TlsSetupError, load_tls
 from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
 from rpcproxy.bus.service.query import QueryServer
@@ -128,6 +129,35 @@ def nomad_tls_from(config: Config) -> NomadTls | None:
         raise ConfigError(f"nomad_tls_{exc.which}", exc.message) from None
 
 
+NOMAD_BRIDGE_ENDPOINT = "inproc://rpcproxy-nomad-bridge"
+"""Where ``nomad_addr``'s bridge publishes and the heartbeat socket listens."""
+
+
+def nomad_bridge_from(config: Config, context: zmq.Context[Any]) -> NomadBridge | None:
+    """The section 7 bridge, when ``nomad_addr`` is set; credentials from Nomad's env vars.
+
+    Raises:
+        ConfigError: a NOMAD_CACERT / NOMAD_CLIENT_CERT / NOMAD_CLIENT_KEY file
+            cannot be used; ``serve`` exits 2 naming ``nomad_addr``.
+    """
+    if not config.nomad_addr:
+        return None
+    settings = NomadApiSettings.from_env(addr=config.nomad_addr, region=config.region)
+    try:
+        # Short requests: one in flight at stop() must end within the shutdown budget.
+        client = make_client(settings, timeout_s=2.0)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("nomad_addr", f"NOMAD_CACERT/NOMAD_CLIENT_*: {exc}") from None
+    return NomadBridge(
+        context,
+        NOMAD_BRIDGE_ENDPOINT,
+        NomadFetcher(client, settings, max_members=config.max_servers),
+        region=config.region,
+        interval_s=config.nomad_interval_s,
+        nodes_refresh_s=config.nomad_nodes_refresh_s,
+    )
+
+
 def pinger_from(config: Config) -> WindowedPinger:
     """The configured pinger. It owns what it pings with (a ZeroMQ pinger its
     own context), so a slow server never touches the service's sockets;
@@ -164,6 +194,7 @@ class ProxyService:
         self._proxy: pykka.ActorRef[ProxyActor] | None = None
         self._query: QueryServer | None = None
         self._heartbeats: HeartbeatListener | None = None
+        self._nomad: NomadBridge | None = None
         self._persist: pykka.ActorRef[PersistActor] | None = None
         self._children: list[tuple[str, pykka.ActorRef[Any]]] = []
         self._curve: CurveServer | None = None
@@ -230,12 +261,16 @@ class ProxyService:
             max_write_entries=4 * (1 + config.max_servers),
         )
         self._query.start()
+        self._nomad = nomad_bridge_from(config, context)
+        if self._nomad is not None:
+            self._nomad.start()
         self._heartbeats = HeartbeatListener(
             context,
             self._proxy,
             region=config.region,
             bind=config.heartbeat_bind,
-            connect=config.heartbeat_connect,
+            connect=config.heartbeat_connect
+            + ((NOMAD_BRIDGE_ENDPOINT,) if self._nomad is not None else ()),
             max_message_bytes=config.max_message_bytes,
             curve=curve,
             metrics=self.metrics,
@@ -343,6 +378,8 @@ class ProxyService:
             parts.append(("query socket", self._query.alive))
         if self._heartbeats is not None:
             parts.append(("heartbeat socket", self._heartbeats.alive))
+        if self._nomad is not None:
+            parts.append(("nomad API bridge", self._nomad.alive))
         return [name for name, alive in parts if not alive]
 
     @property
@@ -373,6 +410,11 @@ class ProxyService:
         if self._metrics_server is not None:
             self._metrics_server.stop(left())
             self._metrics_server = None
+        if self._nomad is not None:
+            self._nomad.stop(left())
+            if self._nomad.alive:
+                late.append("nomad API bridge")
+            self._nomad = None
         if self._heartbeats is not None:
             self._heartbeats.stop(left())
             if self._heartbeats.alive:

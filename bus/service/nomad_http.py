@@ -26,8 +26,11 @@ from typing import Annotated, Any
 
 import httpx
 import msgspec
+import zmq
 from msgspec import Meta
 
+from rpcproxy.bus.service.codec import encode_heartbeat
+from rpcproxy.bus.wire import heartbeat_topic
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
 log = logging.getLogger(__name__)
@@ -410,3 +413,74 @@ class NomadPoller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+
+class NomadBridge:
+    """``serve`` with ``nomad_addr``: the poller on a thread of its own, in process.
+
+    Its heartbeats take the heartbeat socket's own path: they are published
+    on an inproc PUB socket that the heartbeat SUB socket connects to, so the
+    same validation, conflation and bounded batches apply
+    (bus/service/heartbeats.py), and nothing else reaches the proxy.
+
+    Args:
+        context: the process's ZeroMQ context.
+        endpoint: the inproc endpoint the PUB socket binds.
+        fetcher: the validated fetches.
+        region: heartbeats go out on ``heartbeat/<region>``.
+        interval_s: seconds between polls.
+        nodes_refresh_s: seconds between two ``/v1/nodes`` fetches at least.
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        endpoint: str,
+        fetcher: NomadFetcher,
+        *,
+        region: str,
+        interval_s: float,
+        nodes_refresh_s: float = DEFAULT_NODES_REFRESH_S,
+    ) -> None:
+        self._context = context
+        self._endpoint = endpoint
+        self._topic = heartbeat_topic(region)
+        self._poller = NomadPoller(
+            fetcher, self._send, interval_s=interval_s, nodes_refresh_s=nodes_refresh_s
+        )
+        self._pub: zmq.Socket[bytes] | None = None
+        self._thread = threading.Thread(target=self._run, name="rpcproxy-nomad", daemon=True)
+
+    def start(self) -> None:
+        """Binds the PUB socket (here, before the thread uses it) and starts polling."""
+        pub: zmq.Socket[bytes] = self._context.socket(zmq.PUB)
+        pub.linger = 0
+        try:
+            pub.bind(self._endpoint)
+        except zmq.ZMQError:
+            pub.close()
+            raise
+        self._pub = pub
+        # From Thread.start() on, only the thread uses (and closes) the socket.
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._poller.run()
+        finally:
+            if self._pub is not None:
+                self._pub.close()
+
+    def _send(self, heartbeat: Heartbeat) -> None:
+        assert self._pub is not None
+        self._pub.send_multipart([self._topic, encode_heartbeat(heartbeat)])
+
+    def stop(self, timeout_s: float) -> None:
+        """Stops polling; a request in flight ends by the client's timeout."""
+        self._poller.stop()
+        if self._thread.ident is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()

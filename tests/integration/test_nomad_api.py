@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.integration.serving import RPCPROXY, Serve, addrs
+from tests.integration.serving import RPCPROXY, Serve, addrs, run_rpcproxy
 from tests.nomadapi import NomadFixture, member_0x, member_1x, nomad_api
 from tests.waiting import poll_until
 
@@ -61,3 +62,31 @@ def test_publish_nomad_addr_follows_the_cluster(
         output, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, output
     assert "Traceback" not in output, output
+
+
+def test_serve_nomad_addr_follows_the_cluster(
+    nomad: tuple[NomadFixture, str], serve_factory: Callable[..., Serve]
+) -> None:
+    state, url = nomad
+    serve = serve_factory("--nomad-addr", url, "--nomad-interval-s", "0.1")
+    follow_a_membership_change(serve, state)
+    publishers = [p["publisher"] for p in serve.call("status")["publishers"]]
+    assert publishers == ["a.global"]
+
+
+def test_serve_nomad_addr_with_an_unusable_ca_exits_2(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-ca.pem")
+    result = run_rpcproxy(
+        "serve",
+        "--nomad-addr",
+        "https://127.0.0.1:1",
+        "--query",
+        "tcp://127.0.0.1:*",
+        "--heartbeat-bind",
+        "tcp://127.0.0.1:*",
+        "--events",
+        "",
+        env={"NOMAD_CACERT": missing},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "nomad_addr" in result.stderr
