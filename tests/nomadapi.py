@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,8 +94,13 @@ class NomadFixture:
 
 
 @contextlib.contextmanager
-def nomad_api() -> Iterator[tuple[NomadFixture, str]]:
-    """Serves a :class:`NomadFixture` on loopback; yields it and its URL."""
+def nomad_api(tls: ssl.SSLContext | None = None) -> Iterator[tuple[NomadFixture, str]]:
+    """Serves a :class:`NomadFixture` on loopback; yields it and its URL.
+
+    Args:
+        tls: when set, the API is HTTPS with this server context (a
+            handshake that fails drops that connection only).
+    """
     state = NomadFixture()
 
     class Handler(BaseHTTPRequestHandler):
@@ -112,10 +118,14 @@ def nomad_api() -> Iterator[tuple[NomadFixture, str]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    scheme = "http"
+    if tls is not None:
+        scheme = "https"
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield state, f"http://127.0.0.1:{server.server_address[1]}"
+        yield state, f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

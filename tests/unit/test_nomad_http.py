@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from rpcproxy.bus.service.nomad_http import (
 )
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 from tests.nomadapi import NomadFixture, member_0x, member_1x, nomad_api
+from tests.nomadpeer import TLSFiles, make_tls_files
 
 
 @pytest.fixture
@@ -205,3 +207,47 @@ def test_run_stops_via_injected_wait(nomad: tuple[NomadFixture, str]) -> None:
     fetcher = NomadFetcher(make_client(settings), settings)
     NomadPoller(fetcher, seen.append, interval_s=10.0, wait=wait).run()
     assert [h.seq for h in seen] == [1, 2, 3] and delays == [10.0, 10.0, 10.0]
+
+
+# --- TLS to the API ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(tmp_path_factory.mktemp("nomad-api-tls"))
+
+
+def https_poll(tls: TLSFiles, *, require_client: bool, **settings: Any) -> Heartbeat | None:
+    """One poll of an HTTPS fixture serving ``tls.server`` with these client settings."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.server.cert, tls.server.key)
+    if require_client:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(tls.ca)
+    with nomad_api(context) as (_, addr):
+        config = NomadApiSettings.from_env({}, addr=addr, **settings)
+        fetcher = NomadFetcher(make_client(config, timeout_s=5.0), config)
+        return NomadPoller(fetcher, lambda _: None).poll_once()
+
+
+def test_https_with_the_ca_and_a_client_certificate(tls_files: TLSFiles) -> None:
+    client = {"client_cert": str(tls_files.client.cert), "client_key": str(tls_files.client.key)}
+    assert https_poll(tls_files, require_client=True, ca_cert=str(tls_files.ca), **client)
+    # Without the client certificate the API refuses: nothing is published.
+    assert https_poll(tls_files, require_client=True, ca_cert=str(tls_files.ca)) is None
+
+
+def test_https_from_another_ca_fails_unless_skip_verify(tls_files: TLSFiles) -> None:
+    other = str(tls_files.other_ca)
+    assert https_poll(tls_files, require_client=False, ca_cert=other) is None
+    assert https_poll(tls_files, require_client=False, ca_cert=other, skip_verify=True)
+
+
+def test_tls_server_name_is_the_name_checked(tls_files: TLSFiles) -> None:
+    ca = str(tls_files.ca)
+    name = tls_files.server_name
+    assert https_poll(tls_files, require_client=False, ca_cert=ca, tls_server_name=name)
+    assert (
+        https_poll(tls_files, require_client=False, ca_cert=ca, tls_server_name="wrong.nomad")
+        is None
+    )
