@@ -147,7 +147,7 @@ def nomad_bridge_from(config: Config, context: zmq.Context[Any]) -> NomadBridge 
         # Short requests: one in flight at stop() must end within the shutdown budget.
         client = make_client(settings, timeout_s=2.0)
     except (OSError, ValueError) as exc:
-        raise ConfigError("nomad_addr", f"NOMAD_CACERT/NOMAD_CLIENT_*: {exc}") from None
+        raise ConfigError("nomad_addr", f"Nomad API TLS: {exc}") from None
     return NomadBridge(
         context,
         NOMAD_BRIDGE_ENDPOINT,

@@ -186,14 +186,23 @@ def make_client(settings: NomadApiSettings, *, timeout_s: float = 5.0) -> httpx.
         timeout_s: the bound on each request (connect, read, write).
 
     Raises:
-        OSError, ssl.SSLError: a certificate file is missing or unreadable.
+        ValueError: a certificate file is missing or unusable; it names the file.
     """
-    context = ssl.create_default_context(cafile=settings.ca_cert or None)
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_cert or None)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"CA file {settings.ca_cert!r} (NOMAD_CACERT): {exc}") from None
     if settings.skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if settings.client_cert:
-        context.load_cert_chain(settings.client_cert, settings.client_key or None)
+        try:
+            context.load_cert_chain(settings.client_cert, settings.client_key or None)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"client certificate {settings.client_cert!r} / key {settings.client_key!r}"
+                f" (NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY): {exc}"
+            ) from None
     headers = {"X-Nomad-Token": settings.token} if settings.token else {}
     return httpx.Client(
         base_url=settings.addr,

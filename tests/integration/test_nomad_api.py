@@ -90,3 +90,12 @@ def test_serve_nomad_addr_with_an_unusable_ca_exits_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "nomad_addr" in result.stderr
+
+
+def test_publish_nomad_addr_with_an_unusable_ca_exits_2(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-ca.pem")
+    result = run_rpcproxy(
+        "publish", "--nomad-addr", "https://127.0.0.1:1", "--ca-cert", missing, timeout=30
+    )
+    assert result.returncode == 2, result.stderr
+    assert "no-ca.pem" in result.stderr and "Traceback" not in result.stderr

@@ -269,6 +269,16 @@ def test_curve_refuses_heartbeat_connect(tmp_path: Path) -> None:
     assert _error(tmp_path, argv=argv).key == "heartbeat_connect"
 
 
+def test_curve_refuses_nomad_addr(tmp_path: Path) -> None:
+    # serve's in-process Nomad bridge is no CURVE client of the heartbeat socket.
+    argv = [
+        f"{_flag('curve_secret_key_file')}=/s",
+        f"{_flag('curve_allowed_dir')}=/d",
+        f"{_flag('nomad_addr')}=http://127.0.0.1:4646",
+    ]
+    assert _error(tmp_path, argv=argv).key == "nomad_addr"
+
+
 @pytest.mark.parametrize("name", list(SAMPLES))
 def test_toml_alone(tmp_path: Path, name: str) -> None:
     _, literal, expected = SAMPLES[name]
