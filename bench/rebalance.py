@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
 import socket
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +28,7 @@ from lookup import drive
 from rpcproxy.bus.service.nomad_ping import NomadPinger
 from rpcproxy.bus.service.ping import window_for
 from rpcproxy.bus.standins.standin import ServerStandIn
+from tests.blackhole import BLACKHOLE, blackhole_prefix
 
 PING_TIMEOUT_S = 0.5
 TARGET = 1.3
@@ -162,56 +159,8 @@ def rebalance(
 
 # -- lookups while a name never resolves ---------------------------------------------
 
-BLACKHOLE = "blackhole.invalid.example"
 BLACKHOLE_PING_TIMEOUT_S = 1.0
 P99_TARGET_MS = 2.0
-_MOUNT_AND_RUN = (
-    'mount --bind "$0" /etc/resolv.conf && mount --bind "$1" /etc/nsswitch.conf'
-    ' && shift && exec "$@"'
-)
-
-
-@contextlib.contextmanager
-def _blackhole_prefix() -> Iterator[tuple[str, ...] | str]:
-    """A command prefix under which every DNS lookup hangs, or why there is none.
-
-    A private mount namespace whose resolv.conf names a UDP socket of this
-    process that is never read. ``unshare -m`` as root; otherwise ``-r`` maps
-    us to root in a new user namespace, where the kernel allows that.
-    """
-    rng = random.Random()
-    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with dns, tempfile.TemporaryDirectory(prefix="rpcproxy-bench-dns-") as tmp:
-        for _ in range(50):
-            ip = f"127.53.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-            try:
-                dns.bind((ip, 53))
-                break
-            except OSError:
-                continue
-        else:
-            yield "no free 127.53.x.y:53 for a silent name server"
-            return
-        resolv, nsswitch = Path(tmp, "resolv.conf"), Path(tmp, "nsswitch.conf")
-        resolv.write_text(f"nameserver {ip}\noptions timeout:10 attempts:1\n")
-        nsswitch.write_text("hosts: files dns\n")
-        flags = "-m" if os.geteuid() == 0 else "-rm"
-        prefix = ("unshare", flags, "sh", "-c", _MOUNT_AND_RUN, str(resolv), str(nsswitch))
-        try:
-            probe = subprocess.run(
-                [*prefix, "timeout", "1", "getent", "hosts", BLACKHOLE],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        except FileNotFoundError:
-            yield "unshare is not installed"
-            return
-        if probe.returncode != 124:
-            yield f"cannot make a lookup hang here (unshare {flags}): {probe.stderr.strip()}"
-            return
-        yield prefix
 
 
 def _rebalance_loop(query: str, stop: threading.Event, done: list[float]) -> None:
@@ -231,7 +180,7 @@ def lookups_during_blackhole(rounds: int, duration_s: float) -> Result:
         "3b. Lookups while a rebalance waits on a name that never resolves",
         ["phase", "round trips/s", "p50 latency (us)", "p99 latency (us)"],
     )
-    with _blackhole_prefix() as prefix:
+    with blackhole_prefix() as prefix:
         if isinstance(prefix, str):
             result.notes.append(f"Not measured: {prefix}. The integration test covers it.")
             return result

@@ -1,28 +1,25 @@
 """Pinging never delays anything else (docs/protocol.md section 4; issue 9, rows 4, 5 and 9).
 
 A server name whose DNS lookup never ends is made real, not mocked: ``serve``
-runs in a private mount namespace (``unshare -m``) whose ``/etc/resolv.conf``
-names a "name server" that is a UDP socket of this test, bound and never read,
-so every lookup of a name that is not in ``/etc/hosts`` hangs until the
-resolver gives up. libzmq resolves names on the I/O thread that the query,
-heartbeat and events sockets share, so if a ping ever handed it a name, every
-query would stall for as long as the lookup.
+runs under :func:`tests.blackhole.blackhole_prefix`, a private mount namespace
+whose resolver is a UDP socket of this test that never answers. libzmq
+resolves names on the I/O thread that the query, heartbeat and events sockets
+share, so if a ping ever handed it a name, every query would stall for as long
+as the lookup.
 """
 
 from __future__ import annotations
 
-import random
 import select
 import signal
 import socket
-import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
+from tests.blackhole import BLACKHOLE, blackhole_prefix
 from tests.integration.serving import (
     RPCPROXY,
     NoReplyError,
@@ -35,7 +32,6 @@ from tests.integration.serving import (
 
 pytestmark = pytest.mark.integration
 
-BLACKHOLE = "blackhole.invalid.example"
 LOOKUP_HANGS_S = 10
 """How long one lookup of the black-hole name hangs (resolv.conf ``timeout``)."""
 PING_TIMEOUT_S = 2.0
@@ -43,57 +39,14 @@ REQUEST_DEADLINE_S = 3.0
 """Generous next to a query's usual fraction of a millisecond, far short of a
 stalled lookup: a query that misses it was held up by the ping."""
 
-# Bind-mount $0 over resolv.conf and $1 over nsswitch.conf, then run the rest.
-_MOUNT_AND_RUN = (
-    'mount --bind "$0" /etc/resolv.conf && mount --bind "$1" /etc/nsswitch.conf'
-    ' && shift && exec "$@"'
-)
-
 
 @pytest.fixture
-def silent_name_server() -> Iterator[str]:
-    """The IP of a UDP "name server" on port 53 that never answers."""
-    rng = random.Random()
-    for _ in range(50):
-        ip = f"127.53.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind((ip, 53))
-        except OSError:
-            sock.close()
-            continue
-        try:
-            yield ip
-        finally:
-            sock.close()
-        return
-    pytest.skip("no free 127.53.x.y:53 to bind a silent name server on")
-
-
-@pytest.fixture
-def blackhole_command(tmp_path: Path, silent_name_server: str) -> tuple[str, ...]:
+def blackhole_command() -> Iterator[tuple[str, ...]]:
     """``rpcproxy`` in a mount namespace where every DNS lookup hangs."""
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text(
-        f"nameserver {silent_name_server}\noptions timeout:{LOOKUP_HANGS_S} attempts:1\n"
-    )
-    nsswitch = tmp_path / "nsswitch.conf"
-    nsswitch.write_text("hosts: files dns\n")
-    prefix = ("unshare", "-m", "sh", "-c", _MOUNT_AND_RUN, str(resolv), str(nsswitch))
-    try:
-        probe = subprocess.run(
-            [*prefix, "timeout", "1", "getent", "hosts", BLACKHOLE],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except FileNotFoundError:
-        pytest.skip("unshare is not installed")
-    if probe.returncode != 124:  # 124: timeout killed the lookup, which hung.
-        why = probe.stderr.strip() or f"getent exited {probe.returncode}: {probe.stdout!r}"
-        pytest.skip(f"cannot make a name lookup hang (unshare -m and mount needed): {why}")
-    return (*prefix, RPCPROXY)
+    with blackhole_prefix(LOOKUP_HANGS_S) as prefix:
+        if isinstance(prefix, str):
+            pytest.skip(prefix)
+        yield (*prefix, RPCPROXY)
 
 
 class QueryLoad:
