@@ -25,6 +25,7 @@ and SIGTERM, sent while the attacks still run, stopped it with exit 0 within
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import signal
 import subprocess
@@ -224,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
                 # Its valid heartbeats (invented publishers) would overwrite the
                 # flood's last one: they stop a second before the flood does.
                 adversary.garbage_stop.set()
-            time.sleep(0.05)
+            # Sample RSS every 50 ms, and stop sampling the moment the flood ends.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                flood.wait(0.05)
         flood_end = time.monotonic()
         out, _ = flood.communicate()
         last, sent = (int(x) for x in out.split())
