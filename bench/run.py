@@ -29,6 +29,7 @@ from flood import heartbeat_flood
 from ingest import heartbeat_ingest
 from lookup import concurrency, lookup_throughput
 from memory import memory
+from nomad_ping import nomad_ping
 from rebalance import lookups_during_blackhole, rebalance
 
 
@@ -48,10 +49,13 @@ class Plan:
     fill_rounds: int
     throttle_rounds: int
     exit_rounds: int
+    nomad_ping_rounds: int
+    nomad_plain_pings: int
+    nomad_tls_pings: int
 
 
-FULL = Plan(8, 1.5, 6, 1.5, 5, 3, 50_000, 3, 4.0, 3, 5, 3)
-QUICK = Plan(5, 0.5, 3, 0.7, 2, 2, 10_000, 1, 2.0, 1, 3, 2)
+FULL = Plan(8, 1.5, 6, 1.5, 5, 3, 50_000, 3, 4.0, 3, 5, 3, 10, 1000, 300)
+QUICK = Plan(5, 0.5, 3, 0.7, 2, 2, 10_000, 1, 2.0, 1, 3, 2, 3, 300, 100)
 
 
 def benchmarks(plan: Plan) -> dict[str, Callable[[], Result]]:
@@ -67,6 +71,9 @@ def benchmarks(plan: Plan) -> dict[str, Callable[[], Result]]:
         "throttle": lambda: throttle_cost(plan.throttle_rounds),
         "exits": lambda: exit_times(plan.exit_rounds),
         "metrics_threads": metrics_threads,
+        "nomad_ping": lambda: nomad_ping(
+            plan.nomad_ping_rounds, plan.nomad_plain_pings, plan.nomad_tls_pings
+        ),
     }
 
 

@@ -1,0 +1,206 @@
+"""A Nomad ``Status.Ping``'s cost against the Go reference peer, side by side
+with the Go client built from the libraries Nomad uses (issue 11).
+
+One peer (tests/nomad_peer/, Go's ``net/rpc`` with hashicorp's msgpackrpc
+codec, Go's ``crypto/tls``) answers three clients in alternating rounds, each
+pinging it the way a rebalance does: a new connection per ping (connect, with
+TLS ``0x04`` and the handshake, ``0x01``, the request, the reply, close).
+
+- **ours**: :class:`bus.service.nomad_ping.NomadPinger`, the product's pinger,
+  called with one candidate per call as PingerActor calls it, so every ping
+  pays the windowed engine's whole set-up (its poller, waker and deadline).
+- **Go**: the peer binary's client mode (``-call -conn-per-call``),
+  ``msgpackrpc.CallWithCodec`` on Nomad's handle over a fresh connection per
+  call. It times its own loop (the clock starts after flag parsing and TLS
+  set-up, stops after the last close), so process start is not in its figure.
+- **raw Python**: the same bytes on a blocking socket with the project's own
+  framing and reply check, no engine: how much of ours-over-Go is the engine
+  and how much the interpreter.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import Result, Spread, percentile
+
+from rpcproxy.bus.service.msgpackrpc import RPC_NOMAD, RPC_TLS, encode_request
+from rpcproxy.bus.service.nomad_ping import NomadPinger, NomadTls, ReplyCheck, load_tls
+from rpcproxy.proxy.address import Address
+from tests.nomadpeer import NomadPeer, TLSFiles, go_ping, make_tls_files
+
+PING_TIMEOUT_S = 5.0
+"""Far above any ping here: a timeout would be a failure, not a figure."""
+WARMUP_PINGS = 50
+
+
+@dataclass
+class _Side:
+    """One client's rounds: per-ping mean of each round, and per-ping times."""
+
+    means_us: list[float]
+    p50s_us: list[float]
+    p99s_us: list[float]
+
+    @classmethod
+    def empty(cls) -> _Side:
+        return cls([], [], [])
+
+    def add(self, mean_us: float, each_us: list[float] | None = None) -> None:
+        self.means_us.append(mean_us)
+        if each_us:
+            ordered = sorted(each_us)
+            self.p50s_us.append(percentile(ordered, 0.50))
+            self.p99s_us.append(percentile(ordered, 0.99))
+
+
+def _timed(count: int, ping: Callable[[], bool]) -> tuple[float, list[float]]:
+    """Run ``ping`` ``count`` times; the loop's mean and each ping, in µs."""
+    each: list[float] = []
+    begin = time.perf_counter()
+    for _ in range(count):
+        start = time.perf_counter()
+        if not ping():
+            raise RuntimeError("a ping to the Go peer failed")
+        each.append((time.perf_counter() - start) * 1e6)
+    mean = (time.perf_counter() - begin) * 1e6 / count
+    return mean, each
+
+
+def _raw_ping(host_port: tuple[str, int], seq: int, tls: NomadTls | None) -> bool:
+    """One ping on a blocking socket: the product's bytes without its engine."""
+    sock = socket.create_connection(host_port, timeout=PING_TIMEOUT_S)
+    try:
+        if tls is not None:
+            sock.sendall(RPC_TLS)
+            sock = tls.context.wrap_socket(sock, server_hostname=tls.server_hostname)
+        sock.sendall(RPC_NOMAD + encode_request(seq))
+        check = ReplyCheck(seq)
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return False
+            verdict = check.feed(data)
+            if verdict is not None:
+                return verdict
+    finally:
+        sock.close()
+
+
+def _measure(
+    peer: NomadPeer, tls: TLSFiles | None, rounds: int, pings: int
+) -> tuple[_Side, _Side, _Side]:
+    nomad_tls = (
+        None
+        if tls is None
+        else load_tls(
+            ca_file=str(tls.ca),
+            cert_file=str(tls.client.cert),
+            key_file=str(tls.client.key),
+            region=tls.region,
+        )
+    )
+    host, port = peer.host_port
+    addr = Address(host, port)
+    ours, go, raw = _Side.empty(), _Side.empty(), _Side.empty()
+    seqs = iter(range(1, 1 << 62))
+    with NomadPinger(timeout_s=PING_TIMEOUT_S, tls=nomad_tls) as pinger:
+
+        def ours_once() -> bool:
+            return pinger([addr]).get(addr, False)
+
+        def raw_once() -> bool:
+            return _raw_ping(peer.host_port, next(seqs), nomad_tls)
+
+        def run_ours() -> None:
+            ours.add(*_timed(pings, ours_once))
+
+        def run_go() -> None:
+            go.add(float(go_ping(peer.address, pings, conn_per_call=True, tls=tls)["per_call_us"]))
+
+        def run_raw() -> None:
+            raw.add(*_timed(pings, raw_once))
+
+        # Warm-up: the peer's goroutines and TLS session state, our imports
+        # and the engine's first poller; none of it is counted.
+        _timed(WARMUP_PINGS, ours_once)
+        _timed(WARMUP_PINGS, raw_once)
+        go_ping(peer.address, WARMUP_PINGS, conn_per_call=True, tls=tls)
+        sides = [run_ours, run_go, run_raw]
+        for index in range(rounds):
+            # Each round starts with another client, so none always runs
+            # first (or last) after the others' connections went to TIME_WAIT.
+            shift = index % len(sides)
+            for run in sides[shift:] + sides[:shift]:
+                run()
+            print(
+                f"  {peer.mode} round {index + 1}/{rounds}: ours {ours.means_us[-1]:.0f} us,"
+                f" Go {go.means_us[-1]:.0f} us, raw Python {raw.means_us[-1]:.0f} us",
+                flush=True,
+            )
+    return ours, go, raw
+
+
+def _rows(result: Result, mode: str, ours: _Side, go: _Side, raw: _Side) -> Spread:
+    def pct(values: list[float]) -> str:
+        return Spread.of(values).fmt(0) if values else "-"
+
+    label = {"plain": "plain (0x01)", "tls": "mTLS (0x04, handshake, 0x01)"}[mode]
+    for name, side in (
+        ("ours: NomadPinger, one candidate per call", ours),
+        ("Go: msgpackrpc.CallWithCodec, -conn-per-call", go),
+        ("raw Python: blocking socket, same bytes", raw),
+    ):
+        result.rows.append(
+            [label, name, Spread.of(side.means_us).fmt(0), pct(side.p50s_us), pct(side.p99s_us)]
+        )
+    ratio = Spread.of([o / g for o, g in zip(ours.means_us, go.means_us, strict=True)])
+    raw_ratio = Spread.of([r / g for r, g in zip(raw.means_us, go.means_us, strict=True)])
+    result.rows.append([label, "**ratio ours / Go**", ratio.fmt(2), "", ""])
+    result.rows.append([label, "ratio raw Python / Go", raw_ratio.fmt(2), "", ""])
+    return ratio
+
+
+def nomad_ping(rounds: int, plain_pings: int, tls_pings: int) -> Result:
+    """Per-ping cost of ours, the Go client and raw Python, plain and mTLS."""
+    result = Result(
+        "Nomad Status.Ping against the Go peer, ours vs the Go client (issue 11)",
+        ["transport", "client", "per ping (us)", "p50 (us)", "p99 (us)"],
+    )
+    ratios: dict[str, Spread] = {}
+    with NomadPeer() as peer:
+        ratios["plain"] = _rows(result, "plain", *_measure(peer, None, rounds, plain_pings))
+    with tempfile.TemporaryDirectory(prefix="rpcproxy-bench-tls-") as directory:
+        tls = make_tls_files(Path(directory))
+        with NomadPeer("tls", tls) as peer:
+            ratios["tls"] = _rows(result, "tls", *_measure(peer, tls, rounds, tls_pings))
+    result.notes.append(
+        f"{rounds} rounds per transport, each of {plain_pings} pings plain and {tls_pings}"
+        " with mTLS per client, the three clients in rotating order within a round (after"
+        f" {WARMUP_PINGS} uncounted pings each), all against one Go peer"
+        " (tests/nomad_peer/, `net/rpc` + hashicorp/net-rpc-msgpackrpc + go-msgpack,"
+        " Go's crypto/tls with required client certificates). Every ping is a new"
+        " connection: connect, (0x04 and a TLS handshake, P-256 certificates, server name"
+        " `server.global.nomad` checked,) 0x01, request, reply, close, as a rebalance pings."
+        " Per ping = a round's wall time / its pings, median over rounds (min-max); the"
+        " ratio is taken per round. p50/p99: over each round's pings, median over rounds"
+        " (min-max). The Go client times its own loop after start-up and TLS set-up and"
+        " prints only the mean, so it has no percentiles. Ours is the product's pinger"
+        " (`ping_method = nomad`) called with one candidate, as PingerActor calls it; raw"
+        " Python is the same bytes and reply check on a blocking socket, without the"
+        " windowed engine."
+    )
+    noisy = [mode for mode, ratio in ratios.items() if ratio.high > 1.5 * ratio.low]
+    if noisy:
+        result.notes.append(
+            f"\n**Noisy:** per-round ratios vary by more than 1.5x ({', '.join(noisy)});"
+            " other load on the machine (see the load average) is in them."
+        )
+    medians = ", ".join(f"{mode} {r.median:.2f}" for mode, r in ratios.items())
+    print(f"  ratio ours / Go: {medians}", flush=True)
+    return result
