@@ -49,15 +49,18 @@ def from_document(document: object) -> ProxyState:
         raise ValueError("leader_addr is not a string")
     if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 0:
         raise ValueError("num_nodes is not an int >= 0")
-    active = _addresses(document, "active")
-    restored = with_members(
-        ProxyState(active=active, leader_addr=leader, num_nodes=num_nodes),
-        _addresses(document, "primaries"),
-        _addresses(document, "backups"),
+    saved = ProxyState(
+        active=_addresses(document, "active"),
+        primaries=_addresses(document, "primaries"),
+        backups=_addresses(document, "backups"),
+        leader_addr=leader,
+        num_nodes=num_nodes,
     )
-    # with_members drops active entries that are not members and appends
-    # missing members, so an inconsistent file still yields a valid state.
-    return restored
+    # The saved lists are the starting point, so no server counts as newly
+    # promoted and the saved order stands; with_members still drops active
+    # entries that are not members and appends missing members, so an
+    # inconsistent file yields a valid state.
+    return with_members(saved, saved.primaries, saved.backups)
 
 
 def _addresses(document: Mapping[str, Any], key: str) -> tuple[Address, ...]:

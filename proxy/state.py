@@ -147,6 +147,39 @@ def _list_and_set(
     return tuple(unique), frozenset(unique)
 
 
+def place_joiners(
+    order: Sequence[Address],
+    joining_primaries: Sequence[Address],
+    joining_backups: Sequence[Address],
+    backup_only: frozenset[Address],
+) -> tuple[Address, ...]:
+    """``order`` with servers that became primaries or backups put in their places.
+
+    docs/protocol.md, Words: a server that becomes a primary stands just
+    before the first backup-only server of ``order`` (at the end when there
+    is none), so backups stay behind every primary that has not failed; one
+    already in front of that server keeps its place, and one behind it moves
+    up. New backups join at the end. Everything else keeps its order.
+
+    Args:
+        order: the active list so far; may hold some of the joiners already.
+        joining_primaries: servers that became primaries, in arrival order.
+        joining_backups: servers that became members as backups only, in
+            arrival order; none of them may be in ``order``.
+        backup_only: the servers that are backups and not primaries.
+    """
+    if not joining_primaries:
+        return (*order, *joining_backups)
+    first = len(order)
+    if backup_only:
+        first = next((i for i, addr in enumerate(order) if addr in backup_only), first)
+    ahead = frozenset(order[:first])
+    moving = [addr for addr in dict.fromkeys(joining_primaries) if addr not in ahead]
+    moving_set = frozenset(moving)
+    behind = [addr for addr in order[first:] if addr not in moving_set]
+    return (*order[:first], *moving, *behind, *joining_backups)
+
+
 def with_members(
     state: ProxyState,
     primaries: Sequence[Address],
@@ -155,9 +188,10 @@ def with_members(
 ) -> ProxyState:
     """Replace the primary and backup lists and bring the active list in line.
 
-    Servers that stopped being members leave the active list at once; new
-    members join at its end, in the order of ``arrivals`` first and then of
-    the primaries and backups. The order of servers already active is kept.
+    Servers that stopped being members leave the active list at once. Servers
+    that became primaries and new backups take their places as
+    :func:`place_joiners` says, in the order of ``arrivals`` first and then of
+    the primaries and backups. The order of the other active servers is kept.
     """
     old = _index_of(state)
     new_primaries, new_primary_set = _list_and_set(primaries, state.primaries, old.primary_set)
@@ -166,17 +200,20 @@ def with_members(
     kept = [addr for addr in state.active if addr in members]
     missing = set(members)
     missing.difference_update(kept)
-    if missing:
-        for addr in (*arrivals, *new_primaries, *new_backups):
-            if addr in missing:
-                kept.append(addr)
-                missing.discard(addr)
-                if not missing:
-                    break
-    index = _Index(new_primaries, new_backups, new_primary_set, new_backup_set, len(members))
-    return replace(
-        state, active=tuple(kept), primaries=new_primaries, backups=new_backups, _index=index
+    promoted = new_primary_set - old.primary_set
+    joining_primaries: list[Address] = []
+    joining_backups: list[Address] = []
+    if missing or promoted:
+        for addr in dict.fromkeys((*arrivals, *new_primaries, *new_backups)):
+            if addr in promoted:
+                joining_primaries.append(addr)
+            elif addr in missing:
+                joining_backups.append(addr)
+    active = place_joiners(
+        kept, joining_primaries, joining_backups, new_backup_set - new_primary_set
     )
+    index = _Index(new_primaries, new_backups, new_primary_set, new_backup_set, len(members))
+    return replace(state, active=active, primaries=new_primaries, backups=new_backups, _index=index)
 
 
 def notify_failed(state: ProxyState, addr: Address) -> tuple[ProxyState, bool]:
@@ -196,9 +233,10 @@ def add_primary(
 ) -> tuple[ProxyState, bool]:
     """Add ``addr`` to the primaries; returns whether it was new there.
 
-    A new member joins the end of the active list; a backup that becomes a
-    primary keeps its place. This is :func:`with_members` for one server,
-    done in O(1) Python steps (the copies of the lists and sets run in C).
+    The server stands just before the first backup-only server of the active
+    list (:func:`place_joiners`). Without backup-only servers, the common
+    case, it is appended in O(1) Python steps (the copies of the lists and
+    sets run in C), so filling an empty proxy one add at a time stays fast.
 
     Args:
         state: the state to add to.
@@ -214,15 +252,20 @@ def add_primary(
         return state, False
     primaries = (*state.primaries, addr)
     primary_set = index.primary_set | {addr}
-    if addr in index.backup_set:
-        active, members = state.active, index.members
-    else:
-        if max_servers is not None and index.members >= max_servers:
+    was_backup = addr in index.backup_set
+    members = index.members
+    if not was_backup:
+        if max_servers is not None and members >= max_servers:
             raise TooManyServersError(
                 f"cannot add {addr.canonical}: the primary and backup lists already hold "
-                f"{index.members} servers, the most max_servers ({max_servers}) allows"
+                f"{members} servers, the most max_servers ({max_servers}) allows"
             )
-        active, members = (*state.active, addr), index.members + 1
+        members += 1
+    backup_only = index.backup_set - primary_set
+    if backup_only:
+        active = place_joiners(state.active, (addr,), (), backup_only)
+    else:
+        active = state.active if was_backup else (*state.active, addr)
     new_index = _Index(primaries, state.backups, primary_set, index.backup_set, members)
     return replace(state, active=active, primaries=primaries, _index=new_index), True
 

@@ -390,7 +390,8 @@ def test_proxy_actor_starts_from_the_restored_state_and_adds_configured_servers(
     ref = ProxyActor.start(settings_, FakePinger(), box)
     assert ref.proxy().ping().get(timeout=TIMEOUT) is True
     state = box.current.state
-    assert state.active == (B, A, C, D)  # the saved order, then the new configured one
+    # The saved order; the new configured primary stands before the backup C.
+    assert state.active == (B, A, D, C)
     assert state.head == B
     assert (state.num_nodes, state.leader_addr) == (40, "b:1")
     check_invariant(state)

@@ -3,12 +3,17 @@
 Operations are drawn as plain tuples and interpreted against ``proxy``; a
 rebalance draws its ping outcomes and a burst of concurrent changes applied
 between plan and reconcile, as the proxy's actor would see them.
+
+A :class:`Standing` follows every run and holds docs/protocol.md's Words
+rule (version 2): no backup-only server precedes a primary that became a
+primary after the server became backup-only and that has not failed since.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import given, settings
@@ -83,14 +88,85 @@ rebalance_ops: st.SearchStrategy[Op] = st.tuples(
 any_ops = st.lists(st.one_of(simple_ops, rebalance_ops), max_size=25)
 
 
+def backup_only(state: ProxyState) -> frozenset[Address]:
+    return frozenset(state.backups) - frozenset(state.primaries)
+
+
 def kept_prefix(old: ProxyState, new: ProxyState) -> None:
-    """Survivors keep their order at the front; newcomers only at the end."""
+    """Survivors keep their order; only servers that became primaries move.
+
+    Servers that became primaries stand before the first backup-only server
+    (or keep their place when already in front of it); new backup-only
+    members are at the very end.
+    """
     members = members_of(new)
-    survivors = tuple(a for a in old.active if a in members)
-    assert new.active[: len(survivors)] == survivors
+    promoted = frozenset(new.primaries) - frozenset(old.primaries)
+    survivors = [a for a in old.active if a in members and a not in promoted]
+    assert [a for a in new.active if a in set(survivors)] == survivors
+    old_members = members_of(old)
+    newcomers = [a for a in new.active if a not in old_members and a not in promoted]
+    assert list(new.active[len(new.active) - len(newcomers) :]) == newcomers
+    remote = backup_only(new)
+    first_remote = next((i for i, a in enumerate(new.active) if a in remote), len(new.active))
+    old_first_remote = next(
+        (i for i, a in enumerate(old.active) if a in backup_only(old)), len(old.active)
+    )
+    ahead = set(old.active[:old_first_remote])
+    for server in promoted:
+        if server not in ahead:
+            assert new.active.index(server) < first_remote, (server, new.active)
 
 
-def run_simple(state: ProxyState, op: Op) -> ProxyState:
+@dataclass
+class Standing:
+    """When each server last became a primary or backup-only, and who failed since.
+
+    Updated from the states themselves, so it needs no knowledge of how an
+    operation changes the lists; failures are what the operations report
+    (a rotation by ``notify_failed``, a ping that did not answer).
+    """
+
+    clock: int = 0
+    primary_since: dict[Address, int] = field(default_factory=dict)
+    backup_only_since: dict[Address, int] = field(default_factory=dict)
+    failed: set[Address] = field(default_factory=set)
+
+    def observe(self, old: ProxyState, new: ProxyState) -> None:
+        self.clock += 1
+        old_primaries, new_primaries = set(old.primaries), set(new.primaries)
+        old_remote, new_remote = backup_only(old), backup_only(new)
+        for server in new_primaries - old_primaries:
+            self.primary_since[server] = self.clock
+            self.failed.discard(server)
+        for server in new_remote - old_remote:
+            self.backup_only_since[server] = self.clock
+        for server in old_primaries - new_primaries:
+            self.primary_since.pop(server, None)
+            self.failed.discard(server)
+        for server in old_remote - new_remote:
+            self.backup_only_since.pop(server, None)
+
+    def check(self, state: ProxyState) -> None:
+        place = {a: i for i, a in enumerate(state.active)}
+        for remote in backup_only(state):
+            since = self.backup_only_since[remote]
+            for local in state.primaries:
+                if local in self.failed or self.primary_since[local] <= since:
+                    continue
+                assert place[local] < place[remote], (
+                    f"backup-only {remote} precedes {local}, a primary since after it "
+                    f"that never failed: {state.active}"
+                )
+
+
+def run_simple(state: ProxyState, op: Op, standing: Standing) -> ProxyState:
+    new = _run_simple(state, op, standing)
+    standing.observe(state, new)
+    standing.check(new)
+    return new
+
+
+def _run_simple(state: ProxyState, op: Op, standing: Standing) -> ProxyState:
     kind = op[0]
     if kind == "add":
         new, added = add_primary(state, op[1])
@@ -117,6 +193,8 @@ def run_simple(state: ProxyState, op: Op) -> ProxyState:
         assert rotated == (len(state.active) >= 2 and state.active[0] == target)
         expected = (*state.active[1:], target) if rotated else state.active
         assert new.active == expected
+        if rotated and target in state.primaries:
+            standing.failed.add(target)
         assert members_of(new) == members_of(state)
     else:
         new = run_heartbeat(state, op[1])
@@ -158,7 +236,7 @@ def run_heartbeat(state: ProxyState, beat: Heartbeat) -> ProxyState:
     return new
 
 
-def run_rebalance(state: ProxyState, op: Op) -> ProxyState:
+def run_rebalance(state: ProxyState, op: Op, standing: Standing) -> ProxyState:
     _, seed, outcomes, concurrent = op
     plan = plan_rebalance(state, random.Random(seed))
     if plan is None:
@@ -176,7 +254,7 @@ def run_rebalance(state: ProxyState, op: Op) -> ProxyState:
     }
     current = state
     for change in concurrent:
-        current = run_simple(current, change)
+        current = run_simple(current, change, standing)
 
     index = choose_head(plan.candidates, answered)
     if index is None:
@@ -194,21 +272,37 @@ def run_rebalance(state: ProxyState, op: Op) -> ProxyState:
         assert out.state is current
         return current
     assert not out.abandoned
-    assert out.state.head == head
-    assert answered.get(out.state.head) is True  # never a server that failed its ping
+    promoted = set(current.primaries) - set(state.primaries)
+    if out.state.head != head:
+        # Only a primary found while pinging takes the place of a backup-only
+        # head, as it would by joining right after the rebalance.
+        assert head in backup_only(current)
+        assert out.state.head in promoted or out.state.head not in plan.candidates
+    else:
+        assert answered.get(out.state.head) is True  # never a server that failed its ping
+    assert out.state.head not in plan.candidates[:index]
     rotated = plan.candidates[index:] + plan.candidates[:index]
     planned = set(rotated)
-    expected = [a for a in rotated if a in members]
-    expected += [a for a in current.active if a not in planned]
-    assert list(out.state.active) == expected
+    expected = [a for a in rotated if a in members and a not in promoted]
+    expected += [a for a in current.active if a not in planned and a not in promoted]
+    assert [a for a in out.state.active if a not in promoted] == expected
     assert out.state.primaries == current.primaries
     assert out.state.backups == current.backups
+    # The primaries tried before the head did not answer: they failed. The
+    # head and the primaries after it now stand before every backup.
+    standing.failed.update(a for a in plan.candidates[:index] if a in current.primaries)
+    standing.failed.difference_update(plan.candidates[index:])
+    standing.check(out.state)
     return out.state
 
 
-def run(state: ProxyState, ops: list[Op]) -> ProxyState:
+def run(state: ProxyState, ops: list[Op], standing: Standing | None = None) -> ProxyState:
+    standing = standing if standing is not None else Standing()
     for op in ops:
-        state = run_rebalance(state, op) if op[0] == "rebalance" else run_simple(state, op)
+        if op[0] == "rebalance":
+            state = run_rebalance(state, op, standing)
+        else:
+            state = run_simple(state, op, standing)
         check_invariant(state)
     return state
 

@@ -72,6 +72,44 @@ def test_add_primary_of_a_backup_keeps_its_place() -> None:
     check_invariant(state)
 
 
+def test_a_new_primary_stands_before_the_first_backup_only_server() -> None:
+    # docs/protocol.md, Words (version 2): local servers before remote ones.
+    state = with_backups(["x", "y"], with_primaries(["a"]))
+    state, added = add_primary(state, addr("b"))
+    assert added
+    assert canon(state) == ["a:4647", "b:4647", "x:4647", "y:4647"]
+    check_invariant(state)
+
+
+def test_a_new_primary_goes_before_a_backup_at_the_head() -> None:
+    # Every primary failed (rotated behind the backups): a newly found local
+    # server is a better pick than the remote one at the head.
+    state = with_backups(["x"], with_primaries(["a"]))
+    state, _ = notify_failed(state, addr("a"))  # x a
+    state, _ = add_primary(state, addr("b"))
+    assert canon(state) == ["b:4647", "x:4647", "a:4647"]
+
+
+def test_a_backup_behind_another_backup_moves_up_when_it_becomes_a_primary() -> None:
+    state = with_backups(["x", "y"], with_primaries(["a"]))
+    state, _ = add_primary(state, addr("y"))
+    assert canon(state) == ["a:4647", "y:4647", "x:4647"]
+    check_invariant(state)
+
+
+def test_a_server_on_both_lists_is_not_backup_only() -> None:
+    state = with_backups(["a", "x"], with_primaries(["a"]))
+    state, _ = add_primary(state, addr("b"))
+    assert canon(state) == ["a:4647", "b:4647", "x:4647"]
+
+
+def test_new_backups_join_at_the_end() -> None:
+    state = with_backups(["x"], with_primaries(["a", "b"]))
+    state, _ = notify_failed(state, addr("a"))  # b x a
+    state = set_backups(state, addrs("x", "y"))
+    assert canon(state) == ["b:4647", "x:4647", "a:4647", "y:4647"]
+
+
 def test_find_server_and_notify_failed_sequence() -> None:
     s1, s2 = addr("s1"), addr("s2")
     state = ProxyState()
