@@ -1,6 +1,9 @@
-# rpcproxy, installed from a wheelhouse built on the host (`make wheelhouse`):
-# nothing inside the build reaches the network.
+# rpcproxy, installed from a wheelhouse built on the host (`make wheelhouse`),
+# and the reference Nomad peer, a static Go binary built on the host
+# (`make nomad-peer`, build/nomad-peer): nothing inside the build reaches the
+# network.
 #
+#   make wheelhouse nomad-peer
 #   docker build --build-arg BASE_IMAGE=rpcproxy-base:bookworm -t rpcproxy:local .
 #
 # BASE_IMAGE is any image with python3 (3.11) and its venv module; on a machine
@@ -15,6 +18,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/rpcproxy/bin:$PATH
 
+# docker-compose.yml's Nomad-server stand-ins run it. Static (CGO off), so it
+# needs nothing from the base image; copied before the wheelhouse because it
+# changes far less often.
+COPY build/nomad-peer /usr/local/bin/nomad-peer
 COPY wheelhouse/ /tmp/wheelhouse/
 RUN python3 -m venv /opt/rpcproxy \
     && /opt/rpcproxy/bin/pip install --quiet --no-index --find-links /tmp/wheelhouse rpcproxy \

@@ -59,10 +59,11 @@ adversary: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --write bench/RESULTS.md
 
-## The compose setup, up in the background (prepares what it needs, like the tests).
+## The compose setup, up in the background (prepares what it needs, like the tests:
+## the wheelhouse, the Go peer its server stand-ins run, a base image if needed).
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 BASE_IMAGE ?= $(shell docker image inspect python:3.11-slim >/dev/null 2>&1 && echo python:3.11-slim || echo rpcproxy-base:bookworm)
-compose-up: wheelhouse
+compose-up: wheelhouse nomad-peer
 	@if [ "$(BASE_IMAGE)" = rpcproxy-base:bookworm ]; then docker/build-base-image.sh; fi
 	BASE_IMAGE=$(BASE_IMAGE) $(COMPOSE) up -d --build
 
@@ -77,6 +78,7 @@ base-image:
 
 ## The reference Nomad peer (Go, on Debian's packages of Nomad's libraries):
 ## build/nomad-peer, static; installs Go and the libraries with apt-get if needed.
+## The image copies it (docker-compose.yml's server stand-ins run it).
 nomad-peer:
 	tests/nomad_peer/build.sh
 

@@ -1,9 +1,12 @@
 """Drive docker-compose.yml from tests: one fresh compose project per test.
 
 Preparation happens once per pytest session (:func:`prepare_session`): the
-wheelhouse is built from this checkout, a base image is chosen (the official
-``python:3.11-slim`` when the engine has it, else a local Debian image made by
-``docker/build-base-image.sh``) and ``rpcproxy:local`` is built once. Each
+wheelhouse is built from this checkout, so is the reference Nomad peer
+(``tests/nomad_peer/build.sh``, which installs Go and Nomad's libraries from
+Debian's packages when they are missing) that the server stand-ins run, a base
+image is chosen (the official ``python:3.11-slim`` when the engine has it, else
+a local Debian image made by ``docker/build-base-image.sh``) and
+``rpcproxy:local`` is built once. Each
 test then gets a :class:`ComposeProject` with a unique project name, brought
 up with ``up -d`` and torn down with ``down -v``.
 
@@ -42,6 +45,7 @@ from typing import Any, Final, TypeVar
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyError
 from rpcproxy.bus.client.keys import CurveClient
+from tests.nomadpeer import PeerError, build_peer
 from tests.waiting import poll_until
 
 REPO: Final = Path(__file__).resolve().parents[2]
@@ -56,6 +60,10 @@ IMAGE: Final = "rpcproxy:local"
 
 SERVERS: Final = ("server1:4647", "server2:4647", "server3:4647")
 """The server addresses the publisher announces (container DNS names)."""
+SERVER_SERVICES: Final = ("server1", "server2", "server3")
+"""The Nomad-server stand-ins: each runs the reference Go peer."""
+NOMAD_PEER_IN_IMAGE: Final = "/usr/local/bin/nomad-peer"
+"""Where the Dockerfile puts the peer (copied from the host's ``build/nomad-peer``)."""
 
 QUERY_PORT: Final = 4650
 HEARTBEAT_PORT: Final = 4651
@@ -235,6 +243,19 @@ def build_wheelhouse() -> None:
         shutil.copytree(tmp, WHEELHOUSE)
 
 
+def build_nomad_peer() -> Path:
+    """The static Go peer at ``build/nomad-peer``, where the Dockerfile copies it from.
+
+    Raises:
+        ComposeError: the build failed (its output is in the message).
+    """
+    try:
+        built = build_peer()
+    except PeerError as exc:
+        raise ComposeError(f"the Nomad peer the server stand-ins run: {exc}") from exc
+    return built
+
+
 def choose_base_image() -> str:
     """``python:3.11-slim`` when present, else the local Debian image (built if needed)."""
     if image_exists(OFFICIAL_BASE_IMAGE):
@@ -245,7 +266,7 @@ def choose_base_image() -> str:
 
 
 def prepare_session() -> ComposeSetup:
-    """Once per session: wheelhouse, base image, and ``rpcproxy:local`` built once.
+    """Once per session: wheelhouse, Go peer, base image, and ``rpcproxy:local`` built once.
 
     Raises:
         ComposeError: no compose command, or a build step failed.
@@ -254,6 +275,7 @@ def prepare_session() -> ComposeSetup:
     if command is None:
         raise ComposeError("neither `docker compose` nor `docker-compose` is available")
     build_wheelhouse()
+    build_nomad_peer()
     setup = ComposeSetup(tuple(command), choose_base_image())
     previous = image_id(IMAGE)
     # Every service shares the one image (rpcproxy:local), so building one builds it.
@@ -500,6 +522,40 @@ class ComposeProject:
         """Run ``cmd`` in ``service``'s container; return its stdout."""
         return self.docker("exec", self.container(service), *cmd, timeout_s=timeout_s)
 
+    def main_process(self, service: str) -> tuple[str, list[str]]:
+        """What ``service``'s container really runs as PID 1: its executable and argv.
+
+        Read from ``/proc/1`` inside the container rather than from the
+        container's configuration, so a wrapper or an overridden entrypoint
+        cannot pass for the program itself.
+        """
+        exe = self.exec(service, "readlink", "/proc/1/exe").strip()
+        argv = self.exec(service, "cat", "/proc/1/cmdline").split("\0")
+        return exe, [arg for arg in argv if arg]
+
+    def proxy_ping_method(self) -> str:
+        """The ``ping_method`` the running proxy was configured with.
+
+        The proxy's own flags and environment (``/proc/1``) go through the
+        same parser and ``load_config`` as ``rpcproxy serve``, inside its
+        container, so defaults, variables and flags count exactly as there.
+        """
+        return self.exec("proxy", "python", "-c", _EFFECTIVE_PING_METHOD).strip()
+
+    def go_peer_problems(self) -> list[str]:
+        """Why the server stand-ins are not Go Nomad peers pinged with ``nomad``
+        ([] when they are): each runs the image's ``nomad-peer`` as its main
+        process, and the proxy's effective ``ping_method`` is ``nomad``."""
+        problems: list[str] = []
+        for service in SERVER_SERVICES:
+            exe, argv = self.main_process(service)
+            if exe != NOMAD_PEER_IN_IMAGE:
+                problems.append(f"{service} runs {exe} {argv}, not {NOMAD_PEER_IN_IMAGE}")
+        method = self.proxy_ping_method()
+        if method != "nomad":
+            problems.append(f"the proxy pings its servers with {method!r}, not 'nomad'")
+        return problems
+
     def logs(self, service: str, tail: int | None = None) -> str:
         """``service``'s container output, stdout and stderr together ("" if none)."""
         try:
@@ -619,6 +675,22 @@ class ComposeProject:
             timeout_s,
             f"the proxy to know {wanted}",
         )
+
+
+_EFFECTIVE_PING_METHOD: Final = """
+from pathlib import Path
+from rpcproxy.cli.config import load_config
+from rpcproxy.cli.main import build_parser
+argv = [a.decode() for a in Path("/proc/1/cmdline").read_bytes().split(b"\\0") if a]
+env = dict(
+    e.decode().partition("=")[::2]
+    for e in Path("/proc/1/environ").read_bytes().split(b"\\0")
+    if b"=" in e
+)
+args = build_parser().parse_args(argv[argv.index("serve"):])
+print(load_config(args, env).ping_method)
+"""
+"""Run by the proxy container's Python: the serving process's effective ping method."""
 
 
 def _completion(state: dict[str, Any]) -> str:
