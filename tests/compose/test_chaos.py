@@ -13,7 +13,9 @@ thread, all CURVE clients of the proxy's published query port. A client
 container's address on the project network (container DNS names do not
 resolve on the host; the driver refreshes the addresses after every action).
 The compose ``client`` service is stopped first, so every client of the proxy
-is one whose requests are logged here.
+is one whose requests are logged here. The servers are the reference Go Nomad
+peer and the proxy pings them with its default ``ping_method``, ``nomad``:
+both are checked before the chaos starts.
 
 ``CHAOS_SECONDS`` sets the duration (default 120 s, 30 s under ``CI=true``);
 ``CHAOS_SEED`` replays a run (the seed is in the summary).
@@ -39,11 +41,10 @@ from rpcproxy.bus.client.keys import CurveClient
 from rpcproxy.bus.service.nomad_ping import NomadPinger
 from rpcproxy.proxy import parse_address
 from tests.compose.chaos import CheckResult, Op, Outage, check_invariant
-from tests.compose.compose import SERVERS, ComposeProject, in_ci, wait_for
+from tests.compose.compose import SERVER_SERVICES, SERVERS, ComposeProject, in_ci, wait_for
 
 pytestmark = pytest.mark.compose
 
-SERVER_SERVICES: Final = ("server1", "server2", "server3")
 TARGETS: Final = (*SERVER_SERVICES, "publisher")
 BREAKS: Final = ("kill", "pause", "disconnect")
 RESTORES: Final = {"kill": "start", "pause": "unpause", "disconnect": "connect"}
@@ -94,7 +95,7 @@ class Addresses:
 
 
 def answers(pinger: NomadPinger, ip: str | None) -> bool:
-    """Whether the fake server at ``ip`` answers a ping within the pinger's timeout."""
+    """Whether the Go peer at ``ip`` answers a Status.Ping within the pinger's timeout."""
     if ip is None:
         return False
     addr = parse_address(f"{ip}:{SERVER_PORT}")
@@ -344,6 +345,8 @@ def test_chaos_no_long_dead_server_is_handed_out(
     seconds = chaos_seconds()
     seed = chaos_seed()
     ping_timeout_s = float(project.environment("proxy")["RPCPROXY_PING_TIMEOUT_S"])
+    # The run is over Nomad's wire: Go peers on Nomad's codec, pinged with `nomad`.
+    assert project.go_peer_problems() == []
     # Every client of the proxy from here on is one of ours (see the docstring).
     project.stop("client")
     before = proxy_identity(project)

@@ -1,5 +1,7 @@
 """The whole system in containers: three servers, a publisher, the proxy and a client.
 
+The servers are the reference Nomad peer (Go, on Nomad's own libraries) and
+the proxy pings them with Nomad's Status.Ping; one test checks that they are.
 Each test starts a fresh compose project (see ``conftest.project``), breaks
 something the way production breaks it (a stopped container, a cut network,
 a restarted proxy, a drained server, a frozen process) and watches the proxy
@@ -22,8 +24,11 @@ import pytest
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyTimeoutError
 from rpcproxy.bus.client.keys import CurveClient, create_key_pair, load_key_pair
+from rpcproxy.bus.service.nomad_ping import NomadPinger
+from rpcproxy.proxy import parse_address
 from tests.compose.compose import (
     PROXY_PUBLIC_KEY,
+    SERVER_SERVICES,
     SERVERS,
     ClientRecord,
     ComposeProject,
@@ -104,6 +109,39 @@ def test_all_services_healthy_and_a_server_is_found(
         interval_s=0.2,
     )
     measure.append(f"client lookups so far: {len(project.client_records())}, ok: {len(ok)}")
+
+
+# What the Go peer logs when a connection's first byte is not one of Nomad's
+# (a ZeroMQ greeting starts 0xff) or when one closes before sending any (a TCP
+# connect ping): the proxy pinging with zmq or tcp would leave these.
+_NOT_A_NOMAD_PING = re.compile(r"unrecognised first byte|reading the first byte")
+
+
+def test_servers_are_go_nomad_peers_the_proxy_pings_with_nomad(
+    project: ComposeProject, measure: list[str]
+) -> None:
+    assert project.go_peer_problems() == []
+
+    # They answer Nomad's Status.Ping from outside their containers too.
+    with NomadPinger(timeout_s=2.0) as pinger:
+        for service in SERVER_SERVICES:
+            ip = project.ip_address(service)
+            assert ip is not None, f"{service} has no address on {project.network}"
+            addr = parse_address(f"{ip}:4647")
+            assert pinger([addr]).get(addr), f"{service} ({addr}) did not answer Status.Ping"
+
+    # Every rebalance pings every server; only a Nomad ping makes them all
+    # healthy without a complaint in the peers' logs.
+    with project.proxy() as proxy:
+        for attempt in range(5):
+            result = proxy.rebalance(timeout_s=REBALANCE_TIMEOUT_S)
+            assert result.healthy is True, f"rebalance {attempt}: no server answered"
+            assert result.server is not None
+            assert result.server.addr in SERVERS
+    for service in SERVER_SERVICES:
+        logs = project.logs(service)
+        assert not _NOT_A_NOMAD_PING.search(logs), f"{service} saw a non-Nomad ping:\n{logs}"
+    measure.append(f"{len(SERVER_SERVICES)} Go peers, ping_method {project.proxy_ping_method()}")
 
 
 def test_stopped_server_is_rotated_out(project: ComposeProject, measure: list[str]) -> None:
