@@ -85,6 +85,14 @@ class AddOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyOutcome:
+    """What :class:`NotifyFailed` did: whether it rotated, and the active server after it."""
+
+    rotated: bool
+    server: Address | None
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """The result of a write refused as bad input (a bound, docs/protocol.md section 8).
 
@@ -116,7 +124,7 @@ class NotifyFailed:
     """Answered whether the failed server was the head and so moved to the end."""
 
     addr: Address
-    reply: Reply[bool] = no_reply
+    reply: Reply[NotifyOutcome] = no_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +225,8 @@ class ActiveServerChanged:
 
     server: Address | None
     reason: ChangeReason
+    epoch: int
+    """The change's number within this run: one more than the previous event's."""
 
 
 ProxyRequest: TypeAlias = (

@@ -31,6 +31,7 @@ from rpcproxy.actors.messages import (
     ChangeReason,
     HeartbeatResult,
     NotifyFailed,
+    NotifyOutcome,
     PingCandidates,
     PingResults,
     Rebalance,
@@ -139,6 +140,8 @@ class ProxyActor(pykka.ThreadingActor):
         self._last_heartbeat_at: float | None = None
         self._deadline = float("inf")
         self._version = 0
+        # Changes of the active server since start (docs/protocol.md section 5).
+        self._epoch = 0
         self._token = 0
         self._rebalancing: _Rebalancing | None = None
         # Set by each rebalance that pinged; one that pinged nothing leaves it.
@@ -240,7 +243,7 @@ class ProxyActor(pykka.ThreadingActor):
                 if rotated:
                     self._counters.failover()
                 self._commit(state, "failed")
-                _answer(reply, rotated)
+                _answer(reply, NotifyOutcome(rotated, self._state.head))
             case AddPrimary(addr, reply):
                 try:
                     state, added = add_primary(
@@ -444,15 +447,19 @@ class ProxyActor(pykka.ThreadingActor):
             return
         previous = self._state
         before = previous.head
+        after = state.head
         self._state = state
+        if after != before:
+            # Counted before publishing: a reply built from the new snapshot
+            # carries the epoch of the event announcing it.
+            self._epoch += 1
         self._publish()
         _log_membership(previous, state, reason)
         if self._on_change is not None:
             self._on_change(state)
-        after = state.head
         if after != before:
             log.info("active server %s -> %s (%s)", before, after, reason)
-            event = ActiveServerChanged(after, reason)
+            event = ActiveServerChanged(after, reason, self._epoch)
             for listener in self._listeners:
                 try:
                     listener.tell(event)
@@ -478,6 +485,7 @@ class ProxyActor(pykka.ThreadingActor):
                     PublisherInfo(name, seq, self._heard.get(name)) for name, seq in seqs.items()
                 ),
                 offline=self._offline,
+                epoch=self._epoch,
             )
         )
 

@@ -37,6 +37,9 @@ class Snapshot:
         publishers: the last seq and time of each publisher that sends one.
         offline: the last rebalance that pinged found no server answering
             (Consul's ``IsOffline``); reported only, nothing acts on it.
+        epoch: how many times the active server has changed since start
+            (docs/protocol.md sections 1 and 5); replies carry it, so a
+            client can tell which view it holds.
     """
 
     state: ProxyState
@@ -45,6 +48,7 @@ class Snapshot:
     last_heartbeat_at: float | None = None
     publishers: tuple[PublisherInfo, ...] = ()
     offline: bool = False
+    epoch: int = 0
 
 
 class SnapshotBox:

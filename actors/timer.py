@@ -41,13 +41,19 @@ class ThreadingScheduler:
 
     A daemon, because a pending rebalance tick must never keep the process
     alive on its way out.
+
+    Args:
+        name: the timer threads' name, as thread listings show it.
     """
+
+    def __init__(self, name: str = "rpcproxy-rebalance-timer") -> None:
+        self._name = name
 
     def call_later(self, delay_s: float, fn: Callable[[], None]) -> Handle:
         # A peer's num_nodes or an operator's min_reuse_s can ask for centuries;
         # threading.Timer's thread dies of OverflowError beyond TIMEOUT_MAX.
         timer = threading.Timer(min(max(0.0, delay_s), threading.TIMEOUT_MAX), fn)
-        timer.name = "rpcproxy-rebalance-timer"
+        timer.name = self._name
         timer.daemon = True
         timer.start()
         return timer

@@ -388,6 +388,7 @@ class Config:
     api_mismatch_log_interval_s: float = _key(10800.0, _real(positive=False), "Seconds between warnings about one server with a newer API; 0 warns every time")  # noqa: E501
     max_message_bytes: int = _key(1048576, _integer(1024), "Largest frame accepted (ZeroMQ MAXMSGSIZE); a peer sending more is disconnected")  # noqa: E501
     max_servers: int = _key(DEFAULT_MAX_SERVERS, _integer(1), "Most servers in one heartbeat, in one set_backup_servers, and in the primary and backup lists together; beyond it: bad_request, or the heartbeat is dropped")  # noqa: E501
+    events_refresh_s: float = _key(1.0, _real(positive=False), "Seconds between refresh events repeating the active server and epoch (watching clients count silence in them); 0 turns them off")  # noqa: E501
     nomad_tls_ca_file: str = _key("", _PATH, "PEM CA of the cluster's RPC certificates; set, nomad pings use TLS and verify the server against it")  # noqa: E501
     nomad_tls_cert_file: str = _key("", _PATH, "PEM client certificate nomad pings present (servers with tls { rpc = true } require one); with nomad_tls_key_file")  # noqa: E501
     nomad_tls_key_file: str = _key("", _PATH, "PEM private key (unencrypted) of nomad_tls_cert_file")  # noqa: E501

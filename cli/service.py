@@ -21,7 +21,7 @@ import zmq
 from rpcproxy.actors import ProxyActor, ProxySettings, SnapshotBox
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
-from rpcproxy.bus.service.codec import Decoder
+from rpcproxy.bus.service.codec import Decoder, new_instance_id
 from rpcproxy.bus.service.curve import (
     HEARTBEAT_DOMAIN,
     AllowList,
@@ -222,8 +222,16 @@ class ProxyService:
             # ZAP must answer before the first CURVE socket binds.
             curve.start(context)
         listeners: list[pykka.ActorRef[Any]] = []
+        # One id for this run, in every reply and every event (docs/protocol.md 1, 5).
+        instance = new_instance_id()
         if config.events:
-            self._events = EventPublisher.start(context, config.events, curve=curve)
+            self._events = EventPublisher.start(
+                context,
+                config.events,
+                curve=curve,
+                instance=instance,
+                refresh_s=config.events_refresh_s,
+            )
             # Asking surfaces an on_start failure (a bind error) here, at start.
             self.events_endpoint = (
                 self._events.proxy().endpoint().get(timeout=_ACTOR_START_TIMEOUT_S)
@@ -257,6 +265,7 @@ class ProxyService:
             curve=curve,
             metrics=self.metrics,
             decoder=decoder,
+            instance=instance,
             # Room for a few of the largest writes the configured bound allows.
             max_write_entries=4 * (1 + config.max_servers),
         )

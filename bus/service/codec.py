@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
+import secrets
 from typing import Annotated, Any, ClassVar, Final, Protocol, TypeAlias, TypeVar, cast
 
 import msgspec
@@ -68,6 +69,7 @@ __all__ = [
     "encode_heartbeat",
     "encode_ok",
     "encode_request_error",
+    "new_instance_id",
     "peek_heartbeat",
     "server_obj",
 ]
@@ -635,9 +637,22 @@ def server_obj(addr: Address | None) -> dict[str, str] | None:
     return None if addr is None else {"addr": addr.canonical}
 
 
-def encode_event(server: Address | None, reason: ChangeReason) -> bytes:
-    """The events socket's payload ``{"server": server or nil, "reason": reason}``."""
-    return _ENCODER.encode({"server": server_obj(server), "reason": reason})
+def encode_event(server: Address | None, reason: ChangeReason, epoch: int, instance: str) -> bytes:
+    """The events socket's payload (docs/protocol.md section 5).
+
+    ``{"server": server or nil, "reason": reason, "epoch": epoch, "instance": instance}``.
+    """
+    payload = {"server": server_obj(server), "reason": reason, "epoch": epoch, "instance": instance}
+    return _ENCODER.encode(payload)
+
+
+def new_instance_id() -> str:
+    """A random id for one run of ``serve`` (16 hex digits), sent in replies and events.
+
+    Random rather than derived from the pid or the clock, so two proxies (or
+    one restarted in a fresh container, where pids repeat) never share one.
+    """
+    return secrets.token_hex(8)
 
 
 def encode_heartbeat(heartbeat: Heartbeat) -> bytes:

@@ -36,6 +36,7 @@ from rpcproxy.actors import (
     ApplyHeartbeat,
     HeartbeatResult,
     NotifyFailed,
+    NotifyOutcome,
     ProxyRequest,
     Rebalance,
     RebalanceOutcome,
@@ -44,6 +45,7 @@ from rpcproxy.actors import (
     Reply,
     ResetRebalanceTimer,
     SetBackups,
+    Snapshot,
     SnapshotBox,
 )
 from rpcproxy.actors.log_gate import PeerLog
@@ -65,6 +67,7 @@ from rpcproxy.bus.service.codec import (
     StatusRequest,
     encode_error,
     encode_ok,
+    new_instance_id,
     server_obj,
 )
 from rpcproxy.bus.service.curve import QUERY_DOMAIN, CurveServer
@@ -139,6 +142,7 @@ class WriteOp(Generic[R]):
 AnyWriteOp: TypeAlias = (
     WriteOp[bool]
     | WriteOp[AddOutcome]
+    | WriteOp[NotifyOutcome]
     | WriteOp[tuple[Address, ...]]
     | WriteOp[HeartbeatResult]
     | WriteOp[RebalanceOutcome]
@@ -167,7 +171,7 @@ def _write_op(request: Request) -> AnyWriteOp:
     """
     match request:
         case NotifyFailedRequest(addr=addr):
-            return _op(lambda r: NotifyFailed(addr, r), _encode_rotated)
+            return _op(lambda r: NotifyFailed(addr, r), _encode_notify)
         case AddPrimaryRequest(addr=addr):
             return _op(lambda r: AddPrimary(addr, r), _encode_add)
         case SetBackupsRequest(addrs=addrs):
@@ -203,8 +207,8 @@ def _weight(request: Request) -> int:
 # The encoders: one per op, each typed with the result its message is answered.
 
 
-def _encode_rotated(rotated: bool) -> dict[str, Any]:
-    return {"rotated": rotated}
+def _encode_notify(result: NotifyOutcome) -> dict[str, Any]:
+    return {"rotated": result.rotated, "server": server_obj(result.server)}
 
 
 def _encode_add(result: AddOutcome) -> dict[str, Any]:
@@ -248,6 +252,9 @@ class QueryServer(SocketThread):
             answered ``unavailable`` at once.
         max_write_entries: the same bound on the servers and addresses they carry.
         decoder: validates requests (its ``max_servers``); the default bound when not given.
+        instance: this run's id, sent with every success reply beside the
+            snapshot's ``epoch`` (docs/protocol.md section 1); the events
+            publisher must send the same one. A fresh random id when not given.
     """
 
     name = "rpcproxy-query"
@@ -267,8 +274,10 @@ class QueryServer(SocketThread):
         max_writes: int = DEFAULT_MAX_WRITES,
         max_write_entries: int = DEFAULT_MAX_WRITE_ENTRIES,
         decoder: Decoder | None = None,
+        instance: str | None = None,
     ) -> None:
         super().__init__(context)
+        self.instance = instance if instance is not None else new_instance_id()
         self._decoder = decoder or Decoder()
         self._curve = curve
         self._metrics = metrics or Metrics()
@@ -280,7 +289,7 @@ class QueryServer(SocketThread):
         self._op_timeout_s = op_timeout_s
         self._clock = clock
         self._waker = Waker()
-        self._replies: queue.SimpleQueue[tuple[int, Refused | Encoded]] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[tuple[int, Refused | Encoded, int]] = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}
         # Writes the actor has not answered yet (token -> weight), including
         # those already answered "unavailable" after their deadline.
@@ -394,10 +403,14 @@ class QueryServer(SocketThread):
             case FindServerRequest():
                 self._send(envelope, self._find_server(request))
             case PingRequest():
-                self._send(envelope, encode_ok(request.id, pong=True))
+                epoch = self._box.current.epoch
+                self._send(envelope, encode_ok(request.id, pong=True, **self._view(epoch)))
             case ServersRequest():
-                state = self._box.current.state
-                self._send(envelope, encode_ok(request.id, servers=_servers(state.active)))
+                snapshot = self._box.current
+                servers = _servers(snapshot.state.active)
+                self._send(
+                    envelope, encode_ok(request.id, servers=servers, **self._view(snapshot.epoch))
+                )
             case StatusRequest():
                 self._send(envelope, self._status(request))
             case _:
@@ -415,13 +428,21 @@ class QueryServer(SocketThread):
     def _find_server(self, request: FindServerRequest) -> bytes:
         snapshot = self._box.current
         if request.id is not NO_ID:
-            return encode_ok(request.id, server=server_obj(snapshot.state.head))
+            return self._encode_find(request.id, snapshot)
         # The hot path: the same bytes serve every id-less lookup of a snapshot.
         version, body = self._find_cache
         if version != snapshot.version:
-            body = encode_ok(request.id, server=server_obj(snapshot.state.head))
+            body = self._encode_find(request.id, snapshot)
             self._find_cache = (snapshot.version, body)
         return body
+
+    def _encode_find(self, request_id: Any, snapshot: Snapshot) -> bytes:
+        server = server_obj(snapshot.state.head)
+        return encode_ok(request_id, server=server, **self._view(snapshot.epoch))
+
+    def _view(self, epoch: int) -> dict[str, Any]:
+        """The ``epoch`` and ``instance`` every success reply carries."""
+        return {"epoch": epoch, "instance": self.instance}
 
     def _status(self, request: StatusRequest) -> bytes:
         snapshot = self._box.current
@@ -437,6 +458,7 @@ class QueryServer(SocketThread):
             num_servers=len(state.active),
             next_rebalance_s=max(0.0, snapshot.rebalance_deadline - now),
             offline=snapshot.offline,
+            **self._view(snapshot.epoch),
             heartbeat_age_s=_age(snapshot.last_heartbeat_at, now),
             publishers=[
                 {"publisher": p.name, "seq": p.seq, "age_s": _age(p.heard_at, now)}
@@ -499,14 +521,18 @@ class QueryServer(SocketThread):
 
         After teardown nobody reads the queue; the request was already
         answered ``unavailable``, so the late result is simply left there.
+
+        The snapshot is read here, on the actor's thread right after the
+        write was published, so the reply's epoch is the write's own, not
+        that of a later change.
         """
-        self._replies.put((token, result))
+        self._replies.put((token, result, self._box.current.epoch))
         self._waker.wake()
 
     def _send_replies(self) -> None:
         while True:
             try:
-                token, result = self._replies.get_nowait()
+                token, result, epoch = self._replies.get_nowait()
             except queue.Empty:
                 return
             self._settle(token)
@@ -518,7 +544,9 @@ class QueryServer(SocketThread):
                 self._send_error(pending, ErrorCode.BAD_REQUEST, result.reason)
                 self._observe(ErrorCode.BAD_REQUEST.value, pending.started)
                 continue
-            self._send(pending.envelope, encode_ok(pending.request.id, **result()))
+            fields = result()
+            fields.update(self._view(epoch))
+            self._send(pending.envelope, encode_ok(pending.request.id, **fields))
             self._observe(pending.request.op, pending.started)
 
     def _send_error(self, pending: _Pending, code: ErrorCode, message: str) -> None:

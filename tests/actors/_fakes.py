@@ -225,3 +225,45 @@ class Harness:
     def events(self) -> list[Any]:
         assert self.listener is not None
         return received(self.listener, self.inbox)
+
+
+@dataclass
+class ScheduledCall:
+    due: float
+    fn: Callable[[], None]
+    cancelled: bool = False
+    ran: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class ManualScheduler:
+    """A scheduler and its clock: calls run when :meth:`advance` passes their time.
+
+    Calls run on the test's thread, as a timer thread would run them: beside
+    the actor's own thread, telling it through its mailbox.
+    """
+
+    now: float = 1000.0
+    calls: list[ScheduledCall] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> ScheduledCall:
+        call = ScheduledCall(self.now + delay_s, fn)
+        self.calls.append(call)
+        return call
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for call in list(self.calls):
+            if not call.cancelled and not call.ran and call.due <= self.now:
+                call.ran = True
+                call.fn()
+
+    @property
+    def pending(self) -> list[ScheduledCall]:
+        return [c for c in self.calls if not c.cancelled and not c.ran]

@@ -33,7 +33,7 @@ def test_requests_are_answered_while_a_ping_is_held(start_proxy: StartProxy) -> 
     assert h.pinger.entered.wait(TIMEOUT)
 
     started = time.monotonic()
-    assert h.send(lambda r: NotifyFailed(A, r)).get(timeout=PROMPT) is True
+    assert h.send(lambda r: NotifyFailed(A, r)).get(timeout=PROMPT).rotated is True
     assert h.send(lambda r: AddPrimary(D, r)).get(timeout=PROMPT) == AddOutcome(D, True)
     assert h.send(lambda r: SetBackups((E,), r)).get(timeout=PROMPT) == (E,)
     assert h.send(lambda r: RemoveServer(E, r)).get(timeout=PROMPT) is True

@@ -13,6 +13,7 @@ from rpcproxy.actors import (
     ApplyHeartbeat,
     HeartbeatResult,
     NotifyFailed,
+    NotifyOutcome,
     RemoveServer,
     ResetRebalanceTimer,
     SetBackups,
@@ -121,9 +122,9 @@ def test_add_primary_of_a_backup_keeps_its_place(start_proxy: StartProxy) -> Non
 def test_notify_failed_rotates_the_head_to_the_end(start_proxy: StartProxy) -> None:
     h = start_proxy(primaries=(A, B, C))
 
-    rotated, seen = h.request_seen(lambda r: NotifyFailed(A, r))
+    outcome, seen = h.request_seen(lambda r: NotifyFailed(A, r))
 
-    assert rotated is True
+    assert outcome == NotifyOutcome(True, B)
     assert seen.state.active == (B, C, A)
 
 
@@ -140,7 +141,7 @@ def test_notify_failed_does_nothing_unless_head_of_two_or_more(
 
     rotated, seen = h.request_seen(lambda r: NotifyFailed(failed, r))
 
-    assert rotated is False
+    assert rotated == NotifyOutcome(False, before[0] if before else None)
     assert seen.state.active == before
 
 

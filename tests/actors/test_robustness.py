@@ -138,7 +138,7 @@ def test_ping_results_nobody_asked_for_are_ignored(start_proxy: StartProxy) -> N
 
     h.ref.tell(PingResults(999, {B: True}))
 
-    assert h.request(lambda r: NotifyFailed(C, r)) is False
+    assert h.request(lambda r: NotifyFailed(C, r)).rotated is False
     assert h.box.current.state.active == (A, B)
     assert h.box.current.version == version
 
@@ -164,7 +164,7 @@ def test_a_stopped_listener_does_not_break_the_proxy(start_proxy: StartProxy) ->
     h.listener.stop(timeout=TIMEOUT)
 
     assert h.request(lambda r: AddPrimary(A, r)) == AddOutcome(A, True)
-    assert h.request(lambda r: NotifyFailed(A, r)) is False
+    assert h.request(lambda r: NotifyFailed(A, r)).rotated is False
     assert h.ref.is_alive()
 
 
@@ -175,7 +175,7 @@ def test_a_reply_that_raises_does_not_kill_the_proxy(start_proxy: StartProxy) ->
         raise RuntimeError("the caller went away")
 
     h.ref.tell(AddPrimary(C, broken))
-    assert h.request(lambda r: NotifyFailed(A, r)) is True
+    assert h.request(lambda r: NotifyFailed(A, r)).rotated is True
 
     # A broken waiter does not keep the other waiters of a rebalance from their answer.
     h.ref.tell(Rebalance(broken))

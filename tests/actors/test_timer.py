@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pykka
 import pytest
@@ -19,49 +18,7 @@ from rpcproxy.actors import TimerActor
 from rpcproxy.actors.messages import RebalanceTick, ScheduleTick
 from rpcproxy.actors.timer import ThreadingScheduler
 
-from ._fakes import TIMEOUT, Inbox, Recorder, received, start_recorder
-
-
-@dataclass
-class _Call:
-    due: float
-    fn: Callable[[], None]
-    cancelled: bool = False
-    ran: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-@dataclass
-class ManualScheduler:
-    """A scheduler and its clock: calls run when :meth:`advance` passes their time.
-
-    Calls run on the test's thread, as a timer thread would run them: beside
-    the actor's own thread, telling it through its mailbox.
-    """
-
-    now: float = 1000.0
-    calls: list[_Call] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def call_later(self, delay_s: float, fn: Callable[[], None]) -> _Call:
-        call = _Call(self.now + delay_s, fn)
-        self.calls.append(call)
-        return call
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        for call in list(self.calls):
-            if not call.cancelled and not call.ran and call.due <= self.now:
-                call.ran = True
-                call.fn()
-
-    @property
-    def pending(self) -> list[_Call]:
-        return [c for c in self.calls if not c.cancelled and not c.ran]
+from ._fakes import TIMEOUT, Inbox, ManualScheduler, Recorder, received, start_recorder
 
 
 @dataclass

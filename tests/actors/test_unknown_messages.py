@@ -102,7 +102,7 @@ def _events(start_proxy: StartProxy, tmp_path: Path, ctx: zmq.Context[Any]) -> S
         try:
             # A SUB misses what was published before it joined: publish until one arrives.
             def heard() -> list[bytes] | None:
-                ref.tell(ActiveServerChanged(A, "added"))
+                ref.tell(ActiveServerChanged(A, "added", 1))
                 return sub.recv_multipart() if sub.poll(20) else None
 
             topic, _ = poll_until(heard, timeout=TIMEOUT * 2, what="an event after the stray")

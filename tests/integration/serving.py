@@ -74,6 +74,18 @@ def hb_payload(
 # Sockets.
 
 
+def without_view(reply: Mapping[str, Any]) -> dict[str, Any]:
+    """A success reply without its ``epoch`` and ``instance`` (docs/protocol.md section 1).
+
+    Checked, not just dropped: both must be there, of the right types.
+    """
+    rest = dict(reply)
+    epoch, instance = rest.pop("epoch"), rest.pop("instance")
+    assert isinstance(epoch, int) and epoch >= 0, reply
+    assert isinstance(instance, str) and len(instance) == 16, reply
+    return rest
+
+
 class NoReplyError(AssertionError):
     """A request got no reply in time."""
 
@@ -138,22 +150,51 @@ class RawClient:
 
 
 class EventSub:
-    """A SUB socket on the proxy's events endpoint."""
+    """A SUB socket on the proxy's events endpoint.
 
-    def __init__(self, endpoint: str) -> None:
+    Every event it reads is checked against docs/protocol.md section 5: one
+    instance, and each change's epoch one more than the last change's (a
+    refresh repeats the current epoch). Tests that lose events on purpose
+    pass ``consecutive=False``.
+    """
+
+    def __init__(self, endpoint: str, *, consecutive: bool = True) -> None:
         self.sock: zmq.Socket[bytes] = CTX.socket(zmq.SUB)
         self.sock.linger = 0
         self.sock.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC)
         self.sock.connect(endpoint)
+        self.consecutive = consecutive
+        self.epoch: int | None = None
+        self.instance: str | None = None
 
     def next(self, timeout: float = 5.0) -> dict[str, Any]:
-        """The next event's payload; fails after ``timeout`` seconds of silence."""
+        """The next change's ``server`` and ``reason``, skipping refreshes.
+
+        Fails after ``timeout`` seconds without a change.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.next_event(max(0.0, deadline - time.monotonic()))
+            if event["reason"] != "refresh":
+                return {"server": event["server"], "reason": event["reason"]}
+
+    def next_event(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next event's whole payload, refreshes included."""
         if not self.sock.poll(int(timeout * 1000)):
             raise AssertionError(f"no event within {timeout} s")
         topic, payload = self.sock.recv_multipart()
         assert topic == EVENT_TOPIC
         event = unpack(payload)
-        assert isinstance(event, dict) and set(event) >= {"server", "reason"}, event
+        assert isinstance(event, dict), event
+        assert set(event) >= {"server", "reason", "epoch", "instance"}, event
+        epoch, instance = event["epoch"], event["instance"]
+        assert isinstance(epoch, int) and isinstance(instance, str) and instance, event
+        if self.instance is not None:
+            assert instance == self.instance, f"instance changed: {event}"
+        if self.consecutive and self.epoch is not None:
+            expected = self.epoch if event["reason"] == "refresh" else self.epoch + 1
+            assert epoch == expected, f"epoch {epoch} after {self.epoch}: {event}"
+        self.epoch, self.instance = epoch, instance
         return event
 
     def sync(self, client: RawClient, timeout: float = 5.0) -> None:
@@ -319,7 +360,7 @@ def wait_ready(serve: Serve, timeout: float = START_TIMEOUT_S) -> None:
                 reply = client.request({"op": "ping"}, timeout=0.1)
             except NoReplyError:
                 continue
-            assert reply == {"ok": True, "pong": True}, reply
+            assert (reply["ok"], reply["pong"]) == (True, True), reply
             return
     finally:
         client.close()

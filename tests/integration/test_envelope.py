@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.integration.serving import CTX, Serve, pack, start_serve, stop_and_check, unpack
+from tests.integration.serving import (
+    CTX,
+    Serve,
+    pack,
+    start_serve,
+    stop_and_check,
+    unpack,
+    without_view,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -76,4 +84,4 @@ def test_fifteen_frames_are_still_a_request(proxy: Serve) -> None:
     frames = exchange(proxy, zmq.DEALER, [b""] + [b"hop"] * 13 + [pack({"op": "ping"})])
 
     assert frames[:-1] == [b""] + [b"hop"] * 13
-    assert unpack(frames[-1]) == {"ok": True, "pong": True}
+    assert without_view(unpack(frames[-1])) == {"ok": True, "pong": True}

@@ -20,6 +20,7 @@ from tests.integration.serving import (
     start_serve,
     stop_and_check,
     unpack,
+    without_view,
 )
 
 pytestmark = pytest.mark.integration
@@ -56,24 +57,24 @@ def dead_addr() -> str:
 
 
 def test_ping(proxy: Serve) -> None:
-    assert proxy.client.request({"op": "ping"}) == {"ok": True, "pong": True}
+    assert without_view(proxy.client.request({"op": "ping"})) == {"ok": True, "pong": True}
 
 
 def test_find_server_is_nil_when_empty_then_the_head(proxy: Serve) -> None:
-    assert proxy.client.request({"op": "find_server"}) == {"ok": True, "server": None}
+    assert without_view(proxy.client.request({"op": "find_server"})) == {"ok": True, "server": None}
     proxy.call("add_primary_server", addr="10.0.0.1")
     proxy.call("add_primary_server", addr="10.0.0.2:5000")
-    assert proxy.client.request({"op": "find_server"}) == {
+    assert without_view(proxy.client.request({"op": "find_server"})) == {
         "ok": True,
         "server": {"addr": "10.0.0.1:4647"},
     }
 
 
 def test_servers_is_the_active_list_in_order(proxy: Serve) -> None:
-    assert proxy.client.request({"op": "servers"}) == {"ok": True, "servers": []}
+    assert without_view(proxy.client.request({"op": "servers"})) == {"ok": True, "servers": []}
     for addr in ("10.0.0.3", "10.0.0.1", "10.0.0.2"):
         proxy.call("add_primary_server", addr=addr)
-    assert proxy.client.request({"op": "servers"}) == {
+    assert without_view(proxy.client.request({"op": "servers"})) == {
         "ok": True,
         "servers": [{"addr": f"10.0.0.{i}:4647"} for i in (3, 1, 2)],
     }
@@ -102,6 +103,9 @@ def test_status_has_every_key_with_its_type(proxy: Serve) -> None:
         # Freshness additions (issue 5): age of the last heartbeat, per publisher.
         "heartbeat_age_s",
         "publishers",
+        # Version 2: the view the reply was built from (section 1).
+        "epoch",
+        "instance",
     }
     assert status["ok"] is True
     assert status["servers"] == [{"addr": "10.0.0.1:4647"}, {"addr": "10.0.0.2:4647"}]
@@ -143,9 +147,11 @@ def test_first_rebalance_is_min_reuse_plus_jitter_after_start(tmp_path: Path) ->
 def test_notify_failed_server_rotates_only_the_active_server(proxy: Serve) -> None:
     # One server: nothing to rotate to.
     proxy.call("add_primary_server", addr="10.0.0.1")
-    assert proxy.client.request({"op": "notify_failed_server", "addr": "10.0.0.1"}) == {
+    reply = proxy.client.request({"op": "notify_failed_server", "addr": "10.0.0.1"})
+    assert without_view(reply) == {
         "ok": True,
         "rotated": False,
+        "server": {"addr": "10.0.0.1:4647"},
     }
     proxy.call("add_primary_server", addr="10.0.0.2")
     proxy.call("add_primary_server", addr="10.0.0.3")
@@ -159,7 +165,8 @@ def test_notify_failed_server_rotates_only_the_active_server(proxy: Serve) -> No
     ]
     # The active server, named non-canonically: moved to the end.
     reply = proxy.call("notify_failed_server", addr="10.0.0.1:4647")
-    assert reply == {"ok": True, "rotated": True}
+    # The reply names the active server after the rotation (version 2).
+    assert without_view(reply) == {"ok": True, "rotated": True, "server": {"addr": "10.0.0.2:4647"}}
     assert addrs(proxy.call("servers")["servers"]) == [
         "10.0.0.2:4647",
         "10.0.0.3:4647",
@@ -171,9 +178,9 @@ def test_notify_failed_server_rotates_only_the_active_server(proxy: Serve) -> No
 
 def test_add_primary_server_added_then_not(proxy: Serve) -> None:
     reply = proxy.client.request({"op": "add_primary_server", "addr": "10.0.0.7"})
-    assert reply == {"ok": True, "server": {"addr": "10.0.0.7:4647"}, "added": True}
+    assert without_view(reply) == {"ok": True, "server": {"addr": "10.0.0.7:4647"}, "added": True}
     reply = proxy.client.request({"op": "add_primary_server", "addr": "10.0.0.7:4647"})
-    assert reply == {"ok": True, "server": {"addr": "10.0.0.7:4647"}, "added": False}
+    assert without_view(reply) == {"ok": True, "server": {"addr": "10.0.0.7:4647"}, "added": False}
     reply = proxy.call("add_primary_server", addr="[::1]")
     assert reply["server"] == {"addr": "[::1]:4647"} and reply["added"] is True
     reply = proxy.call("add_primary_server", addr="Server-A.example.com:80")
@@ -190,7 +197,7 @@ def test_add_primary_server_added_then_not(proxy: Serve) -> None:
 def test_set_backup_servers_replaces_the_backups(proxy: Serve) -> None:
     proxy.call("add_primary_server", addr="10.0.0.1")
     reply = proxy.client.request({"op": "set_backup_servers", "addrs": ["10.0.1.1", "10.0.1.2:99"]})
-    assert reply == {
+    assert without_view(reply) == {
         "ok": True,
         "servers": [{"addr": "10.0.1.1:4647"}, {"addr": "10.0.1.2:99"}],
     }
@@ -208,7 +215,7 @@ def test_remove_server_removed_then_not(proxy: Serve) -> None:
     proxy.call("add_primary_server", addr="10.0.0.1")
     proxy.call("add_primary_server", addr="10.0.0.2")
     proxy.call("set_backup_servers", addrs=["10.0.0.2", "10.0.0.3"])
-    assert proxy.client.request({"op": "remove_server", "addr": "10.0.0.2"}) == {
+    assert without_view(proxy.client.request({"op": "remove_server", "addr": "10.0.0.2"})) == {
         "ok": True,
         "removed": True,
     }
@@ -216,7 +223,10 @@ def test_remove_server_removed_then_not(proxy: Serve) -> None:
     assert addrs(status["servers"]) == ["10.0.0.1:4647", "10.0.0.3:4647"]
     assert addrs(status["primary"]) == ["10.0.0.1:4647"]
     assert addrs(status["backup"]) == ["10.0.0.3:4647"]
-    assert proxy.call("remove_server", addr="10.0.0.2:4647") == {"ok": True, "removed": False}
+    assert without_view(proxy.call("remove_server", addr="10.0.0.2:4647")) == {
+        "ok": True,
+        "removed": False,
+    }
 
 
 def test_heartbeat_op_changed_true_then_false(proxy: Serve) -> None:
@@ -236,7 +246,7 @@ def test_heartbeat_op_changed_true_then_false(proxy: Serve) -> None:
 
 
 def test_rebalance_with_fewer_than_two_servers_is_nil(proxy: Serve) -> None:
-    assert proxy.client.request({"op": "rebalance"}) == {
+    assert without_view(proxy.client.request({"op": "rebalance"})) == {
         "ok": True,
         "server": None,
         "healthy": None,
@@ -254,7 +264,7 @@ def test_rebalance_with_live_servers_is_healthy(
     for addr in live:
         proxy.call("add_primary_server", addr=addr)
     reply = proxy.client.request({"op": "rebalance"})
-    assert set(reply) == {"ok", "server", "healthy"}
+    assert set(reply) == {"ok", "server", "healthy", "epoch", "instance"}
     assert reply["ok"] is True and reply["healthy"] is True
     assert reply["server"]["addr"] in live
     servers = addrs(proxy.call("servers")["servers"])
@@ -274,7 +284,7 @@ def test_rebalance_with_only_dead_servers_keeps_the_list(proxy: Serve) -> None:
 
 def test_reset_rebalance_timer(proxy: Serve) -> None:
     reply = proxy.client.request({"op": "reset_rebalance_timer"})
-    assert reply == {"ok": True, "next_rebalance_s": 600.0}
+    assert without_view(reply) == {"ok": True, "next_rebalance_s": 600.0}
     assert type(reply["next_rebalance_s"]) is float
     next_s = proxy.call("status")["next_rebalance_s"]
     assert 595 < next_s <= 600
@@ -300,7 +310,7 @@ def test_id_absent_means_no_id_in_reply(proxy: Serve) -> None:
 
 
 def test_version_1_is_accepted(proxy: Serve) -> None:
-    assert proxy.client.request({"op": "ping", "v": 1, "id": 5}) == {
+    assert without_view(proxy.client.request({"op": "ping", "v": 1, "id": 5})) == {
         "ok": True,
         "pong": True,
         "id": 5,

@@ -28,6 +28,7 @@ from tests.integration.serving import (
     assert_clean_log,
     free_port,
     poll_until,
+    without_view,
 )
 
 pytestmark = pytest.mark.integration
@@ -103,7 +104,7 @@ def test_queries_answer_while_a_name_hangs_in_resolution(
         # Twice: the second rebalance finds the first's lookup still hanging.
         for _ in range(2):
             reply = rebalance(proxy)
-            assert reply == {"ok": True, "server": {"addr": live}, "healthy": True}
+            assert without_view(reply) == {"ok": True, "server": {"addr": live}, "healthy": True}
             proxy.call("notify_failed_server", addr=live)
         answered_during = load.answered
     assert load.missed == 0, f"{load.missed} queries missed {REQUEST_DEADLINE_S} s"
@@ -127,7 +128,7 @@ def test_a_live_server_first_is_chosen_while_a_later_name_hangs(
     )
     with QueryLoad(proxy.query) as load:
         reply = rebalance(proxy)
-    assert reply == {"ok": True, "server": {"addr": live}, "healthy": True}
+    assert without_view(reply) == {"ok": True, "server": {"addr": live}, "healthy": True}
     assert load.missed == 0, f"{load.missed} queries missed {REQUEST_DEADLINE_S} s"
 
 
@@ -150,7 +151,7 @@ def test_a_live_server_behind_1100_dead_ones_is_chosen(
         "--backup-servers",
         live,
     )
-    assert rebalance(proxy) == {"ok": True, "server": {"addr": live}, "healthy": True}
+    assert without_view(rebalance(proxy)) == {"ok": True, "server": {"addr": live}, "healthy": True}
     assert proxy.call("find_server")["server"] == {"addr": live}
 
 

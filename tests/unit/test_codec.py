@@ -38,6 +38,7 @@ from rpcproxy.bus.service.codec import (
     encode_heartbeat,
     encode_ok,
     encode_request_error,
+    new_instance_id,
     server_obj,
 )
 from rpcproxy.bus.wire import ErrorCode, Op
@@ -605,11 +606,24 @@ def test_server_obj() -> None:
 
 
 def test_encode_event() -> None:
-    assert unpack(encode_event(parse_address("b.nomad"), "failed")) == {
+    assert unpack(encode_event(parse_address("b.nomad"), "failed", 7, "0123abcd")) == {
         "server": {"addr": "b.nomad:4647"},
         "reason": "failed",
+        "epoch": 7,
+        "instance": "0123abcd",
     }
-    assert unpack(encode_event(None, "removed")) == {"server": None, "reason": "removed"}
+    assert unpack(encode_event(None, "refresh", 0, "x")) == {
+        "server": None,
+        "reason": "refresh",
+        "epoch": 0,
+        "instance": "x",
+    }
+
+
+def test_instance_ids_are_random_hex() -> None:
+    ids = {new_instance_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
 
 
 def test_encode_heartbeat_reads_back_equal() -> None:
