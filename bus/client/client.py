@@ -1,10 +1,12 @@
 """ProxyClient: the library other Python services use to talk to rpcproxy.
 
-It speaks docs/protocol.md section 1 over a ZeroMQ REQ socket and hides the
-transport's failure modes behind the ZeroMQ guide's *Lazy Pirate* pattern:
-send, wait at most ``timeout_s``, and on silence throw the socket away (a REQ
-socket that missed its reply is stuck), open a fresh one and resend, giving
-up after ``retries`` tries with :class:`ProxyTimeoutError`.
+It speaks docs/protocol.md section 1 through a :class:`~rpcproxy.bus.client.transport.Transport`:
+by default a ZeroMQ DEALER to the proxy (:class:`~rpcproxy.bus.client.transport.ZmqTransport`),
+or any transport given, such as :class:`rpcproxy.testing.MockTransport` in a
+user's tests. A call makes up to ``retries`` tries of ``timeout_s`` each (the
+ZeroMQ guide's *Lazy Pirate* count), resending the same request, and gives
+up with :class:`ProxyTimeoutError`. A reply that comes after its call gave up
+is dropped by its id, never taken for the next call's.
 
 Resending is safe because every op is safe to apply twice:
 
@@ -23,29 +25,44 @@ A duplicate may make a write's reply say "nothing changed" (``added`` false,
 ``rotated`` false...) although the first copy did change it.
 
 A client owns one socket, and pyzmq sockets are not thread-safe: use one
-``ProxyClient`` per thread.
+``ProxyClient`` per thread. For asyncio, use
+:class:`~rpcproxy.bus.client.aio.AsyncProxyClient`.
+
+The errors and result types live in :mod:`rpcproxy.bus.client.results`
+(shared with the asyncio client) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
-import msgspec
 import zmq
 
+from rpcproxy.bus.client import results as calls
 from rpcproxy.bus.client.keys import CurveClient
-from rpcproxy.bus.wire import (
-    DEFAULT_QUERY_ENDPOINT,
-    PROTOCOL_VERSION,
-    ErrorCode,
-    HeartbeatEntry,
-    HeartbeatPayload,
-    Op,
+from rpcproxy.bus.client.results import (
+    AddResult,
+    BadRequestError,
+    Call,
+    ProtocolError,
+    ProxyError,
+    ProxyInvalidAddressError,
+    ProxyTimeoutError,
+    Publisher,
+    RebalanceResult,
+    Server,
+    Status,
+    UnavailableError,
+    UnknownOpError,
+    UnsupportedVersionError,
+    encode_request,
+    parse_reply,
 )
+from rpcproxy.bus.client.transport import Transport, ZmqTransport
+from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT, HeartbeatEntry
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -68,199 +85,24 @@ __all__ = [
 
 DEFAULT_ENDPOINT: Final = DEFAULT_QUERY_ENDPOINT
 
+_S = TypeVar("_S")
 _T = TypeVar("_T")
 
 
-# --------------------------------------------------------------------------
-# Errors.
-
-
-class ProxyError(Exception):
-    """Base of every error the client raises for a failed call.
-
-    Attributes:
-        code: the proxy's error code (an :class:`~rpcproxy.bus.wire.ErrorCode` value),
-            or ``"timeout"`` / ``"protocol_error"`` for failures seen only here.
-        message: the human-readable reason.
-    """
-
-    default_code: str = "error"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code: str = code if code is not None else self.default_code
-        self.message = message
-
-
-class BadRequestError(ProxyError):
-    """The proxy could not read the request (``bad_request``)."""
-
-    default_code = ErrorCode.BAD_REQUEST
-
-
-class UnknownOpError(ProxyError):
-    """The proxy does not know the op (``unknown_op``); it may be older than this client."""
-
-    default_code = ErrorCode.UNKNOWN_OP
-
-
-class ProxyInvalidAddressError(ProxyError):
-    """An address did not parse (``invalid_address``); nothing changed."""
-
-    default_code = ErrorCode.INVALID_ADDRESS
-
-
-class UnsupportedVersionError(ProxyError):
-    """The proxy does not speak this protocol version (``unsupported_version``)."""
-
-    default_code = ErrorCode.UNSUPPORTED_VERSION
-
-
-class UnavailableError(ProxyError):
-    """The proxy is shutting down or an internal step timed out (``unavailable``)."""
-
-    default_code = ErrorCode.UNAVAILABLE
-
-
-class ProxyTimeoutError(ProxyError):
-    """No reply after every try; the proxy may be down or unreachable."""
-
-    default_code = "timeout"
-
-
-class ProtocolError(ProxyError):
-    """The reply does not follow docs/protocol.md (not a map, a key of the wrong type...)."""
-
-    default_code = "protocol_error"
-
-
-_ERRORS: Final[dict[str, type[ProxyError]]] = {
-    ErrorCode.BAD_REQUEST: BadRequestError,
-    ErrorCode.UNKNOWN_OP: UnknownOpError,
-    ErrorCode.INVALID_ADDRESS: ProxyInvalidAddressError,
-    ErrorCode.UNSUPPORTED_VERSION: UnsupportedVersionError,
-    ErrorCode.UNAVAILABLE: UnavailableError,
-}
-
-
-# --------------------------------------------------------------------------
-# Results.
-
-
-@dataclass(frozen=True, slots=True)
-class Server:
-    """A server object of a reply; keys added to it later are ignored."""
-
-    addr: str
-
-
-@dataclass(frozen=True, slots=True)
-class Publisher:
-    """The last heartbeat applied from one publisher (``status``'s ``publishers``)."""
-
-    publisher: str
-    seq: int
-    age_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """The ``status`` reply: everything at once.
-
-    ``heartbeat_age_s`` (seconds since the last applied heartbeat, None before
-    the first) and ``publishers`` are additions to docs/protocol.md's keys; they
-    default to "unknown" so older proxies' replies still parse.
-    """
-
-    servers: list[Server]
-    primary: list[Server]
-    backup: list[Server]
-    leader_addr: str
-    num_nodes: int
-    num_servers: int
-    next_rebalance_s: float
-    heartbeat_age_s: float | None = None
-    publishers: list[Publisher] = field(default_factory=list)
-    offline: bool = False
-    """No server answered the last rebalance's pings (False from proxies without it)."""
-
-
-class AddResult(NamedTuple):
-    """``add_primary_server``'s reply: the canonical server and whether it was new."""
-
-    server: Server
-    added: bool
-
-
-class RebalanceResult(NamedTuple):
-    """``rebalance``'s reply.
-
-    ``healthy`` is True when a server answered, False when none did (the list
-    was kept), None when fewer than two servers meant nothing was pinged.
-    """
-
-    server: Server | None
-    healthy: bool | None
-
-
-class _Reply(msgspec.Struct):
-    ok: bool
-    id: Any = msgspec.UNSET
-
-
-class _ErrorBody(msgspec.Struct):
-    code: str
-    message: str
-
-
-class _ErrorReply(msgspec.Struct):
-    error: _ErrorBody
-
-
-class _Pong(msgspec.Struct):
-    pong: bool
-
-
-class _OneServer(msgspec.Struct):
-    server: Server | None
-
-
-class _ServerList(msgspec.Struct):
-    servers: list[Server]
-
-
-class _Rotated(msgspec.Struct):
-    rotated: bool
-
-
-class _Added(msgspec.Struct):
-    server: Server
-    added: bool
-
-
-class _Removed(msgspec.Struct):
-    removed: bool
-
-
-class _Changed(msgspec.Struct):
-    changed: bool
-
-
-class _Rebalanced(msgspec.Struct):
-    server: Server | None
-    healthy: bool | None
-
-
-class _NextRebalance(msgspec.Struct):
-    next_rebalance_s: float
-
-
-# --------------------------------------------------------------------------
-# The client.
+def check_options(timeout_s: float, retries: int) -> None:
+    """Refuse settings no call could work with (both clients)."""
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+    if retries < 1:
+        raise ValueError(f"retries must be at least 1, got {retries!r}")
+
+
+def timed_out(endpoint: str, retries: int, timeout_s: float) -> ProxyTimeoutError:
+    return ProxyTimeoutError(f"no reply from {endpoint} after {retries} tries of {timeout_s:g} s")
 
 
 class ProxyClient:
-    """A blocking client of the proxy's query socket, with Lazy Pirate retries.
+    """A blocking client of the proxy's query socket, with retries.
 
     Not thread-safe: it owns one ZeroMQ socket, so use one client per thread.
 
@@ -274,6 +116,12 @@ class ProxyClient:
             a bigger one drops the connection and shows up as a timeout.
         curve: the proxy's public key and this client's key pair, for a proxy
             that runs with CURVE (see :mod:`rpcproxy.bus.client.keys`).
+        transport: carries the frames instead of ZeroMQ (``context``,
+            ``max_message_bytes`` and ``curve`` are then unused), e.g.
+            :class:`rpcproxy.testing.MockTransport`. The client closes it.
+        events: the proxy's events endpoint, for ``watch``.
+        watch: answer ``find_server`` locally from the events (not yet available).
+        events_refresh_s: the proxy's ``events_refresh_s``, for ``watch``.
 
     Raises:
         ValueError: ``timeout_s`` is not positive or ``retries`` is below 1.
@@ -288,18 +136,25 @@ class ProxyClient:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         max_message_bytes: int = 1 << 20,
         curve: CurveClient | None = None,
+        transport: Transport | None = None,
+        events: str | None = None,
+        watch: bool = False,
+        events_refresh_s: float = 1.0,
     ) -> None:
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
-        if retries < 1:
-            raise ValueError(f"retries must be at least 1, got {retries!r}")
+        check_options(timeout_s, retries)
+        if watch:
+            raise NotImplementedError("watch mode is not available yet")
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_message_bytes = max_message_bytes
+        self.events = events
+        self.watch = watch
+        self.events_refresh_s = events_refresh_s
         self._curve = curve
-        self._context = context if context is not None else zmq.Context.instance()
-        self._socket: zmq.Socket[bytes] | None = None
+        self._context = context
+        self._given_transport = transport
+        self._transport = transport if transport is not None else self._new_transport()
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -317,9 +172,9 @@ class ProxyClient:
         self.close()
 
     def close(self) -> None:
-        """Close the socket at once (LINGER 0: unsent requests are dropped). Idempotent."""
+        """Close the transport at once (unsent requests are dropped). Idempotent."""
         self._closed = True
-        self._drop_socket()
+        self._transport.close()
 
     # -- ops -----------------------------------------------------------------
 
@@ -329,19 +184,19 @@ class ProxyClient:
         No answer raises :class:`ProxyTimeoutError` rather than returning False,
         like every other call, so "down" and "said no" stay distinct.
         """
-        return self._call_as(_Pong, Op.PING, {}, timeout_s).pong
+        return self._run(calls.ping(timeout_s))
 
     def find_server(self) -> Server | None:
         """The active server, or None when the proxy knows no server."""
-        return self._call_as(_OneServer, Op.FIND_SERVER, {}).server
+        return self._run(calls.find_server())
 
     def servers(self) -> list[Server]:
         """The active list, active server first."""
-        return self._call_as(_ServerList, Op.SERVERS, {}).servers
+        return self._run(calls.servers())
 
     def status(self) -> Status:
         """Everything at once: lists, leader, node count and the rebalance timer."""
-        return _convert(self._request(Op.STATUS, {}, None), Status)
+        return self._run(calls.status())
 
     def notify_failed_server(self, addr: str) -> bool:
         """Report that an RPC to ``addr`` failed; True when it was rotated to the end.
@@ -349,7 +204,7 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return self._call_as(_Rotated, Op.NOTIFY_FAILED_SERVER, {"addr": addr}).rotated
+        return self._run(calls.notify_failed_server(addr))
 
     def add_primary_server(self, addr: str) -> AddResult:
         """Add ``addr`` to the primaries; ``added`` is False when it was already known.
@@ -357,17 +212,15 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        reply = self._call_as(_Added, Op.ADD_PRIMARY_SERVER, {"addr": addr})
-        return AddResult(reply.server, reply.added)
+        return self._run(calls.add_primary_server(addr))
 
     def set_backup_servers(self, addrs: Sequence[str]) -> list[Server]:
-        """Replace the backups; returns the new active list.
+        """Replace the backups; returns the new backup list.
 
         Raises:
             ProxyInvalidAddressError: an address does not parse; nothing changed.
         """
-        keys = {"addrs": list(addrs)}
-        return self._call_as(_ServerList, Op.SET_BACKUP_SERVERS, keys).servers
+        return self._run(calls.set_backup_servers(addrs))
 
     def remove_server(self, addr: str) -> bool:
         """Drop ``addr`` from every list; True when it was known.
@@ -375,7 +228,7 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return self._call_as(_Removed, Op.REMOVE_SERVER, {"addr": addr}).removed
+        return self._run(calls.remove_server(addr))
 
     def heartbeat(
         self,
@@ -392,10 +245,7 @@ class ProxyClient:
         keys (sent as they are: the proxy checks them). ``publisher`` and
         ``seq`` are left out when None.
         """
-        payload = HeartbeatPayload((), num_nodes, leader_rpc_addr, publisher, seq)
-        keys: dict[str, Any] = msgspec.to_builtins(payload)
-        keys["servers"] = [_heartbeat_entry(s) for s in servers]
-        return self._call_as(_Changed, Op.HEARTBEAT, keys).changed
+        return self._run(calls.heartbeat(servers, num_nodes, leader_rpc_addr, publisher, seq))
 
     def rebalance(self, timeout_s: float | None = None) -> RebalanceResult:
         """Run one rebalance now and wait for it.
@@ -404,12 +254,11 @@ class ProxyClient:
             timeout_s: per-try wait; a rebalance pings servers, so it can take
                 up to the proxy's ``ping_timeout_s`` longer than other calls.
         """
-        reply = self._call_as(_Rebalanced, Op.REBALANCE, {}, timeout_s)
-        return RebalanceResult(reply.server, reply.healthy)
+        return self._run(calls.rebalance(timeout_s))
 
     def reset_rebalance_timer(self) -> float:
         """Restart the rebalance timer; returns the seconds until it fires."""
-        return self._call_as(_NextRebalance, Op.RESET_REBALANCE_TIMER, {}).next_rebalance_s
+        return self._run(calls.reset_rebalance_timer())
 
     def call(self, op: str, /, *, timeout_s: float | None = None, **keys: Any) -> dict[str, Any]:
         """Send any op with ``keys`` and return the whole success reply.
@@ -426,89 +275,52 @@ class ProxyClient:
 
     # -- plumbing ------------------------------------------------------------
 
-    def _call_as(
-        self, shape: type[_T], op: str, keys: dict[str, Any], timeout_s: float | None = None
-    ) -> _T:
-        return _convert(self._request(op, keys, timeout_s), shape)
+    def _new_transport(self) -> Transport:
+        """A transport of its own for another thread (a ZeroMQ socket is not thread-safe).
 
-    def _request(self, op: str, keys: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
-        request_id = next(self._ids)
-        frame = msgspec.msgpack.encode({**keys, "op": op, "v": PROTOCOL_VERSION, "id": request_id})
-        raw = self._exchange(frame, timeout_s if timeout_s is not None else self.timeout_s)
-        return _parse_reply(raw, request_id)
-
-    def _exchange(self, frame: bytes, timeout_s: float) -> bytes:
-        """Lazy Pirate: try up to ``retries`` times, each on a fresh socket after silence."""
-        if self._closed:
-            raise RuntimeError("ProxyClient is closed")
-        timeout_ms = max(1, round(timeout_s * 1000))
-        for _ in range(self.retries):
-            socket = self._ensure_socket()
-            sent = socket.poll(timeout_ms, zmq.POLLOUT) and self._try_send(socket, frame)
-            if sent and socket.poll(timeout_ms, zmq.POLLIN):
-                return socket.recv()
-            # A REQ socket that lost its reply can never send again: start over.
-            self._drop_socket()
-        raise ProxyTimeoutError(
-            f"no reply from {self.endpoint} after {self.retries} tries of {timeout_s:g} s"
+        A transport given to the constructor is returned itself: it must then
+        be safe to use from several threads (the mock transports are).
+        """
+        if self._given_transport is not None:
+            return self._given_transport
+        return ZmqTransport(
+            self.endpoint,
+            context=self._context,
+            max_message_bytes=self.max_message_bytes,
+            curve=self._curve,
         )
 
-    @staticmethod
-    def _try_send(socket: zmq.Socket[bytes], frame: bytes) -> bool:
-        try:
-            socket.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        return True
+    def _observed(self, server: Server | None, epoch: int | None, instance: str | None) -> None:
+        """Every ``find_server`` and ``notify_failed_server`` reply's view of the active server.
 
-    def _ensure_socket(self) -> zmq.Socket[bytes]:
-        if self._socket is None:
-            socket = self._context.socket(zmq.REQ)
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-            if self._curve is not None:
-                self._curve.secure(socket)
-            socket.connect(self.endpoint)
-            self._socket = socket
-        return self._socket
+        ``epoch`` and ``instance`` are None from proxies older than version 2.
+        Does nothing here; the watch mode uses it to keep its view current.
+        """
 
-    def _drop_socket(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+    def _run(self, call: Call[_S, _T], transport: Transport | None = None) -> _T:
+        result, observed = call.read(self._request(call.op, call.keys, call.timeout_s, transport))
+        if observed is not None:
+            self._observed(observed.server, observed.epoch, observed.instance)
+        return result
 
-
-# --------------------------------------------------------------------------
-# Reply parsing.
-
-
-def _parse_reply(raw: bytes, request_id: int) -> dict[str, Any]:
-    """Check the reply's envelope and turn an error reply into its exception."""
-    try:
-        reply = msgspec.msgpack.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise ProtocolError(f"reply is not valid MessagePack: {exc}") from None
-    if not isinstance(reply, dict):
-        raise ProtocolError(f"reply must be a map, got {type(reply).__name__}")
-    envelope = _convert(reply, _Reply)
-    if envelope.id is not msgspec.UNSET and envelope.id != request_id:
-        raise ProtocolError(f"reply id {envelope.id!r} does not match request id {request_id}")
-    if not envelope.ok:
-        error = _convert(reply, _ErrorReply).error
-        raise _ERRORS.get(error.code, ProxyError)(error.message, error.code)
-    return reply
-
-
-def _convert(reply: Mapping[str, Any], shape: type[_T]) -> _T:
-    """Read the keys ``shape`` names from a reply, ignoring the rest."""
-    try:
-        return msgspec.convert(reply, shape)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(f"malformed reply: {exc}") from None
-
-
-def _heartbeat_entry(server: HeartbeatEntry | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(server, HeartbeatEntry):
-        entry: dict[str, Any] = msgspec.to_builtins(server)
-        return entry
-    return dict(server)
+    def _request(
+        self,
+        op: str,
+        keys: Mapping[str, Any],
+        timeout_s: float | None,
+        transport: Transport | None = None,
+    ) -> dict[str, Any]:
+        """One request and its checked reply, on ``transport`` (the client's own by default)."""
+        if self._closed:
+            raise RuntimeError("ProxyClient is closed")
+        request_id = next(self._ids)
+        frame = encode_request(op, keys, request_id)
+        wait_s = timeout_s if timeout_s is not None else self.timeout_s
+        carrier = transport if transport is not None else self._transport
+        for _ in range(self.retries):
+            try:
+                raw = carrier.exchange(frame, wait_s)
+            except ProxyTimeoutError:
+                continue
+            return parse_reply(raw, request_id)
+        raise timed_out(self.endpoint, self.retries, wait_s)

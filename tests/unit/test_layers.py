@@ -50,7 +50,8 @@ def module_name(root: Path, path: Path) -> str:
 
 
 def package_files(root: Path) -> list[Path]:
-    files = [root / "__init__.py"] if (root / "__init__.py").exists() else []
+    # The root's modules: __init__.py and the top-level ones (testing.py).
+    files = sorted(root.glob("*.py"))
     for folder in PACKAGE_DIRS:
         files += sorted((root / folder).rglob("*.py"))
     return files
@@ -120,6 +121,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sim": frozenset({"sim", "proxy"}),
     "bus": frozenset({"bus"}),
     "rpcproxy": frozenset({"bus/client", "bus/wire"}),
+    "testing": frozenset({"testing", "bus/client", "bus/wire", "proxy"}),
 }
 """What each layer may import; ``cli`` is the top and may import any of them."""
 
@@ -138,6 +140,10 @@ WHY: dict[str, str] = {
     "sim": "the simulator imports only sim and proxy",
     "bus": "bus/__init__ only documents its subpackages",
     "rpcproxy": "the top-level package holds the client's names only (bus/client, bus/wire)",
+    "testing": (
+        "rpcproxy.testing (users' test doubles) imports the client, the wire and the pure"
+        " domain only"
+    ),
 }
 
 
@@ -260,6 +266,7 @@ def test_the_imports_are_read(imports: list[Import]) -> None:
     pairs = {(imp.importer, imp.imported) for imp in imports}
     assert ("rpcproxy.bus.client.client", "rpcproxy.bus.wire") in pairs
     assert ("rpcproxy.actors.proxy_actor", "rpcproxy.proxy") in pairs
+    assert ("rpcproxy.testing", "rpcproxy.proxy") in pairs
 
 
 def test_each_layer_imports_only_what_it_may(imports: list[Import]) -> None:
@@ -290,6 +297,7 @@ def test_importing_the_client_really_loads_only_the_client() -> None:
     ).stdout
     loaded = set(out.split())
     assert "rpcproxy.bus.client.client" in loaded
+    assert "rpcproxy.bus.client.aio" in loaded
     assert {m for m in loaded if layer(m) not in CLIENT_MAY_LOAD} == set()
 
 
@@ -321,6 +329,9 @@ _GOOD = {
     "bus/client/__init__.py": "",
     "bus/client/client.py": "from rpcproxy.bus import wire\nfrom .keys import CurveClient\n",
     "bus/client/keys.py": "import zmq\n",
+    "testing.py": (
+        "from rpcproxy.bus.client.client import ProxyClient\nfrom rpcproxy.proxy import state\n"
+    ),
     "bus/service/__init__.py": "",
     "bus/service/metrics.py": "",
     "bus/service/query.py": (
@@ -395,6 +406,16 @@ def test_a_tree_that_keeps_the_layers_passes(tmp_path: Path) -> None:
             "bus/client/keys.py",
             "from rpcproxy.bus.client import client\nimport rpcproxy.sim\n",
             "rpcproxy.sim is loaded, which a client process",
+        ),
+        (
+            "__init__.py",
+            "from rpcproxy.testing import MockTransport\n",
+            "rpcproxy.testing is loaded, which a client process",
+        ),
+        (
+            "testing.py",
+            "from rpcproxy.actors import ProxyActor\n",
+            "testing.py:1: rpcproxy.testing imports rpcproxy.actors\n    breaks: rpcproxy.testing",
         ),
         ("sim/fleet.py", "from proxy import Address\n", "sim/fleet.py:1: imports proxy"),
         ("tests/test_x.py", "import bus.client\n", "tests/test_x.py:1: imports bus.client"),

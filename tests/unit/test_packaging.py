@@ -74,6 +74,7 @@ def test_the_wheel_installs_one_top_level_package(wheel: Path, tmp_path: Path) -
     assert top == ["rpcproxy", f"rpcproxy-{rpcproxy.__version__}.dist-info"]
     package = site / "rpcproxy"
     assert (package / "py.typed").is_file()
+    assert (package / "testing.py").is_file()  # rpcproxy.testing, for users' tests
     assert (env / "bin" / "rpcproxy").is_file()
     subpackages = sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file())
     assert subpackages == ["actors", "bus", "cli", "proxy", "sim"]

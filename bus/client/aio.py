@@ -1,0 +1,233 @@
+"""AsyncProxyClient: :class:`~rpcproxy.ProxyClient` for asyncio programs.
+
+Every op is a coroutine with the same arguments, results and exceptions as
+the blocking client's (both read replies with :mod:`rpcproxy.bus.client.results`).
+One client serves any number of coroutines of one event loop at once: they
+share one DEALER socket and their requests are in flight together, each
+matched to its reply by id (:class:`~rpcproxy.bus.client.transport.AsyncZmqTransport`).
+
+Timeouts and retries never cancel a pending ``recv`` (pyzmq#1925: a cancelled
+recv can drop a message): the transport polls and reads only what has
+arrived, and a try that times out only stops waiting for its reply.
+
+Example::
+
+    async with AsyncProxyClient("tcp://127.0.0.1:4650") as proxy:
+        server = await proxy.find_server()
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import zmq
+
+from rpcproxy.bus.client import results as calls
+from rpcproxy.bus.client.client import DEFAULT_ENDPOINT, check_options, timed_out
+from rpcproxy.bus.client.keys import CurveClient
+from rpcproxy.bus.client.results import (
+    AddResult,
+    Call,
+    ProxyTimeoutError,
+    RebalanceResult,
+    Server,
+    Status,
+    encode_request,
+    parse_reply,
+)
+from rpcproxy.bus.client.transport import AsyncTransport, AsyncZmqTransport
+from rpcproxy.bus.wire import HeartbeatEntry
+
+__all__ = ["AsyncProxyClient"]
+
+_S = TypeVar("_S")
+_T = TypeVar("_T")
+
+
+class AsyncProxyClient:
+    """An asyncio client of the proxy's query socket; share one per event loop.
+
+    Args: as :class:`~rpcproxy.ProxyClient`; ``transport`` is an
+    :class:`~rpcproxy.bus.client.transport.AsyncTransport` (e.g.
+    :class:`rpcproxy.testing.AsyncMockTransport`). The socket is made on the
+    first call, in the running loop: use the client from that loop only.
+
+    Raises:
+        ValueError: ``timeout_s`` is not positive or ``retries`` is below 1.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        timeout_s: float = 2.0,
+        retries: int = 3,
+        context: zmq.Context[Any] | None = None,
+        max_message_bytes: int = 1 << 20,
+        curve: CurveClient | None = None,
+        transport: AsyncTransport | None = None,
+        events: str | None = None,
+        watch: bool = False,
+        events_refresh_s: float = 1.0,
+    ) -> None:
+        check_options(timeout_s, retries)
+        if watch:
+            raise NotImplementedError("watch mode is not available yet")
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.max_message_bytes = max_message_bytes
+        self.events = events
+        self.watch = watch
+        self.events_refresh_s = events_refresh_s
+        self._curve = curve
+        self._context = context
+        self._given_transport = transport
+        self._transport = transport if transport is not None else self._new_transport()
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the transport at once; calls still waiting fail. Idempotent."""
+        self.close()
+
+    def close(self) -> None:
+        """:meth:`aclose` for code that cannot await (a ``finally`` outside the loop)."""
+        self._closed = True
+        self._transport.close()
+
+    # -- ops -----------------------------------------------------------------
+
+    async def ping(self, *, timeout_s: float | None = None) -> bool:
+        """True when the proxy answers ``pong: true`` (see :meth:`ProxyClient.ping`)."""
+        return await self._run(calls.ping(timeout_s))
+
+    async def find_server(self) -> Server | None:
+        """The active server, or None when the proxy knows no server."""
+        return await self._run(calls.find_server())
+
+    async def servers(self) -> list[Server]:
+        """The active list, active server first."""
+        return await self._run(calls.servers())
+
+    async def status(self) -> Status:
+        """Everything at once: lists, leader, node count and the rebalance timer."""
+        return await self._run(calls.status())
+
+    async def notify_failed_server(self, addr: str) -> bool:
+        """Report that an RPC to ``addr`` failed; True when it was rotated to the end.
+
+        Raises:
+            ProxyInvalidAddressError: ``addr`` does not parse.
+        """
+        return await self._run(calls.notify_failed_server(addr))
+
+    async def add_primary_server(self, addr: str) -> AddResult:
+        """Add ``addr`` to the primaries; ``added`` is False when it was already known.
+
+        Raises:
+            ProxyInvalidAddressError: ``addr`` does not parse.
+        """
+        return await self._run(calls.add_primary_server(addr))
+
+    async def set_backup_servers(self, addrs: Sequence[str]) -> list[Server]:
+        """Replace the backups; returns the new backup list.
+
+        Raises:
+            ProxyInvalidAddressError: an address does not parse; nothing changed.
+        """
+        return await self._run(calls.set_backup_servers(addrs))
+
+    async def remove_server(self, addr: str) -> bool:
+        """Drop ``addr`` from every list; True when it was known.
+
+        Raises:
+            ProxyInvalidAddressError: ``addr`` does not parse.
+        """
+        return await self._run(calls.remove_server(addr))
+
+    async def heartbeat(
+        self,
+        servers: Iterable[HeartbeatEntry | Mapping[str, Any]],
+        *,
+        num_nodes: int = 0,
+        leader_rpc_addr: str = "",
+        publisher: str | None = None,
+        seq: int | None = None,
+    ) -> bool:
+        """Apply one heartbeat (see :meth:`ProxyClient.heartbeat`)."""
+        return await self._run(calls.heartbeat(servers, num_nodes, leader_rpc_addr, publisher, seq))
+
+    async def rebalance(self, timeout_s: float | None = None) -> RebalanceResult:
+        """Run one rebalance now and wait for it (see :meth:`ProxyClient.rebalance`)."""
+        return await self._run(calls.rebalance(timeout_s))
+
+    async def reset_rebalance_timer(self) -> float:
+        """Restart the rebalance timer; returns the seconds until it fires."""
+        return await self._run(calls.reset_rebalance_timer())
+
+    async def call(
+        self, op: str, /, *, timeout_s: float | None = None, **keys: Any
+    ) -> dict[str, Any]:
+        """Send any op with ``keys``; the whole success reply (see :meth:`ProxyClient.call`)."""
+        return await self._request(op, keys, timeout_s)
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _new_transport(self) -> AsyncTransport:
+        """A transport of its own (a given one is returned itself)."""
+        if self._given_transport is not None:
+            return self._given_transport
+        return AsyncZmqTransport(
+            self.endpoint,
+            context=self._context,
+            max_message_bytes=self.max_message_bytes,
+            curve=self._curve,
+        )
+
+    def _observed(self, server: Server | None, epoch: int | None, instance: str | None) -> None:
+        """Every ``find_server`` and ``notify_failed_server`` reply's view (see ProxyClient)."""
+
+    async def _run(self, call: Call[_S, _T], transport: AsyncTransport | None = None) -> _T:
+        reply = await self._request(call.op, call.keys, call.timeout_s, transport)
+        result, observed = call.read(reply)
+        if observed is not None:
+            self._observed(observed.server, observed.epoch, observed.instance)
+        return result
+
+    async def _request(
+        self,
+        op: str,
+        keys: Mapping[str, Any],
+        timeout_s: float | None,
+        transport: AsyncTransport | None = None,
+    ) -> dict[str, Any]:
+        if self._closed:
+            raise RuntimeError("AsyncProxyClient is closed")
+        request_id = next(self._ids)
+        frame = encode_request(op, keys, request_id)
+        wait_s = timeout_s if timeout_s is not None else self.timeout_s
+        carrier = transport if transport is not None else self._transport
+        for _ in range(self.retries):
+            try:
+                raw = await carrier.exchange(frame, wait_s)
+            except ProxyTimeoutError:
+                continue
+            return parse_reply(raw, request_id)
+        raise timed_out(self.endpoint, self.retries, wait_s)
