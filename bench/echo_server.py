@@ -13,7 +13,15 @@ import sys
 import msgpack  # type: ignore[import-untyped]
 import zmq
 
-REPLY = msgpack.packb({"ok": True, "server": {"addr": "10.0.0.1:4647"}})
+# The shape of a version 2 reply: the server plus the view it was built from.
+REPLY = msgpack.packb(
+    {
+        "ok": True,
+        "server": {"addr": "10.0.0.1:4647"},
+        "epoch": 1,
+        "instance": "0123456789abcdef",
+    }
+)
 
 
 def serve(endpoint: str) -> None:
