@@ -3,7 +3,11 @@
     python examples/watch_events.py --proxy tcp://127.0.0.1:4652 --count 3
 
 Every change of the active server is published on ``event/active_server``
-with the new server (or nil) and the reason it changed.
+with the new server (or nil), the reason it changed and its ``epoch`` (one
+more per change). Every second or so the proxy also repeats the current
+server with reason ``refresh``: this example skips those (a client that keeps
+a local copy uses them to know the proxy is alive; ``ProxyClient(...,
+watch=True)`` does all of that for you).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ def main() -> None:
     while args.count == 0 or seen < args.count:
         _topic, payload = sub.recv_multipart()
         event = msgspec.msgpack.decode(payload)
+        if event["reason"] == "refresh":
+            continue
         server = event["server"]["addr"] if event["server"] else "none"
-        print(f"active server: {server} ({event['reason']})", flush=True)
+        print(f"active server: {server} ({event['reason']}, epoch {event['epoch']})", flush=True)
         seen += 1
     sub.close()
 

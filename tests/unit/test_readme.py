@@ -23,3 +23,18 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert commands[:2] == ["make demo", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "exec make test\n" in ci
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def test_the_first_python_example_is_the_watching_client() -> None:
+    first = python_blocks()[0]
+    assert "ProxyClient(" in first and "watch=True" in first, first
+
+
+def test_the_testing_example_runs_as_written() -> None:
+    # The one snippet that needs no proxy: it must run, asserts included.
+    block = next(b for b in python_blocks() if "rpcproxy.testing" in b)
+    exec(compile(block, "README.md", "exec"), {})
