@@ -30,12 +30,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast, runtime_checkable
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from rpcproxy.bus.client.keys import CurveClient
 from rpcproxy.bus.client.results import ProxyTimeoutError
@@ -136,11 +134,8 @@ def _dealer(
     endpoint: str,
     max_message_bytes: int,
     curve: CurveClient | None,
-    socket_class: type[zmq.Socket[Any]] | None = None,
 ) -> zmq.Socket[Any]:
-    socket = (
-        context.socket(zmq.DEALER) if socket_class is None else socket_class(context, zmq.DEALER)
-    )
+    socket: zmq.Socket[Any] = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     socket.setsockopt(zmq.IMMEDIATE, 1)
@@ -233,11 +228,16 @@ class AsyncZmqTransport:
     """An asyncio DEALER to one proxy, shared by any number of coroutines of one event loop.
 
     Requests are pipelined: each coroutine sends its frame and waits on a
-    future; one reader task reads every reply and fills the future of the
-    request with that id. The reader waits with ``poll`` and reads only what is
-    already there, and a caller's timeout only stops waiting on its future:
-    no ``recv`` is ever cancelled, so no reply can be lost to a cancellation
-    (pyzmq#1925).
+    future of its own; whenever the socket is readable, the event loop calls
+    back and every reply that has arrived is read at once (non-blocking) and
+    handed to the future of the request with its id. No ``recv`` ever waits,
+    so none is ever cancelled and no reply can be lost to a cancellation
+    (pyzmq#1925); a timeout only stops waiting on the caller's own future.
+
+    The socket's file descriptor is watched with the loop's ``add_reader``
+    (every Unix loop; on Windows, a selector event loop), not through
+    ``zmq.asyncio``, whose poll and recv futures cost several trips around
+    the loop per reply.
 
     A reply with no readable id (an older proxy, garbage) goes to the one
     waiting request when only one waits; with several waiting it names none
@@ -261,9 +261,10 @@ class AsyncZmqTransport:
         self._context = context if context is not None else zmq.Context.instance()
         self._max_message_bytes = max_message_bytes
         self._curve = curve
-        self._socket: zmq.asyncio.Socket | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._socket: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[object, asyncio.Future[bytes]] = {}
+        self._writable: list[asyncio.Future[None]] = []
         self._closed = False
 
     async def exchange(self, frame: bytes, timeout_s: float) -> bytes:
@@ -274,8 +275,7 @@ class AsyncZmqTransport:
             RuntimeError: the transport is closed, or the frame's id is
                 already waiting for its reply.
         """
-        loop = asyncio.get_running_loop()
-        socket = self._ensure_socket()
+        socket, loop = self._ensure_socket()
         deadline = loop.time() + timeout_s
         request_id = frame_id(frame)
         # A request without an id is keyed by an object of its own; only an
@@ -287,84 +287,106 @@ class AsyncZmqTransport:
             raise RuntimeError(f"request id {request_id!r} is already waiting for its reply")
         waiter: asyncio.Future[bytes] = loop.create_future()
         self._waiters[key] = waiter
+        timer = loop.call_later(timeout_s, _expire, waiter, self.endpoint, timeout_s)
         try:
             if not await self._send(socket, frame, deadline, loop):
                 raise ProxyTimeoutError(f"could not send to {self.endpoint} within {timeout_s:g} s")
-            # asyncio.wait, not wait_for: a timeout must not cancel the future,
-            # which the reader may be filling at this very moment.
-            done, _ = await asyncio.wait({waiter}, timeout=max(0.0, deadline - loop.time()))
-            if not done:
-                raise ProxyTimeoutError(f"no reply from {self.endpoint} within {timeout_s:g} s")
-            return waiter.result()
+            # A send can take in the socket's pending events and so use up the
+            # descriptor's wake-up: read what has arrived now, as pyzmq does.
+            self._on_readable()
+            # Our own future: a caller's cancellation cancels only it, no recv.
+            return await waiter
         finally:
-            # Once nobody waits, a late reply with this id is dropped by the reader.
+            timer.cancel()
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # seen, so asyncio logs no "never retrieved"
+            # Once nobody waits, a late reply with this id is dropped.
             if self._waiters.get(key) is waiter:
                 del self._waiters[key]
 
     def close(self) -> None:
-        """Stop the reader and close the socket at once; waiting calls fail. Idempotent."""
+        """Stop reading and close the socket at once; waiting calls fail. Idempotent."""
         self._closed = True
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
-        for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_exception(RuntimeError("the transport was closed"))
+        futures: list[asyncio.Future[Any]] = [*self._waiters.values(), *self._writable]
+        for future in futures:
+            if not future.done():
+                future.set_exception(RuntimeError("the transport was closed"))
         self._waiters.clear()
+        self._writable.clear()
         if self._socket is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._socket.FD)
             self._socket.close(linger=0)
             self._socket = None
 
     async def _send(
         self,
-        socket: zmq.asyncio.Socket,
+        socket: zmq.Socket[bytes],
         frame: bytes,
         deadline: float,
         loop: asyncio.AbstractEventLoop,
     ) -> bool:
         while True:
             try:
-                # NOBLOCK: pyzmq tries at once and returns a finished future.
-                await socket.send_multipart([b"", frame], zmq.NOBLOCK)
+                socket.send_multipart([b"", frame], zmq.NOBLOCK)
             except zmq.Again:
+                # No connection is up (IMMEDIATE) or the queue is full: wait
+                # until the descriptor says the socket may be writable, looking
+                # again at least every 50 ms in case no wake-up comes.
                 left = deadline - loop.time()
-                if left <= 0 or not await _poll(socket, _wait_ms(left), zmq.POLLOUT):
+                if left <= 0:
                     return False
+                writable: asyncio.Future[None] = loop.create_future()
+                self._writable.append(writable)
+                try:
+                    await asyncio.wait({writable}, timeout=min(left, 0.05))
+                finally:
+                    if writable in self._writable:
+                        self._writable.remove(writable)
+                    if writable.done() and not writable.cancelled():
+                        writable.result()  # raises when the transport was closed
             else:
                 return True
 
-    def _ensure_socket(self) -> zmq.asyncio.Socket:
+    def _ensure_socket(self) -> tuple[zmq.Socket[bytes], asyncio.AbstractEventLoop]:
         if self._closed:
             raise RuntimeError("the transport is closed")
+        loop = asyncio.get_running_loop()
         if self._socket is None:
-            socket = _dealer(
-                self._context,
-                self.endpoint,
-                self._max_message_bytes,
-                self._curve,
-                zmq.asyncio.Socket,
+            self._socket = _dealer(
+                self._context, self.endpoint, self._max_message_bytes, self._curve
             )
-            assert isinstance(socket, zmq.asyncio.Socket)
-            self._socket = socket
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(
-                self._read(self._socket), name=f"rpcproxy reader {self.endpoint}"
-            )
-        return self._socket
+            self._loop = loop
+            loop.add_reader(self._socket.FD, self._on_readable)
+        elif loop is not self._loop:
+            raise RuntimeError("the transport is used from another event loop than its own")
+        return self._socket, loop
 
-    async def _read(self, socket: zmq.asyncio.Socket) -> None:
-        """Hand every reply to the future of its request, for the transport's life."""
+    def _on_readable(self) -> None:
+        """Read every reply that has arrived and wake the sends waiting for room.
+
+        ZeroMQ's descriptor is edge-triggered: it says "look at EVENTS", so
+        everything is read until EVENTS shows nothing more.
+        """
+        socket = self._socket
+        if socket is None:
+            return
         while True:
-            # Cancelling a poll (at close) consumes nothing.
-            await _poll(socket, None, zmq.POLLIN)
-            while True:
-                try:
-                    frames = await socket.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                body = _body(frames)
-                if body is not None:
-                    self._deliver(body)
+            events = cast(int, socket.getsockopt(zmq.EVENTS))
+            if events & zmq.POLLOUT and self._writable:
+                for writable in self._writable:
+                    if not writable.done():
+                        writable.set_result(None)
+                self._writable.clear()
+            if not events & zmq.POLLIN:
+                return
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            body = _body(frames)
+            if body is not None:
+                self._deliver(body)
 
     def _deliver(self, body: bytes) -> None:
         key = _key(frame_id(body))
@@ -377,10 +399,9 @@ class AsyncZmqTransport:
             waiter.set_result(body)
 
 
-async def _poll(socket: zmq.asyncio.Socket, timeout_ms: int | None, flags: int) -> int:
-    """``socket.poll``, whose stub (pyzmq 27) has the Poller's signature instead of the socket's."""
-    poll = cast(Callable[[int | None, int], Awaitable[int]], socket.poll)
-    return await poll(timeout_ms, flags)
+def _expire(waiter: asyncio.Future[bytes], endpoint: str, timeout_s: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(ProxyTimeoutError(f"no reply from {endpoint} within {timeout_s:g} s"))
 
 
 def _key(request_id: Any) -> tuple[type, Any] | None:

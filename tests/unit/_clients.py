@@ -140,7 +140,10 @@ FakeHandler = Callable[["FakeProxy", Received], Any]
 class FakeProxy:
     """A ROUTER owned by one thread that answers with a scripted handler."""
 
-    def __init__(self, context: zmq.Context[Any], handler: FakeHandler) -> None:
+    def __init__(
+        self, context: zmq.Context[Any], handler: FakeHandler, bind: str = "tcp://127.0.0.1:*"
+    ) -> None:
+        self._bind = bind
         self._context = context
         self._handler = handler
         self._started = threading.Event()
@@ -175,7 +178,7 @@ class FakeProxy:
     def _run(self) -> None:
         socket = self._context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
-        socket.bind("tcp://127.0.0.1:*")
+        socket.bind(self._bind)
         self._socket = socket
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._started.set()

@@ -16,6 +16,7 @@ import zmq
 
 from rpcproxy import AsyncProxyClient, ProxyTimeoutError, Server
 from rpcproxy.testing import AsyncMockTransport, InMemoryProxy
+from tests.helpers import free_port
 from tests.unit._clients import WAIT_S, FakeHandler, FakeProxy, Received, ok
 
 CONCURRENT = 64
@@ -29,8 +30,13 @@ def fake(ctx: zmq.Context[Any]) -> Iterator[list[FakeProxy]]:
         proxy.stop()
 
 
-def start(ctx: zmq.Context[Any], fake: list[FakeProxy], handler: FakeHandler) -> FakeProxy:
-    proxy = FakeProxy(ctx, handler)
+def start(
+    ctx: zmq.Context[Any],
+    fake: list[FakeProxy],
+    handler: FakeHandler,
+    bind: str = "tcp://127.0.0.1:*",
+) -> FakeProxy:
+    proxy = FakeProxy(ctx, handler, bind)
     proxy.start()
     fake.append(proxy)
     return proxy
@@ -112,6 +118,24 @@ def test_a_cancelled_call_loses_no_reply_of_the_next(
             return await client.find_server()
 
     assert asyncio.run(main()) == Server("fresh:1")
+
+
+def test_a_request_made_before_the_proxy_listens_is_sent_once_it_does(
+    ctx: zmq.Context[Any], fake: list[FakeProxy]
+) -> None:
+    """With no connection up the send waits (IMMEDIATE), and goes out when one comes up."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+
+    async def main() -> bool:
+        async with AsyncProxyClient(endpoint, context=ctx, timeout_s=WAIT_S, retries=1) as client:
+            waiting = asyncio.ensure_future(client.ping())
+            await asyncio.sleep(0)  # one turn: the client has tried to send and found no peer
+            assert not waiting.done()
+            start(ctx, fake, lambda _p, r: ok(r, pong=True), bind=endpoint)
+            return await waiting
+
+    assert asyncio.run(main()) is True
+    assert len(fake[0].received) == 1
 
 
 def test_aclose_fails_the_calls_still_waiting(ctx: zmq.Context[Any], fake: list[FakeProxy]) -> None:
