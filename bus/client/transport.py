@@ -49,6 +49,9 @@ __all__ = [
 HEARTBEAT_IVL_MS: Final = 1000
 """How often an idle connection to the proxy is checked (a ZMTP PING)."""
 
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+
 HEARTBEAT_TIMEOUT_MS: Final = 3000
 """A connection whose peer sent nothing for this long after a PING is closed and redialled."""
 
@@ -172,6 +175,7 @@ class ZmqTransport:
         self._max_message_bytes = max_message_bytes
         self._curve = curve
         self._socket: zmq.Socket[bytes] | None = None
+        self._replies: zmq.Poller | None = None
         self._closed = False
 
     def exchange(self, frame: bytes, timeout_s: float) -> bytes:
@@ -181,14 +185,14 @@ class ZmqTransport:
             ProxyTimeoutError: nothing answered within ``timeout_s``.
             RuntimeError: the transport is closed.
         """
-        socket = self._ensure_socket()
+        socket, replies = self._ensure_socket()
         deadline = time.monotonic() + timeout_s
         if not self._send(socket, frame, deadline):
             raise ProxyTimeoutError(f"could not send to {self.endpoint} within {timeout_s:g} s")
         request_id = frame_id(frame)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not socket.poll(_wait_ms(left), zmq.POLLIN):
+            if left <= 0 or not replies.poll(_wait_ms(left)):
                 raise ProxyTimeoutError(f"no reply from {self.endpoint} within {timeout_s:g} s")
             body = _body(socket.recv_multipart())
             if body is not None and _answers(request_id, frame_id(body)):
@@ -200,12 +204,17 @@ class ZmqTransport:
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+            self._replies = None
 
     @staticmethod
     def _send(socket: zmq.Socket[bytes], frame: bytes, deadline: float) -> bool:
         while True:
             try:
-                socket.send_multipart([b"", frame], zmq.NOBLOCK)
+                # Two sends, not send_multipart (a lookup's cost is mostly such
+                # calls); a message's later parts are always taken once its
+                # first one is.
+                socket.send(b"", _SNDMORE_NOBLOCK)
+                socket.send(frame, _NOBLOCK)
             except zmq.Again:
                 # No connection is up (IMMEDIATE) or the queue is full: wait for room.
                 left = deadline - time.monotonic()
@@ -214,14 +223,17 @@ class ZmqTransport:
             else:
                 return True
 
-    def _ensure_socket(self) -> zmq.Socket[bytes]:
+    def _ensure_socket(self) -> tuple[zmq.Socket[bytes], zmq.Poller]:
         if self._closed:
             raise RuntimeError("the transport is closed")
-        if self._socket is None:
+        if self._socket is None or self._replies is None:
             self._socket = _dealer(
                 self._context, self.endpoint, self._max_message_bytes, self._curve
             )
-        return self._socket
+            # One poller for the socket's life: Socket.poll builds one per call.
+            self._replies = zmq.Poller()
+            self._replies.register(self._socket, zmq.POLLIN)
+        return self._socket, self._replies
 
 
 class AsyncZmqTransport:
@@ -328,7 +340,8 @@ class AsyncZmqTransport:
     ) -> bool:
         while True:
             try:
-                socket.send_multipart([b"", frame], zmq.NOBLOCK)
+                socket.send(b"", _SNDMORE_NOBLOCK)
+                socket.send(frame, _NOBLOCK)
             except zmq.Again:
                 # No connection is up (IMMEDIATE) or the queue is full: wait
                 # until the descriptor says the socket may be writable, looking
