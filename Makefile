@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # hook) links the files that exist when it runs, so it is redone when a
 # package folder gains or loses a file (the folder's mtime changes).
 PACKAGE_DIRS := $(wildcard proxy actors bus bus/* cli sim)
-$(STAMP): pyproject.toml __init__.py $(filter-out %.py %__pycache__,$(PACKAGE_DIRS))
+$(STAMP): pyproject.toml $(wildcard *.py) $(filter-out %.py %__pycache__,$(PACKAGE_DIRS))
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
