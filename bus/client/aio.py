@@ -26,6 +26,7 @@ from typing import Any, Self, TypeVar
 import zmq
 
 from rpcproxy.bus.client import results as calls
+from rpcproxy.bus.client.awatch import AsyncWatcher
 from rpcproxy.bus.client.client import DEFAULT_ENDPOINT, check_options, timed_out
 from rpcproxy.bus.client.keys import CurveClient
 from rpcproxy.bus.client.results import (
@@ -39,6 +40,8 @@ from rpcproxy.bus.client.results import (
     parse_reply,
 )
 from rpcproxy.bus.client.transport import AsyncTransport, AsyncZmqTransport
+from rpcproxy.bus.client.view import Observation
+from rpcproxy.bus.client.watch import WatchStats
 from rpcproxy.bus.wire import HeartbeatEntry
 
 __all__ = ["AsyncProxyClient"]
@@ -74,8 +77,8 @@ class AsyncProxyClient:
         events_refresh_s: float = 1.0,
     ) -> None:
         check_options(timeout_s, retries)
-        if watch:
-            raise NotImplementedError("watch mode is not available yet")
+        if watch and not events:
+            raise ValueError("watch=True needs the proxy's events endpoint (events=...)")
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.retries = retries
@@ -89,10 +92,23 @@ class AsyncProxyClient:
         self._transport = transport if transport is not None else self._new_transport()
         self._ids = itertools.count(1)
         self._closed = False
+        # Started by the first call, in the running loop the client is bound to.
+        self._watcher: AsyncWatcher | None = None
+        if watch and events:
+            self._watcher = AsyncWatcher(
+                events,
+                refresh_s=events_refresh_s,
+                transport=self._new_transport(),
+                context=self._context,
+                curve=curve,
+                resync_timeout_s=timeout_s,
+            )
 
     # -- lifecycle ---------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        if self._watcher is not None:
+            self._watcher.start()
         return self
 
     async def __aexit__(
@@ -104,12 +120,16 @@ class AsyncProxyClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the transport at once; calls still waiting fail. Idempotent."""
+        """Stop the watcher, close the transport at once; calls still waiting fail. Idempotent."""
+        if self._watcher is not None:
+            await self._watcher.aclose()
         self.close()
 
     def close(self) -> None:
         """:meth:`aclose` for code that cannot await (a ``finally`` outside the loop)."""
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.close()
         self._transport.close()
 
     # -- ops -----------------------------------------------------------------
@@ -119,8 +139,21 @@ class AsyncProxyClient:
         return await self._run(calls.ping(timeout_s))
 
     async def find_server(self) -> Server | None:
-        """The active server, or None when the proxy knows no server."""
+        """The active server, or None when the proxy knows no server.
+
+        A watching client answers from its local view while it is fresh (no
+        round trip), else asks the proxy.
+        """
+        if self._watcher is not None:
+            self._watcher.start()
+            view = self._watcher.fresh()
+            if view is not None:
+                return view.server
         return await self._run(calls.find_server())
+
+    def watch_stats(self) -> WatchStats | None:
+        """What a watching client's watcher has seen (gaps, restarts, re-syncs...); else None."""
+        return self._watcher.stats() if self._watcher is not None else None
 
     async def servers(self) -> list[Server]:
         """The active list, active server first."""
@@ -203,6 +236,9 @@ class AsyncProxyClient:
 
     def _observed(self, server: Server | None, epoch: int | None, instance: str | None) -> None:
         """Every ``find_server`` and ``notify_failed_server`` reply's view (see ProxyClient)."""
+        if self._watcher is not None and epoch is not None and instance is not None:
+            self._watcher.start()
+            self._watcher.observe(Observation(server, epoch, instance))
 
     async def _run(self, call: Call[_S, _T], transport: AsyncTransport | None = None) -> _T:
         reply = await self._request(call.op, call.keys, call.timeout_s, transport)

@@ -24,8 +24,13 @@ Resending is safe because every op is safe to apply twice:
 A duplicate may make a write's reply say "nothing changed" (``added`` false,
 ``rotated`` false...) although the first copy did change it.
 
-A client owns one socket, and pyzmq sockets are not thread-safe: use one
-``ProxyClient`` per thread. For asyncio, use
+A client may be shared by threads. Its calls to the proxy take turns on its
+one socket (a lock: pyzmq sockets are not thread-safe), so threads that make
+many calls each want a client of their own. A *watching* client
+(``watch=True``, :mod:`rpcproxy.bus.client.watch`) answers ``find_server``
+from a local view that a background thread keeps current from the proxy's
+events; that read takes no lock and makes no round trip, so one watching
+client serves a whole thread pool's lookups. For asyncio, use
 :class:`~rpcproxy.bus.client.aio.AsyncProxyClient`.
 
 The errors and result types live in :mod:`rpcproxy.bus.client.results`
@@ -35,6 +40,7 @@ The errors and result types live in :mod:`rpcproxy.bus.client.results`
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -62,6 +68,8 @@ from rpcproxy.bus.client.results import (
     parse_reply,
 )
 from rpcproxy.bus.client.transport import Transport, ZmqTransport
+from rpcproxy.bus.client.view import Observation
+from rpcproxy.bus.client.watch import Watcher, WatchStats
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT, HeartbeatEntry
 
 __all__ = [
@@ -104,7 +112,8 @@ def timed_out(endpoint: str, retries: int, timeout_s: float) -> ProxyTimeoutErro
 class ProxyClient:
     """A blocking client of the proxy's query socket, with retries.
 
-    Not thread-safe: it owns one ZeroMQ socket, so use one client per thread.
+    Thread-safe: calls take turns on the client's one socket; a watching
+    client's ``find_server`` reads its local view with no lock at all.
 
     Args:
         endpoint: the proxy's query endpoint.
@@ -120,11 +129,16 @@ class ProxyClient:
             ``max_message_bytes`` and ``curve`` are then unused), e.g.
             :class:`rpcproxy.testing.MockTransport`. The client closes it.
         events: the proxy's events endpoint, for ``watch``.
-        watch: answer ``find_server`` locally from the events (not yet available).
-        events_refresh_s: the proxy's ``events_refresh_s``, for ``watch``.
+        watch: follow the events (docs/protocol.md section 5) on a daemon
+            thread and answer ``find_server`` from the local view while it is
+            fresh; ask the proxy otherwise. ``notify_failed_server``'s reply
+            updates the view at once (a caller reads its own writes).
+        events_refresh_s: the proxy's ``events_refresh_s``, for ``watch``
+            (must match it: silence for three of them means a lost stream).
 
     Raises:
-        ValueError: ``timeout_s`` is not positive or ``retries`` is below 1.
+        ValueError: ``timeout_s`` is not positive, ``retries`` is below 1, or
+            ``watch`` without ``events`` or without a positive ``events_refresh_s``.
     """
 
     def __init__(
@@ -142,8 +156,8 @@ class ProxyClient:
         events_refresh_s: float = 1.0,
     ) -> None:
         check_options(timeout_s, retries)
-        if watch:
-            raise NotImplementedError("watch mode is not available yet")
+        if watch and not events:
+            raise ValueError("watch=True needs the proxy's events endpoint (events=...)")
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.retries = retries
@@ -157,6 +171,19 @@ class ProxyClient:
         self._transport = transport if transport is not None else self._new_transport()
         self._ids = itertools.count(1)
         self._closed = False
+        self._lock = threading.Lock()
+        """Held around every exchange on ``_transport`` (one socket, many threads)."""
+        self._watcher: Watcher | None = None
+        if watch and events:
+            self._watcher = Watcher(
+                events,
+                refresh_s=events_refresh_s,
+                transport=self._new_transport(),
+                context=self._context,
+                curve=curve,
+                resync_timeout_s=timeout_s,
+            )
+            self._watcher.start()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -172,9 +199,12 @@ class ProxyClient:
         self.close()
 
     def close(self) -> None:
-        """Close the transport at once (unsent requests are dropped). Idempotent."""
+        """Stop the watcher; close the transport at once (unsent requests dropped). Idempotent."""
         self._closed = True
-        self._transport.close()
+        if self._watcher is not None:
+            self._watcher.close()
+        with self._lock:
+            self._transport.close()
 
     # -- ops -----------------------------------------------------------------
 
@@ -187,8 +217,20 @@ class ProxyClient:
         return self._run(calls.ping(timeout_s))
 
     def find_server(self) -> Server | None:
-        """The active server, or None when the proxy knows no server."""
+        """The active server, or None when the proxy knows no server.
+
+        A watching client answers from its local view while it is fresh (no
+        round trip, no lock), else asks the proxy.
+        """
+        if self._watcher is not None:
+            view = self._watcher.fresh()
+            if view is not None:
+                return view.server
         return self._run(calls.find_server())
+
+    def watch_stats(self) -> WatchStats | None:
+        """What a watching client's watcher has seen (gaps, restarts, re-syncs...); else None."""
+        return self._watcher.stats() if self._watcher is not None else None
 
     def servers(self) -> list[Server]:
         """The active list, active server first."""
@@ -294,8 +336,10 @@ class ProxyClient:
         """Every ``find_server`` and ``notify_failed_server`` reply's view of the active server.
 
         ``epoch`` and ``instance`` are None from proxies older than version 2.
-        Does nothing here; the watch mode uses it to keep its view current.
+        A watching client adopts it into its view when it is newer.
         """
+        if self._watcher is not None and epoch is not None and instance is not None:
+            self._watcher.observe(Observation(server, epoch, instance))
 
     def _run(self, call: Call[_S, _T], transport: Transport | None = None) -> _T:
         result, observed = call.read(self._request(call.op, call.keys, call.timeout_s, transport))
@@ -319,7 +363,11 @@ class ProxyClient:
         carrier = transport if transport is not None else self._transport
         for _ in range(self.retries):
             try:
-                raw = carrier.exchange(frame, wait_s)
+                if carrier is self._transport:
+                    with self._lock:
+                        raw = carrier.exchange(frame, wait_s)
+                else:
+                    raw = carrier.exchange(frame, wait_s)
             except ProxyTimeoutError:
                 continue
             return parse_reply(raw, request_id)
