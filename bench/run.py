@@ -31,6 +31,7 @@ from lookup import concurrency, lookup_throughput
 from memory import memory
 from nomad_ping import nomad_ping
 from rebalance import lookups_during_blackhole, rebalance
+from watch import watch_benchmarks
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,17 @@ class Plan:
     nomad_ping_rounds: int
     nomad_plain_pings: int
     nomad_tls_pings: int
+    watch_rounds: int
+    watch_s: float
+    watch_changes: int
+    watch_concurrency_rounds: int
 
 
-FULL = Plan(8, 1.5, 6, 1.5, 5, 3, 50_000, 3, 4.0, 3, 5, 3, 10, 1000, 300)
-QUICK = Plan(5, 0.5, 3, 0.7, 2, 2, 10_000, 1, 2.0, 1, 3, 2, 3, 300, 100)
+FULL = Plan(8, 1.5, 6, 1.5, 5, 3, 50_000, 3, 4.0, 3, 5, 3, 10, 1000, 300, 8, 1.0, 300, 4)
+QUICK = Plan(5, 0.5, 3, 0.7, 2, 2, 10_000, 1, 2.0, 1, 3, 2, 3, 300, 100, 3, 0.5, 100, 2)
 
 
-def benchmarks(plan: Plan) -> dict[str, Callable[[], Result]]:
+def benchmarks(plan: Plan) -> dict[str, Callable[[], Result | list[Result]]]:
     return {
         "lookup": lambda: lookup_throughput(plan.lookup_rounds, plan.lookup_s),
         "concurrency": lambda: concurrency(plan.concurrency_rounds, plan.concurrency_s),
@@ -73,6 +78,9 @@ def benchmarks(plan: Plan) -> dict[str, Callable[[], Result]]:
         "metrics_threads": metrics_threads,
         "nomad_ping": lambda: nomad_ping(
             plan.nomad_ping_rounds, plan.nomad_plain_pings, plan.nomad_tls_pings
+        ),
+        "watch": lambda: watch_benchmarks(
+            plan.watch_rounds, plan.watch_s, plan.watch_changes, plan.watch_concurrency_rounds
         ),
     }
 
@@ -124,7 +132,9 @@ def main(argv: list[str]) -> int:
     for name in names:
         print(f"{name}:", flush=True)
         begin = time.monotonic()
-        results.append(selected[name]())
+        # A benchmark may report several tables (watch: three figures).
+        outcome = selected[name]()
+        results += outcome if isinstance(outcome, list) else [outcome]
         print(f"  ({time.monotonic() - begin:.0f} s)", flush=True)
     machine.append(("load average after", _load()))
     text = markdown(results, machine, argv)
