@@ -83,9 +83,14 @@ def test_events_are_followed_and_gaps_restarts_and_garbage_noticed(
     watcher, _ = watcher_for(state, endpoint, context)
     try:
         until(watcher, "the first re-sync", lambda s: s.resyncs == 1)
+
         # PUB drops what it sends before the subscription arrives: repeat a
         # liveness-only event until one is read.
-        poll_until(lambda: publish(sock, state) or watcher.stats().events, 5, what="an event")
+        def heard() -> int:
+            publish(sock, state)
+            return watcher.stats().events
+
+        poll_until(heard, 5, what="an event")
         state.addr, state.epoch = "b:1", 1
         publish(sock, state)
         poll_until(lambda: (v := watcher.fresh()) and v.epoch == 1, 5, what="epoch 1")
