@@ -32,6 +32,7 @@ from rpcproxy.bus.client import watch
 from tests.helpers import pack, unpack
 from tests.integration.relay import Relay
 from tests.integration.serving import CTX, RawClient, Serve
+from tests.integration.test_curve import CurveProxy, curve_proxy  # noqa: F401 (a fixture)
 from tests.unit._clients import KINDS, Driver, Kind, drivers
 from tests.waiting import poll_until
 
@@ -458,3 +459,31 @@ def test_watch_needs_the_events_endpoint() -> None:
             cls("tcp://127.0.0.1:1", watch=True)
         with pytest.raises(ValueError, match="events_refresh_s"):
             cls("tcp://127.0.0.1:1", events="tcp://127.0.0.1:2", watch=True, events_refresh_s=0)
+
+
+def test_a_watching_client_speaks_curve(
+    curve_proxy: CurveProxy,  # noqa: F811 (the fixture imported above)
+    make: Callable[..., Driver],
+) -> None:
+    with curve_proxy.client("client") as admin:
+        admin.add_primary_server("10.0.0.1:4647")
+        admin.add_primary_server("10.0.0.2:4647")
+    client = make(
+        curve_proxy.query,
+        events=curve_proxy.events,
+        watch=True,
+        curve=curve_proxy.curve("client"),
+        timeout_s=1.0,
+    )
+    client(lambda c: c.find_server())
+    # Refresh events (every 1 s by default) reach the client through CURVE.
+    poll_until(lambda: stats_of(client).events >= 2, 10, what="CURVE events")
+    stats = stats_of(client)
+    assert stats.malformed == 0
+    assert stats.resyncs >= 1
+    head = client(lambda c: c.find_server())
+    assert head is not None and head.addr == "10.0.0.1:4647"
+    assert client(lambda c: c.notify_failed_server("10.0.0.1:4647")) is True
+    view = client.client._watcher.fresh()
+    assert view is not None and view.server is not None
+    assert view.server.addr == "10.0.0.2:4647"
