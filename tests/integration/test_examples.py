@@ -117,7 +117,13 @@ def dead_and_live_servers() -> Iterator[tuple[str, str]]:
         def handle(self) -> None:
             self.wfile.write(self.rfile.readline())
 
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo) as echo:
+    class EchoServer(socketserver.ThreadingTCPServer):
+        # socketserver's default backlog is 5: a burst of concurrent connects
+        # overflows it, and a dropped SYN is retried after 1 s, longer than
+        # the examples' call timeout (the live server would look dead).
+        request_queue_size = 1024
+
+    with EchoServer(("127.0.0.1", 0), Echo) as echo:
         echo.daemon_threads = True
         thread = threading.Thread(target=echo.serve_forever, daemon=True)
         thread.start()
