@@ -27,30 +27,27 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from rpcproxy.bus.client import watch
 from rpcproxy.bus.client.keys import CurveClient
 from rpcproxy.bus.client.results import Server
 from rpcproxy.bus.client.transport import AsyncTransport
 from rpcproxy.bus.client.view import Follower, Observation, View
 from rpcproxy.bus.client.watch import (
     DRAIN_BATCH,
-    EVENT_MAX_BYTES,
+    RESYNC_ID_START,
     WatchStats,
     decode_event,
     resync_request,
+    subscribe_to_events,
 )
-from rpcproxy.bus.wire import EVENT_TOPIC
 
 __all__ = ["AsyncWatcher"]
 
 log = logging.getLogger(__name__)
-
-_RESYNC_ID_START: Final = 1 << 40
 
 
 class AsyncWatcher:
@@ -81,7 +78,7 @@ class AsyncWatcher:
         self._context = context if context is not None else zmq.Context.instance()
         self._curve = curve
         self._resync_timeout_s = resync_timeout_s
-        self._resync_ids = itertools.count(_RESYNC_ID_START)
+        self._resync_ids = itertools.count(RESYNC_ID_START)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -101,7 +98,11 @@ class AsyncWatcher:
             )
 
     def fresh(self) -> View[Server] | None:
-        """The view when it is fresh, else None (ask the proxy)."""
+        """The view when it is fresh, else None (ask the proxy).
+
+        :meth:`Follower.fresh` written out, as in the threaded watcher: every
+        lookup runs it.
+        """
         view = self._follower.view
         if view is not None and self._clock() - view.heard_at <= self._limit_s:
             return view
@@ -198,14 +199,7 @@ class AsyncWatcher:
 
     def _open_sub(self) -> zmq.asyncio.Socket:
         sub = zmq.asyncio.Socket(self._context, zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, watch.SUB_RCVHWM)
-        sub.setsockopt(zmq.RCVBUF, watch.SUB_RCVBUF)
-        sub.setsockopt(zmq.MAXMSGSIZE, EVENT_MAX_BYTES)
-        if self._curve is not None:
-            self._curve.secure(sub)
-        sub.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC)
-        sub.connect(self.events)
+        subscribe_to_events(sub, self.events, self._curve)
         return sub
 
     async def _read_events(self, sub: zmq.asyncio.Socket) -> None:

@@ -47,6 +47,7 @@ from rpcproxy.bus.wire import EVENT_TOPIC
 
 __all__ = [
     "EVENT_MAX_BYTES",
+    "RESYNC_ID_START",
     "SUB_RCVBUF",
     "SUB_RCVHWM",
     "WatchStats",
@@ -54,6 +55,7 @@ __all__ = [
     "decode_event",
     "observation_of",
     "resync_request",
+    "subscribe_to_events",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ EVENT_MAX_BYTES: Final = 1 << 16
 DRAIN_BATCH: Final = 256
 """Events read in one go before the watcher looks at its other duties again."""
 
-_RESYNC_ID_START: Final = 1 << 40
+RESYNC_ID_START: Final = 1 << 40
 """Request ids of re-syncs (any will do: the transport is the watcher's own)."""
 
 
@@ -85,6 +87,22 @@ class _Event(msgspec.Struct):
 
 
 _event_decoder: Final = msgspec.msgpack.Decoder(_Event)
+
+
+def subscribe_to_events(sub: zmq.Socket[Any], endpoint: str, curve: CurveClient | None) -> None:
+    """Set up a new SUB socket (threaded or asyncio) for the events and connect it.
+
+    The buffer sizes are read at each call, so a test that shrinks them
+    affects the next socket either watcher opens.
+    """
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
+    sub.setsockopt(zmq.RCVBUF, SUB_RCVBUF)
+    sub.setsockopt(zmq.MAXMSGSIZE, EVENT_MAX_BYTES)
+    if curve is not None:
+        curve.secure(sub)
+    sub.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC)
+    sub.connect(endpoint)
 
 
 def decode_event(frames: list[bytes]) -> Observation[Server] | None:
@@ -187,7 +205,7 @@ class Watcher:
         self._context = context if context is not None else zmq.Context.instance()
         self._curve = curve
         self._resync_timeout_s = resync_timeout_s
-        self._resync_ids = itertools.count(_RESYNC_ID_START)
+        self._resync_ids = itertools.count(RESYNC_ID_START)
         # Writers (this thread, and callers reporting replies) take the lock;
         # readers of the view never do.
         self._lock = threading.Lock()
@@ -219,7 +237,11 @@ class Watcher:
             self._thread.start()
 
     def fresh(self) -> View[Server] | None:
-        """The view when it is fresh, else None (ask the proxy). Lock-free, any thread."""
+        """The view when it is fresh, else None (ask the proxy). Lock-free, any thread.
+
+        :meth:`Follower.fresh` written out: this runs on every lookup, and
+        the two calls it saves are most of a watched lookup's cost.
+        """
         view = self._follower.view
         if view is not None and self._clock() - view.heard_at <= self._limit_s:
             return view
@@ -326,14 +348,7 @@ class Watcher:
 
     def _open_sub(self) -> zmq.Socket[bytes]:
         sub: zmq.Socket[bytes] = self._context.socket(zmq.SUB)
-        sub.linger = 0
-        sub.rcvhwm = SUB_RCVHWM
-        sub.rcvbuf = SUB_RCVBUF
-        sub.setsockopt(zmq.MAXMSGSIZE, EVENT_MAX_BYTES)
-        if self._curve is not None:
-            self._curve.secure(sub)
-        sub.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC)
-        sub.connect(self.events)
+        subscribe_to_events(sub, self.events, self._curve)
         return sub
 
     def _drain_wakes(self) -> None:
