@@ -142,6 +142,7 @@ def main(argv: list[str]) -> int:
     endpoint, seconds = argv[0], float(argv[1])
     context: zmq.Context[Any] = zmq.Context()
     flood = Flood(context, endpoint).start()
+    # Not a wait for something to happen: the flood's length is the load asked for.
     time.sleep(seconds)
     last = flood.stop()
     print(last, flood.sent, flush=True)
