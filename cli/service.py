@@ -269,7 +269,6 @@ class ProxyService:
             # Room for a few of the largest writes the configured bound allows.
             max_write_entries=4 * (1 + config.max_servers),
         )
-        self._query.start()
         self._nomad = nomad_bridge_from(config, context)
         if self._nomad is not None:
             self._nomad.start()
@@ -288,6 +287,9 @@ class ProxyService:
         self._heartbeats.start()
         if config.metrics:
             self._start_metrics_server(config.metrics)
+        # The query socket opens last: a proxy that answers ping has every
+        # other endpoint up too (a scrape right after it is never refused).
+        self._query.start()
         log.info(
             "rpcproxy serving queries on %s, heartbeats on %s, events on %s",
             self._query.bound_endpoint,
