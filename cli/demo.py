@@ -287,6 +287,8 @@ class Demo:
                     continue
                 _, payload = sub.recv_multipart()
                 event = msgspec.msgpack.decode(payload)
+                if event.get("reason") == "refresh":
+                    continue  # a repeat of the current server, not a change worth a line
                 addr = (event.get("server") or {}).get("addr")
                 self.say(f"event: active server -> {cluster.name_of(addr)} ({event['reason']})")
         finally:
