@@ -8,18 +8,105 @@ not the codec's own idea of it.
 from __future__ import annotations
 
 import errno
+import itertools
+import os
 import socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+DEFAULT_EPHEMERAL = (32768, 60999)
+"""Linux's default, used when the file above cannot be read."""
+LOWEST_PORT = 10000
+"""Below this live too many well-known services (databases, web servers)."""
+
+
+def ephemeral_range(path: str = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (inclusive)."""
+    try:
+        with open(path, encoding="ascii") as file:
+            low, high = (int(field) for field in file.read().split())
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL
+    return low, high
+
+
+def port_pool(ephemeral: tuple[int, int], lowest: int = LOWEST_PORT) -> list[int]:
+    """Every port from ``lowest`` to 65535 outside ``ephemeral``, in order."""
+    low, high = ephemeral
+    return [port for port in range(lowest, 65536) if not low <= port <= high]
+
+
+class PortAllocator:
+    """Hands out loopback TCP ports, never the same one twice.
+
+    Binding port 0 and closing lets the kernel hand the same port to the next
+    caller (two endpoints of one test then collide) and draws from the
+    ephemeral range, where any outgoing connection may take it before the
+    endpoint binds. Here a port comes from outside that range, is never
+    handed out twice by one allocator, and was bindable when handed out.
+    Each process starts at its own pid-derived place in the pool, so
+    concurrent test processes (bench, subprocesses) walk disjoint stretches.
+    """
+
+    def __init__(self, pool: list[int], start: int) -> None:
+        if not pool:
+            raise ValueError("an empty port pool")
+        self._pool = pool
+        self._given: set[int] = set()
+        self.restart_at(start)
+
+    def restart_at(self, start: int) -> None:
+        """Walk on from ``start`` (a forked child), still never repeating a port."""
+        self._order: Iterator[int] = (
+            self._pool[(start + step) % len(self._pool)] for step in itertools.count()
+        )
+        self._lock = threading.Lock()  # new: a fork may copy it held by another thread
+
+    def __call__(self) -> int:
+        with self._lock:
+            for _ in range(len(self._pool)):
+                port = next(self._order)
+                if port in self._given:
+                    continue
+                self._given.add(port)  # given or unusable: never tried again
+                if _bindable(port):
+                    return port
+            raise RuntimeError(f"all {len(self._pool)} ports have been handed out or are taken")
+
+
+def _bindable(port: int) -> bool:
+    """Whether ``port`` can be bound on loopback now (no SO_REUSEADDR: strict)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _process_start(pool: list[int]) -> int:
+    # A stride of a prime spreads neighbouring pids (a test run and its
+    # subprocesses) far apart in the pool.
+    return (os.getpid() * 7919) % len(pool)
+
+
+_POOL = port_pool(ephemeral_range())
+_free_port = PortAllocator(_POOL, start=_process_start(_POOL))
+# A forked child would otherwise walk its parent's stretch of the pool.
+os.register_at_fork(after_in_child=lambda: _free_port.restart_at(_process_start(_POOL)))
+
 
 def free_port() -> int:
-    """A loopback TCP port nobody listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback TCP port for an endpoint to bind: distinct for every call in a process.
+
+    Outside the kernel's ephemeral range, so no outgoing connection takes it
+    meanwhile; bindable when handed out. See :class:`PortAllocator`.
+    """
+    return _free_port()
 
 
 def port_is_free(port: int) -> bool:

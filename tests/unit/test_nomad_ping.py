@@ -27,6 +27,7 @@ import pytest
 from rpcproxy.bus.service.nomad_ping import NomadPinger, TlsSetupError, load_tls, server_name
 from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.proxy.address import Address, parse_address
+from tests.helpers import free_port
 from tests.nomadpeer import TLSFiles, make_tls_files
 from tests.waiting import poll_until
 
@@ -146,13 +147,6 @@ def ping_one(pinger: NomadPinger, addr: Address) -> tuple[bool, float]:
     started = time.monotonic()
     result = pinger([addr])
     return result.get(addr, False), time.monotonic() - started
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- scripts -------------------------------------------------------------------------
@@ -314,7 +308,7 @@ def test_a_byte_a_second_fails_at_the_deadline_not_at_the_end(
 
 
 def test_nobody_listening_fails_at_once(pingers: Callable[..., NomadPinger]) -> None:
-    ok, elapsed = ping_one(pingers(30.0), Address("127.0.0.1", unused_port()))
+    ok, elapsed = ping_one(pingers(30.0), Address("127.0.0.1", free_port()))
     assert ok is False
     assert elapsed < 15
 
@@ -329,7 +323,7 @@ def test_dead_and_hung_servers_cost_about_one_timeout(
     timeout = 1.0
     hung = [scripted(say_nothing).address for _ in range(5)]
     slow = [scripted(byte_a_second).address for _ in range(5)]
-    dead = [Address("127.0.0.1", unused_port()) for _ in range(5)]
+    dead = [Address("127.0.0.1", free_port()) for _ in range(5)]
     live = scripted(answer).address
     candidates = [*hung, *slow, *dead, live]
     started = time.monotonic()

@@ -40,6 +40,7 @@ from rpcproxy.bus.service.ping import (
 from rpcproxy.bus.service.resolve import Resolver
 from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.proxy.address import Address, parse_address
+from tests.helpers import free_port
 from tests.waiting import poll_until
 
 StandInFactory = Callable[..., ServerStandIn]
@@ -83,20 +84,13 @@ def pingers() -> Iterator[Callable[..., ZmqPinger]]:
         assert pinger._context is None, "close() left the pinger's context"
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def dead(n: int = 1) -> list[Address]:
-    return [Address("127.0.0.1", unused_port()) for _ in range(n)]
+    return [Address("127.0.0.1", free_port()) for _ in range(n)]
 
 
 def many_dead(n: int) -> list[Address]:
     """``n`` distinct refused addresses: one unused port on many loopback IPs."""
-    port = unused_port()
+    port = free_port()
     return [Address(f"127.1.{i // 250}.{i % 250 + 1}", port) for i in range(n)]
 
 
@@ -549,7 +543,7 @@ def test_many_candidates_under_a_1024_descriptor_limit(kind: str, peers: Peers) 
             FD_LIMIT_SCRIPT,
             kind,
             live.canonical,
-            str(unused_port()),
+            str(free_port()),
             ",".join(a.canonical for a in hung),
         ],
         cwd=REPO,

@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from rpcproxy.bus.standins.standin import PingResponder, ServerStandIn
-from tests.helpers import port_is_free, tcp
+from tests.helpers import free_port, port_is_free, tcp
 from tests.waiting import poll_until
 
 PING = msgpack.packb({"op": "ping", "region": "global", "rpc_major_version": 1})
@@ -173,10 +173,8 @@ def test_context_manager(ctx: zmq.Context[Any], client: Client) -> None:
 
 
 def test_serve_forever_until_stopped_from_another_thread(ctx: zmq.Context[Any]) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    standin = ServerStandIn(f"tcp://127.0.0.1:{port}", protocol="zmq", context=ctx)
+    port = free_port()
+    standin = ServerStandIn(tcp(port), protocol="zmq", context=ctx)
     serving = threading.Thread(target=standin.serve_forever, daemon=True)
     serving.start()
     deadline = time.monotonic() + 5

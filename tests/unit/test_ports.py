@@ -1,0 +1,107 @@
+"""tests.helpers.free_port: no two endpoints of a test run are ever handed the same port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    PortAllocator,
+    ephemeral_range,
+    free_port,
+    port_pool,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_many_calls_never_repeat_a_port_and_stay_outside_the_ephemeral_range() -> None:
+    low, high = ephemeral_range()
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < port <= 65535 for port in ports)
+    assert not [port for port in ports if low <= port <= high]
+
+
+def test_a_handed_out_port_is_bindable() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_the_ephemeral_range_is_read_from_the_kernel(tmp_path: Path) -> None:
+    custom = tmp_path / "range"
+    custom.write_text("40000\t50000\n", encoding="ascii")
+    assert ephemeral_range(str(custom)) == (40000, 50000)
+    assert ephemeral_range(str(tmp_path / "missing")) == (32768, 60999)
+
+
+def test_the_pool_leaves_out_the_ephemeral_range_and_low_ports() -> None:
+    pool = port_pool((32768, 60999))
+    assert pool[0] == 10000 and pool[-1] == 65535
+    assert 32767 in pool and 61000 in pool
+    assert 32768 not in pool and 60999 not in pool
+    assert len(pool) == len(set(pool)) == (32768 - 10000) + (65536 - 61000)
+
+
+def test_a_taken_port_is_skipped_not_handed_out() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        allocate = PortAllocator([busy, busy + 1 if busy < 65535 else busy - 1], start=0)
+        assert allocate() != busy
+
+
+def test_an_exhausted_pool_raises_rather_than_repeat() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        allocate = PortAllocator([busy], start=0)
+        with pytest.raises(RuntimeError, match="handed out or are taken"):
+            allocate()
+
+
+def test_the_walk_starts_at_its_offset_wraps_round_and_never_repeats() -> None:
+    pool = [free_port() for _ in range(3)]
+    allocate = PortAllocator(pool, start=2)
+    assert [allocate(), allocate(), allocate()] == [pool[2], pool[0], pool[1]]
+    with pytest.raises(RuntimeError):
+        allocate()
+
+
+def test_two_processes_start_at_different_places() -> None:
+    """A second process (bench, a subprocess) walks its own stretch of the pool."""
+    code = "from tests.helpers import free_port; print(*(free_port() for _ in range(50)))"
+    theirs = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    ours = [free_port() for _ in range(50)]
+    assert not set(map(int, theirs)) & set(ours)
+
+
+def test_a_forked_child_does_not_walk_its_parents_stretch() -> None:
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its ports and leave without running pytest's atexit
+        try:
+            os.write(writer, " ".join(str(free_port()) for _ in range(50)).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        theirs = {int(field) for field in pipe.read().split()}
+    os.waitpid(pid, 0)
+    ours = {free_port() for _ in range(50)}
+    assert len(theirs) == 50
+    assert not theirs & ours
