@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import report as bench_report
 import zmq
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -65,23 +66,24 @@ class Result:
     title: str
     headers: list[str]
     rows: list[list[str]] = field(default_factory=list)
-    verdicts: list[tuple[str, str, bool]] = field(default_factory=list)
+    verdicts: list[tuple[str, str, bool | None]] = field(default_factory=list)
+    """(figure, target, met); met is None for a figure reported without a target."""
     notes: list[str] = field(default_factory=list)
 
     def check(self, figure: str, target: str, met: bool) -> None:
         self.verdicts.append((figure, target, met))
 
+    def report(self, figure: str) -> None:
+        """A figure with no target: shown ("-" in "met"), never counted as a target met."""
+        self.verdicts.append((figure, bench_report.NO_TARGET, None))
+
     def markdown(self) -> str:
         lines = [f"## {self.title}", ""]
-        lines.append("| " + " | ".join(self.headers) + " |")
+        lines.append(bench_report.row(self.headers))
         lines.append("| " + " | ".join("---" for _ in self.headers) + " |")
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        lines += [bench_report.row(r) for r in self.rows]
         if self.verdicts:
-            lines += ["", "| figure | target | met |", "| --- | --- | --- |"]
-            lines += [
-                f"| {figure} | {target} | {'yes' if met else '**no**'} |"
-                for figure, target, met in self.verdicts
-            ]
+            lines += ["", *bench_report.verdict_table(self.verdicts)]
         if self.notes:
             lines.append("")
             lines += self.notes
@@ -107,6 +109,28 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def git_commit() -> str:
+    """HEAD, and whether the working tree differs from it: what a run measured."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=BENCH_DIR, capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        head = git("rev-parse", "HEAD").strip()
+        changes = git("status", "--porcelain").splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    modified = sum(1 for line in changes if not line.startswith("??"))
+    untracked = len(changes) - modified
+    if not changes:
+        return f"{head} (clean)"
+    # Untracked files are counted too: a new module is measured only once
+    # something tracked imports it, but the reader should know it was there.
+    return f"{head} (dirty: {modified} changed, {untracked} untracked files)"
+
+
 def machine_description() -> list[tuple[str, str]]:
     return [
         ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
@@ -128,7 +152,12 @@ def machine_description() -> list[tuple[str, str]]:
 if str(BENCH_DIR.parent) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR.parent))
 
-from tests.helpers import free_port, pack, tcp, unpack  # noqa: E402
+# The benchmarks import these from here: the "x as x" form re-exports them
+# (mypy --strict reads a plain import as private to this module).
+from tests.helpers import free_port as free_port  # noqa: E402, PLC0414
+from tests.helpers import pack as pack  # noqa: E402, PLC0414
+from tests.helpers import tcp as tcp  # noqa: E402, PLC0414
+from tests.helpers import unpack as unpack  # noqa: E402, PLC0414
 
 
 def request(endpoint: str, message: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:

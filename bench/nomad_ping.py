@@ -195,6 +195,9 @@ def nomad_ping(rounds: int, plain_pings: int, tls_pings: int) -> Result:
         " Python is the same bytes and reply check on a blocking socket, without the"
         " windowed engine."
     )
+    # No target: the figure says how far ours is from Go's client, for reading.
+    for mode, ratio in ratios.items():
+        result.report(f"{mode}: per ping, ours / Go {ratio.fmt(2)}")
     noisy = [mode for mode, ratio in ratios.items() if ratio.high > 1.5 * ratio.low]
     if noisy:
         result.notes.append(

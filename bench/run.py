@@ -4,8 +4,12 @@ Usage::
 
     python bench/run.py                      # every benchmark, a few minutes
     python bench/run.py --quick              # short smoke run, under a minute
-    python bench/run.py --write bench/RESULTS.md
-    python bench/run.py --only lookup,memory
+    python bench/run.py --write bench/RESULTS.md   # what `make bench` runs
+    python bench/run.py --only lookup,memory --write /tmp/part.md
+
+Writing bench/RESULTS.md takes a full run (no --quick, no --only): the file
+is written whole, names the commit measured, ends with a digest of its text,
+and the README's Performance block is rebuilt from it (bench/report.py).
 
 Each benchmark compares the product with a baseline measured side by side in
 the same run (alternating rounds) and reports ratios; timings are never
@@ -22,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import Result, machine_description
+import report
+from common import Result, git_commit, machine_description
 from exits import exit_times, metrics_threads
 from fill import fill_to_max_servers, throttle_cost
 from flood import heartbeat_flood
@@ -33,56 +38,66 @@ from nomad_ping import nomad_ping
 from rebalance import lookups_during_blackhole, rebalance
 from watch import watch_benchmarks
 
-
-@dataclass(frozen=True)
-class Plan:
-    """How long each benchmark runs."""
-
-    lookup_rounds: int
-    lookup_s: float
-    concurrency_rounds: int
-    concurrency_s: float
-    rebalance_reps: int
-    ingest_rounds: int
-    ingest_count: int
-    flood_rounds: int
-    flood_s: float
-    fill_rounds: int
-    throttle_rounds: int
-    exit_rounds: int
-    nomad_ping_rounds: int
-    nomad_plain_pings: int
-    nomad_tls_pings: int
-    watch_rounds: int
-    watch_s: float
-    watch_changes: int
-    watch_concurrency_rounds: int
+Outcome = Result | list[Result]
 
 
-FULL = Plan(8, 1.5, 6, 1.5, 5, 3, 50_000, 3, 4.0, 3, 5, 3, 10, 1000, 300, 8, 1.0, 300, 4)
-QUICK = Plan(5, 0.5, 3, 0.7, 2, 2, 10_000, 1, 2.0, 1, 3, 2, 3, 300, 100, 3, 0.5, 100, 2)
+@dataclass(frozen=True, kw_only=True)
+class Bench:
+    """One benchmark: its full run and its ``--quick`` run (the full one if not given).
+
+    Each is a call with its arguments written out by name, so a benchmark's
+    sizes sit on its own line and a new one cannot shift another's.
+    """
+
+    full: Callable[[], Outcome]
+    quick: Callable[[], Outcome] | None = None
+
+    def run(self, quick: bool) -> Outcome:
+        return (self.quick or self.full)() if quick else self.full()
 
 
-def benchmarks(plan: Plan) -> dict[str, Callable[[], Result | list[Result]]]:
-    return {
-        "lookup": lambda: lookup_throughput(plan.lookup_rounds, plan.lookup_s),
-        "concurrency": lambda: concurrency(plan.concurrency_rounds, plan.concurrency_s),
-        "rebalance": lambda: rebalance(plan.rebalance_reps),
-        "ingest": lambda: heartbeat_ingest(plan.ingest_rounds, plan.ingest_count),
-        "memory": memory,
-        "flood": lambda: heartbeat_flood(plan.flood_rounds, plan.flood_s),
-        "blackhole": lambda: lookups_during_blackhole(plan.lookup_rounds, plan.lookup_s),
-        "fill": lambda: fill_to_max_servers(plan.fill_rounds),
-        "throttle": lambda: throttle_cost(plan.throttle_rounds),
-        "exits": lambda: exit_times(plan.exit_rounds),
-        "metrics_threads": metrics_threads,
-        "nomad_ping": lambda: nomad_ping(
-            plan.nomad_ping_rounds, plan.nomad_plain_pings, plan.nomad_tls_pings
-        ),
-        "watch": lambda: watch_benchmarks(
-            plan.watch_rounds, plan.watch_s, plan.watch_changes, plan.watch_concurrency_rounds
-        ),
-    }
+# The benchmarks, in the order they run and appear in RESULTS.md. To add one:
+# import its function above and add its entry here (a quick run is optional).
+BENCHMARKS: dict[str, Bench] = {
+    "lookup": Bench(
+        full=lambda: lookup_throughput(rounds=8, duration_s=1.5),
+        quick=lambda: lookup_throughput(rounds=5, duration_s=0.5),
+    ),
+    "concurrency": Bench(
+        full=lambda: concurrency(rounds=6, duration_s=1.5),
+        quick=lambda: concurrency(rounds=3, duration_s=0.7),
+    ),
+    "rebalance": Bench(
+        full=lambda: rebalance(repetitions=5), quick=lambda: rebalance(repetitions=2)
+    ),
+    "ingest": Bench(
+        full=lambda: heartbeat_ingest(rounds=3, count=50_000),
+        quick=lambda: heartbeat_ingest(rounds=2, count=10_000),
+    ),
+    "memory": Bench(full=memory),
+    "flood": Bench(
+        full=lambda: heartbeat_flood(rounds=3, duration_s=4.0),
+        quick=lambda: heartbeat_flood(rounds=1, duration_s=2.0),
+    ),
+    "blackhole": Bench(
+        full=lambda: lookups_during_blackhole(rounds=8, duration_s=1.5),
+        quick=lambda: lookups_during_blackhole(rounds=5, duration_s=0.5),
+    ),
+    "fill": Bench(
+        full=lambda: fill_to_max_servers(rounds=3), quick=lambda: fill_to_max_servers(rounds=1)
+    ),
+    "throttle": Bench(full=lambda: throttle_cost(rounds=5), quick=lambda: throttle_cost(rounds=3)),
+    "exits": Bench(full=lambda: exit_times(rounds=3), quick=lambda: exit_times(rounds=2)),
+    "metrics_threads": Bench(full=metrics_threads),
+    "nomad_ping": Bench(
+        full=lambda: nomad_ping(rounds=10, plain_pings=1000, tls_pings=300),
+        quick=lambda: nomad_ping(rounds=3, plain_pings=300, tls_pings=100),
+    ),
+    "watch": Bench(
+        full=lambda: watch_benchmarks(rounds=8, duration_s=1.0, changes=300, concurrency_rounds=4),
+        quick=lambda: watch_benchmarks(rounds=3, duration_s=0.5, changes=100, concurrency_rounds=2),
+    ),
+}
 
 
 def _load() -> str:
@@ -91,57 +106,77 @@ def _load() -> str:
 
 
 def markdown(results: list[Result], machine: list[tuple[str, str]], argv: list[str]) -> str:
+    """The whole of RESULTS.md, sealed: it is written at once, never pieced together."""
+    verdicts = [
+        report.Verdict(report.short_name(result.title), figure, target, met)
+        for result in results
+        for figure, target, met in result.verdicts
+    ]
     lines = [
         "# rpcproxy benchmarks",
         "",
-        f"Generated by `python bench/{' '.join(['run.py', *argv])}`. Ratios are measured"
-        " side by side in one run (alternating rounds of product and baseline); each"
-        " figure is the median over rounds with the min-max range in parentheses.",
+        f"Generated by `python bench/{' '.join(['run.py', *argv])}`, every section in this"
+        " one run (the machine table says where and on which commit). Ratios are measured"
+        " side by side (alternating rounds of product and baseline); each figure is the"
+        " median over rounds with the min-max range in parentheses.",
         "",
         "| machine | |",
         "| --- | --- |",
-        *(f"| {key} | {value} |" for key, value in machine),
+        *(report.row([key, value]) for key, value in machine),
         "",
-        "## Summary",
+        *report.summary_markdown(verdicts),
         "",
-        "| benchmark | figure | target | met |",
-        "| --- | --- | --- | --- |",
     ]
-    for result in results:
-        for figure, target, met in result.verdicts:
-            name = result.title.split(" (")[0]
-            lines.append(f"| {name} | {figure} | {target} | {'yes' if met else '**no**'} |")
-    lines.append("")
-    return "\n".join(lines) + "\n" + "\n".join(r.markdown() for r in results)
+    return report.seal("\n".join(lines) + "\n" + "\n".join(r.markdown() for r in results))
+
+
+def _writes_results(path: Path | None) -> bool:
+    return path is not None and path.resolve() == report.RESULTS
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--write", type=Path, help="also write the results to this Markdown file")
+    parser.add_argument(
+        "--write",
+        type=Path,
+        help="also write the results to this Markdown file (bench/RESULTS.md: and the"
+        " README's Performance block)",
+    )
     parser.add_argument("--only", default="", help="comma-separated benchmark names")
     args = parser.parse_args(argv)
-    selected = benchmarks(QUICK if args.quick else FULL)
-    names = [n for n in args.only.split(",") if n] or list(selected)
-    unknown = set(names) - set(selected)
+    names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
+    unknown = set(names) - set(BENCHMARKS)
     if unknown:
-        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {sorted(selected)}")
-    machine = machine_description()
+        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {sorted(BENCHMARKS)}")
+    if _writes_results(args.write) and (args.quick or args.only):
+        # RESULTS.md is one full run, whole: a part of one would leave the
+        # other sections out, and a quick one is not the figures to quote.
+        parser.error(f"{report.RESULTS} is written by a full run only (no --quick, --only)")
+    # The commit is read before the first benchmark starts: it is the code
+    # that ran (another checkout step during the run is caught below).
+    commit = git_commit()
+    machine = [*machine_description(), ("commit", commit)]
     machine.append(("load average before", _load()))
-    results = []
+    results: list[Result] = []
     for name in names:
         print(f"{name}:", flush=True)
         begin = time.monotonic()
         # A benchmark may report several tables (watch: three figures).
-        outcome = selected[name]()
+        outcome = BENCHMARKS[name].run(args.quick)
         results += outcome if isinstance(outcome, list) else [outcome]
         print(f"  ({time.monotonic() - begin:.0f} s)", flush=True)
     machine.append(("load average after", _load()))
+    if (after := git_commit()) != commit:
+        machine.append(("commit after the run (changed during it)", after))
     text = markdown(results, machine, argv)
     print("\n" + text)
     if args.write:
         args.write.write_text(text)
         print(f"wrote {args.write}")
+    if _writes_results(args.write):
+        report.write_readme(text)
+        print(f"rewrote the Performance block of {report.README}")
     return 0  # a missed target is a finding to read, not a failure
 
 
