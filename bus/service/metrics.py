@@ -13,14 +13,9 @@ through :class:`~rpcproxy.actors.counters.ActorCounters`, which
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Literal, TypeAlias, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
@@ -34,6 +29,8 @@ from rpcproxy.actors.messages import (
     RebalanceKind,
 )
 from rpcproxy.actors.snapshot import SnapshotBox
+from rpcproxy.bus.service.http_front import HttpFront
+from rpcproxy.bus.service.http_wire import Request, Response, Route
 
 if TYPE_CHECKING:
     from rpcproxy.actors.counters import ActorCounters
@@ -46,9 +43,8 @@ __all__ = [
     "Metrics",
     "MetricsServer",
     "SnapshotCollector",
+    "metrics_route",
 ]
-
-log = logging.getLogger(__name__)
 
 HeartbeatRejection: TypeAlias = Literal["payload", "frames", "topic", "curve", "overflow"]
 """Why a heartbeat never reached the state: it broke the payload table, was not
@@ -201,23 +197,27 @@ class SnapshotCollector(Collector):
 
 
 class MetricsServer:
-    """Serves a registry over HTTP (any path, like prometheus_client's server), bounded.
+    """Serves ``GET /metrics`` (and HEAD) of a registry over HTTP, bounded.
 
     prometheus_client's ``start_http_server`` gives every connection a thread
-    of its own for as long as the peer keeps it open: 300 idle connections
-    hold 300 threads for ever. Here at most ``max_connections`` are served at
-    once, each on its own daemon thread; one more is closed as soon as it is
-    accepted. A connection is closed after one request (HTTP/1.0), after
-    ``idle_timeout_s`` without a byte, and after ``request_deadline_s`` in
-    all, so a peer that trickles bytes cannot keep a slot either.
+    for as long as the peer keeps it open; a cap on those threads instead lets
+    a few hundred idle connections lock Prometheus out. This endpoint runs on
+    an :class:`~rpcproxy.bus.service.http_front.HttpFront`: one thread reads
+    every connection without blocking and hands complete requests to two
+    workers, so idle and slow peers cost a descriptor each (at most
+    ``max_connections``, the oldest evicted first), never a thread, and never
+    the scrape. Other paths are 404.
 
     Args:
-        registry: what a scrape shows (``generate_latest`` of it).
+        registry: what a scrape shows (``generate_latest`` of it, or
+            OpenMetrics when the scraper asks for it).
         host: address to listen on; an IPv6 literal may be in brackets.
         port: port to listen on; 0 picks a free one (see :attr:`port`).
-        max_connections: connections (and threads) served at once.
-        idle_timeout_s: how long a connection may stay silent.
+        max_connections: connections open at once.
+        idle_timeout_s: how long a connection may stay silent before its request is in.
         request_deadline_s: how long one connection may last.
+        routes: more paths to serve beside ``/metrics`` (the health checks'
+            place, docs/protocol.md section 11).
     """
 
     def __init__(
@@ -226,130 +226,43 @@ class MetricsServer:
         host: str,
         port: int,
         *,
-        max_connections: int = 16,
+        max_connections: int = 64,
         idle_timeout_s: float = 3.0,
         request_deadline_s: float = 10.0,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
-        family, sockaddr = _listen_address(host.strip("[]"), port)
-
-        class Handler(_MetricsHandler):
-            timeout = idle_timeout_s
-
-        class Server(_BoundedHTTPServer):
-            address_family = family
-
-        self._server = Server(sockaddr, Handler, registry, max_connections, request_deadline_s)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": _ACCEPT_POLL_S},
+        self._front = HttpFront(
+            host,
+            port,
+            {"/metrics": metrics_route(registry), **(routes or {})},
+            max_connections=max_connections,
+            idle_timeout_s=idle_timeout_s,
+            request_deadline_s=request_deadline_s,
             name="rpcproxy-metrics",
-            daemon=True,
         )
 
     @property
     def port(self) -> int:
-        port: int = self._server.server_address[1]
-        return port
+        return self._front.port
 
     @property
-    def refused(self) -> int:
-        """Connections closed at once because every slot was taken."""
-        return self._server.refused
+    def evicted(self) -> int:
+        """Connections closed to make room for a newer one (at ``max_connections``)."""
+        return self._front.evicted
 
     def start(self) -> None:
-        self._thread.start()
+        self._front.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Stop accepting and close the listener; connections in progress end on their own."""
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(timeout_s)
-        self._server.server_close()
+        """Close the listener and every connection."""
+        self._front.stop(timeout_s)
 
 
-_ACCEPT_POLL_S = 0.25
-"""How often the accept loop looks at deadlines (and at a request to shut down)."""
+def metrics_route(registry: CollectorRegistry) -> Route:
+    """The ``/metrics`` route: the registry in the format the scraper's Accept asks for."""
 
+    def route(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(200, encoder(registry), content_type)
 
-def _listen_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr
-
-
-class _BoundedHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # server_close must not wait on a peer
-    # The accept loop drains the backlog at once (refusing what has no slot);
-    # socketserver's 5 would leave a burst of connects to SYN-ACK retries.
-    request_queue_size = 128
-
-    def __init__(
-        self,
-        address: tuple[Any, ...],
-        handler: type[BaseHTTPRequestHandler],
-        registry: CollectorRegistry,
-        max_connections: int,
-        deadline_s: float,
-    ) -> None:
-        self.registry = registry
-        self.refused = 0
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._deadline_s = deadline_s
-        self._lock = threading.Lock()
-        self._deadlines: dict[socket.socket, float] = {}
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            self.shutdown_request(request)
-            return
-        with self._lock:
-            self._deadlines[request] = time.monotonic() + self._deadline_s
-        try:
-            super().process_request(request, client_address)  # starts its thread
-        except BaseException:
-            self._done(request)
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._done(request)
-
-    def _done(self, request: socket.socket) -> None:
-        with self._lock:
-            self._deadlines.pop(request, None)
-        self._slots.release()
-
-    def service_actions(self) -> None:
-        """On the accept loop, between polls: end connections past their deadline."""
-        now = time.monotonic()
-        with self._lock:
-            late = [sock for sock, deadline in self._deadlines.items() if deadline <= now]
-        for sock in late:
-            # The handler's blocked read returns end-of-file; its thread closes it.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A peer that went away mid-reply is its own problem, not a traceback.
-        log.debug("metrics request from %s failed", client_address, exc_info=True)
-
-
-class _MetricsHandler(BaseHTTPRequestHandler):
-    server: _BoundedHTTPServer
-
-    def do_GET(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        output = encoder(self.server.registry)
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(output)))
-        self.end_headers()
-        self.wfile.write(output)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes come every few seconds: no line each."""
+    return route
