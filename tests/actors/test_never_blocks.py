@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pykka
 import pytest
 
@@ -23,8 +21,9 @@ from rpcproxy.actors import (
 from ._fakes import TIMEOUT, A, B, C, D, E, hb
 from .conftest import StartProxy
 
-PROMPT = 0.5
-"""A request answered from memory must not take anywhere near a ping timeout."""
+PROMPT = 10 * TIMEOUT
+"""Only a bound for a hung test: the ping is held until released below, so an
+answer at all shows nothing waited for it (how fast is for bench/)."""
 
 
 def test_requests_are_answered_while_a_ping_is_held(start_proxy: StartProxy) -> None:
@@ -32,7 +31,6 @@ def test_requests_are_answered_while_a_ping_is_held(start_proxy: StartProxy) -> 
     pending = h.send(Rebalance)
     assert h.pinger.entered.wait(TIMEOUT)
 
-    started = time.monotonic()
     assert h.send(lambda r: NotifyFailed(A, r)).get(timeout=PROMPT).rotated is True
     assert h.send(lambda r: AddPrimary(D, r)).get(timeout=PROMPT) == AddOutcome(D, True)
     assert h.send(lambda r: SetBackups((E,), r)).get(timeout=PROMPT) == (E,)
@@ -41,7 +39,6 @@ def test_requests_are_answered_while_a_ping_is_held(start_proxy: StartProxy) -> 
         lambda r: ApplyHeartbeat(hb((A, "dc1"), (B, "dc1"), (C, "dc1"), (D, "dc1")), r)
     ).get(timeout=PROMPT) == HeartbeatResult(changed=False, stale=False)
     assert h.send(ResetRebalanceTimer).get(timeout=PROMPT) == 600.0
-    assert time.monotonic() - started < 2 * PROMPT
     assert h.box.current.state.active == (B, C, A, D)
 
     # The rebalance itself is still waiting for the network.

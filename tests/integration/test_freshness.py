@@ -76,11 +76,14 @@ def test_no_heartbeat_yet_gives_nil_age_and_no_publishers(
 
 def test_an_applied_heartbeat_sets_the_age(serve_factory: Callable[..., Serve]) -> None:
     serve = serve_factory()
+    sent = time.monotonic()
     serve.call("heartbeat", **heartbeat())
     status = serve.call("status")
     age = status["heartbeat_age_s"]
     assert isinstance(age, float)
-    assert 0.0 <= age < 5.0
+    # Counted from the heartbeat: no older than the time since it was sent
+    # (serve's clock is the same CLOCK_MONOTONIC), however slow the machine.
+    assert 0.0 <= age <= time.monotonic() - sent
     # Without publisher, the heartbeat counts for the age but names nobody.
     assert status["publishers"] == []
     # The age grows while nothing arrives.
@@ -89,6 +92,7 @@ def test_an_applied_heartbeat_sets_the_age(serve_factory: Callable[..., Serve]) 
 
 def test_publishers_list_seq_and_age(serve_factory: Callable[..., Serve]) -> None:
     serve = serve_factory()
+    sent = time.monotonic()
     serve.call("heartbeat", **heartbeat(publisher="alpha", seq=5))
     serve.call("heartbeat", **heartbeat(publisher="beta", seq=70))
     serve.call("heartbeat", **heartbeat(publisher="alpha", seq=6))
@@ -98,15 +102,18 @@ def test_publishers_list_seq_and_age(serve_factory: Callable[..., Serve]) -> Non
     assert publishers["beta"]["seq"] == 70
     for entry in publishers.values():
         assert set(entry) == {"publisher", "seq", "age_s"}
-        assert isinstance(entry["age_s"], float) and 0.0 <= entry["age_s"] < 5.0
+        assert isinstance(entry["age_s"], float)
+        assert 0.0 <= entry["age_s"] <= time.monotonic() - sent
 
 
 def test_only_the_silent_publisher_ages(serve_factory: Callable[..., Serve]) -> None:
     serve = serve_factory()
     serve.call("heartbeat", **heartbeat(publisher="quiet", seq=1))
     seq = iter(range(1, 10_000))
+    busy_sent = [0.0]
 
     def quiet_is_older() -> bool:
+        busy_sent[0] = time.monotonic()
         serve.call("heartbeat", **heartbeat(publisher="busy", seq=next(seq)))
         ages: dict[str, float] = {
             p["publisher"]: p["age_s"] for p in serve.call("status")["publishers"]
@@ -115,7 +122,10 @@ def test_only_the_silent_publisher_ages(serve_factory: Callable[..., Serve]) -> 
 
     poll_until(quiet_is_older, interval=0.05, what="the quiet publisher to age")
     status = serve.call("status")
-    assert status["heartbeat_age_s"] < 0.3 + 5.0
+    ages = {p["publisher"]: p["age_s"] for p in status["publishers"]}
+    # The proxy's age follows the latest heartbeat (busy's), not the quiet one.
+    assert status["heartbeat_age_s"] <= time.monotonic() - busy_sent[0]
+    assert status["heartbeat_age_s"] < ages["quiet"]
 
 
 def test_stale_and_invalid_heartbeats_do_not_refresh_the_age(

@@ -24,8 +24,15 @@ from tests.nomadpeer import CertPair, Mode, NomadPeer, TLSFiles, make_tls_files
 pytestmark = pytest.mark.integration
 
 PING_TIMEOUT_S = 1.0
-K = 6
+K = 10
 """Dead and hung peers of each kind ahead of the live one."""
+PARALLEL_BOUND = 5
+"""Ping timeouts a rebalance past K hung peers stays under on the slowest
+machine (section 3: about one, not K; one after another they would take K).
+The tight figure is bench/'s."""
+NEVER_S = 30.0
+"""A ping timeout no test waits out: a rebalance that ends in under half of it
+did not wait for it."""
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +56,12 @@ def peers(tls_files: TLSFiles) -> Iterator[Callable[..., str]]:
         peer.close()
 
 
+@pytest.fixture(scope="module")
+def hung(peers: Callable[..., str]) -> list[str]:
+    """K hung peers (accept, never read), shared by the module's tests: they keep no state."""
+    return [peers("hang") for _ in range(K)]
+
+
 def dead(count: int) -> list[str]:
     return [f"127.0.0.1:{free_port()}" for _ in range(count)]
 
@@ -61,9 +74,11 @@ def tls_flags(files: TLSFiles, *, client_cert: bool = True) -> list[str]:
     return flags
 
 
-def rebalance(proxy: Serve) -> tuple[dict[str, object], float]:
+def rebalance(
+    proxy: Serve, timeout: float = 2 * K * PING_TIMEOUT_S + 10
+) -> tuple[dict[str, object], float]:
     started = time.monotonic()
-    reply = proxy.call("rebalance", timeout=2 * K * PING_TIMEOUT_S + 10)
+    reply = proxy.call("rebalance", timeout=timeout)
     return reply, time.monotonic() - started
 
 
@@ -76,17 +91,16 @@ def assert_live_head_every_time(proxy: Serve, live: list[str], rounds: int = 3) 
         head = addrs(proxy.call("servers")["servers"])[0]
         assert head in live, (attempt, head)
         assert reply["server"] == {"addr": head}
-        assert elapsed < 3 * PING_TIMEOUT_S, f"round {attempt}: {elapsed:.2f} s, serial pings?"
+        assert elapsed < PARALLEL_BOUND * PING_TIMEOUT_S, f"round {attempt}: {elapsed:.2f} s"
         for addr in live:
             proxy.call("notify_failed_server", addr=addr)
 
 
 def test_plain_peers_with_the_default_config(
-    serve_factory: Callable[..., Serve], peers: Callable[..., str]
+    serve_factory: Callable[..., Serve], peers: Callable[..., str], hung: list[str]
 ) -> None:
     """No --ping-method: the default is nomad. Dead and hung peers first."""
     live = peers()
-    hung = [peers("hang") for _ in range(K)]
     servers = [*dead(K), *hung, live]
     proxy = serve_factory(
         "--ping-timeout-s", str(PING_TIMEOUT_S), "--primary-servers", ",".join(servers)
@@ -110,7 +124,10 @@ def test_the_first_live_peer_in_candidate_order_wins(
 
 
 def test_tls_with_a_client_certificate(
-    serve_factory: Callable[..., Serve], peers: Callable[..., str], tls_files: TLSFiles
+    serve_factory: Callable[..., Serve],
+    peers: Callable[..., str],
+    tls_files: TLSFiles,
+    hung: list[str],
 ) -> None:
     """Only the TLS peer that trusts our client certificate and is named
     server.global.nomad by our CA answers: the plain peer hangs up on 0x04,
@@ -118,7 +135,6 @@ def test_tls_with_a_client_certificate(
     live = peers("tls")
     foreign = peers("tls", identity=tls_files.other)
     plain = peers()
-    hung = [peers("hang") for _ in range(K)]
     servers = [foreign, plain, *hung, *dead(K), live]
     proxy = serve_factory(
         "--ping-timeout-s",
@@ -166,15 +182,15 @@ def test_a_peer_certificate_from_another_ca_is_refused(
     servers = [peers("tls", identity=tls_files.other), peers("tls", identity=tls_files.other)]
     proxy = serve_factory(
         "--ping-timeout-s",
-        str(PING_TIMEOUT_S),
+        str(NEVER_S),
         *tls_flags(tls_files),
         "--primary-servers",
         ",".join(servers),
     )
-    reply, elapsed = rebalance(proxy)
+    reply, elapsed = rebalance(proxy, timeout=2 * NEVER_S)
     assert reply["healthy"] is False
     # Refused during the handshake, not left to time out.
-    assert elapsed < 3 * PING_TIMEOUT_S
+    assert elapsed < NEVER_S / 2
 
 
 def test_plain_pings_to_tls_peers_fail(
@@ -191,11 +207,14 @@ def test_plain_pings_to_tls_peers_fail(
 
 
 def test_a_hung_tls_peer_costs_one_timeout(
-    serve_factory: Callable[..., Serve], peers: Callable[..., str], tls_files: TLSFiles
+    serve_factory: Callable[..., Serve],
+    peers: Callable[..., str],
+    tls_files: TLSFiles,
+    hung: list[str],
 ) -> None:
     """Hung peers never answer the TLS handshake; the live one still wins in time."""
     live = peers("tls")
-    servers = [*(peers("hang") for _ in range(K)), live]
+    servers = [*hung, live]
     proxy = serve_factory(
         "--ping-timeout-s",
         str(PING_TIMEOUT_S),

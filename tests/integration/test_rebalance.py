@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -14,42 +14,69 @@ from tests.integration.serving import EventSub, Serve, addrs, free_port, poll_un
 pytestmark = pytest.mark.integration
 
 PING_TIMEOUT_S = 0.5
-K = 8
+HUNG_TIMEOUT_S = 1.0
+K = 10
+PARALLEL_BOUND = 5
+"""Ping timeouts that K hung servers pinged in parallel stay under on the slowest
+machine (section 3: about one, not K; one after another they would take K). The
+tight figure is bench/rebalance.py's."""
 
 
 def dead_addrs(count: int) -> list[str]:
     return [f"127.0.0.1:{free_port()}" for _ in range(count)]
 
 
-def test_dead_servers_are_pinged_in_parallel(serve_factory: Callable[..., Serve]) -> None:
-    dead = dead_addrs(K)
+@pytest.fixture
+def hung_addrs() -> Iterator[Callable[[int], list[str]]]:
+    """Servers that accept a connection (the kernel does) and never answer a ping.
+
+    Each costs a ping its whole timeout, where a refused port fails at once.
+    """
+    opened: list[socket.socket] = []
+
+    def make(count: int) -> list[str]:
+        made = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+        opened.extend(made)
+        return [f"127.0.0.1:{sock.getsockname()[1]}" for sock in made]
+
+    yield make
+    for sock in opened:
+        sock.close()
+
+
+def test_dead_servers_are_pinged_in_parallel(
+    serve_factory: Callable[..., Serve], hung_addrs: Callable[[int], list[str]]
+) -> None:
+    dead = hung_addrs(K)
     proxy = serve_factory(
-        "--ping-timeout-s", str(PING_TIMEOUT_S), "--primary-servers", ",".join(dead)
+        "--ping-timeout-s", str(HUNG_TIMEOUT_S), "--primary-servers", ",".join(dead)
     )
     assert addrs(proxy.call("servers")["servers"]) == dead
     started = time.monotonic()
-    reply = proxy.call("rebalance", timeout=K * PING_TIMEOUT_S + 5)
+    reply = proxy.call("rebalance", timeout=K * HUNG_TIMEOUT_S + 5)
     elapsed = time.monotonic() - started
     assert reply["healthy"] is False
-    assert elapsed < 0.5 * K * PING_TIMEOUT_S, f"rebalance took {elapsed:.2f} s: serial pings?"
+    assert elapsed < PARALLEL_BOUND * HUNG_TIMEOUT_S, f"rebalance took {elapsed:.2f} s: serial?"
     # No server answered: the list is kept as it was.
     assert addrs(proxy.call("servers")["servers"]) == dead
 
 
 def test_the_live_server_becomes_the_head(
-    serve_factory: Callable[..., Serve], standins: Callable[[], ServerStandIn]
+    serve_factory: Callable[..., Serve],
+    standins: Callable[[], ServerStandIn],
+    hung_addrs: Callable[[int], list[str]],
 ) -> None:
     live = standins().address
-    dead = dead_addrs(K)
+    dead = hung_addrs(K)
     proxy = serve_factory(
         "--ping-timeout-s",
-        str(PING_TIMEOUT_S),
+        str(HUNG_TIMEOUT_S),
         "--primary-servers",
         ",".join([*dead[:4], live, *dead[4:]]),
     )
     for attempt in range(3):
         started = time.monotonic()
-        reply = proxy.call("rebalance", timeout=K * PING_TIMEOUT_S + 5)
+        reply = proxy.call("rebalance", timeout=K * HUNG_TIMEOUT_S + 5)
         elapsed = time.monotonic() - started
         assert without_view(reply) == {"ok": True, "server": {"addr": live}, "healthy": True}, (
             attempt
@@ -57,7 +84,7 @@ def test_the_live_server_becomes_the_head(
         servers = addrs(proxy.call("servers")["servers"])
         assert servers[0] == live
         assert sorted(servers) == sorted([*dead, live])
-        assert elapsed < 0.5 * K * PING_TIMEOUT_S
+        assert elapsed < PARALLEL_BOUND * HUNG_TIMEOUT_S, f"round {attempt}: {elapsed:.2f} s"
         # Put a dead server back in front for the next round.
         proxy.call("notify_failed_server", addr=live)
         assert addrs(proxy.call("servers")["servers"])[-1] == live

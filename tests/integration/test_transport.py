@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,6 +27,8 @@ from tests.integration.serving import (
 pytestmark = pytest.mark.integration
 
 MAX_MESSAGE_BYTES = 4096
+EXIT_S = 10.0
+"""docs/protocol.md section 8: serve exits within 10 s of SIGTERM, whatever it is doing."""
 
 
 @pytest.fixture
@@ -76,8 +77,11 @@ def test_a_frame_over_max_message_bytes_disconnects_that_peer_only(
         assert other.call("ping")["pong"] is True
         assert other.call("status")["servers"] == before["servers"]
     assert small_frames.state() == before
-    # The disconnected peer never got a reply.
-    assert req.poll(200) == 0
+    # The disconnected peer never got a reply. The disconnect is the marker:
+    # a reply would have come on that connection before it closed, so it was
+    # queued on req before the monitor reported the close; and a reply sent
+    # later goes to a peer the proxy no longer has (req reconnects as a new one).
+    assert req.poll(0) == 0
 
 
 def test_oversized_frames_in_a_loop_do_not_hurt_the_service(small_frames: Serve) -> None:
@@ -112,11 +116,13 @@ def test_a_pending_rebalance_gets_unavailable_on_sigterm(
     serve_factory: Callable[..., Serve],
 ) -> None:
     # Servers that accept and never answer, so each ping waits its whole
-    # timeout (a refused port fails at once).
+    # timeout (a refused port fails at once): one no test waits out, so an
+    # answer well inside it did not wait for the pings.
+    ping_timeout_s = 60.0
     hung = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
     dead = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in hung]
     proxy = serve_factory(
-        "--ping-timeout-s", "3", "--primary-servers", ",".join(dead), events=False
+        "--ping-timeout-s", str(ping_timeout_s), "--primary-servers", ",".join(dead), events=False
     )
     dealer: zmq.Socket[bytes] = CTX.socket(zmq.DEALER)
     dealer.linger = 0
@@ -124,7 +130,7 @@ def test_a_pending_rebalance_gets_unavailable_on_sigterm(
     try:
         dealer.send_multipart([b"", pack({"op": "rebalance", "id": "slow"})])
         # One connection is read in order: once the ping behind it is answered,
-        # the rebalance has been read and is waiting on a 3 s ping timeout.
+        # the rebalance has been read and is waiting on the pings' timeout.
         dealer.send_multipart([b"", pack({"op": "ping", "id": "after"})])
         assert dealer.poll(5000)
         empty, body = dealer.recv_multipart()
@@ -134,23 +140,21 @@ def test_a_pending_rebalance_gets_unavailable_on_sigterm(
             "id": "after",
         }
 
-        # The actor is not blocked by the pings: writes are answered at once,
-        # and (rule 4) win over the rebalance's result.
+        # The actor is not blocked by the pings: writes are answered (well
+        # inside the pings' timeout), and (rule 4) win over the rebalance's result.
         with RawClient(proxy.query) as other:
-            started = time.monotonic()
-            assert other.call("add_primary_server", addr="10.0.0.1")["added"] is True
-            assert other.call("remove_server", addr=dead[0])["removed"] is True
-            assert time.monotonic() - started < 1.0
+            wait_s = ping_timeout_s / 2
+            assert other.call("add_primary_server", addr="10.0.0.1", timeout=wait_s)["added"]
+            assert other.call("remove_server", addr=dead[0], timeout=wait_s)["removed"] is True
 
-        started = time.monotonic()
         proxy.send_signal(signal.SIGTERM)
-        assert dealer.poll(2000), "the pending rebalance got no reply before the 3 s ping ended"
+        # Section 8: within 10 s of SIGTERM, long before the pings could end.
+        assert dealer.poll(int(EXIT_S * 1000)), "the pending rebalance got no reply on SIGTERM"
         empty, body = dealer.recv_multipart()
         reply: dict[str, Any] = unpack(body)
         assert reply["ok"] is False and reply["id"] == "slow", reply
         assert reply["error"]["code"] == "unavailable", reply
-        assert time.monotonic() - started < 1.0
-        assert proxy.wait() == 0, proxy.stderr()
+        assert proxy.wait(EXIT_S) == 0, proxy.stderr()
         # The rebalance's own result, arriving after the query socket closed,
         # must not break anything on the way out.
         assert_clean_log(proxy)

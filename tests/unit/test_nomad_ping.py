@@ -31,6 +31,12 @@ from tests.helpers import free_port
 from tests.nomadpeer import TLSFiles, make_tls_files
 from tests.waiting import poll_until
 
+PARALLEL_BOUND = 5
+"""Ping timeouts that many hung servers pinged in parallel stay under on the
+slowest machine (docs/protocol.md section 3: about one, not k); every test that
+uses it has at least twice as many, so serial pings would exceed it. The tight
+figure is bench/'s."""
+
 PING_REQUEST_SEQ_1 = b"\x01\x82\xa3Seq\x01\xadServiceMethod\xabStatus.Ping\x80"
 
 Script = Callable[[socket.socket, int, threading.Event], None]
@@ -330,7 +336,7 @@ def test_dead_and_hung_servers_cost_about_one_timeout(
     result = pingers(timeout)(candidates)
     elapsed = time.monotonic() - started
     assert result == {**dict.fromkeys([*hung, *slow, *dead], False), live: True}
-    assert elapsed < 3 * timeout, f"{elapsed:.2f} s: not in parallel"
+    assert elapsed < PARALLEL_BOUND * timeout, f"{elapsed:.2f} s: not in parallel"
 
 
 def test_the_first_live_server_in_order_wins(
@@ -508,13 +514,13 @@ def test_tls_pings_in_parallel(
     scripted: Callable[..., ScriptedServer],
 ) -> None:
     timeout = 1.0
-    hung = [scripted(say_nothing, read_request=False).address for _ in range(5)]
+    hung = [scripted(say_nothing, read_request=False).address for _ in range(2 * PARALLEL_BOUND)]
     live = tls_standin()
     started = time.monotonic()
     result = pingers(timeout, tls=client_tls(tls_files))([*hung, live])
     elapsed = time.monotonic() - started
     assert result == {**dict.fromkeys(hung, False), live: True}
-    assert elapsed < 3 * timeout, f"{elapsed:.2f} s: not in parallel"
+    assert elapsed < PARALLEL_BOUND * timeout, f"{elapsed:.2f} s: not in parallel"
 
 
 # -- TLS files --------------------------------------------------------------------------------

@@ -45,6 +45,16 @@ from tests.waiting import poll_until
 
 StandInFactory = Callable[..., ServerStandIn]
 REPO = Path(__file__).resolve().parents[2]
+NEVER_S = 60.0
+"""A ping timeout no test waits out: a ping that ends in under half of it did
+not wait for it, however slow the machine. How fast it ends is for bench/."""
+HUNG_TIMEOUT_S = 1.0
+"""The ping timeout where hung servers must cost about one timeout, not k
+(docs/protocol.md sections 3 and 4): bounded at :data:`PARALLEL_BOUND` of them."""
+PARALLEL_BOUND = 5
+"""Timeouts that k = :data:`HUNG` hung servers pinged in parallel stay under
+on the slowest machine; pinged one after another they would take k."""
+HUNG = 12
 
 
 @pytest.fixture
@@ -302,18 +312,17 @@ def test_zmq_live_server_answers(
     pingers: Callable[..., ZmqPinger], standin: StandInFactory
 ) -> None:
     server = standin()
-    result, elapsed = timed(pingers(2.0), [addr_of(server)])
+    result, _ = timed(pingers(2.0), [addr_of(server)])
     assert result == {addr_of(server): True}
-    assert elapsed < 1.0
     assert server.pings == 1
 
 
 def test_zmq_nobody_listening_fails_at_once(pingers: Callable[..., ZmqPinger]) -> None:
     """A refused connect is known at once; libzmq alone would retry until the deadline."""
     [addr] = dead()
-    result, elapsed = timed(pingers(30.0), [addr])
+    result, elapsed = timed(pingers(NEVER_S), [addr])
     assert result == {addr: False}
-    assert elapsed < 10.0
+    assert elapsed < NEVER_S / 2
 
 
 def test_zmq_silent_server_fails_after_the_timeout(
@@ -357,8 +366,8 @@ def test_zmq_bad_reply_fails_at_once(
     router.bind("tcp://127.0.0.1:*")
     addr = parse_address(router.last_endpoint.decode().removeprefix("tcp://"))
     try:
-        future = pool.submit(timed, pingers(5.0), [addr])
-        assert router.poll(5000), "the ping never arrived"
+        future = pool.submit(timed, pingers(NEVER_S), [addr])
+        assert router.poll(int(NEVER_S * 1000)), "the ping never arrived"
         identity, empty, request = router.recv_multipart()
         assert empty == b""
         assert msgpack.unpackb(request) == {
@@ -367,21 +376,20 @@ def test_zmq_bad_reply_fails_at_once(
             "rpc_major_version": 1,
         }
         router.send_multipart([identity, b"", reply])
-        result, elapsed = future.result(timeout=10)
+        result, elapsed = future.result(timeout=NEVER_S)
     finally:
         router.close()
     assert result == {addr: False}
-    assert elapsed < 2.5
+    assert elapsed < NEVER_S / 2
 
 
 def test_zmq_hung_servers_cost_one_timeout(
     pingers: Callable[..., ZmqPinger], silent: Callable[[int], list[Address]]
 ) -> None:
-    k, timeout = 8, 0.5
-    cands = silent(k)
-    result, elapsed = timed(pingers(timeout), cands)
+    cands = silent(HUNG)
+    result, elapsed = timed(pingers(HUNG_TIMEOUT_S), cands)
     assert result == dict.fromkeys(cands, False)
-    assert elapsed < 0.5 * k * timeout
+    assert elapsed < PARALLEL_BOUND * HUNG_TIMEOUT_S, f"{elapsed:.2f} s: serial pings?"
 
 
 def test_zmq_live_after_dead_is_chosen(
@@ -391,9 +399,8 @@ def test_zmq_live_after_dead_is_chosen(
 ) -> None:
     live = addr_of(standin())
     cands = [*dead(2), *silent(2), live]
-    result, elapsed = timed(pingers(0.5), cands)
+    result, _ = timed(pingers(0.5), cands)
     assert result == {**dict.fromkeys(cands[:4], False), live: True}
-    assert elapsed < 1.5
 
 
 def test_zmq_returns_early_when_the_first_answers(
@@ -402,10 +409,9 @@ def test_zmq_returns_early_when_the_first_answers(
     silent: Callable[[int], list[Address]],
 ) -> None:
     first, second = addr_of(standin()), addr_of(standin())
-    timeout = 2.0
-    result, elapsed = timed(pingers(timeout), [first, *silent(4), second])
+    result, elapsed = timed(pingers(NEVER_S), [first, *silent(4), second])
     assert result == {first: True}
-    assert elapsed < timeout / 2
+    assert elapsed < NEVER_S / 2
 
 
 def test_zmq_empty_candidates(pingers: Callable[..., ZmqPinger]) -> None:
@@ -578,9 +584,9 @@ def test_a_name_that_never_resolves_costs_its_deadline_and_nothing_else(
 
     live = peers.live(kind)
     # First in order: the live one answers, nothing waits for the name.
-    result, elapsed = timed(make(10.0), [live, hole])
+    result, elapsed = timed(make(NEVER_S), [live, hole])
     assert result == {live: True}
-    assert elapsed < 5.0
+    assert elapsed < NEVER_S / 2
     # Behind the name: the live one answered, the name fails at its deadline.
     result, elapsed = timed(make(0.5), [hole, live])
     assert result == {hole: False, live: True}
@@ -675,34 +681,32 @@ def test_close_before_any_call(pingers: Callable[..., ZmqPinger], standin: Stand
 
 def test_tcp_listening_socket_answers(listeners: Callable[..., socket.socket]) -> None:
     addr = tcp_addr(listeners())
-    result, elapsed = timed(TcpPinger(timeout_s=2.0), [addr])
+    result, _ = timed(TcpPinger(timeout_s=2.0), [addr])
     assert result == {addr: True}
-    assert elapsed < 1.0
 
 
 def test_tcp_closed_port_fails_fast() -> None:
     [addr] = dead()
-    result, elapsed = timed(TcpPinger(timeout_s=2.0), [addr])
+    result, elapsed = timed(TcpPinger(timeout_s=NEVER_S), [addr])
     assert result == {addr: False}
-    assert elapsed < 1.0
+    assert elapsed < NEVER_S / 2
 
 
 def test_tcp_many_dead_in_parallel(
     blackholes: Callable[[int], list[Address]], listeners: Callable[..., socket.socket]
 ) -> None:
-    k, timeout = 8, 0.5
-    hung = blackholes(k)
+    hung = blackholes(HUNG)
     live = tcp_addr(listeners())
     cands = [*hung, *dead(2), live]
-    result, elapsed = timed(TcpPinger(timeout_s=timeout), cands)
+    result, elapsed = timed(TcpPinger(timeout_s=HUNG_TIMEOUT_S), cands)
     assert result == {**dict.fromkeys(cands[:-1], False), live: True}
-    assert timeout * 0.8 < elapsed < 0.5 * k * timeout
+    assert HUNG_TIMEOUT_S * 0.8 < elapsed < PARALLEL_BOUND * HUNG_TIMEOUT_S
 
 
 def test_tcp_returns_early_when_the_first_answers(
     blackholes: Callable[[int], list[Address]], listeners: Callable[..., socket.socket]
 ) -> None:
     live = tcp_addr(listeners())
-    result, elapsed = timed(TcpPinger(timeout_s=2.0), [live, *blackholes(3)])
+    result, elapsed = timed(TcpPinger(timeout_s=NEVER_S), [live, *blackholes(3)])
     assert result == {live: True}
-    assert elapsed < 1.0
+    assert elapsed < NEVER_S / 2
