@@ -66,6 +66,12 @@ scrape's head) come between bursts of connects that would evict them."""
 
 _RECV_BYTES = 4096
 
+_DEFER_ACCEPT_S = 1
+"""Linux's TCP_DEFER_ACCEPT: the kernel hands over a connection once its first
+bytes are in (or after this long), so a scrape arrives with its head, is read
+at once and never waits in the table a flood of connects evicts from; a peer
+that connects and says nothing costs no descriptor for that second."""
+
 _ACCEPT_PAUSE_S = 0.1
 """How long accepting rests when the process is out of descriptors (the
 listener would otherwise be readable, and the loop spin, until one frees)."""
@@ -136,6 +142,10 @@ class HttpFront:
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "TCP_DEFER_ACCEPT"):
+                self._listener.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, _DEFER_ACCEPT_S
+                )
             self._listener.bind(sockaddr)
             self._listener.listen(_BACKLOG)
             self._listener.setblocking(False)
@@ -263,6 +273,10 @@ class HttpFront:
             self._next_due = min(self._next_due, conn.quiet_until, conn.ends_at)
             if len(self._reading) + len(self._serving) > self._max:
                 self._evict_oldest()
+            # Read at once: a connection that waited in the backlog (under a
+            # flood of connects, when it matters) has its head in already and
+            # is served before anything newer can evict it.
+            self._read(conn)
 
     def _evict_oldest(self) -> None:
         self.evicted += 1  # counted first: a peer that sees the close sees the count
