@@ -4,15 +4,19 @@ A tiny ``http.server`` thread serving the shapes of Nomad's documented
 responses: ``/v1/agent/members`` with 0.x tags (``vsn``, ``mvn``, no
 ``rpc_addr``) and 1.x tags (``rpc_addr``, ``id``, ``raft_vsn``, ``build``...),
 ``/v1/status/leader`` and ``/v1/nodes``. Tests change what it serves between
-polls.
+polls, and can make it misbehave: trickle a body a byte at a time, never
+answer, or send a gzip bomb (:func:`gzip_of_zeros`) as ``Content-Encoding: gzip``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import ssl
 import threading
+import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -62,8 +66,41 @@ def member_1x(name: str, rpc_addr: str, *, dc: str = "dc2", region: str = "globa
     }
 
 
+def gzip_of_zeros(size: int) -> bytes:
+    """A valid gzip of ``size`` zero bytes (about 1 KB per MB: a gzip bomb), made quickly.
+
+    Compressing a gigabyte takes seconds; but after a full flush deflate
+    starts afresh, so every MiB of zeros compresses to the same bytes, and
+    the body is one MiB's bytes repeated (the CRC still runs over it all).
+    """
+    mib = bytes(1 << 20)
+    whole, rest = divmod(size, len(mib))
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    segment = deflate.compress(mib) + deflate.flush(zlib.Z_FULL_FLUSH)
+    last = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    tail = last.compress(bytes(rest)) + last.flush()
+    crc = 0
+    for _ in range(whole):
+        crc = zlib.crc32(mib, crc)
+    crc = zlib.crc32(bytes(rest), crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # gzip, deflate, no name, no mtime
+    trailer = crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+    return header + segment * whole + tail + trailer
+
+
 class NomadFixture:
-    """What the fixture serves; tests change it between polls."""
+    """What the fixture serves; tests change it between polls.
+
+    Attributes:
+        raw: served as is on every path instead of the documents.
+        compress: gzip whatever is served (with ``Content-Encoding: gzip``).
+        encoding: a ``Content-Encoding`` header to send (with ``raw``, a body
+            already encoded).
+        trickle_s: when set, bodies are sent one byte per this many seconds.
+        silent: when set, requests are read and never answered.
+        arrivals: ``time.monotonic()`` of each request.
+        trickling: set when a trickled body has started.
+    """
 
     def __init__(self) -> None:
         self.members: list[Any] = [member_0x("a", "10.0.0.1"), member_1x("b", "10.0.0.2")]
@@ -71,12 +108,25 @@ class NomadFixture:
         self.nodes = 3
         self.status = 200
         self.raw: bytes | None = None
+        self.compress = False
+        self.encoding: str | None = None
+        self.trickle_s: float | None = None
+        self.silent = False
         self.tokens: list[str | None] = []
         self.paths: list[str] = []
+        self.arrivals: list[float] = []
+        self.trickling = threading.Event()
+        self.closing = threading.Event()
+        """Set when the fixture closes: trickling and silent handlers end."""
 
     def body(self, path: str) -> bytes:
         if self.raw is not None:
             return self.raw
+        if self.compress:
+            return gzip.compress(self.document(path))
+        return self.document(path)
+
+    def document(self, path: str) -> bytes:
         if path.startswith("/v1/agent/members"):
             doc: Any = {
                 "ServerName": "a.global",
@@ -107,12 +157,29 @@ def nomad_api(tls: ssl.SSLContext | None = None) -> Iterator[tuple[NomadFixture,
         def do_GET(self) -> None:
             state.tokens.append(self.headers.get("X-Nomad-Token"))
             state.paths.append(self.path)
+            state.arrivals.append(time.monotonic())
+            if state.silent:
+                state.closing.wait()
+                return
             body = state.body(self.path)
-            self.send_response(state.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            # The client hangs up on a body it refuses (too large, too slow).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.send_response(state.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                encoding = "gzip" if state.compress and state.raw is None else state.encoding
+                if encoding is not None:
+                    self.send_header("Content-Encoding", encoding)
+                self.end_headers()
+                trickle_s = state.trickle_s
+                if trickle_s is None:
+                    self.wfile.write(body)
+                    return
+                state.trickling.set()
+                for index in range(len(body)):
+                    self.wfile.write(body[index : index + 1])
+                    if state.closing.wait(trickle_s):
+                        return
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -122,11 +189,15 @@ def nomad_api(tls: ssl.SSLContext | None = None) -> Iterator[tuple[NomadFixture,
     if tls is not None:
         scheme = "https"
         server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits up to one, at every test's teardown.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield state, f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
+        state.closing.set()
         server.shutdown()
         server.server_close()
         thread.join(5)
