@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -38,7 +39,11 @@ from rpcproxy.cli.service import ProxyService, libzmq_problem
 from rpcproxy.cli.simulate import add_simulate_parser, run_simulate
 from rpcproxy.cli.status import run_status
 from rpcproxy.cli.tools import (
+    NOMAD_INTERVAL_S,
     PING_METHODS,
+    STATIC_INTERVAL_S,
+    PublishUsageError,
+    publish_source,
     run_client_loop,
     run_fake_server,
     run_keygen,
@@ -108,27 +113,43 @@ def _add_tool_parsers(commands: Any) -> None:
         help="nomad: Status.Ping over Nomad's RPC (ping_method nomad); zmq: the ZeroMQ ping",
     )
 
-    publish = commands.add_parser("publish", help="publish heartbeats listing servers")
+    # No abbreviations: the removed --interval must be an error, not a prefix
+    # of --interval-s that argparse would quietly accept.
+    publish = commands.add_parser(
+        "publish",
+        help="publish heartbeats listing servers",
+        description="Publish heartbeats of a static list (--servers, --servers-file) or, "
+        "without one, of Nomad's API (--nomad-addr or NOMAD_ADDR); docs/protocol.md section 7.",
+        allow_abbrev=False,
+    )
     publish.add_argument("--connect", type=_csv, default=[], help="endpoints to connect to")
     publish.add_argument("--bind", type=_csv, default=[], help="endpoints to bind")
     publish.add_argument(
         "--region", default=None, help="global by default (NOMAD_REGION with --nomad-addr)"
     )
     publish.add_argument("--datacenter", default="dc1", help="datacenter of unqualified servers")
+    # None, not []: "given" decides the source, and --servers "" is refused.
     publish.add_argument(
         "--servers",
         type=_csv,
-        default=[],
-        help="comma-separated addresses, each optionally addr@datacenter",
+        default=None,
+        help="comma-separated addresses, each optionally addr@datacenter (a static list)",
     )
     publish.add_argument(
         "--servers-file",
         default=None,
-        help="re-read before every heartbeat; replaces --servers while it exists",
+        help="re-read before every heartbeat; replaces --servers while it can be read; "
+        "while it lists nobody, nothing is sent",
     )
     publish.add_argument("--num-nodes", type=int, default=0)
     publish.add_argument("--leader", default="")
-    publish.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")
+    publish.add_argument(
+        "--interval-s",
+        type=_positive_seconds,
+        default=None,
+        help=f"seconds between heartbeats, of either source (default {STATIC_INTERVAL_S:g} "
+        f"for a static list, {NOMAD_INTERVAL_S:g} for Nomad's API)",
+    )
     publish.add_argument("--publisher", default=None, help="publisher name (default: random)")
     _add_nomad_arguments(publish)
     _add_curve_client_arguments(publish)
@@ -195,6 +216,17 @@ def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds above 0, for argparse (0 would spin, inf never fire)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _add_nomad_arguments(parser: argparse.ArgumentParser) -> None:
     # Section 7: each flag overrides its Nomad environment variable.
     group = parser.add_argument_group("Nomad HTTP API (docs/protocol.md section 7)")
@@ -208,17 +240,25 @@ def _add_nomad_arguments(parser: argparse.ArgumentParser) -> None:
         "--tls-skip-verify", action="store_true", default=None, help="(NOMAD_SKIP_VERIFY)"
     )
     group.add_argument(
-        "--interval-s", type=float, default=10.0, help="seconds between polls of the API"
-    )
-    group.add_argument(
-        "--nodes-refresh-s", type=float, default=300.0, help="seconds between /v1/nodes counts"
+        "--nodes-refresh-s",
+        type=_positive_seconds,
+        default=300.0,
+        help="seconds between /v1/nodes counts",
     )
 
 
-def _run_tool(args: argparse.Namespace) -> int:
-    if args.command == "fake-server":
-        return run_fake_server(args.bind, args.protocol)
-    if args.command == "publish" and args.nomad_addr is not None:
+def _run_publish(args: argparse.Namespace) -> int:
+    try:
+        source = publish_source(
+            servers=args.servers,
+            servers_file=args.servers_file,
+            nomad_addr=args.nomad_addr,
+            env=os.environ,
+        )
+    except PublishUsageError as exc:
+        print(f"rpcproxy publish: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if source == "nomad":
         return run_publish_nomad(
             connect=args.connect,
             bind=args.bind,
@@ -232,25 +272,31 @@ def _run_tool(args: argparse.Namespace) -> int:
                 tls_server_name=args.tls_server_name,
                 skip_verify=args.tls_skip_verify,
             ),
-            interval_s=args.interval_s,
+            interval_s=args.interval_s or NOMAD_INTERVAL_S,
             nodes_refresh_s=args.nodes_refresh_s,
             publisher=args.publisher,
             curve=_curve_client(args),
         )
+    return run_publish(
+        connect=args.connect,
+        bind=args.bind,
+        region=args.region or "global",
+        datacenter=args.datacenter,
+        servers=args.servers or [],
+        servers_file=args.servers_file,
+        num_nodes=args.num_nodes,
+        leader=args.leader,
+        interval_s=args.interval_s or STATIC_INTERVAL_S,
+        publisher=args.publisher,
+        curve=_curve_client(args),
+    )
+
+
+def _run_tool(args: argparse.Namespace) -> int:
+    if args.command == "fake-server":
+        return run_fake_server(args.bind, args.protocol)
     if args.command == "publish":
-        return run_publish(
-            connect=args.connect,
-            bind=args.bind,
-            region=args.region or "global",
-            datacenter=args.datacenter,
-            servers=args.servers,
-            servers_file=args.servers_file,
-            num_nodes=args.num_nodes,
-            leader=args.leader,
-            interval_s=args.interval,
-            publisher=args.publisher,
-            curve=_curve_client(args),
-        )
+        return _run_publish(args)
     if args.command == "client-loop":
         return run_client_loop(
             query=args.query,

@@ -12,10 +12,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 
@@ -76,24 +76,105 @@ def run_fake_server(bind: str, protocol: Protocol = "nomad") -> int:
     return 0
 
 
+STATIC_INTERVAL_S = 1.0
+"""``publish --interval-s`` for a static list when not given: it costs nothing to send."""
+
+NOMAD_INTERVAL_S = 10.0
+"""``publish --interval-s`` for Nomad's API when not given (docs/protocol.md section 7):
+every poll costs the agent a request."""
+
+PublishSource = Literal["static", "nomad"]
+
+
+class PublishUsageError(ValueError):
+    """``publish`` was given no source, or two: nothing is sent, exit 2."""
+
+
+def publish_source(
+    *,
+    servers: Sequence[str] | None,
+    servers_file: str | None,
+    nomad_addr: str | None,
+    env: Mapping[str, str],
+) -> PublishSource:
+    """Which source ``publish`` follows (docs/protocol.md section 7, last paragraph).
+
+    A static list when ``--servers`` or ``--servers-file`` is given; otherwise
+    Nomad's API when ``--nomad-addr`` is given or ``NOMAD_ADDR`` is set (a
+    shell set up for the ``nomad`` CLI needs no more). Checked before any
+    socket is opened, so a refused command has published nothing.
+
+    Args:
+        servers: ``--servers`` as parsed; None when the flag was not given.
+        servers_file: ``--servers-file``; None when not given.
+        nomad_addr: ``--nomad-addr``; None when not given.
+        env: the environment, for ``NOMAD_ADDR``.
+
+    Raises:
+        PublishUsageError: no source, both a static list and ``--nomad-addr``,
+            or a flag given empty; the message is one line.
+    """
+    if nomad_addr is not None and not nomad_addr.strip():
+        raise PublishUsageError("--nomad-addr is empty: give the agent's URL")
+    if servers_file is not None and not servers_file.strip():
+        raise PublishUsageError("--servers-file is empty: give a path")
+    static = servers is not None or servers_file is not None
+    if static and nomad_addr is not None:
+        raise PublishUsageError(
+            "--nomad-addr and a static list (--servers or --servers-file) are two sources; "
+            "give one of them"
+        )
+    if static:
+        if servers_file is None and not servers:
+            # An empty heartbeat drops every primary of the proxy it reaches.
+            raise PublishUsageError("--servers lists no address: nothing to publish")
+        return "static"
+    # Empty counts as unset, as NomadApiSettings.from_env reads it.
+    if nomad_addr is not None or env.get("NOMAD_ADDR", ""):
+        return "nomad"
+    raise PublishUsageError(
+        "nothing to publish: give --servers, --servers-file or --nomad-addr, or set NOMAD_ADDR"
+    )
+
+
 def _servers_source(
     servers: Sequence[str], servers_file: str | None, datacenter: str
-) -> Callable[[], tuple[HeartbeatServer, ...]]:
-    """The heartbeat's server list: the file's lines when it exists, else ``servers``.
+) -> Callable[[], tuple[HeartbeatServer, ...] | None]:
+    """The heartbeat's server list: the file's lines when it can be read, else ``servers``.
 
     The file is read again for every heartbeat, so an operator (or a test)
-    can drain a server by editing it while the publisher runs.
+    can drain a server by editing it while the publisher runs. None (send
+    nothing this time) when that leaves no server: a heartbeat with no
+    servers drops every primary of the proxy it reaches, and a missing
+    source must never do that. A file that lists nobody sends nothing too,
+    rather than falling back to ``servers``: a file rewritten in place reads
+    empty for a moment. One line on stderr says when sending stops, and one
+    when it resumes, not one per heartbeat.
     """
+    waiting = False
 
-    def entries() -> tuple[HeartbeatServer, ...]:
-        names: Sequence[str] = servers
-        if servers_file is not None:
-            try:
-                names = Path(servers_file).read_text().split()
-            except OSError:
-                names = servers
+    def names() -> tuple[Sequence[str], str]:
+        """The names to send, and why there are none when that is the case."""
+        if servers_file is None:
+            return servers, "--servers lists nobody"
+        try:
+            return Path(servers_file).read_text().split(), f"{servers_file} lists nobody"
+        except OSError as exc:
+            return servers, f"cannot read {servers_file} ({exc.strerror or exc}) and no --servers"
+
+    def entries() -> tuple[HeartbeatServer, ...] | None:
+        nonlocal waiting
+        found, why = names()
+        if not found:
+            if not waiting:
+                waiting = True
+                print(f"rpcproxy publish: {why}: sending nothing", file=sys.stderr, flush=True)
+            return None
+        if waiting:
+            waiting = False
+            print("rpcproxy publish: servers listed again: sending", file=sys.stderr, flush=True)
         result = []
-        for name in names:
+        for name in found:
             addr, _, dc = name.partition("@")
             result.append(HeartbeatServer(addr, 1, 1, dc or datacenter))
         return tuple(result)
@@ -138,9 +219,12 @@ def run_publish(
         print(f"rpcproxy publish: {exc}", file=sys.stderr)
         context.destroy(linger=0)
         return 1
+    # Names the source rather than reading it: the publisher's thread reads it now.
+    listed = " ".join(servers)
+    if servers_file is not None:
+        listed = f"the lines of {servers_file}" + (f", else {listed}" if listed else "")
     print(
-        f"publishing heartbeat/{region} every {interval_s}s as {pub.publisher}: "
-        f"{' '.join(s.rpc_advertise_addr for s in source())}",
+        f"publishing heartbeat/{region} every {interval_s}s as {pub.publisher}: {listed}",
         flush=True,
     )
     try:

@@ -24,7 +24,8 @@ from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
 log = logging.getLogger(__name__)
 
-ServerList = Callable[[], Sequence[HeartbeatServer]]
+ServerList = Callable[[], Sequence[HeartbeatServer] | None]
+"""The servers of the next heartbeat; None sends no heartbeat this time."""
 
 
 class HeartbeatPublisher(SocketThread):
@@ -42,7 +43,9 @@ class HeartbeatPublisher(SocketThread):
         connect: endpoints to connect to (a proxy's heartbeat SUB).
         bind: endpoints to bind (for proxies that connect to publishers).
         region: heartbeats go out on ``heartbeat/<region>``.
-        servers: the server list of each heartbeat.
+        servers: the server list of each heartbeat; None skips that heartbeat
+            (``rpcproxy publish`` whose list file is missing: an empty list
+            would drop every primary of the proxy).
         num_nodes: the ``num_nodes`` of each heartbeat.
         leader: the ``leader_rpc_addr`` of each heartbeat.
         interval_s: seconds between heartbeats; the first goes out at once.
@@ -122,9 +125,12 @@ class HeartbeatPublisher(SocketThread):
         finally:
             self.stop()
 
-    def heartbeat(self) -> Heartbeat:
-        """The next heartbeat (advances ``seq``)."""
-        servers = tuple(self._servers())
+    def heartbeat(self) -> Heartbeat | None:
+        """The next heartbeat (advances ``seq``), or None when ``servers`` gives none."""
+        listed = self._servers()
+        if listed is None:
+            return None
+        servers = tuple(listed)
         self.seq += 1
         return Heartbeat(
             servers=servers,
@@ -197,7 +203,8 @@ class HeartbeatPublisher(SocketThread):
     def _publish(self) -> None:
         assert self._pub is not None
         try:
-            payload = encode_heartbeat(self.heartbeat())
+            heartbeat = self.heartbeat()
+            payload = None if heartbeat is None else encode_heartbeat(heartbeat)
         except Exception:
             # The caller's list failed (a file being rewritten): skip this
             # heartbeat, not every later one. One traceback per run of
@@ -211,5 +218,7 @@ class HeartbeatPublisher(SocketThread):
                 "%s builds heartbeats again after %d failures", self.publisher, self._failures
             )
             self._failures = 0
+        if payload is None:
+            return  # The source has nothing to send; its owner says why.
         # PUB never blocks: with no subscriber (or a full one) it drops.
         self._pub.send_multipart([self._topic, payload])

@@ -319,7 +319,7 @@ def test_strangers_get_no_answer_and_cannot_publish(
             "stranger1:4647,stranger2:4647",
             "--num-nodes",
             "99",
-            "--interval",
+            "--interval-s",
             "0.2",
             "--publisher",
             "stranger",

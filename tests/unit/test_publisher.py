@@ -243,3 +243,30 @@ def test_send_publishes_handed_heartbeats_as_they_are(
     )
     assert got in (early, later)
     assert publisher.seq == 0  # it built none of its own
+
+
+def test_a_source_with_nothing_to_send_skips_the_heartbeat_quietly(
+    ctx: zmq.Context[Any],
+    subscriber: Subscriber,
+    publishers: Callable[..., HeartbeatPublisher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # None is `rpcproxy publish` whose list file is missing: sending
+    # `servers: []` instead would drop every primary of the proxy.
+    calls = 0
+
+    def missing_then_back() -> tuple[HeartbeatServer, ...] | None:
+        nonlocal calls
+        calls += 1
+        return None if calls <= 3 else SERVERS
+
+    sub, endpoint = subscriber(bind="tcp://127.0.0.1:*")
+    publisher = publishers(ctx, connect=[endpoint], servers=missing_then_back)
+    with caplog.at_level(logging.DEBUG, logger="rpcproxy.bus.standins.publisher"):
+        publisher.start()
+        _, beat = receive(sub)
+    assert beat.servers == SERVERS
+    publisher.stop()
+    # The skipped ones took no seq (seq counts the heartbeats built) and were no failure.
+    assert calls >= 4 and publisher.seq == calls - 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
