@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from rpcproxy.bus.client.client import ProxyClient, ProxyTimeoutError
 from rpcproxy.bus.client.keys import CurveClient, create_key_pair
@@ -29,7 +30,7 @@ class CurveProxy:
     stderr: Path
     keys: Path
 
-    def client(self, name: str, timeout_s: float = 1.0) -> ProxyClient:
+    def client(self, name: str, timeout_s: float = 5.0) -> ProxyClient:
         return ProxyClient(self.query, timeout_s=timeout_s, retries=1, curve=self.curve(name))
 
     def curve(self, name: str) -> CurveClient:
@@ -133,6 +134,9 @@ def test_a_strangers_heartbeats_are_never_applied(curve_proxy: CurveProxy) -> No
     assert all(s.addr != "10.66.6.6:4647" for s in status.servers)
 
 
+HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+
+
 def test_events_need_an_allowed_key(curve_proxy: CurveProxy) -> None:
     def subscriber(name: str | None) -> zmq.Socket[bytes]:
         sub: zmq.Socket[bytes] = CTX.socket(zmq.SUB)
@@ -140,10 +144,20 @@ def test_events_need_an_allowed_key(curve_proxy: CurveProxy) -> None:
         if name is not None:
             curve_proxy.curve(name).secure(sub)
         sub.subscribe(b"event/")
-        sub.connect(curve_proxy.events)
         return sub
 
     allowed, plain = subscriber("client"), subscriber(None)
+    # The plain subscriber's handshakes are watched from before it connects.
+    plain_monitor = plain.get_monitor_socket(HANDSHAKE_EVENTS)
+    allowed.connect(curve_proxy.events)
+    plain.connect(curve_proxy.events)
+    handshakes: list[int] = []
+
+    def plain_refused() -> bool:
+        while plain_monitor.poll(0):
+            handshakes.append(recv_monitor_message(plain_monitor)["event"])
+        return zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL in handshakes
+
     try:
         with curve_proxy.client("client") as client:
             # Add and remove until the allowed subscriber hears an event
@@ -154,7 +168,14 @@ def test_events_need_an_allowed_key(curve_proxy: CurveProxy) -> None:
                 return bool(allowed.poll(50))
 
             poll_until(heard, timeout=5, what="an event on the CURVE subscriber")
-        assert plain.poll(200) == 0
+        # The plain subscriber heard nothing, and never can: its handshake
+        # (the marker) was refused, and a connection that never completed one
+        # carries no message.
+        poll_until(plain_refused, timeout=10, what="the plain subscriber's handshake to fail")
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in handshakes
+        assert plain.poll(0) == 0
     finally:
         allowed.close()
+        plain.disable_monitor()
+        plain_monitor.close(linger=0)
         plain.close()

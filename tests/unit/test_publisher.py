@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from rpcproxy.bus.client.keys import CurveClient, KeyPair
 from rpcproxy.bus.service.codec import decode_heartbeat
@@ -206,10 +207,28 @@ def test_a_curve_publisher_with_the_wrong_server_key_reaches_nobody(
     wrong = KeyPair(*zmq.curve_keypair())
     client = KeyPair(*zmq.curve_keypair())
     sub, endpoint = subscriber(bind="tcp://127.0.0.1:*", curve=server)
-    publisher = publishers(ctx, connect=[endpoint], curve=CurveClient(wrong.public, client))
-    publisher.start()
-    poll_until(lambda: publisher.seq >= 5, what="five heartbeats sent")
-    assert not sub.poll(100)
+    monitor = sub.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    )
+    handshakes: list[int] = []
+
+    def refused() -> bool:
+        while monitor.poll(0):
+            handshakes.append(recv_monitor_message(monitor)["event"])
+        return zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL in handshakes
+
+    try:
+        publisher = publishers(ctx, connect=[endpoint], curve=CurveClient(wrong.public, client))
+        publisher.start()
+        poll_until(lambda: publisher.seq >= 5, what="five heartbeats sent")
+        # The marker: the subscriber refused the publisher's handshake, and
+        # never accepted one, so no connection ever carried a heartbeat.
+        poll_until(refused, what="the subscriber to refuse the handshake")
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in handshakes
+        assert not sub.poll(0)
+    finally:
+        sub.disable_monitor()
+        monitor.close(linger=0)
 
 
 def test_run_forever_until_stopped_from_another_thread(

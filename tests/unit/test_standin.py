@@ -94,9 +94,12 @@ def test_pause_and_resume(server: ServerStandIn, client: Client) -> None:
     assert request(sock, PING, timeout_s=0.3) is None
     server.resume()
     # The ping sent while paused was dropped, not queued: only a fresh one
-    # is answered, so exactly one reply comes back.
+    # is answered, so exactly one reply comes back. A marker after it (a bad
+    # request, whose reply differs) is answered next: the connection's
+    # requests are answered in order, so no other reply was pending before it.
     assert request(sock, PING) == {"ok": True}
-    assert not sock.poll(100)
+    assert request(sock, b"\xc1")["error"]["code"] == "bad_request"
+    assert not sock.poll(0)
     assert server.pings == 2
 
 
@@ -145,7 +148,16 @@ def test_bad_requests_get_an_error_reply(
 def test_oversized_frame_drops_the_peer_not_the_server(
     server: ServerStandIn, client: Client
 ) -> None:
-    assert request(client(server), b"x" * 2048, timeout_s=0.3) is None
+    sock = client(server)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        sock.send_multipart([b"", b"x" * 2048])
+        assert monitor.poll(10_000), "the oversized frame did not drop the peer"
+        # The disconnect is the marker: a reply would have come before it.
+        assert not sock.poll(0)
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
     assert request(client(server), PING) == {"ok": True}
 
 
