@@ -116,9 +116,37 @@ def test_stop_frees_the_port_and_restart_binds_it_again(
     assert request(client(server), PING) == {"ok": True}
 
 
-def test_stop_is_idempotent(server: ServerStandIn) -> None:
-    server.stop()
-    server.stop()
+def test_stop_is_idempotent(ctx: zmq.Context[Any]) -> None:
+    before = set(threading.enumerate())
+    standin = ServerStandIn(protocol="zmq", context=ctx)
+    standin.start()
+    threads = set(threading.enumerate()) - before
+    assert threads, "the stand-in runs no thread of its own"
+    port = int(standin.endpoint.rpartition(":")[2])
+
+    standin.stop()
+    # The first stop ended the thread and closed the socket.
+    assert not standin.running
+    assert not [t for t in threads if t.is_alive()]
+    assert port_is_free(port)
+
+    # The second finds nothing to stop: it returns (rather than waits), raises
+    # nothing and changes nothing.
+    errors: list[BaseException] = []
+
+    def stop_again() -> None:
+        try:
+            standin.stop()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    again = threading.Thread(target=stop_again)
+    again.start()
+    again.join(10)
+    assert not again.is_alive(), "a second stop() hung"
+    assert errors == []
+    assert not standin.running
+    assert port_is_free(port)
 
 
 @pytest.mark.parametrize(
