@@ -12,11 +12,13 @@ The bounds, all the peer's doing and none able to shut the door:
 
 * ``max_connections`` open at once (descriptors). At the cap a new connection
   evicts the oldest one still reading its head, so whoever holds connections
-  open only pushes out its own older ones; a scrape, whose head comes a
-  round trip after its connect, is evicted only if ``max_connections`` more
-  connects get in first. Only when every open connection has a complete
-  request (served in order) does the loop stop accepting, until one closes;
-  the rest wait in the kernel's backlog, not refused.
+  open only pushes out its own older ones. A scrape sends its head with its
+  connect: the kernel hands the connection over once those bytes are in
+  (Linux's TCP_DEFER_ACCEPT) and the loop reads it as it accepts it, so the
+  scrape has a request before anything newer can evict it; a peer that says
+  nothing reaches the loop only a second later. Only when every open
+  connection has a complete request (served in order) does the loop stop
+  accepting, until one closes; the rest wait in the kernel's backlog.
 * ``idle_timeout_s`` without a byte while reading the head, and
   ``request_deadline_s`` for the whole connection (head, work, write), so a
   peer trickling a byte a second (slowloris) or never reading the response is

@@ -73,7 +73,14 @@ def test_every_metric_moves(
     assert proxy.call("rebalance")["healthy"] is True
     assert proxy.client.request({"op": "frob"})["error"]["code"] == "unknown_op"
 
-    after = scrape(port)
+    def observed() -> Samples | None:
+        # A request's duration is observed just after its reply is sent (it
+        # measures up to the send), so a quick scrape can come before it.
+        samples = scrape(port)
+        counted = value(samples, "rpcproxy_request_duration_seconds_count", op="unknown_op")
+        return samples if counted else None
+
+    after = poll_until(observed, what="the last request's duration to be observed")
     assert value(after, "rpcproxy_servers", list="active") == 3
     assert value(after, "rpcproxy_servers", list="primary") == 2
     assert value(after, "rpcproxy_servers", list="backup") == 1

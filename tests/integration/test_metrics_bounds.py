@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 
 IDLE_CONNECTIONS = 300
 MAX_CONNECTIONS = 16
-"""MetricsServer's default bound on connections served at once."""
+"""The threads this test allows the endpoint to add: its bound when it had a
+thread per connection (before issue 16). Now it adds none (its loop and two
+workers start with it); tests/integration/test_metrics_hostile.py holds that."""
 WAIT_S = 30.0
 """A deadline, not a timing: idle connections are closed after a few seconds."""
 
