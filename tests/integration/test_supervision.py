@@ -27,7 +27,8 @@ from rpcproxy.cli.main import EXIT_FAILURE, EXIT_OK, supervise
 from rpcproxy.cli.service import ProxyService
 from tests.integration.serving import RawClient, poll_until
 
-pytestmark = pytest.mark.integration
+# No integration mark: that marks tests that start the real ``rpcproxy serve``
+# process, and this one runs the service in process.
 
 PERIOD_S = 0.05
 SUPERVISE_TIMEOUT_S = 10.0
