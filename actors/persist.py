@@ -23,7 +23,7 @@ from typing import Any
 import pykka
 
 from rpcproxy.proxy import ProxyState
-from rpcproxy.proxy.persisted import from_document, to_document
+from rpcproxy.proxy.persisted import from_document, to_document, within_max_servers
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,13 @@ class StateFile:
             _LEGACY_TEMP.fullmatch(rest)
         )
 
-    def load(self) -> ProxyState | None:
+    def load(self, max_servers: int | None = None) -> ProxyState | None:
         """The saved state; None (with a warning) when missing, unreadable or corrupt.
+
+        Args:
+            max_servers: hold the state to this many servers (docs/protocol.md
+                section 8): the first ones of its active list are kept, and
+                one warning counts the ones dropped. None keeps every one.
 
         Raises:
             NotRegularFileError: the path is not a regular file (see :meth:`check`).
@@ -148,13 +153,29 @@ class StateFile:
             )
             return None
         try:
-            return from_document(json.loads(data.decode("utf-8")))
+            state = from_document(json.loads(data.decode("utf-8")))
         except UnicodeDecodeError as exc:
             log.warning("state file %s unreadable, starting empty: %s", self.path, exc)
             return None
         except (ValueError, RecursionError) as exc:
             log.warning("state file %s is corrupt, starting empty: %s", self.path, exc)
             return None
+        if max_servers is None:
+            return state
+        # Held whole, a file over the bound would refuse every add until
+        # servers left; the next save writes the cut state back.
+        held, dropped = within_max_servers(state, max_servers)
+        if dropped:
+            log.warning(
+                "state file %s holds %d servers, more than max_servers (%d): "
+                "kept the first %d of its active list, dropped %d",
+                self.path,
+                state.num_members,
+                max_servers,
+                held.num_members,
+                dropped,
+            )
+        return held
 
     def save(self, state: ProxyState) -> None:
         """Replace the file atomically with ``state``."""

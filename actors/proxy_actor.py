@@ -69,6 +69,7 @@ from rpcproxy.proxy import (
     remove_server,
     set_backups,
 )
+from rpcproxy.proxy.persisted import within_max_servers
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,21 @@ class ProxyActor(pykka.ThreadingActor):
         """The restored state with the configured servers added, within max_servers.
 
         The configuration alone always fits (it is checked at load); a state
-        saved under a larger ``max_servers`` may not, and is kept as saved.
+        saved under a larger ``max_servers`` may not, and is cut to its first
+        servers (``serve`` cuts it as it reads the file, so this is for any
+        other caller: held whole, it would refuse every add until servers left).
         """
         settings = self._settings
-        state = settings.restored
+        state, dropped = within_max_servers(settings.restored, settings.max_servers)
+        if dropped:
+            log.warning(
+                "the restored state holds %d servers, more than max_servers (%d): "
+                "kept the first %d of its active list, dropped %d",
+                settings.restored.num_members,
+                settings.max_servers,
+                state.num_members,
+                dropped,
+            )
         try:
             for addr in settings.primary_servers:
                 state, _ = add_primary(state, addr, max_servers=settings.max_servers)
@@ -188,13 +200,6 @@ class ProxyActor(pykka.ThreadingActor):
                 )
         except TooManyServersError as exc:
             log.warning("configured servers not all added to the restored ones: %s", exc)
-        if state.num_members > settings.max_servers:
-            log.warning(
-                "the restored state holds %d servers, more than max_servers (%d): "
-                "new servers are refused until some leave",
-                state.num_members,
-                settings.max_servers,
-            )
         return state
 
     def on_stop(self) -> None:

@@ -336,7 +336,7 @@ class ProxyService:
         if store is None:
             return None, None
         try:
-            restored = store.load()
+            restored = store.load(max_servers=self.config.max_servers)
         except NotRegularFileError as exc:  # swapped for a FIFO since the check
             raise ConfigError("state_file", str(exc)) from None
         if restored is not None:

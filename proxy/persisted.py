@@ -8,6 +8,7 @@ breaks any rule is refused whole (the caller then starts empty).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from rpcproxy.proxy.address import Address, InvalidAddressError, parse_address
@@ -61,6 +62,37 @@ def from_document(document: object) -> ProxyState:
     # entries that are not members and appends missing members, so an
     # inconsistent file yields a valid state.
     return with_members(saved, saved.primaries, saved.backups)
+
+
+def within_max_servers(state: ProxyState, max_servers: int) -> tuple[ProxyState, int]:
+    """``state`` cut to at most ``max_servers`` servers, and how many it dropped.
+
+    docs/protocol.md section 8 bounds the primary and backup lists together;
+    a saved state may exceed it (saved under a larger ``max_servers``, or a
+    file a hostile or careless hand wrote), and held whole it would refuse
+    every add until servers left. The first ``max_servers`` servers of the
+    active list are kept, in its order: that is the order the saved proxy
+    answered in, so the active server stays the active server; and backups
+    stand behind every primary that has not failed, so they are dropped first.
+    Each kept server stays a primary, a backup or both, as saved.
+
+    Raises:
+        ValueError: ``max_servers`` is below 1 (the configuration's own bound).
+    """
+    if max_servers < 1:
+        raise ValueError(f"max_servers must be at least 1, got {max_servers}")
+    if state.num_members <= max_servers:
+        return state, 0
+    kept = state.active[:max_servers]
+    keep = frozenset(kept)
+    # with_members keeps the active order of the servers that stay members,
+    # and none joins, so the active list comes out as ``kept``.
+    held = with_members(
+        replace(state, active=kept),
+        tuple(a for a in state.primaries if a in keep),
+        tuple(a for a in state.backups if a in keep),
+    )
+    return held, state.num_members - held.num_members
 
 
 def _addresses(document: Mapping[str, Any], key: str) -> tuple[Address, ...]:

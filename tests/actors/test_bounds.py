@@ -7,7 +7,15 @@ from collections.abc import Callable, Iterator
 import pykka
 import pytest
 
-from rpcproxy.actors import AddOutcome, AddPrimary, ProxyActor, ProxySettings, Refused, SetBackups
+from rpcproxy.actors import (
+    AddOutcome,
+    AddPrimary,
+    ProxyActor,
+    ProxySettings,
+    Refused,
+    RemoveServer,
+    SetBackups,
+)
 from rpcproxy.proxy import ProxyState, add_primary
 
 from ._fakes import TIMEOUT, FakePinger, Harness, RecordingBox, addr
@@ -49,14 +57,21 @@ def test_writes_beyond_max_servers_are_refused_and_change_nothing(
     assert h.request(lambda r: AddPrimary(A, r)) == AddOutcome(A, False)
 
 
-def test_a_restored_state_beyond_max_servers_is_kept_with_a_warning(
+def test_a_restored_state_beyond_max_servers_is_cut_with_one_warning(
     start: Callable[[ProxySettings], Harness], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Held whole, it refused every add until servers left; now its first servers stay."""
     restored = ProxyState()
     for server in (A, B, C):
         restored, _ = add_primary(restored, server)
     settings = ProxySettings(restored=restored, primary_servers=(X,), max_servers=2)
     h = start(settings)
-    assert h.state.active == (A, B, C)
-    assert "more than max_servers (2)" in caplog.text
+    assert h.state.active == h.state.primaries == (A, B)
+    cut = [r.getMessage() for r in caplog.records if "restored state holds" in r.getMessage()]
+    assert len(cut) == 1 and "dropped 1" in cut[0], cut
+    # Full: the configured X did not fit, and an add is refused...
     assert isinstance(h.request(lambda r: AddPrimary(X, r)), Refused)
+    # ...until a server leaves: the proxy is not wedged.
+    assert h.request(lambda r: RemoveServer(B, r)) is True
+    assert h.request(lambda r: AddPrimary(X, r)) == AddOutcome(X, True)
+    assert h.state.active == (A, X)

@@ -140,6 +140,27 @@ def test_load_of_a_missing_file_is_none(tmp_path: Path) -> None:
     assert StateFile(tmp_path / "never-written.json").load() is None
 
 
+def test_load_holds_the_state_to_max_servers_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rpcproxy.actors.persist")
+    store = StateFile(tmp_path / "state.json")
+    store.save(set_backups(primaries(A, B, C), (D, E)))
+    held = store.load(max_servers=3)
+    assert held is not None
+    assert (held.active, held.primaries, held.backups) == ((A, B, C), (A, B, C), ())
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert str(store.path) in warnings[0] and "dropped 2" in warnings[0], warnings[0]
+    # Within the bound, or with none, nothing is cut and nothing is said.
+    caplog.clear()
+    whole = store.load(max_servers=5)
+    assert whole is not None and whole.num_members == 5
+    loaded = store.load()
+    assert loaded is not None and loaded.num_members == 5
+    assert not caplog.records
+
+
 GARBAGE: dict[str, bytes] = {
     "empty": b"",
     "whitespace": b"  \n",

@@ -21,6 +21,7 @@ from rpcproxy.proxy import (
     Heartbeat,
     HeartbeatServer,
     ProxyState,
+    TooManyServersError,
     add_primary,
     apply_heartbeat,
     check_invariant,
@@ -33,7 +34,12 @@ from rpcproxy.proxy import (
     remove_server,
     set_backups,
 )
-from rpcproxy.proxy.persisted import FORMAT_VERSION, from_document, to_document
+from rpcproxy.proxy.persisted import (
+    FORMAT_VERSION,
+    from_document,
+    to_document,
+    within_max_servers,
+)
 
 from ._helpers import LOCAL, POOL, SPELLINGS
 
@@ -302,3 +308,89 @@ def test_any_json_document_gives_a_valid_state_or_value_error(document: object) 
 def test_format_must_be_the_integer_1(version: object) -> None:
     with pytest.raises(ValueError):
         from_document(valid_document(format=version))
+
+
+# --------------------------------------------------------------------------
+# Held to max_servers (docs/protocol.md section 8): a file over the bound.
+
+
+def document_of(primaries: list[str], backups: list[str] | None = None) -> dict[str, Any]:
+    """A file with these lists and no active order of its own (it follows them)."""
+    return valid_document(active=[], primaries=primaries, backups=backups or [])
+
+
+def test_a_state_over_max_servers_keeps_its_first_servers_in_order() -> None:
+    names = [f"10.0.{i // 250}.{i % 250}:4647" for i in range(150)]
+    state = from_document(document_of(names))
+    held, dropped = within_max_servers(state, 100)
+    assert dropped == 50
+    assert [a.canonical for a in held.active] == names[:100]
+    assert held.primaries == held.active and held.backups == ()
+    assert (held.leader_addr, held.num_nodes) == (state.leader_addr, state.num_nodes)
+    check_invariant(held)
+
+
+def test_the_cut_follows_the_active_list_so_the_active_server_stays() -> None:
+    c, d = parse_address("c.nomad"), parse_address("d.nomad")
+    state = from_document(
+        valid_document(
+            active=["c.nomad:4647", "d.nomad:4647", "a.nomad:4647", "b.nomad:4647"],
+            primaries=["a.nomad:4647", "b.nomad:4647", "c.nomad:4647"],
+            backups=["d.nomad:4647", "a.nomad:4647"],
+        )
+    )
+    held, dropped = within_max_servers(state, 2)
+    assert dropped == 2
+    assert held.active == (c, d) and held.head == c
+    # Each kept server keeps its roles; the dropped ones leave every list.
+    assert held.primaries == (c,) and held.backups == (d,)
+    check_invariant(held)
+
+
+def test_backups_behind_the_primaries_are_dropped_first() -> None:
+    state = from_document(document_of(["p1.nomad", "p2.nomad"], ["b1.nomad", "b2.nomad"]))
+    held, dropped = within_max_servers(state, 3)
+    assert dropped == 1
+    assert [a.canonical for a in held.primaries] == ["p1.nomad:4647", "p2.nomad:4647"]
+    assert [a.canonical for a in held.backups] == ["b1.nomad:4647"]
+
+
+def test_a_state_within_max_servers_is_returned_as_it_is() -> None:
+    state = from_document(document_of(["a.nomad", "b.nomad"]))
+    assert within_max_servers(state, 2) == (state, 0)
+    assert within_max_servers(state, 2)[0] is state
+    assert within_max_servers(ProxyState(), 1) == (ProxyState(), 0)
+
+
+@pytest.mark.parametrize("bound", [0, -1])
+def test_max_servers_below_1_is_refused(bound: int) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        within_max_servers(ProxyState(), bound)
+
+
+def test_a_held_state_accepts_an_add_once_one_server_leaves() -> None:
+    """Held whole, a state over the bound refused every add until servers left."""
+    state = from_document(document_of([f"s{i}.nomad" for i in range(10)]))
+    held, _ = within_max_servers(state, 5)
+    with pytest.raises(TooManyServersError):
+        add_primary(held, parse_address("new.nomad"), max_servers=5)
+    fewer, removed = remove_server(held, held.active[-1])
+    assert removed
+    grown, added = add_primary(fewer, parse_address("new.nomad"), max_servers=5)
+    assert added and grown.num_members == 5
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(ops, max_size=25), st.integers(min_value=1, max_value=12))
+def test_any_state_is_held_to_any_bound(operations: list[Op], bound: int) -> None:
+    state = from_document(json.loads(json.dumps(to_document(run(operations)))))
+    held, dropped = within_max_servers(state, bound)
+    check_invariant(held)
+    assert held.num_members == min(bound, state.num_members)
+    assert dropped == max(0, state.num_members - bound)
+    assert held.active == state.active[:bound]
+    assert set(held.primaries) == set(state.primaries) & set(held.active)
+    assert set(held.backups) == set(state.backups) & set(held.active)
+    # Order within each list is the saved one.
+    assert held.primaries == tuple(a for a in state.primaries if a in held.active)
+    assert held.backups == tuple(a for a in state.backups if a in held.active)
