@@ -216,8 +216,8 @@ class MetricsServer:
         max_connections: connections open at once.
         idle_timeout_s: how long a connection may stay silent before its request is in.
         request_deadline_s: how long one connection may last.
-        routes: more paths to serve beside ``/metrics`` (the health checks'
-            place, docs/protocol.md section 11).
+        routes: more paths to serve beside ``/metrics``: where the health
+            checks (``/healthz``, ``/readyz``) will go.
     """
 
     def __init__(
