@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import select
+import socket
 import ssl
 import threading
 import time
@@ -99,6 +101,9 @@ class NomadFixture:
         trickle_s: when set, bodies are sent one byte per this many seconds.
         silent: when set, requests are read and never answered.
         arrivals: ``time.monotonic()`` of each request.
+        hangups: ``time.monotonic()`` when a client hung up on a trickled
+            body (seen within 50 ms), so ``hangups[i] - arrivals[i]`` is how
+            long the fetch lasted, as the agent saw it.
         trickling: set when a trickled body has started.
     """
 
@@ -115,6 +120,7 @@ class NomadFixture:
         self.tokens: list[str | None] = []
         self.paths: list[str] = []
         self.arrivals: list[float] = []
+        self.hangups: list[float] = []
         self.trickling = threading.Event()
         self.closing = threading.Event()
         """Set when the fixture closes: trickling and silent handlers end."""
@@ -144,14 +150,18 @@ class NomadFixture:
 
 
 @contextlib.contextmanager
-def nomad_api(tls: ssl.SSLContext | None = None) -> Iterator[tuple[NomadFixture, str]]:
+def nomad_api(
+    tls: ssl.SSLContext | None = None, fixture: NomadFixture | None = None
+) -> Iterator[tuple[NomadFixture, str]]:
     """Serves a :class:`NomadFixture` on loopback; yields it and its URL.
 
     Args:
         tls: when set, the API is HTTPS with this server context (a
             handshake that fails drops that connection only).
+        fixture: what to serve (a subclass may answer its own way); a new
+            :class:`NomadFixture` by default.
     """
-    state = NomadFixture()
+    state = NomadFixture() if fixture is None else fixture
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -178,8 +188,27 @@ def nomad_api(tls: ssl.SSLContext | None = None) -> Iterator[tuple[NomadFixture,
                 state.trickling.set()
                 for index in range(len(body)):
                     self.wfile.write(body[index : index + 1])
-                    if state.closing.wait(trickle_s):
+                    if self.wait_hangup(trickle_s):
                         return
+
+        def wait_hangup(self, seconds: float) -> bool:
+            """Wait ``seconds``; True (early) when the client hangs up or the fixture closes."""
+            until = time.monotonic() + seconds
+            while (left := until - time.monotonic()) > 0 and not state.closing.is_set():
+                # Slices of 50 ms, to see the fixture closing as well.
+                readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+                if readable and not self.peek():
+                    state.hangups.append(time.monotonic())
+                    return True
+            return state.closing.is_set()
+
+        def peek(self) -> bytes:
+            """What the client sent next, without reading it; b"" when it hung up."""
+            try:
+                peeked: bytes = self.connection.recv(1, socket.MSG_PEEK)
+            except OSError:  # a reset: the client closed with our bytes unread
+                return b""
+            return peeked
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
