@@ -479,11 +479,12 @@ class StoppableNetwork(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         failure: Exception = httpcore.ConnectError(f"no address for {host!r}")
         for family, sockaddr in self._resolve(host, port, timeout):
+            with _mapped("connect"):  # out of descriptors, say: a failed fetch, not a bug
+                sock = socket.socket(family, socket.SOCK_STREAM)
             # Tracked before connecting, so abort() wakes a connect that hangs.
-            stream = _Stream(self, socket.socket(family, socket.SOCK_STREAM))
+            stream = _Stream(self, sock)
             try:
                 with _mapped("connect"):
-                    sock = stream.sock
                     for option in socket_options or ():
                         sock.setsockopt(*option)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

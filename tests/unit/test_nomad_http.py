@@ -580,3 +580,10 @@ def test_fetch_deadline_follows_the_interval_within_bounds() -> None:
     assert fetch_deadline(0.1) == MIN_FETCH_DEADLINE_S
     assert fetch_deadline(5.0) == 5.0
     assert fetch_deadline(600.0) == MAX_FETCH_DEADLINE_S
+
+
+def test_a_host_name_is_resolved_and_each_address_tried(nomad: tuple[NomadFixture, str]) -> None:
+    # localhost may come first as ::1, where nothing listens: the next address is tried.
+    _, addr = nomad
+    by_name = addr.replace("127.0.0.1", "localhost")
+    assert poller(by_name)[0].poll_once() is not None
