@@ -41,8 +41,10 @@ pytestmark = pytest.mark.integration
 R = 0.2
 """events_refresh_s of every proxy and client here."""
 
-SLACK_S = 0.5
-"""Scheduling slack on a loaded machine, on top of 3 x R, for the staleness bound."""
+SLACK_S = 2.0
+"""Scheduling slack on a slow, shared machine, on top of 3 x R, for the staleness
+bound: several times the contract's 0.6 s, still far short of the 6.4 s before
+a server comes back. The tight figure is bench/watch.py's."""
 
 BOUND_S = 3 * R + SLACK_S
 # Enough servers that none comes back within the bound (changes are 0.1 s
@@ -51,8 +53,8 @@ PRIMARIES = [f"10.0.0.{n}:4647" for n in range(1, 65)]
 RESTARTED = [f"10.0.1.{n}:4647" for n in range(1, 65)]
 
 
-def serve_args(primaries: list[str], *extra: str) -> list[str]:
-    return ["--primary-servers", ",".join(primaries), "--events-refresh-s", str(R), *extra]
+def serve_args(primaries: list[str], *extra: str, refresh_s: float = R) -> list[str]:
+    return ["--primary-servers", ",".join(primaries), "--events-refresh-s", str(refresh_s), *extra]
 
 
 def port_of(endpoint: str) -> int:
@@ -219,12 +221,14 @@ def make(request: pytest.FixtureRequest) -> Iterator[Callable[..., Driver]]:
         yield factory
 
 
-def watching(make: Callable[..., Driver], serve: Serve, events: str = "") -> Driver:
+def watching(
+    make: Callable[..., Driver], serve: Serve, events: str = "", refresh_s: float = R
+) -> Driver:
     driver = make(
         serve.query,
         events=events or serve.events,
         watch=True,
-        events_refresh_s=R,
+        events_refresh_s=refresh_s,
         timeout_s=0.5,
         retries=2,
     )
@@ -399,8 +403,10 @@ class stalled:  # noqa: N801 (a context manager read as a phrase)
 def test_notify_failed_server_updates_the_view_at_once(
     serve_factory: Callable[..., Serve], make: Callable[..., Driver]
 ) -> None:
-    serve = serve_factory(*serve_args(PRIMARIES))
-    client = watching(make, serve)
+    # A view stays fresh for 3 refreshes: long ones, so that a slow machine
+    # between the write and the look at the view cannot make it stale.
+    serve = serve_factory(*serve_args(PRIMARIES, refresh_s=10.0))
+    client = watching(make, serve, refresh_s=10.0)
     raw = RawClient(serve.query)
     try:
         for _ in range(10):
