@@ -34,6 +34,7 @@ from flood import heartbeat_flood
 from ingest import heartbeat_ingest
 from lookup import concurrency, lookup_throughput
 from memory import memory
+from nomad_bridge import nomad_bridge
 from nomad_ping import nomad_ping
 from rebalance import lookups_during_blackhole, rebalance
 from watch import watch_benchmarks
@@ -92,6 +93,10 @@ BENCHMARKS: dict[str, Bench] = {
     "nomad_ping": Bench(
         full=lambda: nomad_ping(rounds=10, plain_pings=1000, tls_pings=300),
         quick=lambda: nomad_ping(rounds=3, plain_pings=300, tls_pings=100),
+    ),
+    "nomad_bridge": Bench(
+        full=lambda: nomad_bridge(rounds=3, duration_s=2.0, fetches=3),
+        quick=lambda: nomad_bridge(rounds=1, duration_s=1.0, fetches=2),
     ),
     "watch": Bench(
         full=lambda: watch_benchmarks(rounds=8, duration_s=1.0, changes=300, concurrency_rounds=4),
