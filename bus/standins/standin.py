@@ -117,6 +117,8 @@ class _RouterThread(SocketThread):
         self._router: zmq.Socket[bytes] | None = None
         self.endpoint = ""
         self.paused = False
+        self.dropped = 0
+        """Requests read and not answered because ``paused`` was set."""
 
     def setup(self) -> None:
         router: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
@@ -141,6 +143,7 @@ class _RouterThread(SocketThread):
                 return
             if self.paused:
                 # Read and dropped, so resume() does not answer stale pings.
+                self.dropped += 1
                 continue
             reply = self._responder(frames[-1])
             try:
@@ -258,6 +261,17 @@ class ServerStandIn:
     def pings(self) -> int:
         """How many pings were answered (paused ones are not counted)."""
         return self._responder.pings
+
+    @property
+    def dropped(self) -> int:
+        """Requests read and not answered while paused, since the last start.
+
+        A test waits on it to know a request sent while paused was really read
+        (and dropped) before it resumes, rather than guessing a delay.
+        """
+        with self._lock:
+            thread = self._thread
+        return thread.dropped if thread is not None else 0
 
     @property
     def running(self) -> bool:

@@ -92,6 +92,10 @@ def test_pause_and_resume(server: ServerStandIn, client: Client) -> None:
     assert request(sock, PING) == {"ok": True}
     server.pause()
     assert request(sock, PING, timeout_s=0.3) is None
+    # The stand-in's thread may not have read that ping yet on a busy
+    # machine; resuming before it does would answer it. Wait until it was
+    # read and dropped.
+    poll_until(lambda: server.dropped == 1, timeout=10.0, what="the paused ping dropped")
     server.resume()
     # The ping sent while paused was dropped, not queued: only a fresh one
     # is answered, so exactly one reply comes back. A marker after it (a bad
