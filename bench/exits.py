@@ -1,16 +1,12 @@
-"""Benchmark: how long ``serve`` takes to exit, and what idle metrics connections cost.
-
-Two figures of issue 9 (rows 2, 3 and 9 share the first; row 8 the second),
-each against a baseline measured in the same run:
+"""Benchmark: how long ``serve`` takes to exit, against an idle one in the same run.
 
 * :func:`exit_times`: milliseconds from SIGTERM to the process's exit while a
   rebalance waits on servers that accept and never answer (``ping_timeout_s``
   30), side by side with an idle ``serve``. docs/protocol.md section 8: within
   10 s whatever it is doing. Before issue 9 this case took ~5.5 s and printed
   two tracebacks; a stuck actor could hold the process for ever.
-* :func:`metrics_threads`: the process's threads with 300 idle TCP
-  connections open to the metrics port, against the same process with none.
-  Before issue 9: one thread per connection, held for ever.
+
+What idle metrics connections cost is bench/metrics_idle.py's.
 """
 
 from __future__ import annotations
@@ -23,15 +19,13 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 
 import zmq
-from common import CTX, Result, Spread, call, free_port, pack, running_serve
+from common import CTX, Result, Spread, call, pack, running_serve
 
 EXIT_TARGET_S = 10.0
 EXIT_WAIT_S = 60
 HUNG_PING_TIMEOUT_S = 30.0
-IDLE_CONNECTIONS = 300
 
 
 class _HungServers:
@@ -147,59 +141,5 @@ def exit_times(rounds: int = 3) -> Result:
     return result
 
 
-def _threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def _scrape(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            return bool(response.read())
-    except OSError:
-        return False
-
-
-def metrics_threads(count: int = IDLE_CONNECTIONS) -> Result:
-    port = free_port()
-    with running_serve("--metrics", f"127.0.0.1:{port}") as serve:
-        pid = serve.proc.pid
-        deadline = time.monotonic() + 10.0
-        while not _scrape(port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        before = _threads(pid)
-        opened = time.monotonic()
-        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
-        try:
-            most = before
-            while time.monotonic() - opened < 2.0:  # before the idle timeout closes them
-                most = max(most, _threads(pid))
-                time.sleep(0.02)
-            while not _scrape(port) and time.monotonic() - opened < 30.0:
-                time.sleep(0.1)
-            back_s = time.monotonic() - opened
-        finally:
-            for sock in idle:
-                sock.close()
-    result = Result(
-        f"Metrics endpoint: threads with {count} idle TCP connections",
-        ["serve", "threads"],
-        [
-            ["no connection (baseline)", str(before)],
-            [f"{count} idle connections (most seen)", str(most)],
-            ["**extra threads**", str(most - before)],
-        ],
-    )
-    result.check(
-        f"{most - before} extra threads", "<= 16 (the connection bound)", most - before <= 16
-    )
-    result.notes.append(
-        f"A scrape worked again {back_s:.1f} s after the {count} connections were opened"
-        " (idle ones are closed after 3 s). Before issue 9: one thread per connection, held"
-        " for as long as the peer kept it open."
-    )
-    return result
-
-
 if __name__ == "__main__":
     print(exit_times(1).markdown())
-    print(metrics_threads().markdown())

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import report
 from common import Result, git_commit, machine_description
-from exits import exit_times, metrics_threads
+from exits import exit_times
 from fill import fill_to_max_servers, throttle_cost
 from flood import heartbeat_flood
 from ingest import heartbeat_ingest
 from lookup import concurrency, lookup_throughput
 from memory import memory
+from metrics_idle import metrics_idle
 from nomad_bridge import nomad_bridge
 from nomad_ping import nomad_ping
 from rebalance import lookups_during_blackhole, rebalance
@@ -89,7 +90,10 @@ BENCHMARKS: dict[str, Bench] = {
     ),
     "throttle": Bench(full=lambda: throttle_cost(rounds=5), quick=lambda: throttle_cost(rounds=3)),
     "exits": Bench(full=lambda: exit_times(rounds=3), quick=lambda: exit_times(rounds=2)),
-    "metrics_threads": Bench(full=metrics_threads),
+    "metrics_idle": Bench(
+        full=lambda: metrics_idle(scrapes=300, rounds=3),
+        quick=lambda: metrics_idle(scrapes=60, rounds=2),
+    ),
     "nomad_ping": Bench(
         full=lambda: nomad_ping(rounds=10, plain_pings=1000, tls_pings=300),
         quick=lambda: nomad_ping(rounds=3, plain_pings=300, tls_pings=100),
