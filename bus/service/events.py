@@ -7,12 +7,21 @@ with the same epoch and reason ``refresh``: a late subscriber learns the
 state without asking, and a subscriber that hears nothing for a few periods
 knows the proxy (or the path to it) is gone (the ZeroMQ guide's Clone
 pattern, in small).
+
+Events are state, so a subscriber never needs a long queue: one that falls
+behind sees an epoch gap and re-syncs (docs/protocol.md section 5). What a
+subscriber that never reads can make the proxy hold is therefore kept small
+(docs/protocol.md section 8): a few tens of events in libzmq's queue and a
+small kernel send buffer per connection, and the heap libzmq freed when such
+subscribers leave is handed back to the OS (:class:`HeapTrimmer`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -34,6 +43,38 @@ log = logging.getLogger(__name__)
 DEFAULT_REFRESH_S = 1.0
 """``events_refresh_s``'s default (docs/protocol.md section 6)."""
 
+DEFAULT_SNDHWM = 32
+"""Events libzmq queues per subscriber before PUB drops for it.
+
+Events are state: a subscriber that misses some re-syncs on the epoch gap,
+and the refresh brings a late one the current state, so a long queue only
+delays the moment it learns the truth. It was 10,000, and 500 subscribers
+that never read took the proxy to 504 MB (issue 16); 32 two-frame events fit
+in one chunk of libzmq's pipe. A subscriber that reads is not affected: its
+kernel buffers and its own receive queue (``SUB_RCVHWM``, 1,000) take a
+burst before this queue holds anything.
+"""
+
+DEFAULT_SNDBUF = 16 * 1024
+"""The kernel send buffer of each subscriber's connection, in bytes (``ZMQ_SNDBUF``).
+
+Left to the OS it grows to ``tcp_wmem``'s maximum (4 MiB on Linux) for a
+subscriber that does not read: kernel memory charged to the proxy's cgroup,
+1 GB for 1,000 such subscribers in bench/subscribers.py, and the I/O thread
+kept busy feeding it (``find_server`` p99 36 ms instead of 5 ms there). The
+kernel doubles it for its bookkeeping, so about 300 events of 100 bytes fit:
+plenty for events sent a few at a time, and a subscriber too far away to
+keep up sees a gap and re-syncs.
+"""
+
+TRIM_AFTER_BYTES = 8 << 20
+"""Free heap that must pile up since the last look before it is handed back to the OS.
+
+Far above how much the heap's free space moves in steady use (under a MiB
+with 5,000 changes a second in bench/subscribers.py), well below what a few
+hundred departed subscribers leave (about 80 KB each).
+"""
+
 
 def _wire_reason(reason: ChangeReason) -> wire.ChangeReason:
     """An actor's reason for a change, as the wire spells it: the same string.
@@ -51,35 +92,145 @@ class _Refresh:
     """Time to republish the current active server (told by the scheduler)."""
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc 2.33 and later), every field a ``size_t``."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+    fordblks: int
+    """Free bytes held by the allocator, in every arena."""
+
+
+def _glibc_heap() -> tuple[Callable[[], int], Callable[[], object]] | None:
+    """glibc's free heap bytes and ``malloc_trim(0)``; None under another libc (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallinfo2 = libc.mallinfo2
+        malloc_trim = libc.malloc_trim
+    except (AttributeError, OSError):
+        return None
+    mallinfo2.argtypes = []
+    mallinfo2.restype = _MallInfo2
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+
+    def free_bytes() -> int:
+        info: _MallInfo2 = mallinfo2()
+        return info.fordblks
+
+    return free_bytes, lambda: malloc_trim(0)
+
+
+class HeapTrimmer:
+    """Hands freed heap back to the OS after a burst of frees (glibc only).
+
+    libzmq allocates a connection's queues and buffers on its I/O thread, in
+    a malloc arena of that thread. When many subscribers leave at once their
+    memory is freed but stays resident: the arena only shrinks from its top,
+    and long-lived allocations sit above the freed ones. Measured in
+    bench/subscribers.py, 1,000 departed subscribers left RSS 50 MB above
+    where it started, for good; ``malloc_trim(0)`` returns the free pages in
+    the middle of every arena too (about 0.1 ms here), and RSS came back.
+
+    :meth:`check` trims only when the heap's free bytes have grown by
+    ``after_bytes`` since the last trim (or since their lowest point after
+    it), so a proxy in steady use never pays for it, and what was returned
+    is not counted again.
+
+    Args:
+        heap: the free heap bytes and the trim; None turns the trimmer off
+            (another libc). Tests pass fakes.
+        after_bytes: the growth of free bytes that calls for a trim.
+    """
+
+    def __init__(
+        self,
+        heap: tuple[Callable[[], int], Callable[[], object]] | None,
+        after_bytes: int = TRIM_AFTER_BYTES,
+    ) -> None:
+        self._heap = heap
+        self._after_bytes = after_bytes
+        self._floor: int | None = None
+        self.trims = 0
+
+    @classmethod
+    def for_this_process(cls) -> HeapTrimmer:
+        return cls(_glibc_heap())
+
+    @property
+    def enabled(self) -> bool:
+        return self._heap is not None
+
+    def check(self) -> bool:
+        """Trim if enough was freed since the last look; whether it trimmed."""
+        if self._heap is None:
+            return False
+        free_bytes, trim = self._heap
+        free = free_bytes()
+        if self._floor is not None and free - self._floor >= self._after_bytes:
+            trim()
+            self.trims += 1
+            # What is free now is returned: only more freeing calls for another.
+            self._floor = free
+            log.debug("returned freed heap to the OS (%d MiB free in malloc's arenas)", free >> 20)
+            return True
+        # Free space used again lowers the mark: the next burst is measured from here.
+        self._floor = free if self._floor is None else min(self._floor, free)
+        return False
+
+
 class EventPublisher(pykka.ThreadingActor):
     """Publishes every change of the active server on ``endpoint``, and a refresh.
 
     Args:
         context: the process's ZeroMQ context.
         endpoint: where to bind the PUB socket.
-        sndhwm: messages queued per subscriber before PUB drops for it.
+        sndhwm: events queued per subscriber before PUB drops for it
+            (:data:`DEFAULT_SNDHWM`).
         curve: when set, the socket is a CURVE server.
         instance: this run's id; the query socket must send the same one.
         refresh_s: seconds between refresh events; 0 turns them off.
         scheduler: what waits between refreshes (real timers when not given).
+        sndbuf: each subscriber connection's kernel send buffer in bytes
+            (:data:`DEFAULT_SNDBUF`); -1 leaves it to the OS.
+        trimmer: runs at each refresh, handing the heap departed subscribers
+            freed back to the OS (glibc's when not given). With refreshes off
+            it never runs.
     """
 
     def __init__(
         self,
         context: zmq.Context[Any],
         endpoint: str,
-        sndhwm: int = 10_000,
+        sndhwm: int = DEFAULT_SNDHWM,
         curve: CurveServer | None = None,
         *,
         instance: str | None = None,
         refresh_s: float = DEFAULT_REFRESH_S,
         scheduler: Scheduler | None = None,
+        sndbuf: int = DEFAULT_SNDBUF,
+        trimmer: HeapTrimmer | None = None,
     ) -> None:
         super().__init__()
         self._curve = curve
         self._context = context
         self._endpoint = endpoint
         self._sndhwm = sndhwm
+        self._sndbuf = sndbuf
+        self._trimmer = trimmer if trimmer is not None else HeapTrimmer.for_this_process()
         self._pub: zmq.Socket[bytes] | None = None
         self.bound_endpoint = ""
         self.instance = instance if instance is not None else new_instance_id()
@@ -96,6 +247,8 @@ class EventPublisher(pykka.ThreadingActor):
         pub.linger = 0
         pub.ipv6 = needs_ipv6(self._endpoint)
         pub.sndhwm = self._sndhwm
+        # Set before bind: libzmq applies it to each connection it accepts.
+        pub.sndbuf = self._sndbuf
         if self._curve is not None:
             self._curve.secure(pub, EVENTS_DOMAIN)
         try:
@@ -120,6 +273,8 @@ class EventPublisher(pykka.ThreadingActor):
             case _Refresh():
                 self._pending = None
                 self._send(self._server, "refresh", self._epoch)
+                # Once a period is often enough to notice subscribers that left.
+                self._trimmer.check()
                 self._schedule_refresh()
             case _:
                 return super().on_receive(message)  # pykka's warning

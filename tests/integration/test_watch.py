@@ -303,7 +303,7 @@ LONG_NAMES = [f"{'a' * 60}.{'b' * 60}.{'c' * 60}.s{n}.test:4647" for n in (1, 2)
 """Two servers with long names: bigger events fill the socket buffers in fewer of them."""
 
 BURST = 20_000
-"""Changes in one burst: past the proxy's send queue (10,000) and the shrunk buffers."""
+"""Changes in one burst: far past the proxy's send queue (32 events) and the shrunk buffers."""
 
 WINDOW = 100
 """Requests in flight during a burst (the proxy admits at most 128 waiting writes)."""
