@@ -35,11 +35,11 @@ from pathlib import Path
 from common import Result, Spread, call, percentile, running_serve, script
 from lookup import LoadRun
 
+from rpcproxy.bus.service.http_fetch import fetch_deadline
 from rpcproxy.bus.service.nomad_http import (
     NomadApiError,
     NomadApiSettings,
     NomadFetcher,
-    fetch_deadline,
     make_client,
 )
 from tests.nomadapi import NomadFixture, gzip_of_zeros, nomad_api

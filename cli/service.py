@@ -144,7 +144,11 @@ def nomad_bridge_from(config: Config, context: zmq.Context[Any]) -> NomadBridge 
         return None
     settings = NomadApiSettings.from_env(addr=config.nomad_addr, region=config.region)
     try:
-        # Short requests: one in flight at stop() must end within the shutdown budget.
+        # Not for stop(): NomadBridge.stop() aborts a fetch in flight at once
+        # (its sockets are shut down). Within each whole fetch's deadline
+        # (fetch_deadline(nomad_interval_s): 2 to 10 s), 2 s per socket step
+        # (connect, TLS handshake, one read or write) fails a poll of an agent
+        # gone silent after 2 s, not at the end of a 10 s deadline.
         client = make_client(settings, timeout_s=2.0)
     except (OSError, ValueError) as exc:
         raise ConfigError("nomad_addr", f"Nomad API TLS: {exc}") from None
