@@ -22,17 +22,16 @@ from hypothesis import strategies as st
 
 from rpcproxy.bus.service.codec import HeartbeatError, decode_heartbeat
 from rpcproxy.proxy import Heartbeat
+from tests.helpers import pack, unpack
 from tests.integration.serving import (
     HeartbeatPub,
     Serve,
     hb_payload,
     hb_server,
-    pack,
-    poll_until,
     start_serve,
     stop_and_check,
-    unpack,
 )
+from tests.waiting import poll_until
 
 from ._branches import Branches
 from ._strategies import (

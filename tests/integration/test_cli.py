@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import port_is_free
+from tests.helpers import free_port, port_is_free, tcp
 from tests.integration.serving import (
     RPCPROXY,
     RawClient,
     Serve,
     _env,
     addrs,
-    free_port,
     hb_payload,
     hb_server,
     run_rpcproxy,
-    tcp,
 )
 
 pytestmark = pytest.mark.integration

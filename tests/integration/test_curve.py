@@ -16,7 +16,9 @@ from rpcproxy.bus.client.client import ProxyClient, ProxyTimeoutError
 from rpcproxy.bus.client.keys import CurveClient, create_key_pair
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.proxy import HeartbeatServer
-from tests.integration.serving import CTX, RPCPROXY, free_port, poll_until, tcp
+from tests.helpers import free_port, tcp
+from tests.integration.serving import CTX, RPCPROXY
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

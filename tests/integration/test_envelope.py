@@ -15,15 +15,8 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.integration.serving import (
-    CTX,
-    Serve,
-    pack,
-    start_serve,
-    stop_and_check,
-    unpack,
-    without_view,
-)
+from tests.helpers import pack, unpack
+from tests.integration.serving import CTX, Serve, start_serve, stop_and_check, without_view
 
 pytestmark = pytest.mark.integration
 

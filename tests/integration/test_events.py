@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
+from tests.helpers import free_port
 from tests.integration.serving import (
     EventSub,
     HeartbeatPub,
     Serve,
     addrs,
-    free_port,
     hb_payload,
     hb_server,
     start_serve,

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.serving import Serve, addrs, poll_until
+from tests.integration.serving import Serve, addrs
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

@@ -22,15 +22,9 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.integration.serving import (
-    CTX,
-    NoReplyError,
-    ProcessExitedError,
-    Serve,
-    pack,
-    poll_until,
-    start_serve,
-)
+from tests.helpers import pack
+from tests.integration.serving import CTX, NoReplyError, ProcessExitedError, Serve, start_serve
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

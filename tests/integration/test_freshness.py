@@ -24,14 +24,8 @@ from rpcproxy.actors.snapshot import Snapshot
 from rpcproxy.cli.config import Config
 from rpcproxy.cli.service import ProxyService
 from rpcproxy.proxy import ProxyState
-from tests.integration.serving import (
-    HeartbeatPub,
-    RawClient,
-    Serve,
-    hb_payload,
-    hb_server,
-    poll_until,
-)
+from tests.integration.serving import HeartbeatPub, RawClient, Serve, hb_payload, hb_server
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

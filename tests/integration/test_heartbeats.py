@@ -15,19 +15,17 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import free_port, pack, tcp
 from tests.integration.serving import (
     HeartbeatPub,
     Serve,
     addrs,
-    free_port,
     hb_payload,
     hb_server,
-    pack,
-    poll_until,
     start_serve,
     stop_and_check,
-    tcp,
 )
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.serving import HeartbeatPub, Serve, hb_payload, hb_server, pack
+from tests.helpers import pack
+from tests.integration.serving import HeartbeatPub, Serve, hb_payload, hb_server
 
 pytestmark = pytest.mark.integration
 

@@ -9,14 +9,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rpcproxy.bus.standins.standin import ServerStandIn
-from tests.integration.serving import (
-    HeartbeatPub,
-    Serve,
-    free_port,
-    hb_payload,
-    hb_server,
-    poll_until,
-)
+from tests.helpers import free_port
+from tests.integration.serving import HeartbeatPub, Serve, hb_payload, hb_server
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.serving import Serve, addrs, free_port, run_rpcproxy, tcp
+from tests.helpers import free_port, tcp
+from tests.integration.serving import Serve, addrs, run_rpcproxy
 from tests.nomadpeer import CertPair, Mode, NomadPeer, TLSFiles, make_tls_files
 
 pytestmark = pytest.mark.integration

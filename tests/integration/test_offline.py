@@ -7,8 +7,10 @@ from collections.abc import Callable
 import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
-from tests.integration.serving import Serve, free_port, poll_until, run_rpcproxy
+from tests.helpers import free_port
+from tests.integration.serving import Serve, run_rpcproxy
 from tests.integration.test_metrics import scrape, value
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

@@ -9,16 +9,14 @@ from typing import Any
 import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
+from tests.helpers import free_port, pack, unpack
 from tests.integration.serving import (
     Serve,
     addrs,
-    free_port,
     hb_payload,
     hb_server,
-    pack,
     start_serve,
     stop_and_check,
-    unpack,
     without_view,
 )
 

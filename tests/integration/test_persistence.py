@@ -24,9 +24,9 @@ from tests.integration.serving import (
     addrs,
     hb_payload,
     hb_server,
-    poll_until,
     run_rpcproxy,
 )
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

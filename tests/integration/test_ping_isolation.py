@@ -21,16 +21,16 @@ import pytest
 from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.blackhole import BLACKHOLE, blackhole_prefix
 from tests.compose.compose import in_ci
+from tests.helpers import free_port
 from tests.integration.serving import (
     RPCPROXY,
     NoReplyError,
     RawClient,
     Serve,
     assert_clean_log,
-    free_port,
-    poll_until,
     without_view,
 )
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

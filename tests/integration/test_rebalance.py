@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
-from tests.integration.serving import EventSub, Serve, addrs, free_port, poll_until, without_view
+from tests.helpers import free_port
+from tests.integration.serving import EventSub, Serve, addrs, without_view
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 

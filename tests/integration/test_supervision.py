@@ -25,7 +25,8 @@ from rpcproxy.actors.persist import StateFile
 from rpcproxy.cli.config import Config
 from rpcproxy.cli.main import EXIT_FAILURE, EXIT_OK, supervise
 from rpcproxy.cli.service import ProxyService
-from tests.integration.serving import RawClient, poll_until
+from tests.integration.serving import RawClient
+from tests.waiting import poll_until
 
 # No integration mark: that marks tests that start the real ``rpcproxy serve``
 # process, and this one runs the service in process.

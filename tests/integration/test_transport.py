@@ -11,6 +11,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from tests.helpers import pack, unpack
 from tests.integration.serving import (
     CTX,
     NoReplyError,
@@ -18,11 +19,9 @@ from tests.integration.serving import (
     Serve,
     addrs,
     assert_clean_log,
-    pack,
-    poll_until,
-    unpack,
     without_view,
 )
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 
