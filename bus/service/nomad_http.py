@@ -149,16 +149,6 @@ def _members_type(max_members: int) -> type[msgspec.Struct]:
     return msgspec.defstruct("_Members", [("Members", members), ("ServerName", str, "")])
 
 
-@dataclass(frozen=True, slots=True)
-class NomadView:
-    """What one poll saw: the region's servers, the leader, the node count."""
-
-    servers: tuple[HeartbeatServer, ...]
-    leader_rpc_addr: str
-    num_nodes: int
-    server_name: str
-
-
 def member_server(member: Any, region: str) -> HeartbeatServer | None:
     """The server a member is, under section 7's mapping, or None.
 
