@@ -460,7 +460,8 @@ def run_bounded(fn: Callable[[], T], timeout: float = GATE_TIMEOUT) -> T:
             future.set_exception()
 
     threading.Thread(target=run, daemon=True).start()
-    return future.get(timeout=timeout)
+    result: T = future.get(timeout=timeout)  # pykka's ThreadingFuture.get returns Any
+    return result
 
 
 def test_an_interrupted_save_leaves_a_temporary_that_remove_leftovers_removes(

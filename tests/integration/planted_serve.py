@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pykka
 import zmq
@@ -56,7 +57,9 @@ def main(argv: list[str]) -> int:
         if option == "--stop-budget":
             rpcproxy.cli.main.STOP_BUDGET_S = float(value)
         elif value == "notify-failed":
-            rpcproxy.actors.proxy_actor.notify_failed = _bug  # type: ignore[assignment]
+            # As monkeypatch.setattr would: by name (proxy_actor imports
+            # notify_failed, it does not export it), and failing if it is gone.
+            mock.patch.object(rpcproxy.actors.proxy_actor, "notify_failed", _bug).start()
         elif value == "leftover-actor":
             Leftover.start()
         elif value == "stuck-actor":

@@ -52,13 +52,13 @@ def empty(proxy: Serve) -> None:
         proxy.call("remove_server", addr=server["addr"])
 
 
-READS = [
+READS: list[tuple[str, dict[str, Any]]] = [
     ("ping", {}),
     ("find_server", {}),
     ("servers", {}),
     ("status", {}),
 ]
-WRITES = [
+WRITES: list[tuple[str, dict[str, Any]]] = [
     ("add_primary_server", {"addr": A}),
     ("set_backup_servers", {"addrs": [C]}),
     ("notify_failed_server", {"addr": A}),
@@ -116,7 +116,7 @@ def test_refreshes_repeat_the_current_server_and_epoch(proxy: Serve, sub: EventS
     empty(proxy)
     proxy.call("add_primary_server", addr=C)
     current = proxy.call("find_server")
-    refreshes = []
+    refreshes: list[dict[str, Any]] = []
     while len(refreshes) < 3:
         event = sub.next_event(timeout=10 * REFRESH_S + 5)
         if event["reason"] == "refresh" and event["epoch"] == current["epoch"]:

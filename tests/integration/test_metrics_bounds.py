@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.serving import Serve, free_port, poll_until
+from tests.helpers import free_port
+from tests.integration.serving import Serve
+from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -63,14 +65,14 @@ def test_idle_connections_cost_bounded_threads_and_are_closed(
             while open_ and time.monotonic() < deadline:
                 most = max(most, threads_of(pid))
                 for key, _ in selector.select(0.05):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
                     try:
-                        data = sock.recv(4096)
+                        data = ready.recv(4096)
                     except ConnectionResetError:
                         data = b""
                     assert data == b"", data  # idle: the proxy never writes, only closes
-                    selector.unregister(sock)
+                    selector.unregister(ready)
                     open_ -= 1
         assert open_ == 0, f"{open_} idle connections still open after {WAIT_S} s"
     finally:

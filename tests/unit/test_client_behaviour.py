@@ -131,6 +131,11 @@ def names(servers: list[Server]) -> list[str]:
     return [s.addr for s in servers]
 
 
+def adding(addr: str) -> Callable[[Any], Any]:
+    """The op that adds ``addr`` as a primary server (one per address, in a loop)."""
+    return lambda c: c.add_primary_server(addr)
+
+
 # --------------------------------------------------------------------------
 # Reads.
 
@@ -149,7 +154,7 @@ def test_find_server_is_none_when_empty_then_the_head(client: Driver) -> None:
 def test_servers_is_the_active_list_in_order(client: Driver) -> None:
     assert client(lambda c: c.servers()) == []
     for addr in ("10.0.0.3", "10.0.0.1", "10.0.0.2"):
-        client(lambda c, a=addr: c.add_primary_server(a))
+        client(adding(addr))
     assert names(client(lambda c: c.servers())) == [
         "10.0.0.3:4647",
         "10.0.0.1:4647",
@@ -254,7 +259,7 @@ def test_rebalance_puts_the_server_that_answers_first(backend: Backend, client: 
     dead = [backend.dead() for _ in range(3)]
     live = backend.live()
     for addr in [*dead, live]:
-        client(lambda c, a=addr: c.add_primary_server(a))
+        client(adding(addr))
     result = client(lambda c: c.rebalance())
     assert result == RebalanceResult(Server(live), healthy=True)
     assert client(lambda c: c.find_server()) == Server(live)
@@ -264,7 +269,7 @@ def test_rebalance_puts_the_server_that_answers_first(backend: Backend, client: 
 def test_rebalance_keeps_the_list_when_nobody_answers(backend: Backend, client: Driver) -> None:
     dead = [backend.dead() for _ in range(2)]
     for addr in dead:
-        client(lambda c, a=addr: c.add_primary_server(a))
+        client(adding(addr))
     before = client(lambda c: c.servers())
     assert client(lambda c: c.rebalance()) == RebalanceResult(Server(dead[0]), healthy=False)
     assert client(lambda c: c.servers()) == before

@@ -45,8 +45,9 @@ the test's stop event)."""
 
 
 def reply(seq: int, error: str = "") -> bytes:
-    header = msgpack.packb({"ServiceMethod": "Status.Ping", "Seq": seq, "Error": error})
-    return header + msgpack.packb({})
+    header: bytes = msgpack.packb({"ServiceMethod": "Status.Ping", "Seq": seq, "Error": error})
+    body: bytes = msgpack.packb({})
+    return header + body
 
 
 class ScriptedServer:
@@ -548,7 +549,12 @@ def test_load_tls_names_a_missing_client_file(
     files = {"cert_file": str(tls_files.client.cert), "key_file": str(tls_files.client.key)}
     files[which] = str(tmp_path / "gone.pem")
     with pytest.raises(TlsSetupError) as info:
-        load_tls(ca_file=str(tls_files.ca), region="global", **files)
+        load_tls(
+            ca_file=str(tls_files.ca),
+            cert_file=files["cert_file"],
+            key_file=files["key_file"],
+            region="global",
+        )
     assert info.value.which == which
 
 
@@ -615,5 +621,10 @@ def test_load_tls_refuses_a_fifo_instead_of_blocking_on_it(
         which: str(fifo),
     }
     with pytest.raises(TlsSetupError, match="not a regular file") as info:
-        load_tls(region="global", **files)
+        load_tls(
+            ca_file=files["ca_file"],
+            cert_file=files["cert_file"],
+            key_file=files["key_file"],
+            region="global",
+        )
     assert info.value.which == which

@@ -30,7 +30,9 @@ READ_DEADLINE_S = 10.0
 
 
 def request(method: str, seq: int) -> bytes:
-    return msgpack.packb({"ServiceMethod": method, "Seq": seq}) + msgpack.packb({})
+    header: bytes = msgpack.packb({"ServiceMethod": method, "Seq": seq})
+    body: bytes = msgpack.packb({})
+    return header + body
 
 
 def port_of(endpoint: str) -> int:
