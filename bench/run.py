@@ -37,7 +37,9 @@ from memory import memory
 from metrics_idle import metrics_idle
 from nomad_bridge import nomad_bridge
 from nomad_ping import nomad_ping
+from publish_source import publish_source
 from rebalance import lookups_during_blackhole, rebalance
+from state_file import state_file
 from watch import watch_benchmarks
 
 Outcome = Result | list[Result]
@@ -102,6 +104,11 @@ BENCHMARKS: dict[str, Bench] = {
         full=lambda: nomad_bridge(rounds=3, duration_s=2.0, fetches=3),
         quick=lambda: nomad_bridge(rounds=1, duration_s=1.0, fetches=2),
     ),
+    "publish_source": Bench(
+        full=lambda: publish_source(duration_s=3.0),
+        quick=lambda: publish_source(duration_s=1.0),
+    ),
+    "state_file": Bench(full=lambda: state_file(rounds=3), quick=lambda: state_file(rounds=1)),
     "watch": Bench(
         full=lambda: watch_benchmarks(rounds=8, duration_s=1.0, changes=300, concurrency_rounds=4),
         quick=lambda: watch_benchmarks(rounds=3, duration_s=0.5, changes=100, concurrency_rounds=2),
