@@ -40,6 +40,7 @@ from nomad_ping import nomad_ping
 from publish_source import publish_source
 from rebalance import lookups_during_blackhole, rebalance
 from state_file import state_file
+from subscribers import idle_subscribers
 from watch import watch_benchmarks
 
 Outcome = Result | list[Result]
@@ -91,6 +92,10 @@ BENCHMARKS: dict[str, Bench] = {
         full=lambda: fill_to_max_servers(rounds=3), quick=lambda: fill_to_max_servers(rounds=1)
     ),
     "throttle": Bench(full=lambda: throttle_cost(rounds=5), quick=lambda: throttle_cost(rounds=3)),
+    "subscribers": Bench(
+        full=lambda: idle_subscribers(subscribers=1000, rate=5000.0, duration_s=20.0),
+        quick=lambda: idle_subscribers(subscribers=300, rate=5000.0, duration_s=5.0),
+    ),
     "exits": Bench(full=lambda: exit_times(rounds=3), quick=lambda: exit_times(rounds=2)),
     "metrics_idle": Bench(
         full=lambda: metrics_idle(scrapes=300, rounds=3),
