@@ -11,6 +11,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import select
 import shutil
 import signal
 import statistics
@@ -270,6 +271,31 @@ def running_script(name: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
         yield proc
     finally:
         stop_process(proc)
+
+
+def sigterm_to_exit_ms(proc: subprocess.Popen[bytes], wait_s: float) -> float:
+    """Milliseconds from SIGTERM until the process has exited, to within microseconds.
+
+    ``Popen.wait(timeout)`` sleeps in doubling steps (about 1, 3, 7, 15, 31,
+    63 ms, then every 50 ms) between its checks, so it reported those steps,
+    not the exit. A pidfd becomes readable the moment the process exits (a
+    zombie, before it is reaped), and ``poll`` on it wakes at once.
+    """
+    pidfd = os.pidfd_open(proc.pid)  # before the signal: the pid is surely ours
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        begin = time.perf_counter_ns()
+        proc.send_signal(signal.SIGTERM)
+        if not poller.poll(int(wait_s * 1000)):
+            raise RuntimeError(f"serve still running {wait_s:g} s after SIGTERM")
+        elapsed_ms = (time.perf_counter_ns() - begin) / 1e6
+    finally:
+        os.close(pidfd)
+    proc.wait(wait_s)  # reaps it: it has exited already
+    if proc.returncode != 0:
+        raise RuntimeError(f"serve exited with {proc.returncode} after SIGTERM")
+    return elapsed_ms
 
 
 def vm_rss_kib(pid: int) -> int:

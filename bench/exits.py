@@ -12,16 +12,11 @@ What idle metrics connections cost is bench/metrics_idle.py's.
 from __future__ import annotations
 
 import contextlib
-import os
-import select
-import signal
 import socket
-import subprocess
 import threading
-import time
 
 import zmq
-from common import CTX, Result, Spread, call, pack, running_serve
+from common import CTX, Result, Spread, call, pack, running_serve, sigterm_to_exit_ms
 
 EXIT_TARGET_S = 10.0
 EXIT_WAIT_S = 60
@@ -50,34 +45,9 @@ class _HungServers:
             sock.close()
 
 
-def _sigterm_to_exit(proc: subprocess.Popen[bytes]) -> float:
-    """Milliseconds from SIGTERM until the process has exited, to within microseconds.
-
-    ``Popen.wait(timeout)`` sleeps in doubling steps (about 1, 3, 7, 15, 31,
-    63 ms, then every 50 ms) between its checks, so it reported those steps,
-    not the exit. A pidfd becomes readable the moment the process exits (a
-    zombie, before it is reaped), and ``poll`` on it wakes at once.
-    """
-    pidfd = os.pidfd_open(proc.pid)  # before the signal: the pid is surely ours
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        begin = time.perf_counter_ns()
-        proc.send_signal(signal.SIGTERM)
-        if not poller.poll(EXIT_WAIT_S * 1000):
-            raise RuntimeError(f"serve still running {EXIT_WAIT_S} s after SIGTERM")
-        elapsed_ms = (time.perf_counter_ns() - begin) / 1e6
-    finally:
-        os.close(pidfd)
-    proc.wait(EXIT_WAIT_S)  # reaps it: it has exited already
-    if proc.returncode != 0:
-        raise RuntimeError(f"serve exited with {proc.returncode} after SIGTERM")
-    return elapsed_ms
-
-
 def _idle_exit() -> tuple[float, bool]:
     with running_serve() as serve:
-        elapsed = _sigterm_to_exit(serve.proc)
+        elapsed = sigterm_to_exit_ms(serve.proc, EXIT_WAIT_S)
         return elapsed, "Traceback" in serve.log()
 
 
@@ -94,7 +64,7 @@ def _hung_exit() -> tuple[float, bool]:
                 asker.send(pack({"op": "rebalance"}))  # its reply would take 30 s
                 if not hung.reached.wait(10.0):
                     raise RuntimeError("the rebalance's ping never reached the hung servers")
-                elapsed = _sigterm_to_exit(serve.proc)
+                elapsed = sigterm_to_exit_ms(serve.proc, EXIT_WAIT_S)
             finally:
                 asker.close()
             return elapsed, "Traceback" in serve.log()

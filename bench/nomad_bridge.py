@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import select
-import signal
 import statistics
 import subprocess
 import time
@@ -32,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import Result, Spread, call, percentile, running_serve, script
+from common import Result, Spread, call, percentile, running_serve, script, sigterm_to_exit_ms
 from lookup import LoadRun
 
 from rpcproxy.bus.service.http_fetch import fetch_deadline
@@ -73,29 +70,6 @@ def _servers(query: str) -> list[str]:
 # (a) A trickling agent.
 
 
-def _sigterm_to_exit_ms(proc: subprocess.Popen[bytes]) -> float:
-    """Milliseconds from SIGTERM until the process has exited, to within microseconds.
-
-    A pidfd becomes readable the moment the process exits, and ``poll`` on it
-    wakes at once (``Popen.wait`` would report its own polling steps).
-    """
-    pidfd = os.pidfd_open(proc.pid)  # before the signal: the pid is surely ours
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        begin = time.perf_counter_ns()
-        proc.send_signal(signal.SIGTERM)
-        if not poller.poll(EXIT_WAIT_S * 1000):
-            raise RuntimeError(f"serve still running {EXIT_WAIT_S} s after SIGTERM")
-        elapsed_ms = (time.perf_counter_ns() - begin) / 1e6
-    finally:
-        os.close(pidfd)
-    proc.wait(EXIT_WAIT_S)  # reaps it: it has exited already
-    if proc.returncode != 0:
-        raise RuntimeError(f"serve exited with {proc.returncode} after SIGTERM")
-    return elapsed_ms
-
-
 def _trickled_fetches(count: int) -> tuple[list[float], int]:
     """Seconds each of ``count`` trickled fetches lasted, and the warnings serve logged."""
     with nomad_api() as (state, url):
@@ -124,7 +98,7 @@ def _exit_ms(trickle: bool) -> float:
                     raise RuntimeError("the bridge never fetched")
             else:
                 _wait(lambda: _servers(serve.query) == GOOD, 20, "the agent's servers")
-            elapsed = _sigterm_to_exit_ms(serve.proc)
+            elapsed = sigterm_to_exit_ms(serve.proc, EXIT_WAIT_S)
             if "Traceback" in serve.log():
                 raise RuntimeError(f"a traceback in serve's log:\n{serve.log()}")
             return elapsed
