@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from common import CTX, Requester, Result, Spread, call, free_port, running_serve
-from lookup import drive
+from lookup import LoadRun, drive
 
 from rpcproxy.bus.service.nomad_ping import NomadPinger
 from rpcproxy.bus.service.ping import window_for
@@ -186,7 +186,9 @@ def lookups_during_blackhole(rounds: int, duration_s: float) -> Result:
             return result
         standin = ServerStandIn("tcp://127.0.0.1:*", context=CTX)
         standin.start()
-        idle, busy, rebalances = [], [], []
+        idle: list[LoadRun] = []
+        busy: list[LoadRun] = []
+        rebalances: list[float] = []
         try:
             with running_serve(
                 "--primary-servers",

@@ -74,7 +74,7 @@ def _staleness(query: str, events: str, changes: int) -> Result:
     output = watcher.stdout.read()
     watcher.wait(60)
     seen = json.loads(output.splitlines()[-1])
-    transitions: list[tuple[int, str | None]] = [tuple(c) for c in seen["changes"]]  # type: ignore[misc]
+    transitions: list[tuple[int, str | None]] = [(c[0], c[1]) for c in seen["changes"]]
     delays_ms: list[float] = []
     after_reply_ms: list[float] = []
     missed = 0
