@@ -26,8 +26,9 @@ import zmq
 from rpcproxy import AsyncProxyClient, ProxyClient
 from rpcproxy.testing import AsyncMockTransport, Handler, MockTransport
 
-WAIT_S = 5.0
-"""Upper bound for anything the tests wait on; only reached when a test fails."""
+WAIT_S = 10.0
+"""Upper bound for anything the tests wait on, and the timeout of calls that must
+succeed; only reached when a test fails."""
 
 Kind = Literal["sync", "async"]
 KINDS: tuple[Kind, ...] = ("sync", "async")

@@ -33,7 +33,7 @@ from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.testing import InMemoryProxy
 from tests.helpers import free_port
 from tests.integration.serving import CTX, Serve, start_serve, stop_and_check
-from tests.unit._clients import KINDS, Driver, Kind, drivers
+from tests.unit._clients import KINDS, WAIT_S, Driver, Kind, drivers
 
 PING_TIMEOUT_S = 0.3
 
@@ -124,7 +124,7 @@ def backend(request: pytest.FixtureRequest, kind: Kind) -> Iterator[Backend]:
 
 @pytest.fixture
 def client(backend: Backend) -> Driver:
-    return backend.make(timeout_s=5.0, retries=1)
+    return backend.make(timeout_s=WAIT_S, retries=1)
 
 
 def names(servers: list[Server]) -> list[str]:
