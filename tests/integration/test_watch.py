@@ -33,7 +33,7 @@ from tests.helpers import pack, unpack
 from tests.integration.relay import Relay
 from tests.integration.serving import CTX, RawClient, Serve
 from tests.integration.test_curve import CurveProxy, curve_proxy  # noqa: F401 (a fixture)
-from tests.unit._clients import KINDS, Driver, Kind, drivers
+from tests.unit._clients import KINDS, WAIT_S, Driver, Kind, drivers
 from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
@@ -229,7 +229,7 @@ def watching(
         events=events or serve.events,
         watch=True,
         events_refresh_s=refresh_s,
-        timeout_s=0.5,
+        timeout_s=WAIT_S,
         retries=2,
     )
     # Started and synced: the first lookup starts an asyncio watcher.
@@ -479,7 +479,7 @@ def test_a_watching_client_speaks_curve(
         events=curve_proxy.events,
         watch=True,
         curve=curve_proxy.curve("client"),
-        timeout_s=1.0,
+        timeout_s=WAIT_S,
     )
     client(lambda c: c.find_server())
     # Refresh events (every 1 s by default) reach the client through CURVE.
