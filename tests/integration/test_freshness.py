@@ -27,7 +27,9 @@ from rpcproxy.proxy import ProxyState
 from tests.integration.serving import HeartbeatPub, RawClient, Serve, hb_payload, hb_server
 from tests.waiting import poll_until
 
-pytestmark = pytest.mark.integration
+# Only the tests that start the real ``rpcproxy serve`` (serve_factory) carry
+# the integration mark; the staleness-warning tests below run the service in
+# process.
 
 STALE = "no heartbeat applied for"
 BACK = "heartbeats are arriving again"
@@ -60,6 +62,7 @@ def pubs() -> Iterator[Callable[[str], HeartbeatPub]]:
 # status
 
 
+@pytest.mark.integration
 def test_no_heartbeat_yet_gives_nil_age_and_no_publishers(
     serve_factory: Callable[..., Serve],
 ) -> None:
@@ -68,6 +71,7 @@ def test_no_heartbeat_yet_gives_nil_age_and_no_publishers(
     assert status["publishers"] == []
 
 
+@pytest.mark.integration
 def test_an_applied_heartbeat_sets_the_age(serve_factory: Callable[..., Serve]) -> None:
     serve = serve_factory()
     sent = time.monotonic()
@@ -84,6 +88,7 @@ def test_an_applied_heartbeat_sets_the_age(serve_factory: Callable[..., Serve]) 
     poll_until(lambda: serve.call("status")["heartbeat_age_s"] > age, what="the age to grow")
 
 
+@pytest.mark.integration
 def test_publishers_list_seq_and_age(serve_factory: Callable[..., Serve]) -> None:
     serve = serve_factory()
     sent = time.monotonic()
@@ -100,6 +105,7 @@ def test_publishers_list_seq_and_age(serve_factory: Callable[..., Serve]) -> Non
         assert 0.0 <= entry["age_s"] <= time.monotonic() - sent
 
 
+@pytest.mark.integration
 def test_only_the_silent_publisher_ages(serve_factory: Callable[..., Serve]) -> None:
     serve = serve_factory()
     serve.call("heartbeat", **heartbeat(publisher="quiet", seq=1))
@@ -122,6 +128,7 @@ def test_only_the_silent_publisher_ages(serve_factory: Callable[..., Serve]) -> 
     assert status["heartbeat_age_s"] < ages["quiet"]
 
 
+@pytest.mark.integration
 def test_stale_and_invalid_heartbeats_do_not_refresh_the_age(
     serve_factory: Callable[..., Serve],
 ) -> None:
@@ -138,6 +145,7 @@ def test_stale_and_invalid_heartbeats_do_not_refresh_the_age(
     assert status["publishers"][0]["age_s"] > 0.3
 
 
+@pytest.mark.integration
 def test_heartbeats_on_the_socket_set_the_age(
     serve_factory: Callable[..., Serve], pubs: Callable[[str], HeartbeatPub]
 ) -> None:
@@ -304,6 +312,7 @@ def test_steady_heartbeats_never_warn(logged: Callable[[str], list[logging.LogRe
     assert logged(BACK) == []
 
 
+@pytest.mark.integration
 def test_serve_warns_about_silence(serve_factory: Callable[..., Serve]) -> None:
     """The real ``serve`` loop watches: its log gets the warning, with the configured value."""
     serve = serve_factory("--heartbeat-stale-s", "0.2")
