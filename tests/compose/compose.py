@@ -630,7 +630,7 @@ class ComposeProject:
     def client(
         self,
         *,
-        timeout_s: float = 2.0,
+        timeout_s: float = 5.0,
         retries: int = 2,
         curve: CurveClient | None = None,
     ) -> ProxyClient:
@@ -647,7 +647,8 @@ class ComposeProject:
         )
 
     @contextlib.contextmanager
-    def proxy(self, *, timeout_s: float = 2.0, retries: int = 2) -> Iterator[ProxyClient]:
+    def proxy(self, *, timeout_s: float = 5.0, retries: int = 2) -> Iterator[ProxyClient]:
+        """A client for calls that must succeed: tries long enough for a loaded host."""
         with self.client(timeout_s=timeout_s, retries=retries) as client:
             yield client
 
