@@ -59,21 +59,35 @@ def published() -> Iterator[Published]:
     sub.subscribe(b"event/")
     sub.connect(ref.proxy().endpoint().get(timeout=TIMEOUT))
     it = Published(ref, sub, scheduler)
-
-    # PUB/SUB slow joiner: refresh until one arrives, then the stream is in step.
-    def joined() -> bool:
-        scheduler.advance(1.0)
-        return bool(sub.poll(20))
-
-    poll_until(joined, TIMEOUT * 2, interval=0, what="the events subscription")
-    while sub.poll(0):
-        sub.recv_multipart()
+    _join(it)
     try:
         yield it
     finally:
         ref.stop(timeout=TIMEOUT)
         sub.close()
         ctx.term()
+
+
+def _join(it: Published) -> None:
+    """Return once the subscription is up and nothing sent before is still on its way.
+
+    PUB/SUB joins late (slow joiner), so marker events are sent until one
+    arrives; each has an epoch of its own (negative: never a real one), so
+    a late copy cannot pass for a later marker. Then one last event puts the
+    publisher back where it started (no server, epoch 0) and is read: events
+    are delivered in order once joined, so nothing sent before it is left.
+    No refresh fires meanwhile (the clock does not move).
+    """
+    markers = iter(range(-1, -1_000_000, -1))
+
+    def joined() -> bool:
+        it.ref.tell(ActiveServerChanged(None, "removed", next(markers)))
+        return bool(it.sub.poll(20))
+
+    poll_until(joined, TIMEOUT * 2, interval=0, what="the events subscription")
+    it.ref.tell(ActiveServerChanged(None, "removed", 0))
+    while (event := it.read())["epoch"] != 0:
+        assert event["epoch"] < 0, event
 
 
 def test_a_refresh_before_any_change_says_epoch_0_and_no_server(published: Published) -> None:
