@@ -41,6 +41,7 @@ from rpcproxy.bus.client.watch import (
     RESYNC_ID_START,
     WatchStats,
     decode_event,
+    has_queued_events,
     resync_request,
     subscribe_to_events,
 )
@@ -164,7 +165,7 @@ class AsyncWatcher:
                 if follower.resync_due(now):
                     await self._resync()
                     continue
-                if follower.silent(now):
+                if follower.silent(now) and not has_queued_events(sub):
                     follower.on_silence(now)
                     log.info("no event from %s for %g s: reconnecting", self.events, self._limit_s)
                     sub.close(linger=0)

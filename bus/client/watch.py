@@ -105,6 +105,20 @@ def subscribe_to_events(sub: zmq.Socket[Any], endpoint: str, curve: CurveClient 
     sub.connect(endpoint)
 
 
+def has_queued_events(sub: zmq.Socket[Any]) -> bool:
+    """Whether events wait on ``sub``, unread (a cheap check, no poll).
+
+    Asked before a watcher calls the proxy silent: a watcher that was busy
+    (a stalled process, a blocked event loop) past the silence limit has
+    the events that arrived meanwhile queued, and reading them tells it
+    more (a gap, the current server) than replacing the socket would, which
+    throws them away.
+    """
+    events = sub.getsockopt(zmq.EVENTS)
+    assert isinstance(events, int)  # an int option (pyzmq types every option int | bytes)
+    return bool(events & zmq.POLLIN)
+
+
 def decode_event(frames: list[bytes]) -> Observation[Server] | None:
     """An event's observation; None for another topic or a payload that does not parse."""
     if len(frames) != 2 or frames[0] != EVENT_TOPIC:
@@ -311,7 +325,9 @@ class Watcher:
                 now = self._clock()
                 with self._lock:
                     resync = self._follower.resync_due(now)
-                    silent = not resync and self._follower.silent(now)
+                    silent = (
+                        not resync and self._follower.silent(now) and not has_queued_events(sub)
+                    )
                     if silent:
                         self._follower.on_silence(now)
                     deadline = self._follower.next_deadline()
