@@ -14,6 +14,12 @@ subscriber that never reads can make the proxy hold is therefore kept small
 (docs/protocol.md section 8): a few tens of events in libzmq's queue and a
 small kernel send buffer per connection, and the heap libzmq freed when such
 subscribers leave is handed back to the OS (:class:`HeapTrimmer`).
+
+The socket is an XPUB rather than a PUB, so that what a peer can make the
+proxy hold by subscribing is bounded too (docs/protocol.md section 8): after
+each send the actor reads the subscriptions libzmq hands over and shuts a
+connection that spends too much on topics no event has
+(:mod:`rpcproxy.bus.service.subscriptions`). To a SUB it is the same socket.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from rpcproxy.bus import wire
 from rpcproxy.bus.service.codec import encode_event, new_instance_id
 from rpcproxy.bus.service.curve import EVENTS_DOMAIN, CurveServer
 from rpcproxy.bus.service.loop import needs_ipv6
+from rpcproxy.bus.service.subscriptions import SubscriptionGuard, local_match, prepare
 from rpcproxy.bus.wire import EVENT_TOPIC
 from rpcproxy.proxy import Address
 
@@ -209,6 +216,11 @@ class EventPublisher(pykka.ThreadingActor):
         trimmer: runs at each refresh, handing the heap departed subscribers
             freed back to the OS (glibc's when not given). With refreshes off
             it never runs.
+
+    After each send (a change's or a refresh's) the actor reads what
+    subscribers sent (:class:`SubscriptionGuard`): libzmq takes their
+    subscriptions in only while its owner uses the socket, so that is when
+    there is something to read.
     """
 
     def __init__(
@@ -232,6 +244,7 @@ class EventPublisher(pykka.ThreadingActor):
         self._sndbuf = sndbuf
         self._trimmer = trimmer if trimmer is not None else HeapTrimmer.for_this_process()
         self._pub: zmq.Socket[bytes] | None = None
+        self._guard: SubscriptionGuard | None = None
         self.bound_endpoint = ""
         self.instance = instance if instance is not None else new_instance_id()
         self._refresh_s = refresh_s
@@ -243,12 +256,13 @@ class EventPublisher(pykka.ThreadingActor):
         self._epoch = 0
 
     def on_start(self) -> None:
-        pub: zmq.Socket[bytes] = self._context.socket(zmq.PUB)
+        pub: zmq.Socket[bytes] = self._context.socket(zmq.XPUB)
         pub.linger = 0
         pub.ipv6 = needs_ipv6(self._endpoint)
         pub.sndhwm = self._sndhwm
-        # Set before bind: libzmq applies it to each connection it accepts.
+        # Set before bind: libzmq applies them to each connection it accepts.
         pub.sndbuf = self._sndbuf
+        prepare(pub)
         if self._curve is not None:
             self._curve.secure(pub, EVENTS_DOMAIN)
         try:
@@ -258,6 +272,7 @@ class EventPublisher(pykka.ThreadingActor):
             raise OSError(f"cannot bind events socket {self._endpoint}: {exc}") from exc
         self.bound_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._pub = pub
+        self._guard = SubscriptionGuard(pub, EVENT_TOPIC, local_match(self.bound_endpoint))
         self._schedule_refresh()
 
     def endpoint(self) -> str:
@@ -282,6 +297,7 @@ class EventPublisher(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._cancel_refresh()
+        self._guard = None
         if self._pub is not None:
             self._pub.close()
             self._pub = None
@@ -298,8 +314,12 @@ class EventPublisher(pykka.ThreadingActor):
         if self._pub is None:
             return
         payload = encode_event(server, reason, epoch, self.instance)
-        # PUB never blocks: with no subscriber or a full queue it drops.
+        # XPUB never blocks: with no subscriber or a full queue it drops.
         self._pub.send_multipart([EVENT_TOPIC, payload])
+        if self._guard is not None:
+            # The send ran libzmq's pending commands: subscriptions that
+            # arrived since the last turn are in, and handed over to be read.
+            self._guard.read()
 
     def _schedule_refresh(self) -> None:
         if self._refresh_s > 0:
