@@ -40,7 +40,7 @@ from nomad_ping import nomad_ping
 from publish_source import publish_source
 from rebalance import lookups_during_blackhole, rebalance
 from state_file import state_file
-from subscribers import idle_subscribers
+from subscribers import idle_subscribers, subscription_flood
 from watch import watch_benchmarks
 
 Outcome = Result | list[Result]
@@ -95,6 +95,10 @@ BENCHMARKS: dict[str, Bench] = {
     "subscribers": Bench(
         full=lambda: idle_subscribers(subscribers=1000, rate=5000.0, duration_s=20.0),
         quick=lambda: idle_subscribers(subscribers=300, rate=5000.0, duration_s=5.0),
+    ),
+    "subscription_flood": Bench(
+        full=lambda: subscription_flood(subscriptions=1_000_000, rate=50_000.0),
+        quick=lambda: subscription_flood(subscriptions=250_000, rate=50_000.0),
     ),
     "exits": Bench(full=lambda: exit_times(rounds=3), quick=lambda: exit_times(rounds=2)),
     "metrics_idle": Bench(
