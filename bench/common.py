@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: processes, sockets, statistics, the machine.
+"""Shared pieces of the benchmarks: processes, threads, sockets, statistics, the machine.
 
 Not a package: the scripts in this directory run with the project's venv
 python (``python bench/run.py``), which puts this directory on ``sys.path``.
@@ -18,11 +18,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import report as bench_report
 import zmq
@@ -147,8 +148,9 @@ def machine_description() -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------
-# Addresses and MessagePack: the tests' own helpers (tests/helpers.py), one
-# copy for both, reached through the repository root as tests/soak does.
+# Addresses, MessagePack and a process's RSS: the tests' own helpers
+# (tests/helpers.py, tests/procfs.py), one copy for both, reached through the
+# repository root as tests/soak does.
 
 if str(BENCH_DIR.parent) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR.parent))
@@ -159,6 +161,7 @@ from tests.helpers import free_port as free_port  # noqa: E402, PLC0414
 from tests.helpers import pack as pack  # noqa: E402, PLC0414
 from tests.helpers import tcp as tcp  # noqa: E402, PLC0414
 from tests.helpers import unpack as unpack  # noqa: E402, PLC0414
+from tests.procfs import vm_rss_kib as vm_rss_kib  # noqa: E402, PLC0414
 
 
 def request(endpoint: str, message: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
@@ -298,14 +301,6 @@ def sigterm_to_exit_ms(proc: subprocess.Popen[bytes], wait_s: float) -> float:
     return elapsed_ms
 
 
-def vm_rss_kib(pid: int) -> int:
-    """Resident set size of a process, from ``/proc/<pid>/status``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 class Requester:
     """A persistent REQ socket for many round trips from one thread."""
 
@@ -326,3 +321,51 @@ class Requester:
 
     def close(self) -> None:
         self._sock.close()
+
+
+# --------------------------------------------------------------------------
+# Threads.
+
+
+class Background:
+    """A loop on a daemon thread for the length of a ``with`` block.
+
+    A subclass writes :meth:`_loop`, which ends once ``_stop`` is set. What
+    the loop raises is kept and raised again by ``__exit__``, on the
+    caller's thread: a benchmark never reports the figures of a loop that
+    died halfway.
+
+    Args:
+        name: what the error raised on exit calls it ("the changer").
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self.error is not None:
+            raise RuntimeError(f"{self._name} failed") from self.error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # reported by __exit__, on the caller's thread
+            self.error = exc
+
+    def _loop(self) -> None:
+        raise NotImplementedError

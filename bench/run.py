@@ -31,6 +31,7 @@ from common import Result, git_commit, machine_description
 from exits import exit_times
 from fill import fill_to_max_servers, throttle_cost
 from flood import heartbeat_flood
+from idle_subscribers import idle_subscribers
 from ingest import heartbeat_ingest
 from lookup import concurrency, lookup_throughput
 from memory import memory
@@ -40,7 +41,7 @@ from nomad_ping import nomad_ping
 from publish_source import publish_source
 from rebalance import lookups_during_blackhole, rebalance
 from state_file import state_file
-from subscribers import idle_subscribers, subscription_flood
+from subscription_flood import subscription_flood
 from watch import watch_benchmarks
 
 Outcome = Result | list[Result]

@@ -67,19 +67,19 @@ DEFAULT_SNDBUF = 16 * 1024
 
 Left to the OS it grows to ``tcp_wmem``'s maximum (4 MiB on Linux) for a
 subscriber that does not read: kernel memory charged to the proxy's cgroup,
-1 GB for 1,000 such subscribers in bench/subscribers.py, and the I/O thread
-kept busy feeding it (``find_server`` p99 36 ms instead of 5 ms there). The
-kernel doubles it for its bookkeeping, so about 300 events of 100 bytes fit:
-plenty for events sent a few at a time, and a subscriber too far away to
-keep up sees a gap and re-syncs.
+1 GB for 1,000 such subscribers in bench/idle_subscribers.py, and the I/O
+thread kept busy feeding it (``find_server`` p99 36 ms instead of 5 ms
+there). The kernel doubles it for its bookkeeping, so about 300 events of
+100 bytes fit: plenty for events sent a few at a time, and a subscriber too
+far away to keep up sees a gap and re-syncs.
 """
 
 TRIM_AFTER_BYTES = 8 << 20
 """Free heap that must pile up since the last look before it is handed back to the OS.
 
 Far above how much the heap's free space moves in steady use (under a MiB
-with 5,000 changes a second in bench/subscribers.py), well below what a few
-hundred departed subscribers leave (about 80 KB each).
+with 5,000 changes a second in bench/idle_subscribers.py), well below what a
+few hundred departed subscribers leave (about 80 KB each).
 """
 
 
@@ -148,9 +148,10 @@ class HeapTrimmer:
     a malloc arena of that thread. When many subscribers leave at once their
     memory is freed but stays resident: the arena only shrinks from its top,
     and long-lived allocations sit above the freed ones. Measured in
-    bench/subscribers.py, 1,000 departed subscribers left RSS 50 MB above
-    where it started, for good; ``malloc_trim(0)`` returns the free pages in
-    the middle of every arena too (about 0.1 ms here), and RSS came back.
+    bench/idle_subscribers.py, 1,000 departed subscribers left RSS 50 MB
+    above where it started, for good; ``malloc_trim(0)`` returns the free
+    pages in the middle of every arena too (about 0.1 ms here), and RSS came
+    back.
 
     :meth:`check` trims only when the heap's free bytes have grown by
     ``after_bytes`` since the last trim (or since their lowest point after

@@ -3,7 +3,7 @@
 libzmq's PUB keeps every subscription each peer sends, in a trie of about
 one node per byte of topic, until that peer unsubscribes or leaves: one SUB
 sending 50,000 distinct 100-byte subscriptions took ``serve`` from 39 to
-254 MiB (bench/subscribers.py), and one 1 MiB subscription cost a PUB
+254 MiB (bench/subscription_flood.py), and one 1 MiB subscription cost a PUB
 48 MiB. Only the event topic and its prefixes ever match an event, but
 nothing in libzmq bounds the rest. ``ZMQ_XPUB_MANUAL`` does not either: the
 socket then keeps every subscription in a second trie (to unsubscribe for
@@ -25,9 +25,9 @@ socket's owner calls into it (it runs its pending commands then), and
 between two calls at most :data:`RCVHWM` messages wait per connection, then
 :data:`RCVBUF` bytes in the kernel, and then TCP makes the peer wait; each
 message, the handshake's included, is at most :data:`MAX_MESSAGE_BYTES`.
-Measured (bench/subscribers.py, ``subscription_flood``): a million distinct
-subscriptions at 50,000 a second, over the 2,000-odd connections the proxy
-closed, left ``serve`` within a few MiB of where it started.
+Measured (bench/subscription_flood.py): a million distinct subscriptions at
+50,000 a second, over the 2,000-odd connections the proxy closed, left
+``serve`` within a few MiB of where it started.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import resource
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +28,8 @@ import zmq
 
 from tests.helpers import pack, unpack
 from tests.integration.serving import CTX, EVENT_TOPIC, EventSub, RawClient, Serve
+from tests.never_reading import never_reading
+from tests.procfs import connections_to, vm_rss_mib
 from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
@@ -59,23 +60,6 @@ LONG_NAME = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61]) + ":4647"
 FINAL = "10.7.7.7:4647"
 
 
-def vm_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def connections_to(port: int) -> int:
-    """Established TCP connections whose local port is ``port`` (the proxy's ends)."""
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-            count += 1
-    return count
-
-
 @contextlib.contextmanager
 def enough_descriptors(needed: int) -> Iterator[None]:
     """Raise the soft descriptor limit for this process if it is below ``needed``."""
@@ -90,30 +74,6 @@ def enough_descriptors(needed: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-@contextlib.contextmanager
-def idle_subscribers(endpoint: str, count: int) -> Iterator[None]:
-    """``count`` SUB sockets subscribed to the events that never read them."""
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    context.set(zmq.MAX_SOCKETS, count + 16)
-    socks: list[zmq.Socket[bytes]] = []
-    try:
-        for _ in range(count):
-            sub: zmq.Socket[bytes] = context.socket(zmq.SUB)
-            sub.linger = 0
-            # One message and 4 KiB of kernel buffer: the least a SUB takes
-            # off the proxy's hands before it stops reading the connection.
-            sub.rcvhwm = 1
-            sub.rcvbuf = 4096
-            sub.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC)
-            sub.connect(endpoint)
-            socks.append(sub)
-        yield
-    finally:
-        for sub in socks:
-            sub.close(linger=0)
-        context.term()
 
 
 def change(query: str, count: int, every: Callable[[], None]) -> None:
@@ -173,10 +133,10 @@ def test_subscribers_that_never_read_leave_memory_bounded_and_returned(
 
         with (
             enough_descriptors(4 * SUBSCRIBERS + 256),
-            idle_subscribers(serve.events, SUBSCRIBERS),
+            never_reading(serve.events, SUBSCRIBERS, EVENT_TOPIC),
         ):
             poll_until(
-                lambda: connections_to(port) == SUBSCRIBERS,
+                lambda: connections_to(port).count == SUBSCRIBERS,
                 timeout=60,
                 interval=0.05,
                 what=f"{SUBSCRIBERS} subscribers to connect",
@@ -209,7 +169,7 @@ def test_subscribers_that_never_read_leave_memory_bounded_and_returned(
                 reader.close()
 
         poll_until(
-            lambda: connections_to(port) == 0,
+            lambda: connections_to(port).count == 0,
             timeout=60,
             interval=0.05,
             what="the subscribers' connections to close",

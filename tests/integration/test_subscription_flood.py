@@ -4,7 +4,7 @@ A hostile peer against the real ``rpcproxy serve``: one SUB subscribes to
 50,000 distinct 100-byte topics that no event has. libzmq keeps every
 subscription a peer sends, in a trie of about one node per byte, until the
 peer leaves: the same flood took the proxy from 39 to 254 MiB
-(bench/subscribers.py). What a subscriber can make the proxy hold must be
+(bench/subscription_flood.py). What a subscriber can make the proxy hold must be
 bounded whatever it sends (docs/protocol.md section 8), lookups must go on,
 and subscribers of the event topic and of everything (``""``) must still get
 their events, as must one that joins after the flood.
@@ -28,7 +28,8 @@ import zmq
 
 from tests.helpers import unpack
 from tests.integration.serving import CTX, EVENT_TOPIC, EventSub, RawClient, Serve
-from tests.integration.test_idle_subscribers import change, vm_rss_mib
+from tests.integration.test_idle_subscribers import change
+from tests.procfs import vm_rss_mib
 from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
