@@ -13,7 +13,8 @@ behind sees an epoch gap and re-syncs (docs/protocol.md section 5). What a
 subscriber that never reads can make the proxy hold is therefore kept small
 (docs/protocol.md section 8): a few tens of events in libzmq's queue and a
 small kernel send buffer per connection, and the heap libzmq freed when such
-subscribers leave is handed back to the OS (:class:`HeapTrimmer`).
+subscribers leave is handed back to the OS
+(:class:`~rpcproxy.bus.service.heap_trim.HeapTrimmer`).
 
 The socket is an XPUB rather than a PUB, so that what a peer can make the
 proxy hold by subscribing is bounded too (docs/protocol.md section 8): after
@@ -25,9 +26,6 @@ connection that spends too much on topics no event has
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -40,12 +38,11 @@ from rpcproxy.actors.timer import Handle, Scheduler, ThreadingScheduler
 from rpcproxy.bus import wire
 from rpcproxy.bus.service.codec import encode_event, new_instance_id
 from rpcproxy.bus.service.curve import EVENTS_DOMAIN, CurveServer
+from rpcproxy.bus.service.heap_trim import HeapTrimmer
 from rpcproxy.bus.service.loop import needs_ipv6
 from rpcproxy.bus.service.subscriptions import SubscriptionGuard, local_match, prepare
 from rpcproxy.bus.wire import EVENT_TOPIC
 from rpcproxy.proxy import Address
-
-log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_S = 1.0
 """``events_refresh_s``'s default (docs/protocol.md section 6)."""
@@ -74,14 +71,6 @@ there). The kernel doubles it for its bookkeeping, so about 300 events of
 far away to keep up sees a gap and re-syncs.
 """
 
-TRIM_AFTER_BYTES = 8 << 20
-"""Free heap that must pile up since the last look before it is handed back to the OS.
-
-Far above how much the heap's free space moves in steady use (under a MiB
-with 5,000 changes a second in bench/idle_subscribers.py), well below what a
-few hundred departed subscribers leave (about 80 KB each).
-"""
-
 
 def _wire_reason(reason: ChangeReason) -> wire.ChangeReason:
     """An actor's reason for a change, as the wire spells it: the same string.
@@ -97,107 +86,6 @@ def _wire_reason(reason: ChangeReason) -> wire.ChangeReason:
 @dataclass(frozen=True, slots=True)
 class _Refresh:
     """Time to republish the current active server (told by the scheduler)."""
-
-
-class _MallInfo2(ctypes.Structure):
-    """glibc's ``struct mallinfo2`` (glibc 2.33 and later), every field a ``size_t``."""
-
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-    fordblks: int
-    """Free bytes held by the allocator, in every arena."""
-
-
-def _glibc_heap() -> tuple[Callable[[], int], Callable[[], object]] | None:
-    """glibc's free heap bytes and ``malloc_trim(0)``; None under another libc (musl, macOS)."""
-    try:
-        libc = ctypes.CDLL(None)
-        mallinfo2 = libc.mallinfo2
-        malloc_trim = libc.malloc_trim
-    except (AttributeError, OSError):
-        return None
-    mallinfo2.argtypes = []
-    mallinfo2.restype = _MallInfo2
-    malloc_trim.argtypes = [ctypes.c_size_t]
-    malloc_trim.restype = ctypes.c_int
-
-    def free_bytes() -> int:
-        info: _MallInfo2 = mallinfo2()
-        return info.fordblks
-
-    return free_bytes, lambda: malloc_trim(0)
-
-
-class HeapTrimmer:
-    """Hands freed heap back to the OS after a burst of frees (glibc only).
-
-    libzmq allocates a connection's queues and buffers on its I/O thread, in
-    a malloc arena of that thread. When many subscribers leave at once their
-    memory is freed but stays resident: the arena only shrinks from its top,
-    and long-lived allocations sit above the freed ones. Measured in
-    bench/idle_subscribers.py, 1,000 departed subscribers left RSS 50 MB
-    above where it started, for good; ``malloc_trim(0)`` returns the free
-    pages in the middle of every arena too (about 0.1 ms here), and RSS came
-    back.
-
-    :meth:`check` trims only when the heap's free bytes have grown by
-    ``after_bytes`` since the last trim (or since their lowest point after
-    it), so a proxy in steady use never pays for it, and what was returned
-    is not counted again.
-
-    Args:
-        heap: the free heap bytes and the trim; None turns the trimmer off
-            (another libc). Tests pass fakes.
-        after_bytes: the growth of free bytes that calls for a trim.
-    """
-
-    def __init__(
-        self,
-        heap: tuple[Callable[[], int], Callable[[], object]] | None,
-        after_bytes: int = TRIM_AFTER_BYTES,
-    ) -> None:
-        self._heap = heap
-        self._after_bytes = after_bytes
-        self._floor: int | None = None
-        self.trims = 0
-
-    @classmethod
-    def for_this_process(cls) -> HeapTrimmer:
-        return cls(_glibc_heap())
-
-    @property
-    def enabled(self) -> bool:
-        return self._heap is not None
-
-    def check(self) -> bool:
-        """Trim if enough was freed since the last look; whether it trimmed."""
-        if self._heap is None:
-            return False
-        free_bytes, trim = self._heap
-        free = free_bytes()
-        if self._floor is not None and free - self._floor >= self._after_bytes:
-            trim()
-            self.trims += 1
-            # What is free now is returned: only more freeing calls for another.
-            self._floor = free
-            log.debug("returned freed heap to the OS (%d MiB free in malloc's arenas)", free >> 20)
-            return True
-        # Free space used again lowers the mark: the next burst is measured from here.
-        self._floor = free if self._floor is None else min(self._floor, free)
-        return False
 
 
 class EventPublisher(pykka.ThreadingActor):

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import zmq
 
-from rpcproxy.bus.service.events import EventPublisher, HeapTrimmer
+from rpcproxy.bus.service.events import EventPublisher
+from rpcproxy.bus.service.heap_trim import HeapTrimmer
 
 from ._fakes import TIMEOUT, ManualScheduler
 
