@@ -354,17 +354,25 @@ def test_events_lost_past_the_high_water_mark_show_as_a_gap(
     notifier = Notifier(serve.query)
     try:
         client = watching(make, serve)
-        reader = Reader(client).start()
+        before = Reader(client).start()
         changing_until(notifier, lambda: len(notifier.timeline.changes) > 3)
         assert stats_of(client).gaps == 0
+        # No lookups while the watcher is held: a lookup of a stale view asks
+        # the proxy, and its reply moves the view past the lost events
+        # (read-your-writes), so the loss would be healed, not seen as a gap
+        # (the asyncio client runs a lookup queued during the stall before
+        # its watcher reads the queued events).
+        before.stop()
         # The client stops reading (a busy process): its buffers fill, then
         # the proxy's queue for it, and the proxy drops the rest.
         with stalled(client):
             burst(serve.query, notifier.timeline, BURST)
         changing_until(notifier, lambda: stats_of(client).gaps >= 1)
+        after = Reader(client).start()
         converged(client, notifier.timeline)
-        reader.stop()
-        assert reader.stale_answers(notifier.timeline) == []
+        after.stop()
+        assert before.stale_answers(notifier.timeline) == []
+        assert after.stale_answers(notifier.timeline) == []
     finally:
         notifier.close()
 
