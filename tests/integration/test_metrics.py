@@ -70,12 +70,17 @@ def test_every_metric_moves(
 
     def observed() -> Samples | None:
         # A request's duration is observed just after its reply is sent (it
-        # measures up to the send), so a quick scrape can come before it.
+        # measures up to the send), so a quick scrape can come before it. The
+        # stale heartbeat reaches the actor through the ingest queue, which
+        # owes no order to the requests above, so it is waited for too.
         samples = scrape(port)
         counted = value(samples, "rpcproxy_request_duration_seconds_count", op="unknown_op")
-        return samples if counted else None
+        stale = value(samples, "rpcproxy_heartbeats_total", result="stale")
+        return samples if counted and stale else None
 
-    after = poll_until(observed, what="the last request's duration to be observed")
+    after = poll_until(
+        observed, what="the last request's duration and the stale heartbeat to be observed"
+    )
     assert value(after, "rpcproxy_servers", list="active") == 3
     assert value(after, "rpcproxy_servers", list="primary") == 2
     assert value(after, "rpcproxy_servers", list="backup") == 1
