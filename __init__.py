@@ -16,51 +16,10 @@ writer of its state) and :mod:`rpcproxy.bus` (its ZeroMQ transport, the
 client library and the stand-ins used by demos and tests).
 """
 
-from rpcproxy.bus.client.aio import AsyncProxyClient
-from rpcproxy.bus.client.client import (
-    DEFAULT_ENDPOINT,
-    AddResult,
-    BadRequestError,
-    HeartbeatEntry,
-    ProtocolError,
-    ProxyClient,
-    ProxyError,
-    ProxyInvalidAddressError,
-    ProxyTimeoutError,
-    Publisher,
-    RebalanceResult,
-    Server,
-    Status,
-    UnavailableError,
-    UnknownOpError,
-    UnsupportedVersionError,
-)
-from rpcproxy.bus.client.keys import CurveClient, CurveError
-from rpcproxy.bus.client.transport import AsyncTransport, Transport
+from rpcproxy.bus import client as _client
+from rpcproxy.bus.client import *  # noqa: F403 (the facade's __all__ is the one list)
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "DEFAULT_ENDPOINT",
-    "AddResult",
-    "AsyncProxyClient",
-    "AsyncTransport",
-    "BadRequestError",
-    "CurveClient",
-    "CurveError",
-    "HeartbeatEntry",
-    "ProtocolError",
-    "ProxyClient",
-    "ProxyError",
-    "ProxyInvalidAddressError",
-    "ProxyTimeoutError",
-    "Publisher",
-    "RebalanceResult",
-    "Server",
-    "Status",
-    "Transport",
-    "UnavailableError",
-    "UnknownOpError",
-    "UnsupportedVersionError",
-    "__version__",
-]
+__all__ = ["__version__"]
+__all__ += _client.__all__

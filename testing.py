@@ -49,10 +49,10 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from rpcproxy.bus.client.aio import AsyncProxyClient
-from rpcproxy.bus.client.client import ProxyClient
-from rpcproxy.bus.client.results import (
+from rpcproxy.bus.client import (
+    AsyncProxyClient,
     BadRequestError,
+    ProxyClient,
     ProxyError,
     ProxyInvalidAddressError,
     ProxyTimeoutError,

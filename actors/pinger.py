@@ -23,7 +23,7 @@ The result holds, in candidate order, every candidate up to and including the
 first one that answered (all of them, failed, when none did; see
 ``proxy.choose_head``). A candidate missing from the result counts as failed.
 This is the one definition of the contract: the transport's pingers
-(:mod:`rpcproxy.bus.service.ping`) implement it; tests pass in-memory ones.
+(:mod:`rpcproxy.bus.probes.engine`) implement it; tests pass in-memory ones.
 """
 
 

@@ -21,7 +21,6 @@ import pykka
 
 from rpcproxy.actors.counters import NO_COUNTERS, ActorCounters
 from rpcproxy.actors.lifecycle import stop_within
-from rpcproxy.actors.log_gate import PeerLog
 from rpcproxy.actors.messages import (
     ActiveServerChanged,
     AddOutcome,
@@ -48,6 +47,7 @@ from rpcproxy.actors.messages import (
 from rpcproxy.actors.pinger import Pinger, PingerActor
 from rpcproxy.actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
 from rpcproxy.actors.timer import TimerActor
+from rpcproxy.log_gate import PeerLog
 from rpcproxy.proxy import (
     DEFAULT_MAX_SERVERS,
     Address,

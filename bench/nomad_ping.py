@@ -29,9 +29,9 @@ from pathlib import Path
 
 from common import Result, Spread, percentile
 
-from rpcproxy.bus.service.msgpackrpc import RPC_NOMAD, RPC_TLS, encode_request
-from rpcproxy.bus.service.nomad_ping import NomadPinger, NomadTls, ReplyCheck, load_tls
-from rpcproxy.proxy.address import Address
+from rpcproxy.bus.probes.msgpackrpc import RPC_NOMAD, RPC_TLS, encode_request
+from rpcproxy.bus.probes.nomad import NomadPinger, NomadTls, ReplyCheck, load_tls
+from rpcproxy.proxy import Address
 from tests.nomadpeer import NomadPeer, TLSFiles, go_ping, make_tls_files
 
 PING_TIMEOUT_S = 5.0

@@ -5,9 +5,11 @@ The service's transport (:mod:`rpcproxy.bus.service`) and the client library
 endpoints and event reasons from here, so a name cannot drift between them.
 This module imports nothing of rpcproxy: a client process that imports it
 loads none of the service.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: the client's facade names
+these classes ``rpcproxy``'s (their ``__module__``), and msgspec reads a
+Struct's string annotations in that module, which does not hold ``Name``.
+"""
 
 import enum
 from typing import Annotated, Final, Literal, TypeAlias

@@ -33,8 +33,7 @@ from rpcproxy.bus.wire import (
     DEFAULT_HEARTBEAT_ENDPOINT,
     DEFAULT_QUERY_ENDPOINT,
 )
-from rpcproxy.proxy.address import Address, InvalidAddressError, parse_address
-from rpcproxy.proxy.state import DEFAULT_MAX_SERVERS
+from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address, InvalidAddressError, parse_address
 
 ENV_PREFIX = "RPCPROXY_"
 """Environment variables are ``ENV_PREFIX + key.upper()``."""

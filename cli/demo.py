@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 import zmq
 
-from rpcproxy.bus.client.client import ProxyClient, ProxyError
-from rpcproxy.bus.service.nomad_ping import NomadPinger
+from rpcproxy.bus.client import ProxyClient, ProxyError
+from rpcproxy.bus.probes.nomad import NomadPinger
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.bus.wire import EVENT_TOPIC

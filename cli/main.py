@@ -28,7 +28,7 @@ import zmq
 
 from rpcproxy import __version__
 from rpcproxy.actors.lifecycle import stop_within
-from rpcproxy.bus.client.keys import CurveClient, CurveError
+from rpcproxy.bus.net.keys import CurveClient, CurveError
 from rpcproxy.bus.service.nomad_http import NomadApiSettings
 from rpcproxy.bus.standins.standin import PROTOCOLS
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT

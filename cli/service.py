@@ -21,6 +21,8 @@ import zmq
 from rpcproxy.actors import ProxyActor, ProxySettings, SnapshotBox
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
+from rpcproxy.bus.probes.engine import TcpPinger, WindowedPinger, ZmqPinger
+from rpcproxy.bus.probes.nomad import NomadPinger, NomadTls, TlsSetupError, load_tls
 from rpcproxy.bus.service.codec import Decoder, new_instance_id
 from rpcproxy.bus.service.curve import (
     HEARTBEAT_DOMAIN,
@@ -33,8 +35,6 @@ from rpcproxy.bus.service.events import EventPublisher
 from rpcproxy.bus.service.heartbeats import HeartbeatListener
 from rpcproxy.bus.service.metrics import Metrics, MetricsServer
 from rpcproxy.bus.service.nomad_http import NomadApiSettings, NomadBridge, NomadFetcher, make_client
-from rpcproxy.bus.service.nomad_ping import NomadPinger, NomadTls, TlsSetupError, load_tls
-from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
 from rpcproxy.bus.service.query import QueryServer
 from rpcproxy.cli.config import Config, ConfigError
 from rpcproxy.proxy import LocalIdentity, ProxyState, RebalanceTiming

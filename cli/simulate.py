@@ -16,7 +16,7 @@ import sys
 from typing import TextIO
 
 from rpcproxy.proxy import RebalanceTiming
-from rpcproxy.sim.fleet import FleetConfig, FleetResult, simulate
+from rpcproxy.sim import FleetConfig, FleetResult, simulate
 from rpcproxy.sim.plot import PlotUnavailableError, save_plot
 from rpcproxy.sim.progress import progress_bar
 

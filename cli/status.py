@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from rpcproxy.bus.client.client import ProxyClient, ProxyError, Status
-from rpcproxy.bus.client.keys import CurveClient
+from rpcproxy.bus.client import ProxyClient, ProxyError, Status
+from rpcproxy.bus.net.keys import CurveClient
 
 CLEAR = "\x1b[H\x1b[2J"
 """Cursor home and clear screen: redraw a live view in place."""

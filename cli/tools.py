@@ -19,16 +19,16 @@ from typing import Any, Literal
 
 import zmq
 
-from rpcproxy.bus.client.client import ProxyClient, ProxyError
-from rpcproxy.bus.client.keys import CurveClient, create_key_pair
+from rpcproxy.bus.client import ProxyClient, ProxyError
+from rpcproxy.bus.net.keys import CurveClient, create_key_pair
+from rpcproxy.bus.probes.engine import TcpPinger, WindowedPinger, ZmqPinger
+from rpcproxy.bus.probes.nomad import NomadPinger
 from rpcproxy.bus.service.nomad_http import (
     NomadApiSettings,
     NomadFetcher,
     NomadPoller,
     make_client,
 )
-from rpcproxy.bus.service.nomad_ping import NomadPinger
-from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.bus.standins.standin import Protocol, ServerStandIn
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT

@@ -10,7 +10,7 @@ a fresh key every time, so a limit per key would bound nothing.
 
 Keys are ``zmq.auth`` certificate files, as ``rpcproxy keygen`` writes them:
 ``NAME.key`` (public) and ``NAME.key_secret`` (public and secret). Reading
-them is shared with the client library (:mod:`rpcproxy.bus.client.keys`,
+them is shared with the client library (:mod:`rpcproxy.bus.net.keys`,
 which also holds the client's side, ``CurveClient``).
 """
 
@@ -28,8 +28,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from rpcproxy.actors.log_gate import LogGate, PeerLog
-from rpcproxy.bus.client.keys import CurveError, KeyPair, load_key_pair
+from rpcproxy.bus.net.keys import CurveError, KeyPair, load_key_pair
+from rpcproxy.log_gate import LogGate, PeerLog
 
 __all__ = [
     "EVENTS_DOMAIN",

@@ -36,10 +36,10 @@ import zmq
 from rpcproxy.actors import ActiveServerChanged, ChangeReason
 from rpcproxy.actors.timer import Handle, Scheduler, ThreadingScheduler
 from rpcproxy.bus import wire
+from rpcproxy.bus.net.loop import needs_ipv6
 from rpcproxy.bus.service.codec import encode_event, new_instance_id
 from rpcproxy.bus.service.curve import EVENTS_DOMAIN, CurveServer
 from rpcproxy.bus.service.heap_trim import HeapTrimmer
-from rpcproxy.bus.service.loop import needs_ipv6
 from rpcproxy.bus.service.subscriptions import SubscriptionGuard, local_match, prepare
 from rpcproxy.bus.wire import EVENT_TOPIC
 from rpcproxy.proxy import Address

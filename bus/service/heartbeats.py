@@ -42,13 +42,13 @@ import pykka
 import zmq
 
 from rpcproxy.actors import ApplyHeartbeats
-from rpcproxy.actors.log_gate import PeerLog
+from rpcproxy.bus.net.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.bus.service.codec import Decoder, HeartbeatError, peek_heartbeat
 from rpcproxy.bus.service.conflate import Conflator
 from rpcproxy.bus.service.curve import HEARTBEAT_DOMAIN, CurveServer
-from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.bus.service.metrics import HeartbeatRejection, Metrics
 from rpcproxy.bus.wire import heartbeat_topic
+from rpcproxy.log_gate import PeerLog
 from rpcproxy.proxy import Heartbeat
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import httpcore
 
-from rpcproxy.bus.service.resolve import Endpoint, Resolver, numeric_endpoints, shared_resolver
-from rpcproxy.proxy.address import Address
+from rpcproxy.bus.net.resolve import Endpoint, Resolver, numeric_endpoints, shared_resolver
+from rpcproxy.proxy import Address
 
 __all__ = ["StoppableNetwork"]
 

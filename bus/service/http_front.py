@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from rpcproxy.actors.log_gate import PeerLog
 from rpcproxy.bus.service.http_wire import (
     MAX_HEAD_BYTES,
     HttpError,
@@ -53,6 +52,7 @@ from rpcproxy.bus.service.http_wire import (
     render,
     route_of,
 )
+from rpcproxy.log_gate import PeerLog
 
 __all__ = ["HttpFront"]
 

@@ -22,13 +22,8 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from rpcproxy.actors.messages import (
-    HEARTBEAT_KINDS,
-    REBALANCE_KINDS,
-    HeartbeatKind,
-    RebalanceKind,
-)
-from rpcproxy.actors.snapshot import SnapshotBox
+from rpcproxy.actors import HeartbeatKind, RebalanceKind, SnapshotBox
+from rpcproxy.actors.messages import HEARTBEAT_KINDS, REBALANCE_KINDS
 from rpcproxy.bus.service.http_front import HttpFront
 from rpcproxy.bus.service.http_wire import Request, Response, Route
 

@@ -35,7 +35,6 @@ import msgspec
 import zmq
 from msgspec import Meta
 
-from rpcproxy.actors.log_gate import PeerLog
 from rpcproxy.bus.service.codec import encode_heartbeat
 from rpcproxy.bus.service.http_fetch import (
     DEFAULT_MAX_BODY_BYTES,
@@ -48,6 +47,7 @@ from rpcproxy.bus.service.http_fetch import (
     make_fetch_client,
 )
 from rpcproxy.bus.wire import heartbeat_topic
+from rpcproxy.log_gate import PeerLog
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ from rpcproxy.actors import (
     Snapshot,
     SnapshotBox,
 )
-from rpcproxy.actors.log_gate import PeerLog
+from rpcproxy.bus.net.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.bus.service.codec import (
     NO_ID,
     AddPrimaryRequest,
@@ -71,9 +71,9 @@ from rpcproxy.bus.service.codec import (
     server_obj,
 )
 from rpcproxy.bus.service.curve import QUERY_DOMAIN, CurveServer
-from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.bus.service.metrics import Metrics
 from rpcproxy.bus.wire import ErrorCode
+from rpcproxy.log_gate import PeerLog
 from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address
 
 log = logging.getLogger(__name__)

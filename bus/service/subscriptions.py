@@ -43,7 +43,7 @@ from typing import Any
 
 import zmq
 
-from rpcproxy.actors.log_gate import PeerLog
+from rpcproxy.log_gate import PeerLog
 
 log = logging.getLogger(__name__)
 

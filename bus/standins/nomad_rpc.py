@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Final
 
-from rpcproxy.bus.service.msgpackrpc import (
+from rpcproxy.bus.probes.msgpackrpc import (
     RPC_NOMAD,
     RPC_TLS,
     STATUS_PING,

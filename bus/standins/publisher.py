@@ -16,9 +16,9 @@ from typing import Any
 
 import zmq
 
-from rpcproxy.bus.client.keys import CurveClient
+from rpcproxy.bus.net.keys import CurveClient
+from rpcproxy.bus.net.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.bus.service.codec import encode_heartbeat
-from rpcproxy.bus.service.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.bus.wire import heartbeat_topic
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
@@ -32,7 +32,7 @@ class HeartbeatPublisher(SocketThread):
     """Publishes ``servers()`` on ``heartbeat/<region>`` every ``interval_s``.
 
     The PUB socket is created, used and closed by the publisher's own thread
-    (a :class:`~rpcproxy.bus.service.loop.SocketThread`), so :meth:`start` raises what setting
+    (a :class:`~rpcproxy.bus.net.loop.SocketThread`), so :meth:`start` raises what setting
     it up raised, a taken port for one, instead of returning with a thread
     that died. ``servers`` is called on that thread each time, so the caller
     can change the list while it runs (thread-safe if it returns an immutable

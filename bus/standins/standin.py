@@ -35,7 +35,7 @@ import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from rpcproxy.bus.service.loop import SocketThread
+from rpcproxy.bus.net.loop import SocketThread
 from rpcproxy.bus.standins.nomad_rpc import NomadResponder, NomadRpcListener
 from rpcproxy.bus.wire import ErrorCode, Op
 

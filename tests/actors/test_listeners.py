@@ -18,10 +18,10 @@ from rpcproxy.actors import (
     Rebalance,
     RebalanceOutcome,
     RemoveServer,
+    Reply,
     ResetRebalanceTimer,
     SetBackups,
 )
-from rpcproxy.actors.messages import Reply
 
 from ._fakes import A, B, C, D, E, F, Harness, hb
 from .conftest import StartProxy

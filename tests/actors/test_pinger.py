@@ -9,7 +9,7 @@ import pytest
 
 from rpcproxy.actors import PingerActor
 from rpcproxy.actors.messages import PingCandidates, PingResults
-from rpcproxy.bus.service.ping import TcpPinger, WindowedPinger, ZmqPinger
+from rpcproxy.bus.probes.engine import TcpPinger, WindowedPinger, ZmqPinger
 from rpcproxy.proxy import Address
 from tests.waiting import poll_until
 
@@ -65,7 +65,7 @@ def test_unexpected_messages_are_logged_and_ignored(caplog: pytest.LogCaptureFix
 
 
 class ClosablePinger(FakePinger):
-    """A FakePinger with the ``close()`` that bus/service/ping.py's pingers have."""
+    """A FakePinger with the ``close()`` that bus/probes/engine.py's pingers have."""
 
     def __init__(self, live: tuple[Address, ...] = ()) -> None:
         super().__init__(live)

@@ -10,14 +10,8 @@ import re
 from pathlib import Path
 from typing import get_args
 
-from rpcproxy.actors.messages import (
-    CHANGE_REASONS,
-    HEARTBEAT_KINDS,
-    REBALANCE_KINDS,
-    ChangeReason,
-    HeartbeatKind,
-    RebalanceKind,
-)
+from rpcproxy.actors import ChangeReason, HeartbeatKind, RebalanceKind
+from rpcproxy.actors.messages import CHANGE_REASONS, HEARTBEAT_KINDS, REBALANCE_KINDS
 from rpcproxy.bus import wire
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"

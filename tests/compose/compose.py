@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from rpcproxy.bus.client.client import ProxyClient, ProxyError
-from rpcproxy.bus.client.keys import CurveClient
+from rpcproxy.bus.client import ProxyClient, ProxyError
+from rpcproxy.bus.net.keys import CurveClient
 from tests.nomadpeer import PeerError, build_peer
 from tests.waiting import poll_until
 

@@ -36,9 +36,9 @@ from typing import Final
 import pytest
 import zmq
 
-from rpcproxy.bus.client.client import ProxyClient, ProxyError
-from rpcproxy.bus.client.keys import CurveClient
-from rpcproxy.bus.service.nomad_ping import NomadPinger
+from rpcproxy.bus.client import ProxyClient, ProxyError
+from rpcproxy.bus.net.keys import CurveClient
+from rpcproxy.bus.probes.nomad import NomadPinger
 from rpcproxy.proxy import parse_address
 from tests.compose.chaos import CheckResult, Op, Outage, check_invariant
 from tests.compose.compose import SERVER_SERVICES, SERVERS, ComposeProject, in_ci, wait_for

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from rpcproxy.bus.client.client import ProxyClient, ProxyTimeoutError
-from rpcproxy.bus.client.keys import CurveClient, create_key_pair, load_key_pair
-from rpcproxy.bus.service.nomad_ping import NomadPinger
+from rpcproxy.bus.client import ProxyClient, ProxyTimeoutError
+from rpcproxy.bus.net.keys import CurveClient, create_key_pair, load_key_pair
+from rpcproxy.bus.probes.nomad import NomadPinger
 from rpcproxy.proxy import parse_address
 from tests.compose.compose import (
     PROXY_PUBLIC_KEY,

@@ -12,8 +12,8 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from rpcproxy.bus.client.client import ProxyClient, ProxyTimeoutError
-from rpcproxy.bus.client.keys import CurveClient, create_key_pair
+from rpcproxy.bus.client import ProxyClient, ProxyTimeoutError
+from rpcproxy.bus.net.keys import CurveClient, create_key_pair
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.proxy import HeartbeatServer
 from tests.helpers import free_port, tcp

@@ -20,7 +20,7 @@ from typing import Any
 import pykka
 import pytest
 
-from rpcproxy.actors.snapshot import Snapshot
+from rpcproxy.actors import Snapshot
 from rpcproxy.cli.config import Config
 from rpcproxy.cli.service import ProxyService
 from rpcproxy.proxy import ProxyState

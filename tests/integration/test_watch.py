@@ -28,7 +28,7 @@ import pytest
 import zmq
 
 from rpcproxy import AsyncProxyClient, ProxyClient, ProxyError
-from rpcproxy.bus.client import watch
+from rpcproxy.bus.client import _watch as watch
 from tests.helpers import pack, unpack
 from tests.integration.relay import Relay
 from tests.integration.serving import CTX, RawClient, Serve

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rpcproxy.bus.client.client import ProxyClient, ProxyError, ProxyTimeoutError  # noqa: E402
+from rpcproxy.bus.client import ProxyClient, ProxyError, ProxyTimeoutError  # noqa: E402
 from rpcproxy.bus.standins.standin import ServerStandIn  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 

@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from rpcproxy import AsyncProxyClient
-from rpcproxy.bus.client.client import (
+from rpcproxy.bus.client import (
     AddResult,
     BadRequestError,
     HeartbeatEntry,

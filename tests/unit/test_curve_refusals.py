@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from rpcproxy.bus.client.keys import create_key_pair
+from rpcproxy.bus.net.keys import create_key_pair
 from rpcproxy.bus.service.curve import HEARTBEAT_DOMAIN, QUERY_DOMAIN, AllowList
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")

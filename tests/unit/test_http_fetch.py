@@ -25,6 +25,7 @@ from typing import Any
 import httpcore
 import pytest
 
+from rpcproxy.bus.net.resolve import Resolver
 from rpcproxy.bus.service.http_fetch import (
     MAX_FETCH_DEADLINE_S,
     MIN_FETCH_DEADLINE_S,
@@ -34,7 +35,6 @@ from rpcproxy.bus.service.http_fetch import (
 )
 from rpcproxy.bus.service.http_fetch_body import INFLATE_STEP_BYTES, BodyError, read_body
 from rpcproxy.bus.service.http_fetch_network import StoppableNetwork
-from rpcproxy.bus.service.resolve import Resolver
 from tests.nomadapi import gzip_of_zeros
 
 # --- The deadline of a whole fetch, and the client ----------------------------------

@@ -108,38 +108,56 @@ def layer(module: str) -> str:
     return parts[0]
 
 
-CERTIFICATE_FILES = "rpcproxy.bus.client.keys"
-"""The one client module the service may use: both ends read the same key files."""
-
 ALLOWED: dict[str, frozenset[str]] = {
     "proxy": frozenset({"proxy"}),
-    "actors": frozenset({"actors", "proxy"}),
+    "log_gate": frozenset({"log_gate"}),
+    "actors": frozenset({"actors", "proxy", "log_gate"}),
     "bus/wire": frozenset({"bus/wire"}),
-    "bus/client": frozenset({"bus/client", "bus/wire"}),
-    "bus/service": frozenset({"bus/service", "bus/wire", "actors", "proxy"}),
-    "bus/standins": frozenset({"bus/standins", "bus/service", "bus/client", "bus/wire", "proxy"}),
+    "bus/net": frozenset({"bus/net", "proxy"}),
+    "bus/client": frozenset({"bus/client", "bus/net", "bus/wire"}),
+    "bus/service": frozenset({"bus/service", "bus/net", "bus/wire", "actors", "proxy", "log_gate"}),
+    "bus/probes": frozenset({"bus/probes", "bus/net", "bus/wire", "actors", "proxy", "log_gate"}),
+    "bus/standins": frozenset(
+        {"bus/standins", "bus/service", "bus/probes", "bus/net", "bus/client", "bus/wire", "proxy"}
+    ),
     "sim": frozenset({"sim", "proxy"}),
     "bus": frozenset({"bus"}),
-    "rpcproxy": frozenset({"bus/client", "bus/wire"}),
+    "rpcproxy": frozenset({"bus/client"}),
     "testing": frozenset({"testing", "bus/client", "bus/wire", "proxy"}),
 }
 """What each layer may import; ``cli`` is the top and may import any of them."""
 
+WINGS = ("bus/service", "bus/probes", "bus/client")
+"""The three wings of ``bus``: what ``serve`` binds, what probes servers, what users import.
+
+None imports another; what they share stands on neutral ground
+(``bus/net``, ``bus/wire``).
+"""
+
 WHY: dict[str, str] = {
     "proxy": "proxy is the pure domain: it imports no other rpcproxy package",
-    "actors": "actors import only actors and proxy (layers: transport -> actors -> proxy)",
+    "log_gate": "log_gate is a logging utility under every layer: it imports nothing of rpcproxy",
+    "actors": (
+        "actors import only actors, proxy and log_gate (layers: transport -> actors -> proxy)"
+    ),
     "bus/wire": "bus/wire is the shared vocabulary: it imports nothing of rpcproxy",
-    "bus/client": "the client library imports only bus/client and bus/wire",
+    "bus/net": "bus/net is neutral ground under every wing: it imports only itself and proxy",
+    "bus/client": "the client library imports only bus/client, bus/net and bus/wire",
     "bus/service": (
-        "the transport imports bus/service, bus/wire, actors, proxy and (for key files)"
-        " bus/client/keys only: never the stand-ins, the client library or cli"
+        "the transport imports bus/service, bus/net, bus/wire, actors, proxy and log_gate only:"
+        " never the probes, the stand-ins, the client library or cli"
+    ),
+    "bus/probes": (
+        "the probes import bus/probes, bus/net, bus/wire, actors, proxy and log_gate only:"
+        " never the service's sockets, the client library or cli"
     ),
     "bus/standins": (
-        "stand-ins use the wire, the service's pieces and the client, never actors or cli"
+        "stand-ins use the wire, the service's pieces, the probes and the client,"
+        " never actors or cli"
     ),
     "sim": "the simulator imports only sim and proxy",
     "bus": "bus/__init__ only documents its subpackages",
-    "rpcproxy": "the top-level package holds the client's names only (bus/client, bus/wire)",
+    "rpcproxy": "the top-level package holds the client's names only (its facade, bus/client)",
     "testing": (
         "rpcproxy.testing (users' test doubles) imports the client, the wire and the pure"
         " domain only"
@@ -151,9 +169,18 @@ def is_allowed(imp: Import) -> bool:
     source, target = layer(imp.importer), layer(imp.imported)
     if source == "cli":
         return True
-    if source == "bus/service" and imp.imported == CERTIFICATE_FILES:
-        return True
     return target in ALLOWED[source]
+
+
+def wing_edges(imports: Iterable[Import]) -> list[str]:
+    """Imports from one wing of ``bus`` into another (each already breaks its layer rule)."""
+    return [
+        f"{imp}\n    breaks: no wing of bus imports another ({', '.join(WINGS)})"
+        for imp in imports
+        if layer(imp.importer) in WINGS
+        and layer(imp.imported) in WINGS
+        and layer(imp.importer) != layer(imp.imported)
+    ]
 
 
 def layer_violations(imports: Iterable[Import]) -> list[str]:
@@ -218,7 +245,7 @@ def service_violations(imports: list[Import]) -> list[str]:
     )
 
 
-CLIENT_MAY_LOAD = frozenset({"rpcproxy", "bus", "bus/client", "bus/wire"})
+CLIENT_MAY_LOAD = frozenset({"rpcproxy", "bus", "bus/client", "bus/net", "bus/wire"})
 
 
 def client_violations(imports: list[Import]) -> list[str]:
@@ -248,6 +275,51 @@ def old_name_violations(root: Path) -> list[str]:
     return found
 
 
+def facade_names(root: Path) -> dict[str, frozenset[str]]:
+    """Each package whose ``__init__`` writes ``__all__`` as a list: the names it exports."""
+    found = {}
+    for init in sorted(root.rglob("__init__.py")):
+        if init.parent == root or not any(
+            init.is_relative_to(root / folder) for folder in PACKAGE_DIRS
+        ):
+            continue  # the root exports the client's facade; every module is inside it
+        tree = ast.parse(init.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if (
+                isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+                and isinstance(node.value, ast.List)
+            ):
+                names = {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+                found[module_name(root, init)] = frozenset(str(n) for n in names)
+    return found
+
+
+def facade_violations(root: Path) -> list[str]:
+    """Imports of a facade's public name from a module behind it, by code outside its package."""
+    facades = facade_names(root)
+    files = package_files(root)
+    for folder in OTHER_CODE_DIRS:
+        files += sorted((root / folder).rglob("*.py"))
+    found = []
+    for path in files:
+        importer = module_name(root, path)
+        for line, level, module, names in _imports_in(path):
+            if level or not module:
+                continue
+            for package, public in facades.items():
+                inside = importer == package or importer.startswith(package + ".")
+                if inside or not module.startswith(package + "."):
+                    continue
+                found += [
+                    f"{path.relative_to(root).as_posix()}:{line}: imports {name} from {module}\n"
+                    f"    breaks: a public name is imported from its package's facade, {package}"
+                    for name in names
+                    if name in public
+                ]
+    return found
+
+
 def _report(problems: list[str]) -> str:
     return f"{len(problems)} import(s) break the layers:\n" + "\n".join(problems)
 
@@ -264,7 +336,7 @@ def imports() -> list[Import]:
 def test_the_imports_are_read(imports: list[Import]) -> None:
     # A reader that found nothing would pass every rule below.
     pairs = {(imp.importer, imp.imported) for imp in imports}
-    assert ("rpcproxy.bus.client.client", "rpcproxy.bus.wire") in pairs
+    assert ("rpcproxy.bus.client._client", "rpcproxy.bus.wire") in pairs
     assert ("rpcproxy.actors.proxy_actor", "rpcproxy.proxy") in pairs
     assert ("rpcproxy.testing", "rpcproxy.proxy") in pairs
 
@@ -296,9 +368,19 @@ def test_importing_the_client_really_loads_only_the_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     loaded = set(out.split())
-    assert "rpcproxy.bus.client.client" in loaded
-    assert "rpcproxy.bus.client.aio" in loaded
+    assert "rpcproxy.bus.client._client" in loaded
+    assert "rpcproxy.bus.client._aio" in loaded
     assert {m for m in loaded if layer(m) not in CLIENT_MAY_LOAD} == set()
+
+
+def test_no_wing_of_bus_imports_another(imports: list[Import]) -> None:
+    problems = wing_edges(imports)
+    assert not problems, _report(problems)
+
+
+def test_public_names_are_imported_from_their_facade() -> None:
+    problems = facade_violations(ROOT)
+    assert not problems, _report(problems)
 
 
 def test_nothing_imports_the_old_top_level_names() -> None:
@@ -321,28 +403,44 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 _GOOD = {
-    "__init__.py": "from rpcproxy.bus.client.client import ProxyClient\n",
+    "__init__.py": "from rpcproxy.bus.client import ProxyClient\n",
+    "log_gate.py": "import logging\n",
     "proxy/__init__.py": "",
-    "actors/__init__.py": "from rpcproxy.proxy import state\n",
+    "actors/__init__.py": (
+        "from rpcproxy.proxy import state\nfrom rpcproxy.log_gate import PeerLog\n"
+    ),
     "bus/__init__.py": "",
     "bus/wire.py": "import msgspec\n",
-    "bus/client/__init__.py": "",
-    "bus/client/client.py": "from rpcproxy.bus import wire\nfrom .keys import CurveClient\n",
-    "bus/client/keys.py": "import zmq\n",
-    "testing.py": (
-        "from rpcproxy.bus.client.client import ProxyClient\nfrom rpcproxy.proxy import state\n"
+    "bus/net/__init__.py": "",
+    "bus/net/keys.py": "import zmq\n",
+    "bus/net/loop.py": "import zmq\n",
+    "bus/client/__init__.py": (
+        "from rpcproxy.bus.client._client import ProxyClient\n__all__ = ['ProxyClient']\n"
     ),
+    "bus/client/_client.py": "from rpcproxy.bus import wire\nfrom ..net.keys import CurveClient\n",
+    "testing.py": "from rpcproxy.bus.client import ProxyClient\nfrom rpcproxy.proxy import state\n",
     "bus/service/__init__.py": "",
     "bus/service/metrics.py": "",
     "bus/service/query.py": (
-        "from rpcproxy.actors import ProxyActor\nfrom rpcproxy.bus.client.keys import KeyPair\n"
+        "from rpcproxy.actors import ProxyActor\nfrom rpcproxy.bus.net.keys import KeyPair\n"
+    ),
+    "bus/probes/__init__.py": "",
+    "bus/probes/engine.py": (
+        "from rpcproxy.bus.net.loop import Waker\nfrom rpcproxy.proxy import state\n"
     ),
     "bus/standins/__init__.py": "",
     "bus/standins/publisher.py": "",
     "bus/standins/standin.py": "from rpcproxy.bus.service import query\n",
     "cli/__init__.py": "",
-    "cli/service.py": "from rpcproxy.bus.service.query import QueryServer\n",
+    "cli/service.py": (
+        "from rpcproxy.bus.service.query import QueryServer\n"
+        "from rpcproxy.bus.probes.engine import WindowedProber\n"
+    ),
     "cli/demo.py": "from rpcproxy.bus.standins.standin import ServerStandIn\n",
+    "tests/test_client.py": (
+        "from rpcproxy.bus.client import ProxyClient\n"
+        "from rpcproxy.bus.client._client import check\n"
+    ),
 }
 
 
@@ -350,9 +448,11 @@ def _all_problems(root: Path) -> list[str]:
     imports = read_imports(root)
     return [
         *layer_violations(imports),
+        *wing_edges(imports),
         *service_violations(imports),
         *client_violations(imports),
         *old_name_violations(root),
+        *facade_violations(root),
     ]
 
 
@@ -373,13 +473,50 @@ def test_a_tree_that_keeps_the_layers_passes(tmp_path: Path) -> None:
             "actors/timer.py",
             "if True:\n    from rpcproxy.bus.service import metrics\n",
             "actors/timer.py:2: rpcproxy.actors.timer imports rpcproxy.bus.service.metrics\n"
-            "    breaks: actors import only actors and proxy",
+            "    breaks: actors import only actors, proxy and log_gate",
         ),
         (
-            "bus/client/client.py",
+            "bus/client/_client.py",
             "from ..service.codec import ErrorCode\n",
-            "bus/client/client.py:1: rpcproxy.bus.client.client imports"
+            "bus/client/_client.py:1: rpcproxy.bus.client._client imports"
             " rpcproxy.bus.service.codec\n    breaks: the client library",
+        ),
+        (
+            "bus/service/query.py",
+            "from rpcproxy.bus.probes.engine import WindowedProber\n",
+            "bus/service/query.py:1: rpcproxy.bus.service.query imports"
+            " rpcproxy.bus.probes.engine\n    breaks: no wing of bus imports another",
+        ),
+        (
+            "bus/probes/engine.py",
+            "from rpcproxy.bus.service import metrics\n",
+            "breaks: the probes import",
+        ),
+        (
+            "bus/probes/engine.py",
+            "from rpcproxy.bus.client._client import ProxyClient\n",
+            "breaks: no wing of bus imports another",
+        ),
+        (
+            "bus/net/loop.py",
+            "from rpcproxy.bus.service import metrics\n",
+            "breaks: bus/net is neutral ground",
+        ),
+        (
+            "log_gate.py",
+            "from rpcproxy.actors import ProxyActor\n",
+            "breaks: log_gate is a logging utility",
+        ),
+        (
+            "cli/demo.py",
+            "from rpcproxy.bus.client._client import ProxyClient\n",
+            "cli/demo.py:1: imports ProxyClient from rpcproxy.bus.client._client"
+            "\n    breaks: a public name is imported from its package's facade",
+        ),
+        (
+            "tests/test_client.py",
+            "from rpcproxy.bus.client._client import ProxyClient\n",
+            "tests/test_client.py:1: imports ProxyClient from rpcproxy.bus.client._client",
         ),
         (
             "bus/wire.py",
@@ -394,7 +531,7 @@ def test_a_tree_that_keeps_the_layers_passes(tmp_path: Path) -> None:
         ),
         (
             "bus/service/events.py",
-            "from rpcproxy.bus.client.client import ProxyClient\n",
+            "from rpcproxy.bus.client import ProxyClient\n",
             "breaks: the transport imports",
         ),
         (
@@ -403,8 +540,8 @@ def test_a_tree_that_keeps_the_layers_passes(tmp_path: Path) -> None:
             "rpcproxy.bus.standins.standin is loaded, which nothing in the service",
         ),
         (
-            "bus/client/keys.py",
-            "from rpcproxy.bus.client import client\nimport rpcproxy.sim\n",
+            "bus/net/keys.py",
+            "import rpcproxy.sim\n",
             "rpcproxy.sim is loaded, which a client process",
         ),
         (

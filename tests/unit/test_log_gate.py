@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from rpcproxy.actors.log_gate import LogGate, PeerLog
+from rpcproxy.log_gate import LogGate, PeerLog
 
 
 def test_a_burst_passes_then_lines_are_held_back() -> None:

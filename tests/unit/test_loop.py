@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import zmq
 
-from rpcproxy.bus.service.loop import SocketThread
+from rpcproxy.bus.net.loop import SocketThread
 from tests.waiting import poll_until
 
 

@@ -1,4 +1,4 @@
-"""Nomad's msgpack-rpc framing against captured bytes (bus/service/msgpackrpc.py).
+"""Nomad's msgpack-rpc framing against captured bytes (bus/probes/msgpackrpc.py).
 
 The captured bytes are what Nomad's Go client sends and its server answers
 for ``Status.Ping`` (docs/protocol.md section 4); the independent ``msgpack``
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpcproxy.bus.service.msgpackrpc import (
+from rpcproxy.bus.probes.msgpackrpc import (
     MAX_DEPTH,
     RPC_NOMAD,
     FramingError,
@@ -25,7 +25,7 @@ from rpcproxy.bus.service.msgpackrpc import (
     encode_request,
     encode_response,
 )
-from rpcproxy.bus.service.nomad_ping import ReplyCheck
+from rpcproxy.bus.probes.nomad import ReplyCheck
 
 PING_REQUEST_SEQ_1 = b"\x01\x82\xa3Seq\x01\xadServiceMethod\xabStatus.Ping\x80"
 """``01 82 a3 'Seq' 01 ad 'ServiceMethod' ab 'Status.Ping' 80``."""

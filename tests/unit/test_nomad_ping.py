@@ -1,4 +1,4 @@
-"""Nomad's Status.Ping over loopback sockets (bus/service/nomad_ping.py).
+"""Nomad's Status.Ping over loopback sockets (bus/probes/nomad.py).
 
 Servers here are small Python socket servers that read the request with the
 independent ``msgpack`` package and then do what the test says: answer,
@@ -24,9 +24,9 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from rpcproxy.bus.service.nomad_ping import NomadPinger, TlsSetupError, load_tls, server_name
+from rpcproxy.bus.probes.nomad import NomadPinger, TlsSetupError, load_tls, server_name
 from rpcproxy.bus.standins.standin import ServerStandIn
-from rpcproxy.proxy.address import Address, parse_address
+from rpcproxy.proxy import Address, parse_address
 from tests.helpers import free_port
 from tests.nomadpeer import TLSFiles, make_tls_files
 from tests.waiting import poll_until

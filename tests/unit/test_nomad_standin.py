@@ -16,7 +16,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from rpcproxy.bus.service.msgpackrpc import RequestHeader
+from rpcproxy.bus.probes.msgpackrpc import RequestHeader
 from rpcproxy.bus.standins.nomad_rpc import NomadResponder, NomadRpcListener, parse_tcp_bind
 from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.helpers import port_is_free

@@ -1,4 +1,4 @@
-"""Parallel pings over real loopback sockets (bus/service/ping.py, bus/service/resolve.py).
+"""Parallel pings over real loopback sockets (bus/probes/engine.py, bus/net/resolve.py).
 
 Dead servers are ports nobody listens on (refused at once); hung ones are
 listeners that accept and never answer (ZeroMQ pings) or whose full accept
@@ -27,7 +27,8 @@ import zmq
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from rpcproxy.bus.service.ping import (
+from rpcproxy.bus.net.resolve import Resolver
+from rpcproxy.bus.probes.engine import (
     MAX_WINDOW,
     MIN_WINDOW,
     TcpPinger,
@@ -37,9 +38,8 @@ from rpcproxy.bus.service.ping import (
     prefix_results,
     window_for,
 )
-from rpcproxy.bus.service.resolve import Resolver
 from rpcproxy.bus.standins.standin import ServerStandIn
-from rpcproxy.proxy.address import Address, parse_address
+from rpcproxy.proxy import Address, parse_address
 from tests.helpers import free_port
 from tests.waiting import poll_until
 
@@ -532,7 +532,7 @@ FD_LIMIT_SCRIPT = textwrap.dedent(
     """
     import resource, sys
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-    from rpcproxy.bus.service.ping import TcpPinger, ZmqPinger
+    from rpcproxy.bus.probes.engine import TcpPinger, ZmqPinger
     from rpcproxy.proxy.address import Address, parse_address
 
     kind, live, port, hung = sys.argv[1], parse_address(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

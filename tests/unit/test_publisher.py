@@ -12,7 +12,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from rpcproxy.bus.client.keys import CurveClient, KeyPair
+from rpcproxy.bus.net.keys import CurveClient, KeyPair
 from rpcproxy.bus.service.codec import decode_heartbeat
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.proxy import Heartbeat, HeartbeatServer

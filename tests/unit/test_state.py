@@ -16,12 +16,12 @@ from rpcproxy.proxy import (
     TooManyServersError,
     add_primary,
     check_invariant,
+    list_changes,
     members_of,
     notify_failed,
     remove_server,
     set_backups,
 )
-from rpcproxy.proxy.state import list_changes
 
 from ._helpers import addr, addrs, canon, server_names, with_backups, with_primaries
 

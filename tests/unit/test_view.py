@@ -1,4 +1,4 @@
-"""The watching client's view rules (bus/client/view.py), with the time passed in.
+"""The watching client's view rules (bus/client/_view.py), with the time passed in.
 
 Examples for each rule, then properties: the view never goes backwards
 within an instance, and a simulated proxy whose events may be lost, which
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rpcproxy.bus.client.view import Follower, Observation, Step, View
+from rpcproxy.bus.client._view import Follower, Observation, Step, View
 
 R = 0.2
 """refresh_s of every test."""

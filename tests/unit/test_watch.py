@@ -1,4 +1,4 @@
-"""The threaded watcher (bus/client/watch.py) against a scripted events PUB and a mock transport.
+"""The threaded watcher (bus/client/_watch.py) against a scripted events PUB and a mock transport.
 
 The events are published by hand, the re-sync is answered by
 :class:`rpcproxy.testing.MockTransport`, so each case is one message and its
@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from rpcproxy import ProxyTimeoutError
-from rpcproxy.bus.client.watch import Watcher, WatchStats
+from rpcproxy.bus.client._watch import Watcher, WatchStats
 from rpcproxy.bus.wire import EVENT_TOPIC
 from rpcproxy.testing import MockTransport
 from tests.waiting import poll_until

@@ -13,7 +13,7 @@ lists, so every call here is shaped by four rules:
 - **A deadline per candidate**, ``timeout_s`` from when it was opened, covering
   resolution, connect and the exchange. Candidates opened together share it,
   so k dead servers cost about one timeout while k is below the window.
-- **Names resolved off every shared thread** (:mod:`~rpcproxy.bus.service.resolve`): sockets
+- **Names resolved off every shared thread** (:mod:`~rpcproxy.bus.net.resolve`): sockets
   are only ever connected to IP literals, so libzmq never resolves.
 - **Interruptible.** :meth:`WindowedPinger.close` may be called from any
   thread: a call in flight returns at once with what it has (pending counts as
@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Self, TypeAlias
 import msgspec
 import zmq
 
-from rpcproxy.bus.service.loop import Waker
-from rpcproxy.bus.service.resolve import (
+from rpcproxy.bus.net.loop import Waker
+from rpcproxy.bus.net.resolve import (
     DEFAULT_MAX_LOOKUPS,
     Endpoint,
     Lookup,
@@ -59,10 +59,10 @@ from rpcproxy.bus.service.resolve import (
     shared_resolver,
 )
 from rpcproxy.bus.wire import Op
-from rpcproxy.proxy.address import Address
+from rpcproxy.proxy import Address
 
 if TYPE_CHECKING:
-    from rpcproxy.actors.pinger import Pinger
+    from rpcproxy.actors import Pinger
 
 __all__ = [
     "Attempt",

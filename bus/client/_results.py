@@ -1,7 +1,7 @@
 """What both clients share: errors, result types, and each op's request and reply.
 
-:class:`~rpcproxy.bus.client.client.ProxyClient` (blocking) and
-:class:`~rpcproxy.bus.client.aio.AsyncProxyClient` (asyncio) differ only in how
+:class:`~rpcproxy.bus.client._client.ProxyClient` (blocking) and
+:class:`~rpcproxy.bus.client._aio.AsyncProxyClient` (asyncio) differ only in how
 they wait for a reply. Everything that says what an op sends and how its reply
 reads is written once here, as a :class:`Call`, so the two cannot drift.
 """
@@ -15,26 +15,6 @@ from typing import Any, Final, Generic, NamedTuple, TypeVar
 import msgspec
 
 from rpcproxy.bus.wire import PROTOCOL_VERSION, ErrorCode, HeartbeatEntry, HeartbeatPayload, Op
-
-__all__ = [
-    "AddResult",
-    "BadRequestError",
-    "Call",
-    "ProtocolError",
-    "ProxyError",
-    "ProxyInvalidAddressError",
-    "ProxyTimeoutError",
-    "Publisher",
-    "RebalanceResult",
-    "Server",
-    "Status",
-    "UnavailableError",
-    "UnknownOpError",
-    "UnsupportedVersionError",
-    "encode_request",
-    "error_for",
-    "parse_reply",
-]
 
 _T = TypeVar("_T")
 _S = TypeVar("_S")

@@ -1,7 +1,7 @@
 """ProxyClient: the library other Python services use to talk to rpcproxy.
 
-It speaks docs/protocol.md section 1 through a :class:`~rpcproxy.bus.client.transport.Transport`:
-by default a ZeroMQ DEALER to the proxy (:class:`~rpcproxy.bus.client.transport.ZmqTransport`),
+It speaks docs/protocol.md section 1 through a :class:`~rpcproxy.bus.client._transport.Transport`:
+by default a ZeroMQ DEALER to the proxy (:class:`~rpcproxy.bus.client._transport.ZmqTransport`),
 or any transport given, such as :class:`rpcproxy.testing.MockTransport` in a
 user's tests. A call makes up to ``retries`` tries of ``timeout_s`` each (the
 ZeroMQ guide's *Lazy Pirate* count), resending the same request, and gives
@@ -27,13 +27,13 @@ A duplicate may make a write's reply say "nothing changed" (``added`` false,
 A client may be shared by threads. Its calls to the proxy take turns on its
 one socket (a lock: pyzmq sockets are not thread-safe), so threads that make
 many calls each want a client of their own. A *watching* client
-(``watch=True``, :mod:`rpcproxy.bus.client.watch`) answers ``find_server``
+(``watch=True``, :mod:`rpcproxy.bus.client._watch`) answers ``find_server``
 from a local view that a background thread keeps current from the proxy's
 events; that read takes no lock and makes no round trip, so one watching
 client serves a whole thread pool's lookups. For asyncio, use
-:class:`~rpcproxy.bus.client.aio.AsyncProxyClient`.
+:class:`~rpcproxy.bus.client._aio.AsyncProxyClient`.
 
-The errors and result types live in :mod:`rpcproxy.bus.client.results`
+The errors and result types live in :mod:`rpcproxy.bus.client._results`
 (shared with the asyncio client) and are re-exported here.
 """
 
@@ -47,49 +47,22 @@ from typing import Any, Final, Self, TypeVar
 
 import zmq
 
-from rpcproxy.bus.client import results as calls
-from rpcproxy.bus.client.keys import CurveClient
-from rpcproxy.bus.client.results import (
+from rpcproxy.bus.client import _results
+from rpcproxy.bus.client._results import (
     AddResult,
-    BadRequestError,
     Call,
-    ProtocolError,
-    ProxyError,
-    ProxyInvalidAddressError,
     ProxyTimeoutError,
-    Publisher,
     RebalanceResult,
     Server,
     Status,
-    UnavailableError,
-    UnknownOpError,
-    UnsupportedVersionError,
     encode_request,
     parse_reply,
 )
-from rpcproxy.bus.client.transport import Transport, ZmqTransport
-from rpcproxy.bus.client.view import Observation
-from rpcproxy.bus.client.watch import Watcher, WatchStats
+from rpcproxy.bus.client._transport import Transport, ZmqTransport
+from rpcproxy.bus.client._view import Observation
+from rpcproxy.bus.client._watch import Watcher, WatchStats
+from rpcproxy.bus.net.keys import CurveClient
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT, HeartbeatEntry
-
-__all__ = [
-    "DEFAULT_ENDPOINT",
-    "AddResult",
-    "BadRequestError",
-    "HeartbeatEntry",
-    "ProtocolError",
-    "ProxyClient",
-    "ProxyError",
-    "ProxyInvalidAddressError",
-    "ProxyTimeoutError",
-    "Publisher",
-    "RebalanceResult",
-    "Server",
-    "Status",
-    "UnavailableError",
-    "UnknownOpError",
-    "UnsupportedVersionError",
-]
 
 DEFAULT_ENDPOINT: Final = DEFAULT_QUERY_ENDPOINT
 
@@ -124,7 +97,7 @@ class ProxyClient:
         max_message_bytes: the largest reply accepted (ZeroMQ ``MAXMSGSIZE``);
             a bigger one drops the connection and shows up as a timeout.
         curve: the proxy's public key and this client's key pair, for a proxy
-            that runs with CURVE (see :mod:`rpcproxy.bus.client.keys`).
+            that runs with CURVE (see :mod:`rpcproxy.bus.net.keys`).
         transport: carries the frames instead of ZeroMQ (``context``,
             ``max_message_bytes`` and ``curve`` are then unused), e.g.
             :class:`rpcproxy.testing.MockTransport`. The client closes it.
@@ -214,7 +187,7 @@ class ProxyClient:
         No answer raises :class:`ProxyTimeoutError` rather than returning False,
         like every other call, so "down" and "said no" stay distinct.
         """
-        return self._run(calls.ping(timeout_s))
+        return self._run(_results.ping(timeout_s))
 
     def find_server(self) -> Server | None:
         """The active server, or None when the proxy knows no server.
@@ -226,7 +199,7 @@ class ProxyClient:
             view = self._watcher.fresh()
             if view is not None:
                 return view.server
-        return self._run(calls.find_server())
+        return self._run(_results.find_server())
 
     def watch_stats(self) -> WatchStats | None:
         """What a watching client's watcher has seen (gaps, restarts, re-syncs...); else None."""
@@ -234,11 +207,11 @@ class ProxyClient:
 
     def servers(self) -> list[Server]:
         """The active list, active server first."""
-        return self._run(calls.servers())
+        return self._run(_results.servers())
 
     def status(self) -> Status:
         """Everything at once: lists, leader, node count and the rebalance timer."""
-        return self._run(calls.status())
+        return self._run(_results.status())
 
     def notify_failed_server(self, addr: str) -> bool:
         """Report that an RPC to ``addr`` failed; True when it was rotated to the end.
@@ -246,7 +219,7 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return self._run(calls.notify_failed_server(addr))
+        return self._run(_results.notify_failed_server(addr))
 
     def add_primary_server(self, addr: str) -> AddResult:
         """Add ``addr`` to the primaries; ``added`` is False when it was already known.
@@ -254,7 +227,7 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return self._run(calls.add_primary_server(addr))
+        return self._run(_results.add_primary_server(addr))
 
     def set_backup_servers(self, addrs: Sequence[str]) -> list[Server]:
         """Replace the backups; returns the new backup list.
@@ -262,7 +235,7 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: an address does not parse; nothing changed.
         """
-        return self._run(calls.set_backup_servers(addrs))
+        return self._run(_results.set_backup_servers(addrs))
 
     def remove_server(self, addr: str) -> bool:
         """Drop ``addr`` from every list; True when it was known.
@@ -270,7 +243,7 @@ class ProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return self._run(calls.remove_server(addr))
+        return self._run(_results.remove_server(addr))
 
     def heartbeat(
         self,
@@ -287,20 +260,20 @@ class ProxyClient:
         keys (sent as they are: the proxy checks them). ``publisher`` and
         ``seq`` are left out when None.
         """
-        return self._run(calls.heartbeat(servers, num_nodes, leader_rpc_addr, publisher, seq))
+        return self._run(_results.heartbeat(servers, num_nodes, leader_rpc_addr, publisher, seq))
 
     def rebalance(self, timeout_s: float | None = None) -> RebalanceResult:
         """Run one rebalance now and wait for it.
 
         Args:
             timeout_s: per-try wait; a rebalance pings servers, so it can take
-                up to the proxy's ``ping_timeout_s`` longer than other calls.
+                up to the proxy's ``ping_timeout_s`` longer than other _results.
         """
-        return self._run(calls.rebalance(timeout_s))
+        return self._run(_results.rebalance(timeout_s))
 
     def reset_rebalance_timer(self) -> float:
         """Restart the rebalance timer; returns the seconds until it fires."""
-        return self._run(calls.reset_rebalance_timer())
+        return self._run(_results.reset_rebalance_timer())
 
     def call(self, op: str, /, *, timeout_s: float | None = None, **keys: Any) -> dict[str, Any]:
         """Send any op with ``keys`` and return the whole success reply.

@@ -35,16 +35,8 @@ from typing import Any, Final, Protocol, cast, runtime_checkable
 import msgspec
 import zmq
 
-from rpcproxy.bus.client.keys import CurveClient
-from rpcproxy.bus.client.results import ProxyTimeoutError
-
-__all__ = [
-    "AsyncTransport",
-    "AsyncZmqTransport",
-    "Transport",
-    "ZmqTransport",
-    "frame_id",
-]
+from rpcproxy.bus.client._results import ProxyTimeoutError
+from rpcproxy.bus.net.keys import CurveClient
 
 HEARTBEAT_IVL_MS: Final = 1000
 """How often an idle connection to the proxy is checked (a ZMTP PING)."""

@@ -1,10 +1,10 @@
 """AsyncProxyClient: :class:`~rpcproxy.ProxyClient` for asyncio programs.
 
 Every op is a coroutine with the same arguments, results and exceptions as
-the blocking client's (both read replies with :mod:`rpcproxy.bus.client.results`).
+the blocking client's (both read replies with :mod:`rpcproxy.bus.client._results`).
 One client serves any number of coroutines of one event loop at once: they
 share one DEALER socket and their requests are in flight together, each
-matched to its reply by id (:class:`~rpcproxy.bus.client.transport.AsyncZmqTransport`).
+matched to its reply by id (:class:`~rpcproxy.bus.client._transport.AsyncZmqTransport`).
 
 Timeouts and retries never cancel a pending ``recv`` (pyzmq#1925: a cancelled
 recv can drop a message): the transport polls and reads only what has
@@ -25,11 +25,10 @@ from typing import Any, Self, TypeVar
 
 import zmq
 
-from rpcproxy.bus.client import results as calls
-from rpcproxy.bus.client.awatch import AsyncWatcher
-from rpcproxy.bus.client.client import DEFAULT_ENDPOINT, check_options, timed_out
-from rpcproxy.bus.client.keys import CurveClient
-from rpcproxy.bus.client.results import (
+from rpcproxy.bus.client import _results
+from rpcproxy.bus.client._awatch import AsyncWatcher
+from rpcproxy.bus.client._client import DEFAULT_ENDPOINT, check_options, timed_out
+from rpcproxy.bus.client._results import (
     AddResult,
     Call,
     ProxyTimeoutError,
@@ -39,12 +38,11 @@ from rpcproxy.bus.client.results import (
     encode_request,
     parse_reply,
 )
-from rpcproxy.bus.client.transport import AsyncTransport, AsyncZmqTransport
-from rpcproxy.bus.client.view import Observation
-from rpcproxy.bus.client.watch import WatchStats
+from rpcproxy.bus.client._transport import AsyncTransport, AsyncZmqTransport
+from rpcproxy.bus.client._view import Observation
+from rpcproxy.bus.client._watch import WatchStats
+from rpcproxy.bus.net.keys import CurveClient
 from rpcproxy.bus.wire import HeartbeatEntry
-
-__all__ = ["AsyncProxyClient"]
 
 _S = TypeVar("_S")
 _T = TypeVar("_T")
@@ -54,7 +52,7 @@ class AsyncProxyClient:
     """An asyncio client of the proxy's query socket; share one per event loop.
 
     Args: as :class:`~rpcproxy.ProxyClient`; ``transport`` is an
-    :class:`~rpcproxy.bus.client.transport.AsyncTransport` (e.g.
+    :class:`~rpcproxy.bus.client._transport.AsyncTransport` (e.g.
     :class:`rpcproxy.testing.AsyncMockTransport`). The socket is made on the
     first call, in the running loop: use the client from that loop only.
 
@@ -136,7 +134,7 @@ class AsyncProxyClient:
 
     async def ping(self, *, timeout_s: float | None = None) -> bool:
         """True when the proxy answers ``pong: true`` (see :meth:`ProxyClient.ping`)."""
-        return await self._run(calls.ping(timeout_s))
+        return await self._run(_results.ping(timeout_s))
 
     async def find_server(self) -> Server | None:
         """The active server, or None when the proxy knows no server.
@@ -149,7 +147,7 @@ class AsyncProxyClient:
             view = self._watcher.fresh()
             if view is not None:
                 return view.server
-        return await self._run(calls.find_server())
+        return await self._run(_results.find_server())
 
     def watch_stats(self) -> WatchStats | None:
         """What a watching client's watcher has seen (gaps, restarts, re-syncs...); else None."""
@@ -157,11 +155,11 @@ class AsyncProxyClient:
 
     async def servers(self) -> list[Server]:
         """The active list, active server first."""
-        return await self._run(calls.servers())
+        return await self._run(_results.servers())
 
     async def status(self) -> Status:
         """Everything at once: lists, leader, node count and the rebalance timer."""
-        return await self._run(calls.status())
+        return await self._run(_results.status())
 
     async def notify_failed_server(self, addr: str) -> bool:
         """Report that an RPC to ``addr`` failed; True when it was rotated to the end.
@@ -169,7 +167,7 @@ class AsyncProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return await self._run(calls.notify_failed_server(addr))
+        return await self._run(_results.notify_failed_server(addr))
 
     async def add_primary_server(self, addr: str) -> AddResult:
         """Add ``addr`` to the primaries; ``added`` is False when it was already known.
@@ -177,7 +175,7 @@ class AsyncProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return await self._run(calls.add_primary_server(addr))
+        return await self._run(_results.add_primary_server(addr))
 
     async def set_backup_servers(self, addrs: Sequence[str]) -> list[Server]:
         """Replace the backups; returns the new backup list.
@@ -185,7 +183,7 @@ class AsyncProxyClient:
         Raises:
             ProxyInvalidAddressError: an address does not parse; nothing changed.
         """
-        return await self._run(calls.set_backup_servers(addrs))
+        return await self._run(_results.set_backup_servers(addrs))
 
     async def remove_server(self, addr: str) -> bool:
         """Drop ``addr`` from every list; True when it was known.
@@ -193,7 +191,7 @@ class AsyncProxyClient:
         Raises:
             ProxyInvalidAddressError: ``addr`` does not parse.
         """
-        return await self._run(calls.remove_server(addr))
+        return await self._run(_results.remove_server(addr))
 
     async def heartbeat(
         self,
@@ -205,15 +203,17 @@ class AsyncProxyClient:
         seq: int | None = None,
     ) -> bool:
         """Apply one heartbeat (see :meth:`ProxyClient.heartbeat`)."""
-        return await self._run(calls.heartbeat(servers, num_nodes, leader_rpc_addr, publisher, seq))
+        return await self._run(
+            _results.heartbeat(servers, num_nodes, leader_rpc_addr, publisher, seq)
+        )
 
     async def rebalance(self, timeout_s: float | None = None) -> RebalanceResult:
         """Run one rebalance now and wait for it (see :meth:`ProxyClient.rebalance`)."""
-        return await self._run(calls.rebalance(timeout_s))
+        return await self._run(_results.rebalance(timeout_s))
 
     async def reset_rebalance_timer(self) -> float:
         """Restart the rebalance timer; returns the seconds until it fires."""
-        return await self._run(calls.reset_rebalance_timer())
+        return await self._run(_results.reset_rebalance_timer())
 
     async def call(
         self, op: str, /, *, timeout_s: float | None = None, **keys: Any

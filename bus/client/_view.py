@@ -5,7 +5,7 @@ taking one ``find_server`` reply (server, ``epoch``, ``instance``) and then
 following the events. This module decides, for each message, what the view
 becomes and whether the client must ask the proxy again; it owns no thread,
 socket or clock (every time is passed in), so the same rules drive the
-threaded watcher (:mod:`rpcproxy.bus.client.watch`), the asyncio one and the
+threaded watcher (:mod:`rpcproxy.bus.client._watch`), the asyncio one and the
 tests.
 
 The rules (the issue's wire decisions):
@@ -32,14 +32,6 @@ import enum
 import math
 from dataclasses import dataclass, replace
 from typing import Final, Generic, TypeVar
-
-__all__ = [
-    "SILENCE_PERIODS",
-    "Follower",
-    "Observation",
-    "Step",
-    "View",
-]
 
 S = TypeVar("S")
 

@@ -1,10 +1,10 @@
-"""The asyncio watcher: :mod:`rpcproxy.bus.client.watch` for an event loop.
+"""The asyncio watcher: :mod:`rpcproxy.bus.client._watch` for an event loop.
 
 An :class:`AsyncWatcher` is one task of the client's event loop that owns a
 ``zmq.asyncio`` SUB socket on the proxy's events endpoint and re-syncs over
 a transport of its own, with the same rules (a
-:class:`~rpcproxy.bus.client.view.Follower`) and the same duties as the
-threaded :class:`~rpcproxy.bus.client.watch.Watcher`: an epoch gap, a new
+:class:`~rpcproxy.bus.client._view.Follower`) and the same duties as the
+threaded :class:`~rpcproxy.bus.client._watch.Watcher`: an epoch gap, a new
 ``instance`` or silence for ``3 x refresh_s`` (which also replaces the SUB
 socket) cost one ``find_server``, and until it is answered the view is not
 fresh.
@@ -32,11 +32,10 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from rpcproxy.bus.client.keys import CurveClient
-from rpcproxy.bus.client.results import Server
-from rpcproxy.bus.client.transport import AsyncTransport
-from rpcproxy.bus.client.view import Follower, Observation, View
-from rpcproxy.bus.client.watch import (
+from rpcproxy.bus.client._results import Server
+from rpcproxy.bus.client._transport import AsyncTransport
+from rpcproxy.bus.client._view import Follower, Observation, View
+from rpcproxy.bus.client._watch import (
     DRAIN_BATCH,
     RESYNC_ID_START,
     WatchStats,
@@ -45,8 +44,7 @@ from rpcproxy.bus.client.watch import (
     resync_request,
     subscribe_to_events,
 )
-
-__all__ = ["AsyncWatcher"]
+from rpcproxy.bus.net.keys import CurveClient
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +52,8 @@ log = logging.getLogger(__name__)
 class AsyncWatcher:
     """A task of one event loop keeping a :class:`View` of the active server fresh.
 
-    Args: as :class:`~rpcproxy.bus.client.watch.Watcher`, with an
-    :class:`~rpcproxy.bus.client.transport.AsyncTransport` (closed by the
+    Args: as :class:`~rpcproxy.bus.client._watch.Watcher`, with an
+    :class:`~rpcproxy.bus.client._transport.AsyncTransport` (closed by the
     watcher when it stops). :meth:`start` must be called in the running loop
     the client uses.
     """

@@ -31,7 +31,9 @@ from typing import Final, Literal
 
 import zmq
 
-from rpcproxy.bus.service.msgpackrpc import (
+from rpcproxy.bus.net.resolve import Endpoint, Resolver
+from rpcproxy.bus.probes.engine import MakeAttempt, Step, TcpConnect, WindowedPinger
+from rpcproxy.bus.probes.msgpackrpc import (
     RPC_NOMAD,
     RPC_TLS,
     FramingError,
@@ -39,8 +41,6 @@ from rpcproxy.bus.service.msgpackrpc import (
     decode_response_header,
     encode_request,
 )
-from rpcproxy.bus.service.ping import MakeAttempt, Step, TcpConnect, WindowedPinger
-from rpcproxy.bus.service.resolve import Endpoint, Resolver
 
 __all__ = [
     "MAX_REPLY_BYTES",

@@ -4,8 +4,8 @@ A :class:`Watcher` runs one daemon thread that owns a SUB socket on the
 proxy's events endpoint (docs/protocol.md section 5) and a transport of its
 own for the re-sync request (ZeroMQ sockets are not thread-safe, so it never
 touches the client's). It feeds every message to a
-:class:`~rpcproxy.bus.client.view.Follower` and publishes the resulting
-:class:`~rpcproxy.bus.client.view.View` with one reference assignment, so
+:class:`~rpcproxy.bus.client._view.Follower` and publishes the resulting
+:class:`~rpcproxy.bus.client._view.View` with one reference assignment, so
 :meth:`Watcher.fresh` is a lock-free read of an immutable value from any
 thread.
 
@@ -38,25 +38,12 @@ from typing import Any, Final
 import msgspec
 import zmq
 
-from rpcproxy.bus.client import results
-from rpcproxy.bus.client.keys import CurveClient
-from rpcproxy.bus.client.results import ProtocolError, Server
-from rpcproxy.bus.client.transport import Transport
-from rpcproxy.bus.client.view import Follower, Observation, View
+from rpcproxy.bus.client import _results as results
+from rpcproxy.bus.client._results import ProtocolError, Server
+from rpcproxy.bus.client._transport import Transport
+from rpcproxy.bus.client._view import Follower, Observation, View
+from rpcproxy.bus.net.keys import CurveClient
 from rpcproxy.bus.wire import EVENT_TOPIC
-
-__all__ = [
-    "EVENT_MAX_BYTES",
-    "RESYNC_ID_START",
-    "SUB_RCVBUF",
-    "SUB_RCVHWM",
-    "WatchStats",
-    "Watcher",
-    "decode_event",
-    "observation_of",
-    "resync_request",
-    "subscribe_to_events",
-]
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from rpcproxy.proxy.address import Address
+from rpcproxy.proxy import Address
 
 __all__ = [
     "DEFAULT_MAX_LOOKUPS",
