@@ -1,6 +1,6 @@
-"""Pykka actors: the proxy's one writer, its timer and its pinger.
+"""Pykka actors: the proxy's one writer, its timer and its prober.
 
-ProxyActor owns the state and starts TimerActor and PingerActor as its
+ProxyActor owns the state and starts TimerActor and ProberActor as its
 children. Requests are the frozen messages of :mod:`actors.messages`; readers
 use the :class:`SnapshotBox` instead of the mailbox.
 """
@@ -26,7 +26,7 @@ from rpcproxy.actors.messages import (
     ResetRebalanceTimer,
     SetBackups,
 )
-from rpcproxy.actors.pinger import Pinger, PingerActor
+from rpcproxy.actors.prober import Prober, ProberActor
 from rpcproxy.actors.proxy_actor import ProxyActor, ProxySettings
 from rpcproxy.actors.snapshot import Snapshot, SnapshotBox
 from rpcproxy.actors.timer import TimerActor
@@ -42,8 +42,8 @@ __all__ = [
     "HeartbeatResult",
     "NotifyFailed",
     "NotifyOutcome",
-    "Pinger",
-    "PingerActor",
+    "Prober",
+    "ProberActor",
     "ProxyActor",
     "ProxyRequest",
     "ProxySettings",

@@ -30,7 +30,7 @@ class ActorCounters(Protocol):
     def heartbeats(self, result: HeartbeatKind, count: int = 1) -> None:
         """``count`` heartbeats were ``applied`` or ``stale``."""
 
-    def pinged(self, seconds: float) -> None:
+    def probed(self, seconds: float) -> None:
         """A rebalance's parallel ping took ``seconds`` to decide."""
 
 
@@ -46,7 +46,7 @@ class NoCounters:
     def heartbeats(self, result: HeartbeatKind, count: int = 1) -> None:
         pass
 
-    def pinged(self, seconds: float) -> None:
+    def probed(self, seconds: float) -> None:
         pass
 
 

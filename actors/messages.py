@@ -54,7 +54,7 @@ RebalanceKind: TypeAlias = Literal["moved", "kept", "none_answered", "abandoned"
 
 ``moved``: a new head; ``kept``: the same head answered first; ``none_answered``:
 nobody answered, the list is kept; ``abandoned``: the chosen head was removed
-while pinging; ``skipped``: fewer than two servers, nothing was pinged.
+while pinging; ``skipped``: fewer than two servers, nothing was probed.
 """
 
 HeartbeatKind: TypeAlias = Literal["applied", "stale"]
@@ -110,7 +110,7 @@ class HeartbeatResult:
 
 @dataclass(frozen=True, slots=True)
 class RebalanceOutcome:
-    """``healthy`` is None when fewer than two servers meant nothing was pinged."""
+    """``healthy`` is None when fewer than two servers meant nothing was probed."""
 
     server: Address | None
     healthy: bool | None
@@ -204,16 +204,16 @@ class ScheduleTick:
 
 
 @dataclass(frozen=True, slots=True)
-class PingCandidates:
-    """To PingerActor: ping these, tell the answers back tagged with ``token``."""
+class ProbeCandidates:
+    """To ProberActor: ping these, tell the answers back tagged with ``token``."""
 
     token: int
     candidates: tuple[Address, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class PingResults:
-    """From PingerActor: who answered (see ``proxy.choose_head`` for missing entries)."""
+class ProbeResults:
+    """From ProberActor: who answered (see ``proxy.choose_head`` for missing entries)."""
 
     token: int
     answered: Mapping[Address, bool]
@@ -239,4 +239,4 @@ ProxyRequest: TypeAlias = (
     | Rebalance
     | ResetRebalanceTimer
 )
-"""What other threads tell ProxyActor (its children tell it RebalanceTick and PingResults)."""
+"""What other threads tell ProxyActor (its children tell it RebalanceTick and ProbeResults)."""

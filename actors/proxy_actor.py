@@ -3,7 +3,7 @@
 Every change goes through this actor's mailbox, one at a time, so no lock
 guards the state. After each change it publishes an immutable snapshot and
 only then replies, which gives read-your-writes to every client. It never
-waits on the network: a rebalance is planned here, pinged by PingerActor and
+waits on the network: a rebalance is planned here, probed by ProberActor and
 reconciled here when the answers come back, with whatever changed meanwhile.
 """
 
@@ -31,8 +31,8 @@ from rpcproxy.actors.messages import (
     HeartbeatResult,
     NotifyFailed,
     NotifyOutcome,
-    PingCandidates,
-    PingResults,
+    ProbeCandidates,
+    ProbeResults,
     Rebalance,
     RebalanceKind,
     RebalanceOutcome,
@@ -44,7 +44,7 @@ from rpcproxy.actors.messages import (
     ScheduleTick,
     SetBackups,
 )
-from rpcproxy.actors.pinger import Pinger, PingerActor
+from rpcproxy.actors.prober import Prober, ProberActor
 from rpcproxy.actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
 from rpcproxy.actors.timer import TimerActor
 from rpcproxy.log_gate import PeerLog
@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 CHILD_STOP_TIMEOUT_S = 3.0
-"""How long stopping ProxyActor waits for its timer and pinger, together."""
+"""How long stopping ProxyActor waits for its timer and prober, together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +102,11 @@ class _Rebalancing:
 
 
 class ProxyActor(pykka.ThreadingActor):
-    """Owns the ProxyState; starts and stops its TimerActor and PingerActor.
+    """Owns the ProxyState; starts and stops its TimerActor and ProberActor.
 
     Args:
         settings: identity, timing and initial servers.
-        pinger: the parallel ping function PingerActor runs.
+        prober: the parallel ping function ProberActor runs.
         box: where snapshots are published for lock-free readers.
         listeners: actors told :class:`ActiveServerChanged` when the head moves.
         rng: the only source of randomness (shuffles and jitter).
@@ -118,7 +118,7 @@ class ProxyActor(pykka.ThreadingActor):
     def __init__(
         self,
         settings: ProxySettings,
-        pinger: Pinger,
+        prober: Prober,
         box: SnapshotBox,
         *,
         listeners: Sequence[pykka.ActorRef[Any]] = (),
@@ -129,7 +129,7 @@ class ProxyActor(pykka.ThreadingActor):
     ) -> None:
         super().__init__()
         self._settings = settings
-        self._pinger_fn = pinger
+        self._probe_fn = prober
         self._box = box
         self._listeners = tuple(listeners)
         self._rng = rng or random.Random()
@@ -145,7 +145,7 @@ class ProxyActor(pykka.ThreadingActor):
         self._epoch = 0
         self._token = 0
         self._rebalancing: _Rebalancing | None = None
-        # Set by each rebalance that pinged; one that pinged nothing leaves it.
+        # Set by each rebalance that probed; one that probed nothing leaves it.
         self._offline = False
         # One heartbeat's worth of names: no more can be new at once.
         self._mismatch_throttle = Throttle(
@@ -154,13 +154,13 @@ class ProxyActor(pykka.ThreadingActor):
         # Heartbeats come from peers: what they make us warn about is rate-limited.
         self._peer_log = PeerLog(log, clock=clock)
         self._timer: pykka.ActorRef[TimerActor] | None = None
-        self._pinger: pykka.ActorRef[PingerActor] | None = None
+        self._prober: pykka.ActorRef[ProberActor] | None = None
 
     # Lifecycle ----------------------------------------------------------------
 
     def on_start(self) -> None:
         self._timer = TimerActor.start(self.actor_ref, self._clock)
-        self._pinger = PingerActor.start(self._pinger_fn, self.actor_ref, self._counters)
+        self._prober = ProberActor.start(self._probe_fn, self.actor_ref, self._counters)
         try:
             state = self._starting_state()
             # Schedule before the first publish, so no snapshot lacks a deadline.
@@ -222,9 +222,9 @@ class ProxyActor(pykka.ThreadingActor):
         self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, None))
 
     def _stop_children(self) -> None:
-        """Stop the timer and the pinger together, bounded; log one that will not."""
+        """Stop the timer and the prober together, bounded; log one that will not."""
         for name in stop_within(self.children(), CHILD_STOP_TIMEOUT_S):
-            # A pinger stuck in a ping stops once the ping returns; waiting
+            # A prober stuck in a ping stops once the ping returns; waiting
             # longer here would hold up the whole shutdown behind it.
             log.warning(
                 "%s did not stop within %g s; not waiting for it", name, CHILD_STOP_TIMEOUT_S
@@ -232,11 +232,11 @@ class ProxyActor(pykka.ThreadingActor):
 
     def children(self) -> list[tuple[str, pykka.ActorRef[Any]]]:
         """The actors this one started, by name, so a supervisor can watch them."""
-        named = [("rebalance timer", self._timer), ("pinger", self._pinger)]
+        named = [("rebalance timer", self._timer), ("prober", self._prober)]
         return [(name, ref) for name, ref in named if ref is not None]
 
-    def ping(self) -> bool:
-        """Answered once on_start has run; start-up waits on it."""
+    def started(self) -> bool:
+        """Answered once on_start has run; start-up waits on it (the actor's liveness check)."""
         return True
 
     # Messages -------------------------------------------------------------------
@@ -288,7 +288,7 @@ class ProxyActor(pykka.ThreadingActor):
                 self._start_rebalance(reply)
             case RebalanceTick():
                 self._start_rebalance(None)
-            case PingResults():
+            case ProbeResults():
                 self._finish_rebalance(message)
             case ResetRebalanceTimer(reply):
                 delay = self._settings.timing.reset_interval()
@@ -382,10 +382,10 @@ class ProxyActor(pykka.ThreadingActor):
             return
         self._token += 1
         self._rebalancing = _Rebalancing(self._token, plan, waiters)
-        assert self._pinger is not None
-        self._pinger.tell(PingCandidates(self._token, plan.candidates))
+        assert self._prober is not None
+        self._prober.tell(ProbeCandidates(self._token, plan.candidates))
 
-    def _finish_rebalance(self, results: PingResults) -> None:
+    def _finish_rebalance(self, results: ProbeResults) -> None:
         pending = self._rebalancing
         if pending is None or pending.token != results.token:
             return
@@ -418,7 +418,7 @@ class ProxyActor(pykka.ThreadingActor):
         self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, healthy))
 
     def _set_offline(self, offline: bool) -> None:
-        """Record whether the last pinged rebalance found nobody; log each flip once."""
+        """Record whether the last probed rebalance found nobody; log each flip once."""
         if offline == self._offline:
             return
         self._offline = offline

@@ -35,7 +35,7 @@ class Snapshot:
             anything derived from a snapshot.
         last_heartbeat_at: ``time.monotonic()`` of the last applied heartbeat.
         publishers: the last seq and time of each publisher that sends one.
-        offline: the last rebalance that pinged found no server answering
+        offline: the last rebalance that probed found no server answering
             (Consul's ``IsOffline``); reported only, nothing acts on it.
         epoch: how many times the active server has changed since start
             (docs/protocol.md sections 1 and 5); replies carry it, so a

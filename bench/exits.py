@@ -106,7 +106,7 @@ def exit_times(rounds: int = 3) -> Result:
         " the wake-up of a `poll` on the process's pidfd (`os.pidfd_open`), which becomes"
         " readable when the process exits, so the figures are the process's, to within the"
         " poll's wake-up (microseconds). Before issue 9 the hung case exited after ~5.5 s"
-        " (a pinger that would not stop) with a `pykka.Timeout` and a `ZMQError` traceback."
+        " (a prober that would not stop) with a `pykka.Timeout` and a `ZMQError` traceback."
     )
     return result
 

@@ -6,8 +6,8 @@ codec, Go's ``crypto/tls``) answers three clients in alternating rounds, each
 pinging it the way a rebalance does: a new connection per ping (connect, with
 TLS ``0x04`` and the handshake, ``0x01``, the request, the reply, close).
 
-- **ours**: :class:`bus.service.nomad_ping.NomadPinger`, the product's pinger,
-  called with one candidate per call as PingerActor calls it, so every ping
+- **ours**: :class:`bus.service.nomad_ping.NomadProber`, the product's prober,
+  called with one candidate per call as ProberActor calls it, so every ping
   pays the windowed engine's whole set-up (its poller, waker and deadline).
 - **Go**: the peer binary's client mode (``-call -conn-per-call``),
   ``msgpackrpc.CallWithCodec`` on Nomad's handle over a fresh connection per
@@ -30,7 +30,7 @@ from pathlib import Path
 from common import Result, Spread, percentile
 
 from rpcproxy.bus.probes.msgpackrpc import RPC_NOMAD, RPC_TLS, encode_request
-from rpcproxy.bus.probes.nomad import NomadPinger, NomadTls, ReplyCheck, load_tls
+from rpcproxy.bus.probes.nomad import NomadProber, NomadTls, ReplyCheck, load_tls
 from rpcproxy.proxy import Address
 from tests.nomadpeer import NomadPeer, TLSFiles, go_ping, make_tls_files
 
@@ -109,10 +109,10 @@ def _measure(
     addr = Address(host, port)
     ours, go, raw = _Side.empty(), _Side.empty(), _Side.empty()
     seqs = iter(range(1, 1 << 62))
-    with NomadPinger(timeout_s=PING_TIMEOUT_S, tls=nomad_tls) as pinger:
+    with NomadProber(timeout_s=PING_TIMEOUT_S, tls=nomad_tls) as prober:
 
         def ours_once() -> bool:
-            return pinger([addr]).get(addr, False)
+            return prober([addr]).get(addr, False)
 
         def raw_once() -> bool:
             return _raw_ping(peer.host_port, next(seqs), nomad_tls)
@@ -152,7 +152,7 @@ def _rows(result: Result, mode: str, ours: _Side, go: _Side, raw: _Side) -> Spre
 
     label = {"plain": "plain (0x01)", "tls": "mTLS (0x04, handshake, 0x01)"}[mode]
     for name, side in (
-        ("ours: NomadPinger, one candidate per call", ours),
+        ("ours: NomadProber, one candidate per call", ours),
         ("Go: msgpackrpc.CallWithCodec, -conn-per-call", go),
         ("raw Python: blocking socket, same bytes", raw),
     ):
@@ -190,8 +190,8 @@ def nomad_ping(rounds: int, plain_pings: int, tls_pings: int) -> Result:
         " Per ping = a round's wall time / its pings, median over rounds (min-max); the"
         " ratio is taken per round. p50/p99: over each round's pings, median over rounds"
         " (min-max). The Go client times its own loop after start-up and TLS set-up and"
-        " prints only the mean, so it has no percentiles. Ours is the product's pinger"
-        " (`ping_method = nomad`) called with one candidate, as PingerActor calls it; raw"
+        " prints only the mean, so it has no percentiles. Ours is the product's prober"
+        " (`ping_method = nomad`) called with one candidate, as ProberActor calls it; raw"
         " Python is the same bytes and reply check on a blocking socket, without the"
         " windowed engine."
     )

@@ -26,7 +26,7 @@ from common import CTX, Requester, Result, Spread, call, free_port, running_serv
 from lookup import LoadRun, drive
 
 from rpcproxy.bus.probes.engine import window_for
-from rpcproxy.bus.probes.nomad import NomadPinger
+from rpcproxy.bus.probes.nomad import NomadProber
 from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.blackhole import BLACKHOLE, blackhole_prefix
 
@@ -66,7 +66,7 @@ def _serve_window(pid: int) -> int:
             soft = line.split()[3]
             limit = None if soft == "unlimited" else int(soft)
             # serve pings with its default, ping_method = "nomad".
-            return window_for(NomadPinger.fds_per_attempt, fd_limit=limit)
+            return window_for(NomadProber.fds_per_attempt, fd_limit=limit)
     raise RuntimeError(f"no descriptor limit for pid {pid}")
 
 

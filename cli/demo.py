@@ -20,7 +20,7 @@ import msgspec
 import zmq
 
 from rpcproxy.bus.client import ProxyClient, ProxyError
-from rpcproxy.bus.probes.nomad import NomadPinger
+from rpcproxy.bus.probes.nomad import NomadProber
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.bus.wire import EVENT_TOPIC
@@ -260,7 +260,7 @@ class Demo:
     def _client_loop(self, service: ProxyService, cluster: _Cluster) -> None:
         """A client of the proxy: use the active server, report it when it fails."""
         with (
-            NomadPinger(timeout_s=0.3) as pinger,
+            NomadProber(timeout_s=0.3) as prober,
             ProxyClient(service.query_endpoint, timeout_s=1.0, retries=2) as client,
         ):
             while not self._stop.wait(0.2):
@@ -268,7 +268,7 @@ class Demo:
                     server = client.find_server()
                     if server is None:
                         continue
-                    if not pinger([parse_address(server.addr)]).get(parse_address(server.addr)):
+                    if not prober([parse_address(server.addr)]).get(parse_address(server.addr)):
                         name = cluster.name_of(server.addr)
                         if client.notify_failed_server(server.addr):
                             self.say(f"client: {name} did not answer; reported it as failed")

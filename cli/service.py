@@ -21,8 +21,8 @@ import zmq
 from rpcproxy.actors import ProxyActor, ProxySettings, SnapshotBox
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
-from rpcproxy.bus.probes.engine import TcpPinger, WindowedPinger, ZmqPinger
-from rpcproxy.bus.probes.nomad import NomadPinger, NomadTls, TlsSetupError, load_tls
+from rpcproxy.bus.probes.engine import TcpProber, WindowedProber, ZmqProber
+from rpcproxy.bus.probes.nomad import NomadProber, NomadTls, TlsSetupError, load_tls
 from rpcproxy.bus.service.codec import Decoder, new_instance_id
 from rpcproxy.bus.service.curve import (
     HEARTBEAT_DOMAIN,
@@ -162,19 +162,19 @@ def nomad_bridge_from(config: Config, context: zmq.Context[Any]) -> NomadBridge 
     )
 
 
-def pinger_from(config: Config) -> WindowedPinger:
-    """The configured pinger. It owns what it pings with (a ZeroMQ pinger its
+def prober_from(config: Config) -> WindowedProber:
+    """The configured prober. It owns what it pings with (a ZeroMQ prober its
     own context), so a slow server never touches the service's sockets;
     ``close()`` it at stop to end a ping in flight.
 
     Raises:
-        ConfigError: the TLS files of a nomad pinger cannot be used.
+        ConfigError: the TLS files of a nomad prober cannot be used.
     """
     if config.ping_method == "tcp":
-        return TcpPinger(timeout_s=config.ping_timeout_s)
+        return TcpProber(timeout_s=config.ping_timeout_s)
     if config.ping_method == "nomad":
-        return NomadPinger(timeout_s=config.ping_timeout_s, tls=nomad_tls_from(config))
-    return ZmqPinger(
+        return NomadProber(timeout_s=config.ping_timeout_s, tls=nomad_tls_from(config))
+    return ZmqProber(
         region=config.region,
         rpc_major_version=config.rpc_major_version,
         timeout_s=config.ping_timeout_s,
@@ -193,7 +193,7 @@ class ProxyService:
         self._metrics_server: MetricsServer | None = None
         self._rng = rng
         self._context: zmq.Context[Any] | None = None
-        self._pinger: WindowedPinger | None = None
+        self._prober: WindowedProber | None = None
         self._events: pykka.ActorRef[EventPublisher] | None = None
         self._proxy: pykka.ActorRef[ProxyActor] | None = None
         self._query: QueryServer | None = None
@@ -219,7 +219,7 @@ class ProxyService:
         # Before anything binds: a bad state_file, or TLS files that cannot
         # be used, are configuration errors.
         store = self._open_state_file()
-        self._pinger = pinger_from(config)
+        self._prober = prober_from(config)
         self._context = context = zmq.Context()
         self._curve = curve = curve_from(config, self.metrics)
         if curve is not None:
@@ -244,16 +244,16 @@ class ProxyService:
         restored, on_change = self._start_persistence(store)
         self._proxy = ProxyActor.start(
             settings_from(config, restored),
-            self._pinger,
+            self._prober,
             self.box,
             listeners=listeners,
             rng=self._rng,
             on_change=on_change,
             counters=self.metrics,
         )
-        # Mailboxes are FIFO, so an answered ping means on_start ran; a failed
+        # Mailboxes are FIFO, so an answered started() means on_start ran; a failed
         # on_start raises ActorDeadError here instead of running half-started.
-        self._proxy.proxy().ping().get(timeout=_ACTOR_START_TIMEOUT_S)
+        self._proxy.proxy().started().get(timeout=_ACTOR_START_TIMEOUT_S)
         self._children = self._proxy.proxy().children().get(timeout=_ACTOR_START_TIMEOUT_S)
         # Rebalance replies can wait one ping timeout behind a running rebalance.
         op_timeout = max(5.0, 2 * config.ping_timeout_s + 2.0)
@@ -440,9 +440,9 @@ class ProxyService:
             if self._query.alive:
                 late.append("query socket")
             self._query = None
-        if self._pinger is not None:
-            # Ends a ping in flight at once, so the pinger actor is free to stop.
-            self._pinger.close()
+        if self._prober is not None:
+            # Ends a ping in flight at once, so the prober actor is free to stop.
+            self._prober.close()
         if self._proxy is not None:
             # ProxyActor stops its own children; a child it gave up on is
             # still running, and still needs the context.

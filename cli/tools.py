@@ -21,8 +21,8 @@ import zmq
 
 from rpcproxy.bus.client import ProxyClient, ProxyError
 from rpcproxy.bus.net.keys import CurveClient, create_key_pair
-from rpcproxy.bus.probes.engine import TcpPinger, WindowedPinger, ZmqPinger
-from rpcproxy.bus.probes.nomad import NomadPinger
+from rpcproxy.bus.probes.engine import TcpProber, WindowedProber, ZmqProber
+from rpcproxy.bus.probes.nomad import NomadProber
 from rpcproxy.bus.service.nomad_http import (
     NomadApiSettings,
     NomadFetcher,
@@ -50,13 +50,13 @@ def stop_on_signals() -> threading.Event:
     return stopping
 
 
-def server_pinger(method: str, timeout_s: float) -> WindowedPinger:
-    """A pinger of servers as ``ping_method = method`` pings them (plain TCP for nomad)."""
+def server_prober(method: str, timeout_s: float) -> WindowedProber:
+    """A prober of servers as ``ping_method = method`` pings them (plain TCP for nomad)."""
     if method == "tcp":
-        return TcpPinger(timeout_s=timeout_s)
+        return TcpProber(timeout_s=timeout_s)
     if method == "zmq":
-        return ZmqPinger(region="global", rpc_major_version=1, timeout_s=timeout_s)
-    return NomadPinger(timeout_s=timeout_s)
+        return ZmqProber(region="global", rpc_major_version=1, timeout_s=timeout_s)
+    return NomadProber(timeout_s=timeout_s)
 
 
 def run_fake_server(bind: str, protocol: Protocol = "nomad") -> int:
@@ -313,7 +313,7 @@ def run_client_loop(
     stopping = stop_on_signals()
     done = 0
     with (
-        server_pinger(method, ping_timeout_s) as pinger,
+        server_prober(method, ping_timeout_s) as prober,
         ProxyClient(query, timeout_s=1.0, retries=2, context=context, curve=curve) as client,
     ):
         while not stopping.is_set() and (count is None or done < count):
@@ -324,7 +324,7 @@ def run_client_loop(
                 record["server"] = server.addr if server else None
                 if server is not None:
                     addr = parse_address(server.addr)
-                    record["ok"] = bool(pinger([addr]).get(addr))
+                    record["ok"] = bool(prober([addr]).get(addr))
                     if not record["ok"]:
                         record["rotated"] = client.notify_failed_server(server.addr)
             except (ProxyError, InvalidAddressError) as exc:
@@ -343,7 +343,7 @@ def run_ping(
     curve: CurveClient | None = None,
     method: str = "nomad",
 ) -> int:
-    """Exit 0 when the proxy (``query``) or a Nomad server (``server``, pinged
+    """Exit 0 when the proxy (``query``) or a Nomad server (``server``, probed
     as ``ping_method = method`` would) answers a ping."""
     if server is not None:
         try:
@@ -351,8 +351,8 @@ def run_ping(
         except InvalidAddressError as exc:
             print(f"rpcproxy ping: {exc}", file=sys.stderr)
             return 2
-        with server_pinger(method, timeout_s) as pinger:
-            alive = bool(pinger([addr]).get(addr))
+        with server_prober(method, timeout_s) as prober:
+            alive = bool(prober([addr]).get(addr))
         if not alive:
             print(f"rpcproxy ping: {server} did not answer within {timeout_s}s", file=sys.stderr)
         return 0 if alive else 1

@@ -1,7 +1,7 @@
 """Rebalancing as plan -> ping -> reconcile (docs/protocol.md section 3).
 
 The network step sits between two pure ones, so the proxy's writer never
-waits on a ping: it plans, hands the candidates to a pinger, and reconciles
+waits on a ping: it plans, hands the candidates to a prober, and reconciles
 the answers with whatever state it holds by then.
 """
 
@@ -57,7 +57,7 @@ def plan_rebalance(state: ProxyState, rng: random.Random) -> RebalancePlan | Non
 def choose_head(candidates: Sequence[Address], answered: Mapping[Address, bool]) -> int | None:
     """Index of the first candidate that answered its ping, or None.
 
-    A candidate missing from ``answered`` counts as failed: a pinger may stop
+    A candidate missing from ``answered`` counts as failed: a prober may stop
     waiting once an earlier candidate has answered.
     """
     for index, addr in enumerate(candidates):

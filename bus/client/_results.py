@@ -154,7 +154,7 @@ class RebalanceResult(NamedTuple):
     """``rebalance``'s reply.
 
     ``healthy`` is True when a server answered, False when none did (the list
-    was kept), None when fewer than two servers meant nothing was pinged.
+    was kept), None when fewer than two servers meant nothing was probed.
     """
 
     server: Server | None

@@ -1,7 +1,7 @@
 """Name resolution for pings, off every shared thread and bounded (docs/protocol.md section 4).
 
 libzmq resolves a DNS name on the I/O thread of the socket's context, so one
-name whose lookup hangs would stall every socket sharing that thread. Pingers
+name whose lookup hangs would stall every socket sharing that thread. Probers
 therefore hand libzmq (and their own TCP sockets) IP literals only, and
 resolve names here first, with Python's ``getaddrinfo`` on daemon threads.
 
@@ -182,5 +182,5 @@ _shared = Resolver()
 
 
 def shared_resolver() -> Resolver:
-    """The process's resolver: its cap holds across every pinger and every call."""
+    """The process's resolver: its cap holds across every prober and every call."""
     return _shared

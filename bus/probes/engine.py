@@ -1,7 +1,7 @@
 """Parallel server pings for rebalancing (docs/protocol.md section 4).
 
-The reference pinged candidates one after another, so k dead servers at the
-head of the list cost k timeouts. Here candidates are pinged at once and a
+The reference probed candidates one after another, so k dead servers at the
+head of the list cost k timeouts. Here candidates are probed at once and a
 call returns as soon as the *first candidate in order* that answers is known.
 What a ping may never do is delay anything else, or grow with what a peer
 lists, so every call here is shaped by four rules:
@@ -15,19 +15,19 @@ lists, so every call here is shaped by four rules:
   so k dead servers cost about one timeout while k is below the window.
 - **Names resolved off every shared thread** (:mod:`~rpcproxy.bus.net.resolve`): sockets
   are only ever connected to IP literals, so libzmq never resolves.
-- **Interruptible.** :meth:`WindowedPinger.close` may be called from any
+- **Interruptible.** :meth:`WindowedProber.close` may be called from any
   thread: a call in flight returns at once with what it has (pending counts as
   failed) and later calls fail at once, so shutdown never waits a timeout.
 
-One engine (:class:`_Run`) drives every pinger; a pinger only says how to
+One engine (:class:`_Run`) drives every prober; a prober only says how to
 make an :class:`Attempt` for one resolved endpoint. An attempt is a small
 state machine over one socket at a time, which is what a TCP exchange of a
 request and a reply needs: :class:`TcpConnect` connects, and a subclass goes
 on from :meth:`TcpConnect.connected` (the ZeroMQ ping here; Nomad's
 msgpack-rpc ``Status.Ping``, with TLS, in :mod:`bus.service.nomad_ping`).
 
-Every pinger here is a :data:`rpcproxy.actors.pinger.Pinger`, the contract
-PingerActor calls (defined there, once), decided by ``prefix_decided`` and
+Every prober here is a :data:`rpcproxy.actors.prober.Prober`, the contract
+ProberActor calls (defined there, once), decided by ``prefix_decided`` and
 built by ``prefix_results``.
 """
 
@@ -62,15 +62,15 @@ from rpcproxy.bus.wire import Op
 from rpcproxy.proxy import Address
 
 if TYPE_CHECKING:
-    from rpcproxy.actors import Pinger
+    from rpcproxy.actors import Prober
 
 __all__ = [
     "Attempt",
     "Step",
     "TcpConnect",
-    "TcpPinger",
-    "WindowedPinger",
-    "ZmqPinger",
+    "TcpProber",
+    "WindowedProber",
+    "ZmqProber",
     "prefix_decided",
     "prefix_results",
     "window_for",
@@ -98,7 +98,7 @@ def prefix_decided(results: Sequence[bool | None]) -> bool:
 def prefix_results(
     candidates: Sequence[Address], results: Sequence[bool | None]
 ) -> dict[Address, bool]:
-    """A :data:`~rpcproxy.actors.pinger.Pinger`'s return value: results up to the first success.
+    """A :data:`~rpcproxy.actors.prober.Prober`'s return value: results up to the first success.
 
     Pending candidates count as failed, which is what they are once the
     deadline has passed.
@@ -431,11 +431,11 @@ class _Run:
             self._resolver.cancel(*entry)
 
 
-# -- pingers -----------------------------------------------------------------------
+# -- probers -----------------------------------------------------------------------
 
 
-class WindowedPinger(abc.ABC):
-    """The machinery every pinger shares; subclasses make the attempts.
+class WindowedProber(abc.ABC):
+    """The machinery every prober shares; subclasses make the attempts.
 
     Args:
         timeout_s: the deadline of one candidate's whole ping.
@@ -483,7 +483,7 @@ class WindowedPinger(abc.ABC):
             return len(self._runs)
 
     def __call__(self, candidates: Sequence[Address]) -> dict[Address, bool]:
-        # A server listed twice is pinged once; the result is the same.
+        # A server listed twice is probed once; the result is the same.
         unique = list(dict.fromkeys(candidates))
         with self._cond:
             if self._closed:
@@ -551,18 +551,18 @@ class WindowedPinger(abc.ABC):
     def _prepare(self) -> MakeAttempt:
         """What makes one attempt, set up for a call (under the lock)."""
 
-    def _release(self) -> None:  # noqa: B027 - a hook; most pingers own nothing.
-        """Free what the pinger owns; called once, with no call running."""
+    def _release(self) -> None:  # noqa: B027 - a hook; most probers own nothing.
+        """Free what the prober owns; called once, with no call running."""
 
 
 if TYPE_CHECKING:
 
-    def _is_a_pinger(pinger: WindowedPinger) -> Pinger:
-        """Holds every pinger here to the contract PingerActor calls (mypy only)."""
-        return pinger
+    def _is_a_prober(prober: WindowedProber) -> Prober:
+        """Holds every prober here to the contract ProberActor calls (mypy only)."""
+        return prober
 
 
-class TcpPinger(WindowedPinger):
+class TcpProber(WindowedProber):
     """Pings servers by opening a TCP connection (``ping_method = "tcp"``).
 
     Connections are non-blocking and watched by one poller, so no thread is
@@ -611,16 +611,16 @@ class _ZmqPing(TcpConnect):
     from an earlier round is taken for a fresh answer.
     """
 
-    def __init__(self, endpoint: Endpoint, pinger: ZmqPinger) -> None:
+    def __init__(self, endpoint: Endpoint, prober: ZmqProber) -> None:
         super().__init__(endpoint)
-        self._pinger = pinger
+        self._prober = prober
         self._dealer: zmq.Socket[bytes] | None = None
 
     def connected(self) -> Step:
         # The probe connection has served its purpose.
         super().close()
         try:
-            self._dealer = self._pinger.dealer(zmq_endpoint(self.endpoint))
+            self._dealer = self._prober.dealer(zmq_endpoint(self.endpoint))
         except zmq.ZMQError:
             return False
         return self._dealer, zmq.POLLIN
@@ -643,7 +643,7 @@ class _ZmqPing(TcpConnect):
             self._dealer = None
 
 
-class ZmqPinger(WindowedPinger):
+class ZmqProber(WindowedProber):
     """Pings servers with the ZeroMQ ``ping`` op (``ping_method = "zmq"``).
 
     Its sockets live on a ZeroMQ context of its own, made on first use and

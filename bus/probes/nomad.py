@@ -32,7 +32,7 @@ from typing import Final, Literal
 import zmq
 
 from rpcproxy.bus.net.resolve import Endpoint, Resolver
-from rpcproxy.bus.probes.engine import MakeAttempt, Step, TcpConnect, WindowedPinger
+from rpcproxy.bus.probes.engine import MakeAttempt, Step, TcpConnect, WindowedProber
 from rpcproxy.bus.probes.msgpackrpc import (
     RPC_NOMAD,
     RPC_TLS,
@@ -44,7 +44,7 @@ from rpcproxy.bus.probes.msgpackrpc import (
 
 __all__ = [
     "MAX_REPLY_BYTES",
-    "NomadPinger",
+    "NomadProber",
     "NomadTls",
     "ReplyCheck",
     "TlsSetupError",
@@ -223,12 +223,12 @@ class _NomadPing(TcpConnect):
     """One ``Status.Ping`` to one resolved endpoint; ``self.sock`` becomes an
     :class:`ssl.SSLSocket` (same descriptor) once TLS starts."""
 
-    def __init__(self, endpoint: Endpoint, pinger: NomadPinger) -> None:
+    def __init__(self, endpoint: Endpoint, prober: NomadProber) -> None:
         super().__init__(endpoint)
-        self._tls = pinger.tls
-        seq = pinger.next_seq()
+        self._tls = prober.tls
+        seq = prober.next_seq()
         self._request = RPC_NOMAD + encode_request(seq)
-        self._reply = ReplyCheck(seq, max_value_bytes=pinger.max_reply_bytes)
+        self._reply = ReplyCheck(seq, max_value_bytes=prober.max_reply_bytes)
         self._phase: int | None = None  # None while connecting.
         self._out = bytearray()
 
@@ -302,7 +302,7 @@ class _NomadPing(TcpConnect):
                 return verdict
 
 
-class NomadPinger(WindowedPinger):
+class NomadProber(WindowedProber):
     """Pings servers with Nomad's ``Status.Ping`` (``ping_method = "nomad"``).
 
     Args:

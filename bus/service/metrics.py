@@ -73,10 +73,19 @@ class Metrics:
         self.rebalances = Counter(
             "rpcproxy_rebalances", "Rebalances by result", ["result"], registry=r
         )
-        self.ping_duration = Histogram(
+        probe_buckets = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+        self.probe_duration = Histogram(
+            "rpcproxy_probe_duration_seconds",
+            "Time a rebalance's parallel probe of candidate servers took to decide",
+            buckets=probe_buckets,
+            registry=r,
+        )
+        # The same figure under its name of release 0.2, kept for one release
+        # so dashboards can move to the new name (README, "Metrics").
+        self.ping_duration_deprecated = Histogram(
             "rpcproxy_ping_duration_seconds",
-            "Time a rebalance's parallel ping took to decide",
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            "Deprecated: rpcproxy_probe_duration_seconds, under its old name",
+            buckets=probe_buckets,
             registry=r,
         )
         self.request_duration = Histogram(
@@ -119,8 +128,9 @@ class Metrics:
         """Also the transport's ``superseded`` heartbeats (of the same label)."""
         self._heartbeats[result].inc(count)
 
-    def pinged(self, seconds: float) -> None:
-        self.ping_duration.observe(seconds)
+    def probed(self, seconds: float) -> None:
+        self.probe_duration.observe(seconds)
+        self.ping_duration_deprecated.observe(seconds)
 
     # The transport's own -------------------------------------------------------
 
@@ -176,7 +186,7 @@ class SnapshotCollector(Collector):
         next_rebalance.add_metric([], max(0.0, snapshot.rebalance_deadline - now))
         yield next_rebalance
         offline = GaugeMetricFamily(
-            "rpcproxy_offline", "1 when no server answered the last rebalance's pings"
+            "rpcproxy_offline", "1 when no server answered the last rebalance's probes"
         )
         offline.add_metric([], 1.0 if snapshot.offline else 0.0)
         yield offline

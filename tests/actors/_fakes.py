@@ -72,7 +72,7 @@ class FixedRandom(random.Random):
         return self.value
 
 
-class FakePinger:
+class FakeProber:
     """The network as a set of live addresses.
 
     Every call is recorded. With ``gated``, a call blocks until :meth:`release`
@@ -190,7 +190,7 @@ class Harness:
 
     ref: pykka.ActorRef[ProxyActor]
     box: RecordingBox
-    pinger: FakePinger
+    prober: FakeProber
     clock: Callable[[], float]
     listener: pykka.ActorRef[Recorder] | None = None
     inbox: Inbox = field(default_factory=Inbox)

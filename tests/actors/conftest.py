@@ -13,7 +13,7 @@ import pytest
 from rpcproxy.actors import ProxyActor, ProxySettings
 from rpcproxy.proxy import Address, LocalIdentity, RebalanceTiming
 
-from ._fakes import GATE_TIMEOUT, TIMEOUT, FakePinger, Harness, RecordingBox, start_recorder
+from ._fakes import GATE_TIMEOUT, TIMEOUT, FakeProber, Harness, RecordingBox, start_recorder
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ class StartProxy(Protocol):
         backups: Iterable[Address] = (),
         live: Iterable[Address] = (),
         gated: bool = False,
-        pinger: FakePinger | None = None,
+        prober: FakeProber | None = None,
         min_reuse_s: float = 600.0,
         api_mismatch_log_interval_s: float = 3 * 3600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -44,7 +44,7 @@ class StartProxy(Protocol):
 @pytest.fixture
 def start_proxy(stop_actors: None) -> Iterator[StartProxy]:
     """Start a ProxyActor and wait until its on_start has run."""
-    pingers: list[FakePinger] = []
+    probers: list[FakeProber] = []
     started: list[tuple[pykka.ActorRef[ProxyActor], list[tuple[str, pykka.ActorRef[Any]]]]] = []
 
     def start(
@@ -53,7 +53,7 @@ def start_proxy(stop_actors: None) -> Iterator[StartProxy]:
         backups: Iterable[Address] = (),
         live: Iterable[Address] = (),
         gated: bool = False,
-        pinger: FakePinger | None = None,
+        prober: FakeProber | None = None,
         min_reuse_s: float = 600.0,
         api_mismatch_log_interval_s: float = 3 * 3600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -62,8 +62,8 @@ def start_proxy(stop_actors: None) -> Iterator[StartProxy]:
         default_rng: bool = False,
     ) -> Harness:
         """``rng`` defaults to a seeded one; ``default_rng`` leaves ProxyActor's own."""
-        fake = pinger if pinger is not None else FakePinger(live, gated=gated)
-        pingers.append(fake)
+        fake = prober if prober is not None else FakeProber(live, gated=gated)
+        probers.append(fake)
         settings = ProxySettings(
             local=LocalIdentity(datacenter="dc1", rpc_major_version=1, rpc_minor_version=1),
             timing=RebalanceTiming(min_reuse_s=min_reuse_s),
@@ -81,7 +81,7 @@ def start_proxy(stop_actors: None) -> Iterator[StartProxy]:
             rng=None if default_rng else (rng or random.Random(1234)),
             clock=clock,
         )
-        assert ref.proxy().ping().get(timeout=TIMEOUT) is True
+        assert ref.proxy().started().get(timeout=TIMEOUT) is True
         started.append((ref, ref.proxy().children().get(timeout=TIMEOUT)))
         harness = Harness(ref, box, fake, clock, listener)
         if inbox is not None:
@@ -89,8 +89,8 @@ def start_proxy(stop_actors: None) -> Iterator[StartProxy]:
         return harness
 
     yield start
-    # A held ping would block PingerActor's stop: open every gate first.
-    for fake in pingers:
+    # A held ping would block ProberActor's stop: open every gate first.
+    for fake in probers:
         fake.release()
     # Stop each proxy and check that its children stopped with it: the
     # autouse stop_all would stop them anyway, and so hide a proxy that leaks

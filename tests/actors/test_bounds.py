@@ -18,7 +18,7 @@ from rpcproxy.actors import (
 )
 from rpcproxy.proxy import ProxyState, add_primary
 
-from ._fakes import TIMEOUT, FakePinger, Harness, RecordingBox, addr
+from ._fakes import TIMEOUT, FakeProber, Harness, RecordingBox, addr
 
 A, B, C, X = addr("a"), addr("b"), addr("c"), addr("x")
 
@@ -28,11 +28,11 @@ def start() -> Iterator[Callable[[ProxySettings], Harness]]:
     refs: list[pykka.ActorRef[ProxyActor]] = []
 
     def start(settings: ProxySettings) -> Harness:
-        pinger, box = FakePinger(()), RecordingBox()
-        ref = ProxyActor.start(settings, pinger, box)
+        prober, box = FakeProber(()), RecordingBox()
+        ref = ProxyActor.start(settings, prober, box)
         refs.append(ref)
-        assert ref.proxy().ping().get(timeout=TIMEOUT) is True
-        return Harness(ref, box, pinger, lambda: 0.0)
+        assert ref.proxy().started().get(timeout=TIMEOUT) is True
+        return Harness(ref, box, prober, lambda: 0.0)
 
     yield start
     for ref in refs:

@@ -19,7 +19,7 @@ import pytest
 import rpcproxy.actors.proxy_actor as proxy_actor_module
 from rpcproxy.actors import (
     NotifyFailed,
-    PingerActor,
+    ProberActor,
     ProxyActor,
     Rebalance,
     RebalanceOutcome,
@@ -35,7 +35,7 @@ def broken(*_args: Any, **_kwargs: Any) -> Any:
     raise RuntimeError("a bug in the state code (test)")
 
 
-_PROXY_FAMILY = tuple(f"{cls.__name__}-" for cls in (ProxyActor, TimerActor, PingerActor))
+_PROXY_FAMILY = tuple(f"{cls.__name__}-" for cls in (ProxyActor, TimerActor, ProberActor))
 """pykka names an actor's thread ``<class name>-<n>``."""
 
 
@@ -58,7 +58,7 @@ def test_a_failing_tell_handler_stops_the_children(
 ) -> None:
     h = start_proxy(primaries=(A, B))
     children = h.ref.proxy().children().get(timeout=TIMEOUT)
-    assert {name for name, _ in children} == {"rebalance timer", "pinger"}
+    assert {name for name, _ in children} == {"rebalance timer", "prober"}
     monkeypatch.setattr(proxy_actor_module, "notify_failed", broken)
 
     h.ref.tell(NotifyFailed(A, lambda _: None))
@@ -74,12 +74,12 @@ def test_a_failure_during_a_rebalance_answers_its_waiters(
 ) -> None:
     h = start_proxy(primaries=(A, B), live=(B,), gated=True)
     pending = h.send(Rebalance)
-    assert h.pinger.entered.wait(TIMEOUT)
+    assert h.prober.entered.wait(TIMEOUT)
     monkeypatch.setattr(proxy_actor_module, "notify_failed", broken)
 
     h.ref.tell(NotifyFailed(A, lambda _: None))
     assert h.ref.actor_stopped.wait(TIMEOUT)
-    h.pinger.release()
+    h.prober.release()
 
     assert pending.get(timeout=TIMEOUT) == RebalanceOutcome(A, None)
     poll_until(nothing_left_running, GATE_TIMEOUT, what="every actor thread to end")
@@ -99,17 +99,17 @@ def test_a_failing_on_start_stops_the_children(
 def test_a_child_that_will_not_stop_is_logged_not_waited_on(
     start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A ping in flight holds the pinger; stopping the proxy waits a bounded time."""
+    """A ping in flight holds the prober; stopping the proxy waits a bounded time."""
     caplog.set_level(logging.WARNING)
     monkeypatch.setattr(proxy_actor_module, "CHILD_STOP_TIMEOUT_S", 0.05)
     h = start_proxy(primaries=(A, B), live=(B,), gated=True)
     h.ref.tell(Rebalance(lambda _: None))
-    assert h.pinger.entered.wait(TIMEOUT)
+    assert h.prober.entered.wait(TIMEOUT)
 
     assert h.ref.stop(timeout=TIMEOUT) is True  # does not wait for the held ping
 
     late = [r for r in caplog.records if "did not stop within" in r.getMessage()]
-    assert [r.getMessage().split()[0] for r in late] == ["pinger"]
+    assert [r.getMessage().split()[0] for r in late] == ["prober"]
     assert all(r.exc_info is None for r in caplog.records)  # one line, no traceback
-    h.pinger.release()
-    poll_until(nothing_left_running, GATE_TIMEOUT, what="the pinger to stop after its ping")
+    h.prober.release()
+    poll_until(nothing_left_running, GATE_TIMEOUT, what="the prober to stop after its ping")

@@ -29,7 +29,7 @@ answer at all shows nothing waited for it (how fast is for bench/)."""
 def test_requests_are_answered_while_a_ping_is_held(start_proxy: StartProxy) -> None:
     h = start_proxy(primaries=(A, B, C), live=(B,), gated=True)
     pending = h.send(Rebalance)
-    assert h.pinger.entered.wait(TIMEOUT)
+    assert h.prober.entered.wait(TIMEOUT)
 
     assert h.send(lambda r: NotifyFailed(A, r)).get(timeout=PROMPT).rotated is True
     assert h.send(lambda r: AddPrimary(D, r)).get(timeout=PROMPT) == AddOutcome(D, True)
@@ -44,5 +44,5 @@ def test_requests_are_answered_while_a_ping_is_held(start_proxy: StartProxy) -> 
     # The rebalance itself is still waiting for the network.
     with pytest.raises(pykka.Timeout):
         pending.get(timeout=0)
-    h.pinger.release()
+    h.prober.release()
     assert pending.get(timeout=TIMEOUT) == RebalanceOutcome(B, True)

@@ -12,13 +12,13 @@ import pytest
 from rpcproxy.actors import AddPrimary, Rebalance, RebalanceOutcome, RemoveServer
 from rpcproxy.proxy import Address
 
-from ._fakes import A, B, C, FakePinger
+from ._fakes import A, B, C, FakeProber
 from .conftest import StartProxy
 
 REBALANCES = 100
 
 
-class CoinPinger(FakePinger):
+class CoinProber(FakeProber):
     """Each ping fails with ``fail`` probability, from a seeded Random (Consul's test)."""
 
     def __init__(self, fail: float, seed: int) -> None:
@@ -27,7 +27,7 @@ class CoinPinger(FakePinger):
         self._fail = fail
         self._lock = threading.Lock()
         self.answered: list[bool] = []
-        """Per pinged rebalance: did any server answer?"""
+        """Per probed rebalance: did any server answer?"""
 
     def __call__(self, candidates: Sequence[Address]) -> Mapping[Address, bool]:
         with self._lock:
@@ -37,19 +37,19 @@ class CoinPinger(FakePinger):
 
 
 def test_offline_follows_the_last_pinged_rebalance(start_proxy: StartProxy) -> None:
-    pinger = CoinPinger(0.5, seed=11)
-    h = start_proxy(primaries=(A, B), pinger=pinger)
+    prober = CoinProber(0.5, seed=11)
+    h = start_proxy(primaries=(A, B), prober=prober)
     assert h.box.current.offline is False
     seen: set[bool] = set()
 
     for _ in range(REBALANCES):
         outcome, snapshot = h.request_seen(Rebalance)
-        assert outcome.healthy is pinger.answered[-1]
+        assert outcome.healthy is prober.answered[-1]
         # The reply comes after the publish, so the snapshot already says it.
-        assert snapshot.offline is not pinger.answered[-1]
+        assert snapshot.offline is not prober.answered[-1]
         seen.add(snapshot.offline)
 
-    assert len(pinger.answered) == REBALANCES
+    assert len(prober.answered) == REBALANCES
     assert seen == {True, False}
 
 
@@ -61,9 +61,9 @@ def test_a_rebalance_that_pings_nobody_leaves_it(start_proxy: StartProxy) -> Non
     assert h.request(lambda reply: RemoveServer(B, reply)) is True
     outcome, snapshot = h.request_seen(Rebalance)
     assert outcome == RebalanceOutcome(A, None)
-    assert snapshot.offline is True  # one server: nothing pinged, nothing learned
+    assert snapshot.offline is True  # one server: nothing probed, nothing learned
 
-    h.pinger.set_live(C)
+    h.prober.set_live(C)
     h.request(lambda reply: AddPrimary(C, reply))
     outcome, snapshot = h.request_seen(Rebalance)
     assert outcome.healthy is True
@@ -77,7 +77,7 @@ def test_each_flip_logs_one_line(start_proxy: StartProxy, caplog: pytest.LogCapt
     with caplog.at_level(logging.INFO, logger="rpcproxy.actors.proxy_actor"):
         h.request(Rebalance)
         h.request(Rebalance)  # still offline: no second line
-        h.pinger.set_live(A)
+        h.prober.set_live(A)
         h.request(Rebalance)
         h.request(Rebalance)  # still online: no second line
     flips = [r for r in caplog.records if "offline" in r.getMessage() or "online" in r.getMessage()]

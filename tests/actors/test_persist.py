@@ -27,7 +27,7 @@ from rpcproxy.proxy import LocalIdentity, ProxyState, add_primary, check_invaria
 from rpcproxy.proxy.persisted import from_document, to_document
 from tests.waiting import poll_until
 
-from ._fakes import GATE_TIMEOUT, TIMEOUT, A, B, C, D, E, FakePinger, RecordingBox, hb
+from ._fakes import GATE_TIMEOUT, TIMEOUT, A, B, C, D, E, FakeProber, RecordingBox, hb
 
 T = TypeVar("T")
 
@@ -408,8 +408,8 @@ def test_proxy_actor_starts_from_the_restored_state_and_adds_configured_servers(
     settings_ = ProxySettings(
         local=LocalIdentity("dc1", 1, 1), primary_servers=(A, D), restored=restored
     )
-    ref = ProxyActor.start(settings_, FakePinger(), box)
-    assert ref.proxy().ping().get(timeout=TIMEOUT) is True
+    ref = ProxyActor.start(settings_, FakeProber(), box)
+    assert ref.proxy().started().get(timeout=TIMEOUT) is True
     state = box.current.state
     # The saved order; the new configured primary stands before the backup C.
     assert state.active == (B, A, D, C)
@@ -426,11 +426,11 @@ def test_every_change_of_the_proxy_actor_reaches_the_file(tmp_path: Path) -> Non
     box = RecordingBox()
     proxy = ProxyActor.start(
         ProxySettings(local=LocalIdentity("dc1", 1, 1)),
-        FakePinger(),
+        FakeProber(),
         box,
         on_change=pending.offer,
     )
-    assert proxy.proxy().ping().get(timeout=TIMEOUT) is True
+    assert proxy.proxy().started().get(timeout=TIMEOUT) is True
     request(proxy, lambda r: AddPrimary(A, r))
     request(proxy, lambda r: SetBackups((C,), r))
     request(proxy, lambda r: ApplyHeartbeat(hb((A, "dc1"), (B, "dc1"), num_nodes=7, leader="x"), r))

@@ -1,4 +1,4 @@
-"""Rebalancing through the actors: plan -> PingerActor -> reconcile, and the timer."""
+"""Rebalancing through the actors: plan -> ProberActor -> reconcile, and the timer."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from rpcproxy.actors import (
 )
 from rpcproxy.proxy import Address
 
-from ._fakes import TIMEOUT, A, B, C, D, E, FakeClock, FakePinger, hb
+from ._fakes import TIMEOUT, A, B, C, D, E, FakeClock, FakeProber, hb
 from .conftest import StartProxy
 
 
@@ -36,7 +36,7 @@ def test_fewer_than_two_servers_pings_nobody(
     result = h.request(Rebalance)
 
     assert result == RebalanceOutcome(head, None)
-    assert h.pinger.call_count() == 0
+    assert h.prober.call_count() == 0
 
 
 def test_fewer_than_two_servers_still_restarts_the_timer(start_proxy: StartProxy) -> None:
@@ -56,7 +56,7 @@ def test_all_dead_keeps_the_list_and_reports_unhealthy(start_proxy: StartProxy) 
 
     assert result == RebalanceOutcome(A, False)
     assert seen.state.active == (A, B, C, D)
-    (candidates,) = h.pinger.calls
+    (candidates,) = h.prober.calls
     assert sorted(candidates[:3]) == sorted((A, B, C))
     assert candidates[3] == D
 
@@ -69,7 +69,7 @@ def test_the_only_live_server_goes_first(start_proxy: StartProxy, live: Address)
 
     assert result == RebalanceOutcome(live, True)
     assert seen.state.head == live
-    (candidates,) = h.pinger.calls
+    (candidates,) = h.prober.calls
     index = candidates.index(live)
     # The candidates before the live one go to the end, in order.
     assert seen.state.active == candidates[index:] + candidates[:index]
@@ -88,10 +88,10 @@ def test_chosen_head_removed_while_pinging_abandons_the_rebalance(
 ) -> None:
     h = start_proxy(primaries=(A, B, C), live=(B,), gated=True)
     pending = h.send(Rebalance)
-    assert h.pinger.entered.wait(TIMEOUT)
+    assert h.prober.entered.wait(TIMEOUT)
 
     assert h.request(lambda r: RemoveServer(B, r)) is True
-    h.pinger.release()
+    h.prober.release()
     result, seen = pending.get(timeout=TIMEOUT), h.box.current
 
     assert result == RebalanceOutcome(A, True)
@@ -101,14 +101,14 @@ def test_chosen_head_removed_while_pinging_abandons_the_rebalance(
 def test_changes_made_while_pinging_win(start_proxy: StartProxy) -> None:
     h = start_proxy(primaries=(A, B, C), live=(A, B, C), gated=True)
     pending = h.send(Rebalance)
-    assert h.pinger.entered.wait(TIMEOUT)
+    assert h.prober.entered.wait(TIMEOUT)
 
-    (candidates,) = h.pinger.calls
+    (candidates,) = h.prober.calls
     dropped = candidates[1]
     assert h.request(lambda r: RemoveServer(dropped, r)) is True
     h.request(lambda r: AddPrimary(D, r))
     h.request(lambda r: SetBackups((E,), r))
-    h.pinger.release()
+    h.prober.release()
     result = pending.get(timeout=TIMEOUT)
 
     expected = (*(c for c in candidates if c != dropped), D, E)
@@ -119,7 +119,7 @@ def test_changes_made_while_pinging_win(start_proxy: StartProxy) -> None:
 def test_requests_during_a_rebalance_share_one_ping(start_proxy: StartProxy) -> None:
     h = start_proxy(primaries=(A, B, C), live=(C,), gated=True)
     first = h.send(Rebalance)
-    assert h.pinger.entered.wait(TIMEOUT)
+    assert h.prober.entered.wait(TIMEOUT)
     second = h.send(Rebalance)
     third = h.send(Rebalance)
     # Once a later request is answered, both have been handled: they wait on the ping.
@@ -127,12 +127,12 @@ def test_requests_during_a_rebalance_share_one_ping(start_proxy: StartProxy) -> 
     for waiting in (first, second, third):
         with pytest.raises(pykka.Timeout):
             waiting.get(timeout=0)
-    h.pinger.release()
+    h.prober.release()
 
     results = [f.get(timeout=TIMEOUT) for f in (first, second, third)]
 
     assert results == [RebalanceOutcome(C, True)] * 3
-    assert h.pinger.call_count() == 1
+    assert h.prober.call_count() == 1
 
 
 def test_rebalance_restarts_the_timer_every_time(start_proxy: StartProxy) -> None:
@@ -167,23 +167,23 @@ def test_rebalance_interval_scales_with_the_cluster(start_proxy: StartProxy) -> 
 def test_the_timer_drives_rebalances_by_itself(start_proxy: StartProxy) -> None:
     h = start_proxy(primaries=(A, B), live=(A, B), min_reuse_s=0.05)
 
-    assert h.pinger.wait_calls(3, timeout=5.0)
+    assert h.prober.wait_calls(3, timeout=5.0)
     assert h.box.current.state.head in (A, B)
 
 
-def test_a_failing_pinger_counts_as_nobody_answering(
+def test_a_failing_prober_counts_as_nobody_answering(
     start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pinger = FakePinger((A, B), error=RuntimeError("transport exploded"))
-    h = start_proxy(primaries=(A, B), pinger=pinger)
+    prober = FakeProber((A, B), error=RuntimeError("transport exploded"))
+    h = start_proxy(primaries=(A, B), prober=prober)
 
     result, seen = h.request_seen(Rebalance)
 
     assert result == RebalanceOutcome(A, False)
     assert seen.state.active == (A, B)
     assert any("pinging 2 servers failed" in r.getMessage() for r in caplog.records)
-    # PingerActor survived: the next rebalance is pinged and succeeds.
-    pinger.error = None
-    pinger.set_live(B)
+    # ProberActor survived: the next rebalance is probed and succeeds.
+    prober.error = None
+    prober.set_live(B)
     assert h.request(Rebalance) == RebalanceOutcome(B, True)
-    assert pinger.call_count() == 2
+    assert prober.call_count() == 2

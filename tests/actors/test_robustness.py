@@ -13,13 +13,13 @@ from rpcproxy.actors import (
     ApplyHeartbeat,
     HeartbeatResult,
     NotifyFailed,
-    PingerActor,
+    ProberActor,
     ProxyActor,
     Rebalance,
     RebalanceOutcome,
     TimerActor,
 )
-from rpcproxy.actors.messages import PingResults, ScheduleTick
+from rpcproxy.actors.messages import ProbeResults, ScheduleTick
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 
 from ._fakes import TIMEOUT, A, B, C, FakeClock, hb, received, start_recorder
@@ -136,7 +136,7 @@ def test_ping_results_nobody_asked_for_are_ignored(start_proxy: StartProxy) -> N
     h = start_proxy(primaries=(A, B), live=(A, B))
     version = h.box.current.version
 
-    h.ref.tell(PingResults(999, {B: True}))
+    h.ref.tell(ProbeResults(999, {B: True}))
 
     assert h.request(lambda r: NotifyFailed(C, r)).rotated is False
     assert h.box.current.state.active == (A, B)
@@ -179,9 +179,9 @@ def test_a_reply_that_raises_does_not_kill_the_proxy(start_proxy: StartProxy) ->
 
     # A broken waiter does not keep the other waiters of a rebalance from their answer.
     h.ref.tell(Rebalance(broken))
-    assert h.pinger.entered.wait(TIMEOUT)
+    assert h.prober.entered.wait(TIMEOUT)
     pending = h.send(Rebalance)
-    h.pinger.release()
+    h.prober.release()
     assert pending.get(timeout=TIMEOUT) == RebalanceOutcome(B, True)
     assert h.ref.is_alive()
 
@@ -192,17 +192,17 @@ def test_stopping_during_a_rebalance_answers_its_waiters(
     caplog.set_level(logging.WARNING)
     h = start_proxy(primaries=(A, B), live=(B,), gated=True)
     pending = h.send(Rebalance)
-    assert h.pinger.entered.wait(TIMEOUT)
+    assert h.prober.entered.wait(TIMEOUT)
 
     stopped = h.ref.stop(block=False)
     # Release the ping only once the proxy is dead, so its results find nobody.
     assert h.ref.actor_stopped.wait(TIMEOUT)
-    h.pinger.release()
+    h.prober.release()
 
     assert pending.get(timeout=TIMEOUT) == RebalanceOutcome(A, None)
     assert stopped.get(timeout=TIMEOUT) is True
     assert not pykka.ActorRegistry.get_by_class(ProxyActor)
-    assert not pykka.ActorRegistry.get_by_class(PingerActor)
+    assert not pykka.ActorRegistry.get_by_class(ProberActor)
     assert not pykka.ActorRegistry.get_by_class(TimerActor)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
@@ -210,11 +210,11 @@ def test_stopping_during_a_rebalance_answers_its_waiters(
 
 def test_stopping_the_proxy_stops_its_children(start_proxy: StartProxy) -> None:
     h = start_proxy(primaries=(A, B), live=(A, B), min_reuse_s=0.01)
-    assert h.pinger.wait_calls(1)
+    assert h.prober.wait_calls(1)
 
     assert h.ref.stop(timeout=TIMEOUT) is True
 
-    assert not pykka.ActorRegistry.get_by_class(PingerActor)
+    assert not pykka.ActorRegistry.get_by_class(ProberActor)
     assert not pykka.ActorRegistry.get_by_class(TimerActor)
 
 

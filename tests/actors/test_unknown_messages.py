@@ -17,14 +17,14 @@ import pykka
 import pytest
 import zmq
 
-from rpcproxy.actors import ActiveServerChanged, AddOutcome, AddPrimary, PingerActor, TimerActor
-from rpcproxy.actors.messages import PingCandidates, PingResults, RebalanceTick, ScheduleTick
+from rpcproxy.actors import ActiveServerChanged, AddOutcome, AddPrimary, ProberActor, TimerActor
+from rpcproxy.actors.messages import ProbeCandidates, ProbeResults, RebalanceTick, ScheduleTick
 from rpcproxy.actors.persist import PendingState, PersistActor, StateFile
 from rpcproxy.bus.service.events import EventPublisher
 from rpcproxy.proxy import ProxyState
 from tests.waiting import poll_until
 
-from ._fakes import TIMEOUT, A, B, FakePinger, start_recorder
+from ._fakes import TIMEOUT, A, B, FakeProber, start_recorder
 from .conftest import StartProxy
 
 
@@ -64,14 +64,14 @@ def _timer(start_proxy: StartProxy, tmp_path: Path, ctx: zmq.Context[Any]) -> Su
     return Subject(ref, still_works)
 
 
-def _pinger(start_proxy: StartProxy, tmp_path: Path, ctx: zmq.Context[Any]) -> Subject:
+def _prober(start_proxy: StartProxy, tmp_path: Path, ctx: zmq.Context[Any]) -> Subject:
     target, inbox = start_recorder()
-    ref = PingerActor.start(FakePinger((A,)), target)
+    ref = ProberActor.start(FakeProber((A,)), target)
 
     def still_works() -> None:
-        ref.tell(PingCandidates(7, (A,)))
+        ref.tell(ProbeCandidates(7, (A,)))
         assert inbox.wait_count(1, TIMEOUT)
-        assert inbox.items() == [PingResults(7, {A: True})]
+        assert inbox.items() == [ProbeResults(7, {A: True})]
 
     return Subject(ref, still_works)
 
@@ -116,7 +116,7 @@ def _events(start_proxy: StartProxy, tmp_path: Path, ctx: zmq.Context[Any]) -> S
 SUBJECTS = {
     "ProxyActor": _proxy,
     "TimerActor": _timer,
-    "PingerActor": _pinger,
+    "ProberActor": _prober,
     "PersistActor": _persist,
     "EventPublisher": _events,
 }

@@ -22,7 +22,7 @@ longer than one ping timeout after a notify or a rebalance") read exactly:
 Why one T, and why some lookups are not judged:
 
 * A rebalance started *before* S died may have heard S answer and put it
-  first when it reconciles, up to T (the pinger's shared deadline) after it
+  first when it reconciles, up to T (the prober's shared deadline) after it
   started: more than T after S died, that is over.
 * Nomad's failover rotates one server per notify. If other servers are
   rotated off the head between the trigger and the lookup (a rotating

@@ -543,7 +543,7 @@ class ComposeProject:
         return self.exec("proxy", "python", "-c", _EFFECTIVE_PING_METHOD).strip()
 
     def go_peer_problems(self) -> list[str]:
-        """Why the server stand-ins are not Go Nomad peers pinged with ``nomad``
+        """Why the server stand-ins are not Go Nomad peers probed with ``nomad``
         ([] when they are): each runs the image's ``nomad-peer`` as its main
         process, and the proxy's effective ``ping_method`` is ``nomad``."""
         problems: list[str] = []

@@ -38,7 +38,7 @@ import zmq
 
 from rpcproxy.bus.client import ProxyClient, ProxyError
 from rpcproxy.bus.net.keys import CurveClient
-from rpcproxy.bus.probes.nomad import NomadPinger
+from rpcproxy.bus.probes.nomad import NomadProber
 from rpcproxy.proxy import parse_address
 from tests.compose.chaos import CheckResult, Op, Outage, check_invariant
 from tests.compose.compose import SERVER_SERVICES, SERVERS, ComposeProject, in_ci, wait_for
@@ -94,12 +94,12 @@ class Addresses:
             return self._ips.get(service)
 
 
-def answers(pinger: NomadPinger, ip: str | None) -> bool:
-    """Whether the Go peer at ``ip`` answers a Status.Ping within the pinger's timeout."""
+def answers(prober: NomadProber, ip: str | None) -> bool:
+    """Whether the Go peer at ``ip`` answers a Status.Ping within the prober's timeout."""
     if ip is None:
         return False
     addr = parse_address(f"{ip}:{SERVER_PORT}")
-    return bool(pinger([addr]).get(addr))
+    return bool(prober([addr]).get(addr))
 
 
 @dataclass(slots=True)
@@ -126,9 +126,9 @@ class Run:
             self.endpoint, timeout_s=2.0, retries=3, context=self.context, curve=self.curve
         )
 
-    def pinger(self) -> NomadPinger:
+    def prober(self) -> NomadProber:
         # As the proxy pings the servers by default (ping_method = "nomad").
-        return NomadPinger(timeout_s=self.ping_timeout_s)
+        return NomadProber(timeout_s=self.ping_timeout_s)
 
     def lookup(self, name: str, client: ProxyClient) -> str | None:
         sent = now()
@@ -155,12 +155,12 @@ class Run:
 
 def client_loop(run: Run, name: str) -> None:
     """Look up, use (ping), report a failure: a Nomad client of the proxy."""
-    pinger = run.pinger()
+    prober = run.prober()
     pace = threading.Event()
     with run.client() as client:
         while not run.stop.is_set():
             addr = run.lookup(name, client)
-            if addr is not None and not answers(pinger, run.addresses.get(service_of(addr))):
+            if addr is not None and not answers(prober, run.addresses.get(service_of(addr))):
                 sent = now()
                 try:
                     rotated: bool | None = client.notify_failed_server(addr)
@@ -194,7 +194,7 @@ class Chaos:
         self.project = project
         self.run = run
         self.rng = rng
-        self.pinger = run.pinger()
+        self.prober = run.prober()
         self.broken: dict[str, tuple[str, float]] = {}
         self.outages: list[Outage] = []
         self.actions: Counter[str] = Counter()
@@ -217,7 +217,7 @@ class Chaos:
 
     def another_server_answers(self, target: str) -> bool:
         return any(
-            answers(self.pinger, self.run.addresses.get(service))
+            answers(self.prober, self.run.addresses.get(service))
             for service in SERVER_SERVICES
             if service != target and service not in self.broken
         )
@@ -324,14 +324,14 @@ def run_chaos(run: Run, chaos: Chaos, seconds: float) -> float:
 def assert_live_server_handed_out(project: ComposeProject, run: Run) -> None:
     """After the chaos the proxy knows every server and hands out a live one."""
     project.wait_for_servers(SERVERS, timeout_s=15.0)
-    pinger = run.pinger()
+    prober = run.prober()
 
     def live_server_found() -> bool:
         with project.proxy() as proxy:
             server = proxy.find_server()
             if server is None:
                 return False
-            if answers(pinger, run.addresses.get(service_of(server.addr))):
+            if answers(prober, run.addresses.get(service_of(server.addr))):
                 return True
             proxy.notify_failed_server(server.addr)
             return False
@@ -345,7 +345,7 @@ def test_chaos_no_long_dead_server_is_handed_out(
     seconds = chaos_seconds()
     seed = chaos_seed()
     ping_timeout_s = float(project.environment("proxy")["RPCPROXY_PING_TIMEOUT_S"])
-    # The run is over Nomad's wire: Go peers on Nomad's codec, pinged with `nomad`.
+    # The run is over Nomad's wire: Go peers on Nomad's codec, probed with `nomad`.
     assert project.go_peer_problems() == []
     # Every client of the proxy from here on is one of ours (see the docstring).
     project.stop("client")
@@ -356,7 +356,7 @@ def test_chaos_no_long_dead_server_is_handed_out(
         addresses = Addresses(project)
         addresses.refresh()
         run = Run(project.query_endpoint(), project.curve(), context, addresses, ping_timeout_s)
-        probe = run.pinger()
+        probe = run.prober()
         unreachable = [s for s in SERVER_SERVICES if not answers(probe, addresses.get(s))]
         assert not unreachable, (
             f"the host cannot ping {unreachable} at their container addresses "

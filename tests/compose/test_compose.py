@@ -24,7 +24,7 @@ import pytest
 
 from rpcproxy.bus.client import ProxyClient, ProxyTimeoutError
 from rpcproxy.bus.net.keys import CurveClient, create_key_pair, load_key_pair
-from rpcproxy.bus.probes.nomad import NomadPinger
+from rpcproxy.bus.probes.nomad import NomadProber
 from rpcproxy.proxy import parse_address
 from tests.compose.compose import (
     PROXY_PUBLIC_KEY,
@@ -124,12 +124,12 @@ def test_servers_are_go_nomad_peers_the_proxy_pings_with_nomad(
     assert project.go_peer_problems() == []
 
     # They answer Nomad's Status.Ping from outside their containers too.
-    with NomadPinger(timeout_s=2.0) as pinger:
+    with NomadProber(timeout_s=2.0) as prober:
         for service in SERVER_SERVICES:
             ip = project.ip_address(service)
             assert ip is not None, f"{service} has no address on {project.network}"
             addr = parse_address(f"{ip}:4647")
-            assert pinger([addr]).get(addr), f"{service} ({addr}) did not answer Status.Ping"
+            assert prober([addr]).get(addr), f"{service} ({addr}) did not answer Status.Ping"
 
     # Every rebalance pings every server; only a Nomad ping makes them all
     # healthy without a complaint in the peers' logs.

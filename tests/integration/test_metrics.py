@@ -94,7 +94,8 @@ def test_every_metric_moves(
     assert value(after, "rpcproxy_heartbeats_rejected_total", reason="topic") >= 1
     rebalanced = sum(value(after, "rpcproxy_rebalances_total", result=r) for r in ("moved", "kept"))
     assert rebalanced == 1
-    assert value(after, "rpcproxy_ping_duration_seconds_count") == 1
+    assert value(after, "rpcproxy_probe_duration_seconds_count") == 1
+    assert value(after, "rpcproxy_ping_duration_seconds_count") == 1  # its old name, one release
     assert value(after, "rpcproxy_request_duration_seconds_count", op="find_server") >= 2
     assert value(after, "rpcproxy_request_duration_seconds_count", op="rebalance") == 1
     assert value(after, "rpcproxy_request_duration_seconds_count", op="unknown_op") == 1

@@ -19,7 +19,7 @@ PING_TIMEOUT_S = 0.5
 HUNG_TIMEOUT_S = 1.0
 K = 10
 PARALLEL_BOUND = 5
-"""Ping timeouts that K hung servers pinged in parallel stay under on the slowest
+"""Ping timeouts that K hung servers probed in parallel stay under on the slowest
 machine (section 3: about one, not K; one after another they would take K). The
 tight figure is bench/rebalance.py's."""
 

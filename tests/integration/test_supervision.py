@@ -37,7 +37,7 @@ SUPERVISE_TIMEOUT_S = 10.0
 PARTS = [
     "proxy actor",
     "rebalance timer",
-    "pinger",
+    "prober",
     "state persister",
     "events publisher",
     "query socket",
@@ -85,7 +85,7 @@ def run_in_thread(fn: Callable[[], Any]) -> Future[Any]:
 
 def child(service: ProxyService, name: str) -> pykka.ActorRef[Any]:
     refs = dict(service._children)
-    assert set(refs) == {"rebalance timer", "pinger"}, refs
+    assert set(refs) == {"rebalance timer", "prober"}, refs
     # The same refs the proxy actor itself reports.
     assert service._proxy is not None
     reported = dict(service._proxy.proxy().children().get(timeout=5.0))
@@ -98,7 +98,7 @@ def kill(service: ProxyService, part: str) -> None:
     if part == "proxy actor":
         assert service._proxy is not None
         service._proxy.stop(block=True, timeout=5.0)
-    elif part in ("rebalance timer", "pinger"):
+    elif part in ("rebalance timer", "prober"):
         child(service, part).stop(block=True, timeout=5.0)
     elif part == "state persister":
         assert service._persist is not None
@@ -225,14 +225,14 @@ def test_a_crashing_proxy_actor_is_noticed_and_takes_its_children_with_it(
         raise RuntimeError("bug in notify_failed (test)")
 
     monkeypatch.setattr(rpcproxy.actors.proxy_actor, "notify_failed", broken)
-    timer, pinger = child(service, "rebalance timer"), child(service, "pinger")
+    timer, prober = child(service, "rebalance timer"), child(service, "prober")
     with RawClient(service.query_endpoint) as client:
         client.call("add_primary_server", addr="10.0.0.7")
         with contextlib.suppress(AssertionError):
             client.request({"op": "notify_failed_server", "addr": "10.0.0.7"}, timeout=0.5)
     poll_until(lambda: "proxy actor" in service.dead_parts(), what="the proxy actor to die")
     assert supervise_until_done(service, threading.Event()) == EXIT_FAILURE
-    poll_until(lambda: not timer.is_alive() and not pinger.is_alive(), what="the children to stop")
+    poll_until(lambda: not timer.is_alive() and not prober.is_alive(), what="the children to stop")
 
 
 def test_a_crashing_query_thread_is_noticed(

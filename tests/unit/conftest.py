@@ -14,7 +14,7 @@ import zmq
 def ctx() -> Iterator[zmq.Context[Any]]:
     """The test's own ZeroMQ context; a socket the test leaves open fails it.
 
-    Pingers and clients given no context make their own; this one is for
+    Probers and clients given no context make their own; this one is for
     stand-ins, raw peers and whatever the test passes ``context=``.
     """
     context: zmq.Context[Any] = zmq.Context()

@@ -3,7 +3,7 @@
 Spoken to with raw sockets and the independent ``msgpack`` package, and once
 with the Go peer's client (``msgpackrpc.CallWithCodec``, as a Nomad client
 calls), so the stand-in that ``rpcproxy demo`` and the compose setup use is
-checked against Nomad's codec and not only against our own pinger.
+checked against Nomad's codec and not only against our own prober.
 """
 
 from __future__ import annotations

@@ -74,14 +74,14 @@ simple_ops: st.SearchStrategy[Op] = st.one_of(
 )
 
 # Per pool address: answered (True), failed (False) or no answer recorded (None).
-ping_outcomes = st.lists(
+probe_outcomes = st.lists(
     st.sampled_from([True, False, None]), min_size=len(POOL), max_size=len(POOL)
 )
 
 rebalance_ops: st.SearchStrategy[Op] = st.tuples(
     st.just("rebalance"),
     st.integers(min_value=0, max_value=2**32),
-    ping_outcomes,
+    probe_outcomes,
     st.lists(simple_ops, max_size=4),
 )
 
@@ -339,7 +339,7 @@ ops_then_two_servers = st.tuples(
 
 
 @settings(max_examples=100, deadline=None)
-@given(ops_then_two_servers, st.integers(min_value=0, max_value=2**32), ping_outcomes)
+@given(ops_then_two_servers, st.integers(min_value=0, max_value=2**32), probe_outcomes)
 def test_rebalance_never_puts_first_a_server_that_failed(
     ops: list[Op], seed: int, outcomes: list[bool | None]
 ) -> None:

@@ -31,9 +31,9 @@ from rpcproxy.bus.net.resolve import Resolver
 from rpcproxy.bus.probes.engine import (
     MAX_WINDOW,
     MIN_WINDOW,
-    TcpPinger,
-    WindowedPinger,
-    ZmqPinger,
+    TcpProber,
+    WindowedProber,
+    ZmqProber,
     prefix_decided,
     prefix_results,
     window_for,
@@ -52,8 +52,8 @@ HUNG_TIMEOUT_S = 1.0
 """The ping timeout where hung servers must cost about one timeout, not k
 (docs/protocol.md sections 3 and 4): bounded at :data:`PARALLEL_BOUND` of them."""
 PARALLEL_BOUND = 5
-"""Timeouts that k = :data:`HUNG` hung servers pinged in parallel stay under
-on the slowest machine; pinged one after another they would take k."""
+"""Timeouts that k = :data:`HUNG` hung servers probed in parallel stay under
+on the slowest machine; probed one after another they would take k."""
 HUNG = 12
 
 
@@ -79,19 +79,19 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 
 
 @pytest.fixture
-def pingers() -> Iterator[Callable[..., ZmqPinger]]:
-    """ZmqPingers closed after the test, which must release their context."""
-    made: list[ZmqPinger] = []
+def probers() -> Iterator[Callable[..., ZmqProber]]:
+    """ZmqProbers closed after the test, which must release their context."""
+    made: list[ZmqProber] = []
 
-    def make(timeout_s: float, **kwargs: Any) -> ZmqPinger:
-        pinger = ZmqPinger(region="global", rpc_major_version=1, timeout_s=timeout_s, **kwargs)
-        made.append(pinger)
-        return pinger
+    def make(timeout_s: float, **kwargs: Any) -> ZmqProber:
+        prober = ZmqProber(region="global", rpc_major_version=1, timeout_s=timeout_s, **kwargs)
+        made.append(prober)
+        return prober
 
     yield make
-    for pinger in made:
-        pinger.close()
-        assert pinger._context is None, "close() left the pinger's context"
+    for prober in made:
+        prober.close()
+        assert prober._context is None, "close() left the prober's context"
 
 
 def dead(n: int = 1) -> list[Address]:
@@ -109,10 +109,10 @@ def addr_of(server: ServerStandIn) -> Address:
 
 
 def timed(
-    pinger: Callable[[Sequence[Address]], dict[Address, bool]], cands: Sequence[Address]
+    prober: Callable[[Sequence[Address]], dict[Address, bool]], cands: Sequence[Address]
 ) -> tuple[dict[Address, bool], float]:
     start = time.monotonic()
-    result = pinger(cands)
+    result = prober(cands)
     return result, time.monotonic() - start
 
 
@@ -317,41 +317,41 @@ def test_the_window_fits_under_the_descriptor_limit() -> None:
     assert window_for(3, fd_limit=300) == MIN_WINDOW
 
 
-# -- ZmqPinger -----------------------------------------------------------------
+# -- ZmqProber -----------------------------------------------------------------
 
 
 def test_zmq_live_server_answers(
-    pingers: Callable[..., ZmqPinger], standin: StandInFactory
+    probers: Callable[..., ZmqProber], standin: StandInFactory
 ) -> None:
     server = standin()
-    result, _ = timed(pingers(2.0), [addr_of(server)])
+    result, _ = timed(probers(2.0), [addr_of(server)])
     assert result == {addr_of(server): True}
     assert server.pings == 1
 
 
-def test_zmq_nobody_listening_fails_at_once(pingers: Callable[..., ZmqPinger]) -> None:
+def test_zmq_nobody_listening_fails_at_once(probers: Callable[..., ZmqProber]) -> None:
     """A refused connect is known at once; libzmq alone would retry until the deadline."""
     [addr] = dead()
-    result, elapsed = timed(pingers(NEVER_S), [addr])
+    result, elapsed = timed(probers(NEVER_S), [addr])
     assert result == {addr: False}
     assert elapsed < NEVER_S / 2
 
 
 def test_zmq_silent_server_fails_after_the_timeout(
-    pingers: Callable[..., ZmqPinger], silent: Callable[[int], list[Address]]
+    probers: Callable[..., ZmqProber], silent: Callable[[int], list[Address]]
 ) -> None:
     [addr] = silent(1)
-    result, elapsed = timed(pingers(0.3), [addr])
+    result, elapsed = timed(probers(0.3), [addr])
     assert result == {addr: False}
     assert elapsed >= 0.3
 
 
 def test_zmq_paused_server_fails(
-    pingers: Callable[..., ZmqPinger], standin: StandInFactory
+    probers: Callable[..., ZmqProber], standin: StandInFactory
 ) -> None:
     server = standin()
     server.pause()
-    result, _ = timed(pingers(0.3), [addr_of(server)])
+    result, _ = timed(probers(0.3), [addr_of(server)])
     assert result == {addr_of(server): False}
 
 
@@ -369,7 +369,7 @@ def test_zmq_paused_server_fails(
 )
 def test_zmq_bad_reply_fails_at_once(
     ctx: zmq.Context[Any],
-    pingers: Callable[..., ZmqPinger],
+    probers: Callable[..., ZmqProber],
     pool: ThreadPoolExecutor,
     reply: bytes,
 ) -> None:
@@ -378,7 +378,7 @@ def test_zmq_bad_reply_fails_at_once(
     router.bind("tcp://127.0.0.1:*")
     addr = parse_address(router.last_endpoint.decode().removeprefix("tcp://"))
     try:
-        future = pool.submit(timed, pingers(NEVER_S), [addr])
+        future = pool.submit(timed, probers(NEVER_S), [addr])
         assert router.poll(int(NEVER_S * 1000)), "the ping never arrived"
         identity, empty, request = router.recv_multipart()
         assert empty == b""
@@ -396,45 +396,45 @@ def test_zmq_bad_reply_fails_at_once(
 
 
 def test_zmq_hung_servers_cost_one_timeout(
-    pingers: Callable[..., ZmqPinger], silent: Callable[[int], list[Address]]
+    probers: Callable[..., ZmqProber], silent: Callable[[int], list[Address]]
 ) -> None:
     cands = silent(HUNG)
-    result, elapsed = timed(pingers(HUNG_TIMEOUT_S), cands)
+    result, elapsed = timed(probers(HUNG_TIMEOUT_S), cands)
     assert result == dict.fromkeys(cands, False)
     assert elapsed < PARALLEL_BOUND * HUNG_TIMEOUT_S, f"{elapsed:.2f} s: serial pings?"
 
 
 def test_zmq_live_after_dead_is_chosen(
-    pingers: Callable[..., ZmqPinger],
+    probers: Callable[..., ZmqProber],
     standin: StandInFactory,
     silent: Callable[[int], list[Address]],
 ) -> None:
     live = addr_of(standin())
     cands = [*dead(2), *silent(2), live]
-    result, _ = timed(pingers(0.5), cands)
+    result, _ = timed(probers(0.5), cands)
     assert result == {**dict.fromkeys(cands[:4], False), live: True}
 
 
 def test_zmq_returns_early_when_the_first_answers(
-    pingers: Callable[..., ZmqPinger],
+    probers: Callable[..., ZmqProber],
     standin: StandInFactory,
     silent: Callable[[int], list[Address]],
 ) -> None:
     first, second = addr_of(standin()), addr_of(standin())
-    result, elapsed = timed(pingers(NEVER_S), [first, *silent(4), second])
+    result, elapsed = timed(probers(NEVER_S), [first, *silent(4), second])
     assert result == {first: True}
     assert elapsed < NEVER_S / 2
 
 
-def test_zmq_empty_candidates(pingers: Callable[..., ZmqPinger]) -> None:
-    assert pingers(0.1)([]) == {}
+def test_zmq_empty_candidates(probers: Callable[..., ZmqProber]) -> None:
+    assert probers(0.1)([]) == {}
 
 
 def test_zmq_host_name_is_resolved(
-    pingers: Callable[..., ZmqPinger], standin: StandInFactory
+    probers: Callable[..., ZmqProber], standin: StandInFactory
 ) -> None:
     addr = Address("localhost", addr_of(standin()).port)
-    result, _ = timed(pingers(2.0), [addr])
+    result, _ = timed(probers(2.0), [addr])
     assert result == {addr: True}
 
 
@@ -448,10 +448,10 @@ def _has_ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 on this machine")
-def test_zmq_ipv6_literal(pingers: Callable[..., ZmqPinger], standin: StandInFactory) -> None:
+def test_zmq_ipv6_literal(probers: Callable[..., ZmqProber], standin: StandInFactory) -> None:
     server = standin("tcp://[::1]:*")
     assert server.address.startswith("[::1]:")
-    result, _ = timed(pingers(2.0), [addr_of(server)])
+    result, _ = timed(probers(2.0), [addr_of(server)])
     assert result == {addr_of(server): True}
 
 
@@ -459,21 +459,21 @@ def test_zmq_ipv6_literal(pingers: Callable[..., ZmqPinger], standin: StandInFac
 
 
 def test_zmq_live_behind_1100_dead_is_found(
-    pingers: Callable[..., ZmqPinger], standin: StandInFactory
+    probers: Callable[..., ZmqProber], standin: StandInFactory
 ) -> None:
     """More candidates than a context's 1023 sockets: today 'Too many open files'."""
     live = addr_of(standin())
     cands = [*many_dead(1100), live]
-    pinger = pingers(2.0)
-    result, _ = timed(pinger, cands)
+    prober = probers(2.0)
+    result, _ = timed(prober, cands)
     assert result == {**dict.fromkeys(cands[:-1], False), live: True}
-    assert pinger.last_peak_open <= pinger.window + 3
+    assert prober.last_peak_open <= prober.window + 3
 
 
 def test_tcp_live_behind_1100_dead_is_found(listeners: Callable[..., socket.socket]) -> None:
     live = tcp_addr(listeners(8))
     cands = [*many_dead(1100), live]
-    result, _ = timed(TcpPinger(timeout_s=2.0), cands)
+    result, _ = timed(TcpProber(timeout_s=2.0), cands)
     assert result == {**dict.fromkeys(cands[:-1], False), live: True}
 
 
@@ -482,7 +482,7 @@ def _open_fds() -> int:
 
 
 def test_zmq_hung_servers_beyond_the_window_are_pinged_a_window_at_a_time(
-    pingers: Callable[..., ZmqPinger],
+    probers: Callable[..., ZmqProber],
     standin: StandInFactory,
     silent: Callable[[int], list[Address]],
 ) -> None:
@@ -490,7 +490,7 @@ def test_zmq_hung_servers_beyond_the_window_are_pinged_a_window_at_a_time(
     window, hung = 8, 30
     live = addr_of(standin())
     cands = [*silent(hung), live]
-    pinger = pingers(0.3, window=window)
+    prober = probers(0.3, window=window)
     before = _open_fds()
     peak = [before]
     done = threading.Event()
@@ -503,24 +503,24 @@ def test_zmq_hung_servers_beyond_the_window_are_pinged_a_window_at_a_time(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        result, _ = timed(pinger, cands)
+        result, _ = timed(prober, cands)
     finally:
         done.set()
         sampler.join(5)
     assert result == {**dict.fromkeys(cands[:-1], False), live: True}
-    assert pinger.last_peak_open <= window
-    # The pinger's context and waker (a few fds), plus 3 per attempt at most.
-    assert peak[0] - before <= 24 + window * ZmqPinger.fds_per_attempt
+    assert prober.last_peak_open <= window
+    # The prober's context and waker (a few fds), plus 3 per attempt at most.
+    assert peak[0] - before <= 24 + window * ZmqProber.fds_per_attempt
 
 
 def test_later_candidates_are_not_opened_once_an_earlier_one_answered(
-    pingers: Callable[..., ZmqPinger],
+    probers: Callable[..., ZmqProber],
     standin: StandInFactory,
     listeners: Callable[..., socket.socket],
 ) -> None:
     live = addr_of(standin())
     behind = [listeners(8) for _ in range(20)]
-    result, _ = timed(pingers(2.0, window=1), [live, *(tcp_addr(s) for s in behind)])
+    result, _ = timed(probers(2.0, window=1), [live, *(tcp_addr(s) for s in behind)])
     assert result == {live: True}
     for sock in behind:
         sock.setblocking(False)
@@ -532,20 +532,20 @@ FD_LIMIT_SCRIPT = textwrap.dedent(
     """
     import resource, sys
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-    from rpcproxy.bus.probes.engine import TcpPinger, ZmqPinger
+    from rpcproxy.bus.probes.engine import TcpProber, ZmqProber
     from rpcproxy.proxy.address import Address, parse_address
 
     kind, live, port, hung = sys.argv[1], parse_address(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     cands = [Address(f"127.1.{i // 250}.{i % 250 + 1}", port) for i in range(1100)]
     cands += [parse_address(a) for a in hung.split(",")] + [live]
     if kind == "zmq":
-        pinger = ZmqPinger(region="global", rpc_major_version=1, timeout_s=1.0)
+        prober = ZmqProber(region="global", rpc_major_version=1, timeout_s=1.0)
     else:
-        pinger = TcpPinger(timeout_s=1.0)
-    result = pinger(cands)
-    pinger.close()
+        prober = TcpProber(timeout_s=1.0)
+    result = prober(cands)
+    prober.close()
     failed = sum(1 for a in cands[:-1] if result.get(a) is False)
-    print(result.get(live), failed, len(cands) - 1, pinger.window)
+    print(result.get(live), failed, len(cands) - 1, prober.window)
     """
 )
 
@@ -582,17 +582,17 @@ def test_many_candidates_under_a_1024_descriptor_limit(kind: str, peers: Peers) 
 @pytest.mark.parametrize("kind", ["zmq", "tcp"])
 def test_a_name_that_never_resolves_costs_its_deadline_and_nothing_else(
     kind: str,
-    pingers: Callable[..., ZmqPinger],
+    probers: Callable[..., ZmqProber],
     peers: Peers,
     stuck_dns: Callable[..., tuple[Resolver, StuckDns]],
 ) -> None:
     resolver, _ = stuck_dns("blackhole.invalid")
     hole = Address("blackhole.invalid", 4647)
 
-    def make(timeout_s: float) -> WindowedPinger:
+    def make(timeout_s: float) -> WindowedProber:
         if kind == "zmq":
-            return pingers(timeout_s, resolver=resolver)
-        return TcpPinger(timeout_s=timeout_s, resolver=resolver)
+            return probers(timeout_s, resolver=resolver)
+        return TcpProber(timeout_s=timeout_s, resolver=resolver)
 
     live = peers.live(kind)
     # First in order: the live one answers, nothing waits for the name.
@@ -608,7 +608,7 @@ def test_a_name_that_never_resolves_costs_its_deadline_and_nothing_else(
 
 
 def test_lookups_are_capped_across_calls_and_joined(
-    pingers: Callable[..., ZmqPinger],
+    probers: Callable[..., ZmqProber],
     standin: StandInFactory,
     stuck_dns: Callable[..., tuple[Resolver, StuckDns]],
 ) -> None:
@@ -616,9 +616,9 @@ def test_lookups_are_capped_across_calls_and_joined(
     resolver, dns = stuck_dns(*names, max_lookups=3)
     holes = [Address(name, 4647) for name in names]
     live = addr_of(standin())
-    pinger = pingers(0.3, resolver=resolver)
+    prober = probers(0.3, resolver=resolver)
     for _ in range(3):
-        result, _ = timed(pinger, [*holes, live])
+        result, _ = timed(prober, [*holes, live])
         # Names beyond the cap fail at once instead of queueing behind stuck ones.
         assert result == {**dict.fromkeys(holes, False), live: True}
         assert resolver.running == 3
@@ -627,19 +627,19 @@ def test_lookups_are_capped_across_calls_and_joined(
     assert sorted(dns.calls) == sorted(names[:3])
     dns.release()
     poll_until(lambda: resolver.running == 0, 10, what="the lookups to end")
-    assert pinger([holes[0], live]) == {holes[0]: False, live: True}
+    assert prober([holes[0], live]) == {holes[0]: False, live: True}
 
 
 def test_tcp_host_name_is_resolved(listeners: Callable[..., socket.socket]) -> None:
     addr = tcp_addr(listeners(), host="localhost")
-    result, _ = timed(TcpPinger(timeout_s=2.0), [addr])
+    result, _ = timed(TcpProber(timeout_s=2.0), [addr])
     assert result == {addr: True}
 
 
-def test_unresolvable_name_fails(pingers: Callable[..., ZmqPinger]) -> None:
+def test_unresolvable_name_fails(probers: Callable[..., ZmqProber]) -> None:
     addr = Address("no-such-host.invalid", 4647)
-    assert TcpPinger(timeout_s=2.0)([addr]) == {addr: False}
-    assert pingers(2.0)([addr]) == {addr: False}
+    assert TcpProber(timeout_s=2.0)([addr]) == {addr: False}
+    assert probers(2.0)([addr]) == {addr: False}
 
 
 # -- close(): shutdown never waits a ping timeout (issue 9, row 9) -------------------
@@ -648,58 +648,58 @@ def test_unresolvable_name_fails(pingers: Callable[..., ZmqPinger]) -> None:
 @pytest.mark.parametrize("kind", ["zmq", "tcp"])
 def test_close_ends_a_ping_in_flight_and_fails_later_calls(
     kind: str,
-    pingers: Callable[..., ZmqPinger],
+    probers: Callable[..., ZmqProber],
     pool: ThreadPoolExecutor,
     peers: Peers,
     stuck_dns: Callable[..., tuple[Resolver, StuckDns]],
 ) -> None:
     timeout = 60.0
     if kind == "zmq":
-        pinger: ZmqPinger | TcpPinger = pingers(timeout)
+        prober: ZmqProber | TcpProber = probers(timeout)
         hung = peers.hung(kind, 3)
     else:
         # Names whose lookup never ends keep a TCP ping in flight for sure; a
         # port whose SYNs the kernel drops can still let one handshake through.
         names = [f"stuck-{i}.example" for i in range(3)]
         resolver, _ = stuck_dns(*names)
-        pinger = TcpPinger(timeout_s=timeout, resolver=resolver)
+        prober = TcpProber(timeout_s=timeout, resolver=resolver)
         hung = [parse_address(f"{name}:4647") for name in names]
     live = peers.live(kind)
-    future = pool.submit(timed, pinger, [*hung, live])
-    poll_until(lambda: pinger.in_flight, 10, what="the ping to start")
-    pinger.close()
+    future = pool.submit(timed, prober, [*hung, live])
+    poll_until(lambda: prober.in_flight, 10, what="the ping to start")
+    prober.close()
     result, elapsed = future.result(timeout=timeout / 4)
     assert result == dict.fromkeys([*hung, live], False)
     assert elapsed < timeout / 4
-    assert pinger.closed
+    assert prober.closed
     # Closed: even a live server fails, at once; closing again is harmless.
-    assert pinger([live]) == {live: False}
-    pinger.close()
-    if isinstance(pinger, ZmqPinger):
-        assert pinger._context is None
+    assert prober([live]) == {live: False}
+    prober.close()
+    if isinstance(prober, ZmqProber):
+        assert prober._context is None
 
 
-def test_close_before_any_call(pingers: Callable[..., ZmqPinger], standin: StandInFactory) -> None:
-    pinger = pingers(1.0)
-    pinger.close()
-    pinger.close()
+def test_close_before_any_call(probers: Callable[..., ZmqProber], standin: StandInFactory) -> None:
+    prober = probers(1.0)
+    prober.close()
+    prober.close()
     live = addr_of(standin())
-    assert pinger([live]) == {live: False}
-    assert pinger._context is None
+    assert prober([live]) == {live: False}
+    assert prober._context is None
 
 
-# -- TcpPinger -----------------------------------------------------------------
+# -- TcpProber -----------------------------------------------------------------
 
 
 def test_tcp_listening_socket_answers(listeners: Callable[..., socket.socket]) -> None:
     addr = tcp_addr(listeners())
-    result, _ = timed(TcpPinger(timeout_s=2.0), [addr])
+    result, _ = timed(TcpProber(timeout_s=2.0), [addr])
     assert result == {addr: True}
 
 
 def test_tcp_closed_port_fails_fast() -> None:
     [addr] = dead()
-    result, elapsed = timed(TcpPinger(timeout_s=NEVER_S), [addr])
+    result, elapsed = timed(TcpProber(timeout_s=NEVER_S), [addr])
     assert result == {addr: False}
     assert elapsed < NEVER_S / 2
 
@@ -710,7 +710,7 @@ def test_tcp_many_dead_in_parallel(
     hung = blackholes(HUNG)
     live = tcp_addr(listeners())
     cands = [*hung, *dead(2), live]
-    result, elapsed = timed(TcpPinger(timeout_s=HUNG_TIMEOUT_S), cands)
+    result, elapsed = timed(TcpProber(timeout_s=HUNG_TIMEOUT_S), cands)
     assert result == {**dict.fromkeys(cands[:-1], False), live: True}
     assert HUNG_TIMEOUT_S * 0.8 < elapsed < PARALLEL_BOUND * HUNG_TIMEOUT_S
 
@@ -719,6 +719,6 @@ def test_tcp_returns_early_when_the_first_answers(
     blackholes: Callable[[int], list[Address]], listeners: Callable[..., socket.socket]
 ) -> None:
     live = tcp_addr(listeners())
-    result, elapsed = timed(TcpPinger(timeout_s=NEVER_S), [live, *blackholes(3)])
+    result, elapsed = timed(TcpProber(timeout_s=NEVER_S), [live, *blackholes(3)])
     assert result == {live: True}
     assert elapsed < NEVER_S / 2

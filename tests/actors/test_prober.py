@@ -1,4 +1,4 @@
-"""PingerActor: runs the injected pinger and tells the answers back."""
+"""ProberActor: runs the injected prober and tells the answers back."""
 
 from __future__ import annotations
 
@@ -7,43 +7,43 @@ from collections.abc import Iterator
 
 import pytest
 
-from rpcproxy.actors import PingerActor
-from rpcproxy.actors.messages import PingCandidates, PingResults
-from rpcproxy.bus.probes.engine import TcpPinger, WindowedPinger, ZmqPinger
+from rpcproxy.actors import ProberActor
+from rpcproxy.actors.messages import ProbeCandidates, ProbeResults
+from rpcproxy.bus.probes.engine import TcpProber, WindowedProber, ZmqProber
 from rpcproxy.proxy import Address
 from tests.waiting import poll_until
 
-from ._fakes import TIMEOUT, A, B, C, FakePinger, received, start_recorder
+from ._fakes import TIMEOUT, A, B, C, FakeProber, received, start_recorder
 
 
 def test_answers_are_told_back_with_the_token() -> None:
     target, inbox = start_recorder()
-    pinger = FakePinger((B,))
-    actor = PingerActor.start(pinger, target)
+    prober = FakeProber((B,))
+    actor = ProberActor.start(prober, target)
 
-    actor.tell(PingCandidates(7, (A, B, C)))
+    actor.tell(ProbeCandidates(7, (A, B, C)))
 
     assert inbox.wait_count(1, TIMEOUT)
-    assert received(target, inbox) == [PingResults(7, {A: False, B: True, C: False})]
-    assert pinger.calls == [(A, B, C)]
+    assert received(target, inbox) == [ProbeResults(7, {A: False, B: True, C: False})]
+    assert prober.calls == [(A, B, C)]
 
 
-def test_a_raising_pinger_reports_nobody_answered_and_survives(
+def test_a_raising_prober_reports_nobody_answered_and_survives(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     target, inbox = start_recorder()
-    pinger = FakePinger((A,), error=OSError("network unreachable"))
-    actor = PingerActor.start(pinger, target)
+    prober = FakeProber((A,), error=OSError("network unreachable"))
+    actor = ProberActor.start(prober, target)
 
-    actor.tell(PingCandidates(1, (A, B)))
+    actor.tell(ProbeCandidates(1, (A, B)))
     assert inbox.wait_count(1, TIMEOUT)
-    pinger.error = None
-    actor.tell(PingCandidates(2, (A, B)))
+    prober.error = None
+    actor.tell(ProbeCandidates(2, (A, B)))
     assert inbox.wait_count(2, TIMEOUT)
 
     assert received(target, inbox) == [
-        PingResults(1, {}),
-        PingResults(2, {A: True, B: False}),
+        ProbeResults(1, {}),
+        ProbeResults(2, {A: True, B: False}),
     ]
     assert actor.is_alive()
     assert any(r.exc_info and isinstance(r.exc_info[1], OSError) for r in caplog.records)
@@ -51,21 +51,21 @@ def test_a_raising_pinger_reports_nobody_answered_and_survives(
 
 def test_unexpected_messages_are_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
     target, inbox = start_recorder()
-    actor = PingerActor.start(FakePinger((A,)), target)
+    actor = ProberActor.start(FakeProber((A,)), target)
 
     assert actor.ask("hello?", timeout=TIMEOUT) is None
     actor.tell(42)
-    actor.tell(PingCandidates(3, (A,)))
+    actor.tell(ProbeCandidates(3, (A,)))
     assert inbox.wait_count(1, TIMEOUT)
 
     assert actor.is_alive()
-    assert received(target, inbox) == [PingResults(3, {A: True})]
+    assert received(target, inbox) == [ProbeResults(3, {A: True})]
     unexpected = [r for r in caplog.records if "Unexpected message received by" in r.getMessage()]
     assert len(unexpected) == 2
 
 
-class ClosablePinger(FakePinger):
-    """A FakePinger with the ``close()`` that bus/probes/engine.py's pingers have."""
+class ClosableProber(FakeProber):
+    """A FakeProber with the ``close()`` that bus/probes/engine.py's probers have."""
 
     def __init__(self, live: tuple[Address, ...] = ()) -> None:
         super().__init__(live)
@@ -75,14 +75,14 @@ class ClosablePinger(FakePinger):
         self.closes += 1
 
 
-def test_stopping_the_actor_closes_its_pinger() -> None:
+def test_stopping_the_actor_closes_its_prober() -> None:
     target, _ = start_recorder()
-    pinger = ClosablePinger((A,))
-    actor = PingerActor.start(pinger, target)
+    prober = ClosableProber((A,))
+    actor = ProberActor.start(prober, target)
     actor.stop(timeout=TIMEOUT)
-    assert pinger.closes == 1
-    # A pinger without close() (a plain function) is fine too.
-    plain = PingerActor.start(FakePinger((A,)), target)
+    assert prober.closes == 1
+    # A prober without close() (a plain function) is fine too.
+    plain = ProberActor.start(FakeProber((A,)), target)
     plain.stop(timeout=TIMEOUT)
 
 
@@ -102,21 +102,21 @@ def hung_server() -> Iterator[Address]:
 
 @pytest.mark.parametrize("kind", ["zmq", "tcp"])
 def test_close_frees_the_actor_from_a_ping_in_flight(kind: str, hung_server: Address) -> None:
-    """Shutdown's order: close the pinger, then the actor's stop is handled at once."""
+    """Shutdown's order: close the prober, then the actor's stop is handled at once."""
     target, inbox = start_recorder()
     timeout = 60.0
-    pinger: WindowedPinger = (
-        ZmqPinger(region="global", rpc_major_version=1, timeout_s=timeout)
+    prober: WindowedProber = (
+        ZmqProber(region="global", rpc_major_version=1, timeout_s=timeout)
         if kind == "zmq"
-        else TcpPinger(timeout_s=timeout)
+        else TcpProber(timeout_s=timeout)
     )
-    actor = PingerActor.start(pinger, target)
-    actor.tell(PingCandidates(5, (hung_server,)))
-    poll_until(lambda: pinger.in_flight, TIMEOUT * 5, what="the ping to start")
+    actor = ProberActor.start(prober, target)
+    actor.tell(ProbeCandidates(5, (hung_server,)))
+    poll_until(lambda: prober.in_flight, TIMEOUT * 5, what="the ping to start")
 
-    pinger.close()
+    prober.close()
     actor.stop(timeout=timeout / 4)
 
     assert inbox.wait_count(1, TIMEOUT)
-    assert received(target, inbox) == [PingResults(5, {hung_server: False})]
-    assert pinger.closed
+    assert received(target, inbox) == [ProbeResults(5, {hung_server: False})]
+    assert prober.closed

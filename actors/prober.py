@@ -1,4 +1,4 @@
-"""PingerActor: runs the blocking, parallel ping of a rebalance off ProxyActor's thread."""
+"""ProberActor: runs the blocking, parallel ping of a rebalance off ProxyActor's thread."""
 
 from __future__ import annotations
 
@@ -11,73 +11,73 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 import pykka
 
 from rpcproxy.actors.counters import NO_COUNTERS, ActorCounters
-from rpcproxy.actors.messages import PingCandidates, PingResults
+from rpcproxy.actors.messages import ProbeCandidates, ProbeResults
 from rpcproxy.proxy import Address
 
 log = logging.getLogger(__name__)
 
-Pinger: TypeAlias = Callable[[Sequence[Address]], Mapping[Address, bool]]
+Prober: TypeAlias = Callable[[Sequence[Address]], Mapping[Address, bool]]
 """Pings candidates in parallel, returning within about one ping timeout.
 
 The result holds, in candidate order, every candidate up to and including the
 first one that answered (all of them, failed, when none did; see
 ``proxy.choose_head``). A candidate missing from the result counts as failed.
-This is the one definition of the contract: the transport's pingers
+This is the one definition of the contract: the transport's probers
 (:mod:`rpcproxy.bus.probes.engine`) implement it; tests pass in-memory ones.
 """
 
 
 @runtime_checkable
 class Closable(Protocol):
-    """A pinger that holds resources (the transport's do): ``close()`` ends a
+    """A prober that holds resources (the transport's do): ``close()`` ends a
     ping in flight, fails later ones at once, and frees them; idempotent."""
 
     def close(self) -> None: ...
 
 
-class PingerActor(pykka.ThreadingActor):
+class ProberActor(pykka.ThreadingActor):
     """Pings what it is asked to and tells the answers back; it keeps no proxy state.
 
     Its own mailbox is the only thing a ping blocks. ProxyActor runs at most
     one rebalance at a time, so requests never pile up here. A ping in flight
     holds up this actor's stop message, so whoever stops the service calls
-    the pinger's ``close()`` first (from its own thread); the actor closes it
-    too when it stops or fails, so the pinger's resources go with the actor
+    the prober's ``close()`` first (from its own thread); the actor closes it
+    too when it stops or fails, so the prober's resources go with the actor
     on every path.
     """
 
     def __init__(
         self,
-        pinger: Pinger,
+        prober: Prober,
         target: pykka.ActorRef[Any],
         counters: ActorCounters = NO_COUNTERS,
     ) -> None:
         super().__init__()
-        self._pinger = pinger
+        self._prober = prober
         self._target = target
         self._counters = counters
 
     def on_receive(self, message: Any) -> Any:
-        if not isinstance(message, PingCandidates):
+        if not isinstance(message, ProbeCandidates):
             return super().on_receive(message)  # pykka's warning
         started = time.perf_counter()
         try:
-            answered: Mapping[Address, bool] = dict(self._pinger(message.candidates))
+            answered: Mapping[Address, bool] = dict(self._prober(message.candidates))
         except Exception:
             # A broken transport must not leave a rebalance waiting forever:
             # report "nobody answered", which keeps the list as it is.
             log.exception("pinging %d servers failed", len(message.candidates))
             answered = {}
-        self._counters.pinged(time.perf_counter() - started)
+        self._counters.probed(time.perf_counter() - started)
         try:
-            self._target.tell(PingResults(message.token, answered))
+            self._target.tell(ProbeResults(message.token, answered))
         except pykka.ActorDeadError:
-            # ProxyActor stopped while we pinged (shutdown): nobody is waiting.
+            # ProxyActor stopped while we probed (shutdown): nobody is waiting.
             log.debug("ping results %d dropped: the proxy has stopped", message.token)
         return None
 
     def on_stop(self) -> None:
-        self._close_pinger()
+        self._close_prober()
 
     def on_failure(
         self,
@@ -85,11 +85,11 @@ class PingerActor(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._close_pinger()
+        self._close_prober()
 
-    def _close_pinger(self) -> None:
-        if isinstance(self._pinger, Closable):
+    def _close_prober(self) -> None:
+        if isinstance(self._prober, Closable):
             try:
-                self._pinger.close()
+                self._prober.close()
             except Exception:
-                log.exception("closing the pinger failed")
+                log.exception("closing the prober failed")

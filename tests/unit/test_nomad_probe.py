@@ -24,7 +24,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from rpcproxy.bus.probes.nomad import NomadPinger, TlsSetupError, load_tls, server_name
+from rpcproxy.bus.probes.nomad import NomadProber, TlsSetupError, load_tls, server_name
 from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.proxy import Address, parse_address
 from tests.helpers import free_port
@@ -32,7 +32,7 @@ from tests.nomadpeer import TLSFiles, make_tls_files
 from tests.waiting import poll_until
 
 PARALLEL_BOUND = 5
-"""Ping timeouts that many hung servers pinged in parallel stay under on the
+"""Ping timeouts that many hung servers probed in parallel stay under on the
 slowest machine (docs/protocol.md section 3: about one, not k); every test that
 uses it has at least twice as many, so serial pings would exceed it. The tight
 figure is bench/'s."""
@@ -137,22 +137,22 @@ def scripted() -> Iterator[Callable[..., ScriptedServer]]:
 
 
 @pytest.fixture
-def pingers() -> Iterator[Callable[..., NomadPinger]]:
-    made: list[NomadPinger] = []
+def probers() -> Iterator[Callable[..., NomadProber]]:
+    made: list[NomadProber] = []
 
-    def make(timeout_s: float, **kwargs: Any) -> NomadPinger:
-        pinger = NomadPinger(timeout_s=timeout_s, **kwargs)
-        made.append(pinger)
-        return pinger
+    def make(timeout_s: float, **kwargs: Any) -> NomadProber:
+        prober = NomadProber(timeout_s=timeout_s, **kwargs)
+        made.append(prober)
+        return prober
 
     yield make
-    for pinger in made:
-        pinger.close()
+    for prober in made:
+        prober.close()
 
 
-def ping_one(pinger: NomadPinger, addr: Address) -> tuple[bool, float]:
+def probe_one(prober: NomadProber, addr: Address) -> tuple[bool, float]:
     started = time.monotonic()
-    result = pinger([addr])
+    result = prober([addr])
     return result.get(addr, False), time.monotonic() - started
 
 
@@ -215,20 +215,20 @@ def flood(first: bytes) -> Script:
 
 
 def test_a_live_server_answers(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer]
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer]
 ) -> None:
     server = scripted(answer)
-    assert ping_one(pingers(5.0), server.address)[0] is True
+    assert probe_one(probers(5.0), server.address)[0] is True
     assert server.received == [PING_REQUEST_SEQ_1], "not the captured request bytes"
 
 
 def test_each_ping_has_its_own_seq(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer]
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer]
 ) -> None:
     server = scripted(answer)
-    pinger = pingers(5.0)
+    prober = probers(5.0)
     for _ in range(3):
-        assert ping_one(pinger, server.address)[0] is True
+        assert probe_one(prober, server.address)[0] is True
     seqs = [msgpack.Unpacker(raw=False) for _ in server.received]
     for unpacker, raw in zip(seqs, server.received, strict=True):
         unpacker.feed(raw[1:])
@@ -236,9 +236,9 @@ def test_each_ping_has_its_own_seq(
 
 
 def test_a_reply_in_many_pieces_is_read_whole(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer]
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer]
 ) -> None:
-    assert ping_one(pingers(5.0), scripted(answer_in_pieces).address)[0] is True
+    assert probe_one(probers(5.0), scripted(answer_in_pieces).address)[0] is True
 
 
 @pytest.mark.parametrize(
@@ -247,10 +247,10 @@ def test_a_reply_in_many_pieces_is_read_whole(
     ids=["wrong-seq", "error", "closed", "closed-mid-reply"],
 )
 def test_a_wrong_or_broken_reply_fails_at_once(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer], script: Script
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer], script: Script
 ) -> None:
     # A long timeout: failing well inside it shows the reply decided, not the clock.
-    ok, elapsed = ping_one(pingers(30.0), scripted(script).address)
+    ok, elapsed = probe_one(probers(30.0), scripted(script).address)
     assert ok is False
     assert elapsed < 15
 
@@ -261,12 +261,12 @@ def test_a_wrong_or_broken_reply_fails_at_once(
     ids=["never-used-byte", "http", "array-header"],
 )
 def test_garbage_fails_at_once(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer], garbage: bytes
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer], garbage: bytes
 ) -> None:
     def script(conn: socket.socket, seq: int, _stop: threading.Event) -> None:
         conn.sendall(garbage + reply(seq))
 
-    ok, elapsed = ping_one(pingers(30.0), scripted(script).address)
+    ok, elapsed = probe_one(probers(30.0), scripted(script).address)
     assert ok is False
     assert elapsed < 15
 
@@ -277,45 +277,45 @@ def test_garbage_fails_at_once(
     ids=["str32-of-4GiB", "map32-of-2G-pairs", "bin32-of-1MiB-value"],
 )
 def test_a_huge_or_endless_reply_is_bounded(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer], first: bytes
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer], first: bytes
 ) -> None:
     """Fails on the bound (64 KiB a value), not by reading until the deadline."""
     server = scripted(flood(first))
-    ok, elapsed = ping_one(pingers(30.0), server.address)
+    ok, elapsed = probe_one(probers(30.0), server.address)
     assert ok is False
     assert elapsed < 15
-    # The pinger hung up: the flood ends with a reset or a broken pipe.
+    # The prober hung up: the flood ends with a reset or a broken pipe.
     poll_until(lambda: server.ended, timeout=10, what="the flooding server to notice")
     assert server.ended != ["done"]
 
 
 def test_a_server_that_says_nothing_fails_at_the_deadline(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer]
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer]
 ) -> None:
-    ok, elapsed = ping_one(pingers(0.5), scripted(say_nothing).address)
+    ok, elapsed = probe_one(probers(0.5), scripted(say_nothing).address)
     assert ok is False
     assert elapsed < 10, "the ping outlived its deadline"
 
 
 def test_a_server_that_reads_nothing_fails_at_the_deadline(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer]
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer]
 ) -> None:
-    ok, elapsed = ping_one(pingers(0.5), scripted(say_nothing, read_request=False).address)
+    ok, elapsed = probe_one(probers(0.5), scripted(say_nothing, read_request=False).address)
     assert ok is False
     assert elapsed < 10
 
 
 def test_a_byte_a_second_fails_at_the_deadline_not_at_the_end(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer]
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer]
 ) -> None:
     """The whole reply would take 35 s; the ping gives up at its 0.5 s deadline."""
-    ok, elapsed = ping_one(pingers(0.5), scripted(byte_a_second).address)
+    ok, elapsed = probe_one(probers(0.5), scripted(byte_a_second).address)
     assert ok is False
     assert elapsed < 10
 
 
-def test_nobody_listening_fails_at_once(pingers: Callable[..., NomadPinger]) -> None:
-    ok, elapsed = ping_one(pingers(30.0), Address("127.0.0.1", free_port()))
+def test_nobody_listening_fails_at_once(probers: Callable[..., NomadProber]) -> None:
+    ok, elapsed = probe_one(probers(30.0), Address("127.0.0.1", free_port()))
     assert ok is False
     assert elapsed < 15
 
@@ -324,7 +324,7 @@ def test_nobody_listening_fails_at_once(pingers: Callable[..., NomadPinger]) -> 
 
 
 def test_dead_and_hung_servers_cost_about_one_timeout(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer]
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer]
 ) -> None:
     """Pinged in parallel: 5 hung, 5 trickling and 5 dead ahead of a live one."""
     timeout = 1.0
@@ -334,45 +334,45 @@ def test_dead_and_hung_servers_cost_about_one_timeout(
     live = scripted(answer).address
     candidates = [*hung, *slow, *dead, live]
     started = time.monotonic()
-    result = pingers(timeout)(candidates)
+    result = probers(timeout)(candidates)
     elapsed = time.monotonic() - started
     assert result == {**dict.fromkeys([*hung, *slow, *dead], False), live: True}
     assert elapsed < PARALLEL_BOUND * timeout, f"{elapsed:.2f} s: not in parallel"
 
 
 def test_the_first_live_server_in_order_wins(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer]
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer]
 ) -> None:
     first, second = scripted(answer).address, scripted(answer).address
     broken = scripted(an_error).address
-    assert pingers(5.0)([broken, first, second]) == {broken: False, first: True}
+    assert probers(5.0)([broken, first, second]) == {broken: False, first: True}
 
 
 def test_close_ends_a_ping_in_flight(
-    pingers: Callable[..., NomadPinger], scripted: Callable[..., ScriptedServer]
+    probers: Callable[..., NomadProber], scripted: Callable[..., ScriptedServer]
 ) -> None:
-    pinger = pingers(60.0)
+    prober = probers(60.0)
     server = scripted(say_nothing)
     results: list[dict[Address, bool]] = []
-    thread = threading.Thread(target=lambda: results.append(pinger([server.address])))
+    thread = threading.Thread(target=lambda: results.append(prober([server.address])))
     thread.start()
-    poll_until(lambda: pinger.in_flight, what="the ping to start")
-    pinger.close()
+    poll_until(lambda: prober.in_flight, what="the ping to start")
+    prober.close()
     thread.join(10)
     assert results == [{server.address: False}]
 
 
 def test_the_stand_in_answers_and_its_pause_is_a_gray_failure(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
 ) -> None:
     with ServerStandIn() as standin:
         addr = parse_address(standin.address)
-        pinger = pingers(0.5)
-        assert ping_one(pinger, addr)[0] is True
+        prober = probers(0.5)
+        assert probe_one(prober, addr)[0] is True
         standin.pause()
-        assert ping_one(pinger, addr)[0] is False
+        assert probe_one(prober, addr)[0] is False
         standin.resume()
-        assert ping_one(pinger, addr)[0] is True
+        assert probe_one(prober, addr)[0] is True
         assert standin.pings == 2
 
 
@@ -421,47 +421,47 @@ def client_tls(files: TLSFiles, *, with_cert: bool = True, **kwargs: Any) -> Any
 
 
 def test_tls_ping_with_a_client_certificate(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
     tls_standin: Callable[..., Address],
     tls_files: TLSFiles,
 ) -> None:
     addr = tls_standin()
-    assert ping_one(pingers(5.0, tls=client_tls(tls_files)), addr)[0] is True
+    assert probe_one(probers(5.0, tls=client_tls(tls_files)), addr)[0] is True
 
 
 def test_tls_ping_without_a_client_certificate_is_refused(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
     tls_standin: Callable[..., Address],
     tls_files: TLSFiles,
 ) -> None:
     addr = tls_standin()
-    ok, elapsed = ping_one(pingers(30.0, tls=client_tls(tls_files, with_cert=False)), addr)
+    ok, elapsed = probe_one(probers(30.0, tls=client_tls(tls_files, with_cert=False)), addr)
     assert ok is False
     assert elapsed < 15
 
 
 def test_tls_ping_without_a_client_certificate_where_none_is_required(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
     tls_standin: Callable[..., Address],
     tls_files: TLSFiles,
 ) -> None:
     addr = tls_standin(require_client=False)
-    assert ping_one(pingers(5.0, tls=client_tls(tls_files, with_cert=False)), addr)[0] is True
+    assert probe_one(probers(5.0, tls=client_tls(tls_files, with_cert=False)), addr)[0] is True
 
 
 def test_a_server_certificate_from_another_ca_is_refused(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
     tls_standin: Callable[..., Address],
     tls_files: TLSFiles,
 ) -> None:
     addr = tls_standin(identity=(tls_files.other.cert, tls_files.other.key))
-    ok, elapsed = ping_one(pingers(30.0, tls=client_tls(tls_files)), addr)
+    ok, elapsed = probe_one(probers(30.0, tls=client_tls(tls_files)), addr)
     assert ok is False
     assert elapsed < 15
 
 
 def test_the_server_name_is_checked_for_the_region(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
     tls_standin: Callable[..., Address],
     tls_files: TLSFiles,
 ) -> None:
@@ -470,46 +470,46 @@ def test_the_server_name_is_checked_for_the_region(
     addr = tls_standin()
     eu = client_tls(tls_files, region="eu")
     assert eu.server_hostname == server_name("eu") == "server.eu.nomad"
-    assert ping_one(pingers(5.0, tls=eu), addr)[0] is False
+    assert probe_one(probers(5.0, tls=eu), addr)[0] is False
     lax = client_tls(tls_files, region="eu", verify_server_hostname=False)
-    assert ping_one(pingers(5.0, tls=lax), addr)[0] is True
+    assert probe_one(probers(5.0, tls=lax), addr)[0] is True
 
 
 def test_a_client_certificate_is_not_a_server_certificate(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
     tls_standin: Callable[..., Address],
     tls_files: TLSFiles,
 ) -> None:
     """Same CA, but it names client.global.nomad: verify_server_hostname refuses it."""
     addr = tls_standin(identity=(tls_files.client.cert, tls_files.client.key))
-    assert ping_one(pingers(5.0, tls=client_tls(tls_files)), addr)[0] is False
+    assert probe_one(probers(5.0, tls=client_tls(tls_files)), addr)[0] is False
 
 
 def test_a_plain_ping_to_a_tls_only_server_fails(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
     tls_files: TLSFiles,
     scripted: Callable[..., ScriptedServer],
 ) -> None:
     """And a TLS ping to a plain server that hangs up on 0x04 fails at once."""
     plain = scripted(answer)
-    ok, elapsed = ping_one(pingers(30.0, tls=client_tls(tls_files)), plain.address)
+    ok, elapsed = probe_one(probers(30.0, tls=client_tls(tls_files)), plain.address)
     assert ok is False
     assert elapsed < 15
 
 
 def test_a_tls_server_that_never_handshakes_fails_at_the_deadline(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
     tls_files: TLSFiles,
     scripted: Callable[..., ScriptedServer],
 ) -> None:
     silent = scripted(say_nothing, read_request=False)
-    ok, elapsed = ping_one(pingers(0.5, tls=client_tls(tls_files)), silent.address)
+    ok, elapsed = probe_one(probers(0.5, tls=client_tls(tls_files)), silent.address)
     assert ok is False
     assert elapsed < 10
 
 
 def test_tls_pings_in_parallel(
-    pingers: Callable[..., NomadPinger],
+    probers: Callable[..., NomadProber],
     tls_standin: Callable[..., Address],
     tls_files: TLSFiles,
     scripted: Callable[..., ScriptedServer],
@@ -518,7 +518,7 @@ def test_tls_pings_in_parallel(
     hung = [scripted(say_nothing, read_request=False).address for _ in range(2 * PARALLEL_BOUND)]
     live = tls_standin()
     started = time.monotonic()
-    result = pingers(timeout, tls=client_tls(tls_files))([*hung, live])
+    result = probers(timeout, tls=client_tls(tls_files))([*hung, live])
     elapsed = time.monotonic() - started
     assert result == {**dict.fromkeys(hung, False), live: True}
     assert elapsed < PARALLEL_BOUND * timeout, f"{elapsed:.2f} s: not in parallel"
