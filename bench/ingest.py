@@ -192,7 +192,7 @@ def _timed(publisher: Publisher, payloads: list[bytes], wait_done: Callable[[], 
     return IngestRun(len(payloads), end - begin, sent[0] - begin)
 
 
-def _round(
+def one_round(
     target: Target, index: int, count: int, publisher: str, payloads: list[bytes]
 ) -> IngestRun:
     last = (index + 1) * count
@@ -225,7 +225,7 @@ def compare(rounds: int, count: int) -> tuple[list[IngestRun], list[IngestRun]]:
                     (base, base_runs),
                 ]
                 for target, runs in sides if index % 2 == 0 else sides[::-1]:
-                    runs.append(_round(target, index, count, name, payloads))
+                    runs.append(one_round(target, index, count, name, payloads))
                 print(
                     f"  round {index + 1}/{rounds}: proxy {proxy_runs[-1].rate:,.0f}/s"
                     f" (publisher done after {proxy_runs[-1].sent_seconds:.2f} s"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import report
+from before_after import before_after
 from common import Result, git_commit, machine_description
 from exits import exit_times
 from fill import fill_to_max_servers, throttle_cost
@@ -122,6 +123,10 @@ BENCHMARKS: dict[str, Bench] = {
     "watch": Bench(
         full=lambda: watch_benchmarks(rounds=8, duration_s=1.0, changes=300, concurrency_rounds=4),
         quick=lambda: watch_benchmarks(rounds=3, duration_s=0.5, changes=100, concurrency_rounds=2),
+    ),
+    "before_after": Bench(
+        full=lambda: before_after(rounds=6, lookup_s=1.5, ingest_count=30_000, rebalances=5),
+        quick=lambda: before_after(rounds=2, lookup_s=0.5, ingest_count=5_000, rebalances=2),
     ),
 }
 
