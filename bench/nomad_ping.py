@@ -29,8 +29,9 @@ from pathlib import Path
 
 from common import Result, Spread, percentile
 
+from rpcproxy.bus.probes import NomadProber, NomadTls, load_tls
 from rpcproxy.bus.probes.msgpackrpc import RPC_NOMAD, RPC_TLS, encode_request
-from rpcproxy.bus.probes.nomad import NomadProber, NomadTls, ReplyCheck, load_tls
+from rpcproxy.bus.probes.nomad import ReplyCheck
 from rpcproxy.proxy import Address
 from tests.nomadpeer import NomadPeer, TLSFiles, go_ping, make_tls_files
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from common import CTX, Requester, Result, Spread, call, free_port, running_serve
 from lookup import LoadRun, drive
 
+from rpcproxy.bus.probes import NomadProber
 from rpcproxy.bus.probes.engine import window_for
-from rpcproxy.bus.probes.nomad import NomadProber
 from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.blackhole import BLACKHOLE, blackhole_prefix
 

@@ -20,7 +20,7 @@ import msgspec
 import zmq
 
 from rpcproxy.bus.client import ProxyClient, ProxyError
-from rpcproxy.bus.probes.nomad import NomadProber
+from rpcproxy.bus.probes import NomadProber
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.bus.wire import EVENT_TOPIC

@@ -21,8 +21,15 @@ import zmq
 from rpcproxy.actors import ProxyActor, ProxySettings, SnapshotBox
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
-from rpcproxy.bus.probes.engine import TcpProber, WindowedProber, ZmqProber
-from rpcproxy.bus.probes.nomad import NomadProber, NomadTls, TlsSetupError, load_tls
+from rpcproxy.bus.probes import (
+    NomadProber,
+    NomadTls,
+    TcpProber,
+    TlsSetupError,
+    WindowedProber,
+    ZmqProber,
+    load_tls,
+)
 from rpcproxy.bus.service.codec import Decoder, new_instance_id
 from rpcproxy.bus.service.curve import (
     HEARTBEAT_DOMAIN,

@@ -21,8 +21,7 @@ import zmq
 
 from rpcproxy.bus.client import ProxyClient, ProxyError
 from rpcproxy.bus.net.keys import CurveClient, create_key_pair
-from rpcproxy.bus.probes.engine import TcpProber, WindowedProber, ZmqProber
-from rpcproxy.bus.probes.nomad import NomadProber
+from rpcproxy.bus.probes import NomadProber, TcpProber, WindowedProber, ZmqProber
 from rpcproxy.bus.service.nomad_http import (
     NomadApiSettings,
     NomadFetcher,

@@ -9,3 +9,16 @@
 The service's sockets never import this package, nor it theirs: ``cli``
 builds a prober from here and hands it to the actors.
 """
+
+from rpcproxy.bus.probes.engine import TcpProber, WindowedProber, ZmqProber
+from rpcproxy.bus.probes.nomad import NomadProber, NomadTls, TlsSetupError, load_tls
+
+__all__ = [
+    "NomadProber",
+    "NomadTls",
+    "TcpProber",
+    "TlsSetupError",
+    "WindowedProber",
+    "ZmqProber",
+    "load_tls",
+]

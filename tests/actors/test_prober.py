@@ -9,7 +9,7 @@ import pytest
 
 from rpcproxy.actors import ProberActor
 from rpcproxy.actors.messages import ProbeCandidates, ProbeResults
-from rpcproxy.bus.probes.engine import TcpProber, WindowedProber, ZmqProber
+from rpcproxy.bus.probes import TcpProber, WindowedProber, ZmqProber
 from rpcproxy.proxy import Address
 from tests.waiting import poll_until
 

@@ -38,7 +38,7 @@ import zmq
 
 from rpcproxy.bus.client import ProxyClient, ProxyError
 from rpcproxy.bus.net.keys import CurveClient
-from rpcproxy.bus.probes.nomad import NomadProber
+from rpcproxy.bus.probes import NomadProber
 from rpcproxy.proxy import parse_address
 from tests.compose.chaos import CheckResult, Op, Outage, check_invariant
 from tests.compose.compose import SERVER_SERVICES, SERVERS, ComposeProject, in_ci, wait_for

@@ -24,7 +24,7 @@ import pytest
 
 from rpcproxy.bus.client import ProxyClient, ProxyTimeoutError
 from rpcproxy.bus.net.keys import CurveClient, create_key_pair, load_key_pair
-from rpcproxy.bus.probes.nomad import NomadProber
+from rpcproxy.bus.probes import NomadProber
 from rpcproxy.proxy import parse_address
 from tests.compose.compose import (
     PROXY_PUBLIC_KEY,

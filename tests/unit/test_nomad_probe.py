@@ -24,7 +24,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from rpcproxy.bus.probes.nomad import NomadProber, TlsSetupError, load_tls, server_name
+from rpcproxy.bus.probes import NomadProber, TlsSetupError, load_tls
+from rpcproxy.bus.probes.nomad import server_name
 from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.proxy import Address, parse_address
 from tests.helpers import free_port

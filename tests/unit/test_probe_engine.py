@@ -28,12 +28,10 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from rpcproxy.bus.net.resolve import Resolver
+from rpcproxy.bus.probes import TcpProber, WindowedProber, ZmqProber
 from rpcproxy.bus.probes.engine import (
     MAX_WINDOW,
     MIN_WINDOW,
-    TcpProber,
-    WindowedProber,
-    ZmqProber,
     prefix_decided,
     prefix_results,
     window_for,
