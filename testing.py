@@ -59,7 +59,26 @@ from rpcproxy.bus.client import (
     UnknownOpError,
     UnsupportedVersionError,
 )
-from rpcproxy.bus.wire import PROTOCOL_VERSION, ChangeReason, HeartbeatPayload, Op
+from rpcproxy.bus.wire import (
+    PROTOCOL_VERSION,
+    AddPrimaryServerReply,
+    ChangeReason,
+    Event,
+    FindServerReply,
+    HeartbeatPayload,
+    HeartbeatReply,
+    NotifyFailedServerReply,
+    Op,
+    OpReply,
+    PingReply,
+    RebalanceReply,
+    RemoveServerReply,
+    ResetRebalanceTimerReply,
+    Server,
+    ServersReply,
+    SetBackupServersReply,
+    Status,
+)
 from rpcproxy.proxy import (
     DEFAULT_MAX_SERVERS,
     Address,
@@ -212,12 +231,18 @@ class AsyncMockTransport:
         return task.result()
 
 
-def _server(addr: Address | None) -> dict[str, str] | None:
-    return None if addr is None else {"addr": addr.canonical}
+def _server(addr: Address | None) -> Server | None:
+    return None if addr is None else Server(addr.canonical)
 
 
-def _servers(addrs: Iterable[Address]) -> list[dict[str, str] | None]:
-    return [_server(a) for a in addrs]
+def _servers(addrs: Iterable[Address]) -> list[Server]:
+    return [Server(a.canonical) for a in addrs]
+
+
+def _map(body: OpReply | Event) -> dict[str, Any]:
+    """A wire struct as the map a handler returns (and the events list holds)."""
+    keys: dict[str, Any] = msgspec.to_builtins(body)
+    return keys
 
 
 def _address(request: Mapping[str, Any], key: str = "addr") -> Address:
@@ -330,14 +355,14 @@ class InMemoryProxy:
             answer = self._ops().get(op)
             if answer is None:
                 raise UnknownOpError(f"unknown op {op[:80]!r}")
-            reply = answer(request)
+            reply = _map(answer(request))
             return {**reply, "epoch": self.epoch, "instance": self.instance}
 
-    def _ops(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    def _ops(self) -> dict[str, Callable[[dict[str, Any]], OpReply]]:
         return {
-            Op.PING: lambda _: {"pong": True},
-            Op.FIND_SERVER: lambda _: {"server": _server(self.state.head)},
-            Op.SERVERS: lambda _: {"servers": _servers(self.state.active)},
+            Op.PING: lambda _: PingReply(pong=True),
+            Op.FIND_SERVER: lambda _: FindServerReply(_server(self.state.head)),
+            Op.SERVERS: lambda _: ServersReply(_servers(self.state.active)),
             Op.STATUS: self._status,
             Op.NOTIFY_FAILED_SERVER: self._notify_failed,
             Op.ADD_PRIMARY_SERVER: self._add_primary,
@@ -345,7 +370,7 @@ class InMemoryProxy:
             Op.REMOVE_SERVER: self._remove,
             Op.HEARTBEAT: self._heartbeat,
             Op.REBALANCE: self._rebalance,
-            Op.RESET_REBALANCE_TIMER: lambda _: {"next_rebalance_s": self.next_rebalance_s},
+            Op.RESET_REBALANCE_TIMER: lambda _: ResetRebalanceTimerReply(self.next_rebalance_s),
         }
 
     def _commit(self, state: ProxyState, reason: ChangeReason) -> None:
@@ -354,45 +379,41 @@ class InMemoryProxy:
         self.state = state
         if changed:
             self.epoch += 1
-            self.events.append(
-                {
-                    "server": _server(state.head),
-                    "reason": reason,
-                    "epoch": self.epoch,
-                    "instance": self.instance,
-                }
+            event = Event(
+                server=_server(state.head), reason=reason, epoch=self.epoch, instance=self.instance
             )
+            self.events.append(_map(event))
 
-    def _status(self, _: dict[str, Any]) -> dict[str, Any]:
+    def _status(self, _: dict[str, Any]) -> Status:
         state = self.state
-        return {
-            "servers": _servers(state.active),
-            "primary": _servers(state.primaries),
-            "backup": _servers(state.backups),
-            "leader_addr": state.leader_addr,
-            "num_nodes": state.num_nodes,
-            "num_servers": len(state.active),
-            "next_rebalance_s": self.next_rebalance_s,
-            "heartbeat_age_s": None,
-            "publishers": [],
-            "offline": self.offline,
-        }
+        return Status(
+            servers=_servers(state.active),
+            primary=_servers(state.primaries),
+            backup=_servers(state.backups),
+            leader_addr=state.leader_addr,
+            num_nodes=state.num_nodes,
+            num_servers=len(state.active),
+            next_rebalance_s=self.next_rebalance_s,
+            heartbeat_age_s=None,
+            publishers=[],
+            offline=self.offline,
+        )
 
-    def _notify_failed(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _notify_failed(self, request: dict[str, Any]) -> NotifyFailedServerReply:
         state, rotated = notify_failed(self.state, _address(request))
         self._commit(state, "failed")
-        return {"rotated": rotated, "server": _server(state.head)}
+        return NotifyFailedServerReply(rotated, _server(state.head))
 
-    def _add_primary(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _add_primary(self, request: dict[str, Any]) -> AddPrimaryServerReply:
         addr = _address(request)
         try:
             state, added = add_primary(self.state, addr, max_servers=self.max_servers)
         except TooManyServersError as exc:
             raise BadRequestError(str(exc)) from None
         self._commit(state, "added")
-        return {"server": _server(addr), "added": added}
+        return AddPrimaryServerReply(Server(addr.canonical), added)
 
-    def _set_backups(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _set_backups(self, request: dict[str, Any]) -> SetBackupServersReply:
         texts = _key(request, "addrs", list)
         addrs = [_address({"addr": text}) for text in texts]
         try:
@@ -400,14 +421,14 @@ class InMemoryProxy:
         except TooManyServersError as exc:
             raise BadRequestError(str(exc)) from None
         self._commit(state, "backup")
-        return {"servers": _servers(state.backups)}
+        return SetBackupServersReply(_servers(state.backups))
 
-    def _remove(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _remove(self, request: dict[str, Any]) -> RemoveServerReply:
         state, removed = remove_server(self.state, _address(request))
         self._commit(state, "removed")
-        return {"removed": removed}
+        return RemoveServerReply(removed)
 
-    def _heartbeat(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _heartbeat(self, request: dict[str, Any]) -> HeartbeatReply:
         keys = {k: v for k, v in request.items() if k not in ("op", "v", "id")}
         try:
             payload = msgspec.convert(keys, HeartbeatPayload)
@@ -427,15 +448,15 @@ class InMemoryProxy:
         )
         outcome = apply_heartbeat(self.state, heartbeat, self.local)
         self._commit(outcome.state, "heartbeat")
-        return {"changed": outcome.changed}
+        return HeartbeatReply(outcome.changed, outcome.stale)
 
-    def _rebalance(self, _: dict[str, Any]) -> dict[str, Any]:
+    def _rebalance(self, _: dict[str, Any]) -> RebalanceReply:
         plan = plan_rebalance(self.state, self._rng)
         if plan is None:
-            return {"server": _server(self.state.head), "healthy": None}
+            return RebalanceReply(_server(self.state.head), None)
         answered = {addr: self.healthy(addr.canonical) for addr in plan.candidates}
         head = choose_head(plan.candidates, answered)
         self.offline = head is None
         if head is not None:
             self._commit(reconcile(self.state, plan, head).state, "rebalance")
-        return {"server": _server(self.state.head), "healthy": head is not None}
+        return RebalanceReply(_server(self.state.head), head is not None)

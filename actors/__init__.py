@@ -6,6 +6,7 @@ use the :class:`SnapshotBox` instead of the mailbox.
 """
 
 from rpcproxy.actors.messages import (
+    PROXY_MESSAGES,
     ActiveServerChanged,
     AddOutcome,
     AddPrimary,
@@ -16,6 +17,7 @@ from rpcproxy.actors.messages import (
     HeartbeatResult,
     NotifyFailed,
     NotifyOutcome,
+    ProxyMessage,
     ProxyRequest,
     Rebalance,
     RebalanceKind,
@@ -32,6 +34,7 @@ from rpcproxy.actors.snapshot import Snapshot, SnapshotBox
 from rpcproxy.actors.timer import TimerActor
 
 __all__ = [
+    "PROXY_MESSAGES",
     "ActiveServerChanged",
     "AddOutcome",
     "AddPrimary",
@@ -45,6 +48,7 @@ __all__ = [
     "Prober",
     "ProberActor",
     "ProxyActor",
+    "ProxyMessage",
     "ProxyRequest",
     "ProxySettings",
     "Rebalance",

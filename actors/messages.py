@@ -240,3 +240,9 @@ ProxyRequest: TypeAlias = (
     | ResetRebalanceTimer
 )
 """What other threads tell ProxyActor (its children tell it RebalanceTick and ProbeResults)."""
+
+ProxyMessage: TypeAlias = ProxyRequest | RebalanceTick | ProbeResults
+"""Every message ProxyActor handles: its dispatch has one case per member, and no other."""
+
+PROXY_MESSAGES: tuple[type[ProxyMessage], ...] = get_args(ProxyMessage)
+"""The members of :data:`ProxyMessage`, for the runtime check of what pykka hands over."""

@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 import pykka
 
 from rpcproxy.actors.counters import NO_COUNTERS, ActorCounters
 from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.actors.messages import (
+    PROXY_MESSAGES,
     ActiveServerChanged,
     AddOutcome,
     AddPrimary,
@@ -33,6 +34,7 @@ from rpcproxy.actors.messages import (
     NotifyOutcome,
     ProbeCandidates,
     ProbeResults,
+    ProxyMessage,
     Rebalance,
     RebalanceKind,
     RebalanceOutcome,
@@ -242,6 +244,14 @@ class ProxyActor(pykka.ThreadingActor):
     # Messages -------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        # pykka hands over anything told; only ProxyMessage gets past this check.
+        if not isinstance(message, PROXY_MESSAGES):
+            return super().on_receive(message)  # pykka's warning, and the message dropped
+        self._dispatch(message)
+        return None
+
+    def _dispatch(self, message: ProxyMessage) -> None:
+        """One case per message; a message type added to the union and not here is a type error."""
         match message:
             case NotifyFailed(addr, reply):
                 state, rotated = notify_failed(self._state, addr)
@@ -256,7 +266,7 @@ class ProxyActor(pykka.ThreadingActor):
                     )
                 except TooManyServersError as exc:
                     _answer(reply, Refused(str(exc)))
-                    return None
+                    return
                 self._commit(state, "added")
                 _answer(reply, AddOutcome(addr, added))
             case SetBackups(addrs, reply):
@@ -264,7 +274,7 @@ class ProxyActor(pykka.ThreadingActor):
                     state = set_backups(self._state, addrs, max_servers=self._settings.max_servers)
                 except TooManyServersError as exc:
                     _answer(reply, Refused(str(exc)))
-                    return None
+                    return
                 self._commit(state, "backup")
                 _answer(reply, self._state.backups)
             case RemoveServer(addr, reply):
@@ -276,14 +286,7 @@ class ProxyActor(pykka.ThreadingActor):
                 self._commit(state, "heartbeat")
                 _answer(reply, result)
             case ApplyHeartbeats(heartbeats, done):
-                try:
-                    state = self._state
-                    for heartbeat in heartbeats:
-                        state, _ = self._merge_heartbeat(state, heartbeat)
-                    self._commit(state, "heartbeat")
-                finally:
-                    # The listener sends no other batch until this is called.
-                    _answer(lambda _: done(), None)
+                self._apply_heartbeats(heartbeats, done)
             case Rebalance(reply):
                 self._start_rebalance(reply)
             case RebalanceTick():
@@ -296,8 +299,18 @@ class ProxyActor(pykka.ThreadingActor):
                 self._publish()
                 _answer(reply, delay)
             case _:
-                return super().on_receive(message)  # pykka's warning
-        return None
+                assert_never(message)
+
+    def _apply_heartbeats(self, heartbeats: Sequence[Heartbeat], done: Callable[[], None]) -> None:
+        """One batch of the SUB socket's heartbeats, one commit for all of them."""
+        try:
+            state = self._state
+            for heartbeat in heartbeats:
+                state, _ = self._merge_heartbeat(state, heartbeat)
+            self._commit(state, "heartbeat")
+        finally:
+            # The listener sends no other batch until this is called.
+            _answer(lambda _: done(), None)
 
     def _merge_heartbeat(
         self, state: ProxyState, heartbeat: Heartbeat

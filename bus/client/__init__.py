@@ -20,17 +20,14 @@ from rpcproxy.bus.client._results import (
     ProxyError,
     ProxyInvalidAddressError,
     ProxyTimeoutError,
-    Publisher,
     RebalanceResult,
-    Server,
-    Status,
     UnavailableError,
     UnknownOpError,
     UnsupportedVersionError,
 )
 from rpcproxy.bus.client._transport import AsyncTransport, Transport
 from rpcproxy.bus.net.keys import CurveClient, CurveError
-from rpcproxy.bus.wire import HeartbeatEntry
+from rpcproxy.bus.wire import HeartbeatEntry, Publisher, Server, Status
 
 __all__ = [
     "DEFAULT_ENDPOINT",

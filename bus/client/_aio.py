@@ -33,8 +33,6 @@ from rpcproxy.bus.client._results import (
     Call,
     ProxyTimeoutError,
     RebalanceResult,
-    Server,
-    Status,
     encode_request,
     parse_reply,
 )
@@ -42,7 +40,7 @@ from rpcproxy.bus.client._transport import AsyncTransport, AsyncZmqTransport
 from rpcproxy.bus.client._view import Observation
 from rpcproxy.bus.client._watch import WatchStats
 from rpcproxy.bus.net.keys import CurveClient
-from rpcproxy.bus.wire import HeartbeatEntry
+from rpcproxy.bus.wire import HeartbeatEntry, Server, Status
 
 _S = TypeVar("_S")
 _T = TypeVar("_T")

@@ -32,7 +32,6 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from rpcproxy.bus.client._results import Server
 from rpcproxy.bus.client._transport import AsyncTransport
 from rpcproxy.bus.client._view import Follower, Observation, View
 from rpcproxy.bus.client._watch import (
@@ -45,6 +44,7 @@ from rpcproxy.bus.client._watch import (
     subscribe_to_events,
 )
 from rpcproxy.bus.net.keys import CurveClient
+from rpcproxy.bus.wire import Server
 
 log = logging.getLogger(__name__)
 

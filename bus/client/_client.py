@@ -53,8 +53,6 @@ from rpcproxy.bus.client._results import (
     Call,
     ProxyTimeoutError,
     RebalanceResult,
-    Server,
-    Status,
     encode_request,
     parse_reply,
 )
@@ -62,7 +60,7 @@ from rpcproxy.bus.client._transport import Transport, ZmqTransport
 from rpcproxy.bus.client._view import Observation
 from rpcproxy.bus.client._watch import Watcher, WatchStats
 from rpcproxy.bus.net.keys import CurveClient
-from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT, HeartbeatEntry
+from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT, HeartbeatEntry, Server, Status
 
 DEFAULT_ENDPOINT: Final = DEFAULT_QUERY_ENDPOINT
 

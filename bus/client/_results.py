@@ -1,20 +1,50 @@
-"""What both clients share: errors, result types, and each op's request and reply.
+"""What both clients share: errors, result types, and each op's call.
 
 :class:`~rpcproxy.bus.client._client.ProxyClient` (blocking) and
 :class:`~rpcproxy.bus.client._aio.AsyncProxyClient` (asyncio) differ only in how
-they wait for a reply. Everything that says what an op sends and how its reply
-reads is written once here, as a :class:`Call`, so the two cannot drift.
+they wait for a reply. What an op sends and how its reply reads is written
+once here, as a :class:`Call` made of the wire's request and reply types
+(:mod:`rpcproxy.bus.wire`), so the two clients cannot drift from each other
+nor from the service.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 import msgspec
 
-from rpcproxy.bus.wire import PROTOCOL_VERSION, ErrorCode, HeartbeatEntry, HeartbeatPayload, Op
+from rpcproxy.bus.wire import (
+    PROTOCOL_VERSION,
+    AddPrimaryServerOp,
+    AddPrimaryServerReply,
+    ErrorCode,
+    FindServerOp,
+    FindServerReply,
+    HeartbeatEntry,
+    HeartbeatOp,
+    HeartbeatReply,
+    NotifyFailedServerOp,
+    NotifyFailedServerReply,
+    OpRequest,
+    PingOp,
+    PingReply,
+    RebalanceOp,
+    RebalanceReply,
+    RemoveServerOp,
+    RemoveServerReply,
+    ResetRebalanceTimerOp,
+    ResetRebalanceTimerReply,
+    Server,
+    ServersOp,
+    ServersReply,
+    SetBackupServersOp,
+    SetBackupServersReply,
+    Status,
+    StatusOp,
+)
 
 _T = TypeVar("_T")
 _S = TypeVar("_S")
@@ -102,45 +132,8 @@ def error_for(code: str, message: str) -> ProxyError:
 
 
 # --------------------------------------------------------------------------
-# Results.
-
-
-@dataclass(frozen=True, slots=True)
-class Server:
-    """A server object of a reply; keys added to it later are ignored."""
-
-    addr: str
-
-
-@dataclass(frozen=True, slots=True)
-class Publisher:
-    """The last heartbeat applied from one publisher (``status``'s ``publishers``)."""
-
-    publisher: str
-    seq: int
-    age_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """The ``status`` reply: everything at once.
-
-    ``heartbeat_age_s`` (seconds since the last applied heartbeat, None before
-    the first) and ``publishers`` are additions to docs/protocol.md's keys; they
-    default to "unknown" so older proxies' replies still parse.
-    """
-
-    servers: list[Server]
-    primary: list[Server]
-    backup: list[Server]
-    leader_addr: str
-    num_nodes: int
-    num_servers: int
-    next_rebalance_s: float
-    heartbeat_age_s: float | None = None
-    publishers: list[Publisher] = field(default_factory=list)
-    offline: bool = False
-    """No server answered the last rebalance's pings (False from proxies without it)."""
+# Results. Server, Publisher and Status are the wire's own reply types
+# (rpcproxy.bus.wire); the two below are tuples a caller unpacks.
 
 
 class AddResult(NamedTuple):
@@ -162,7 +155,7 @@ class RebalanceResult(NamedTuple):
 
 
 # --------------------------------------------------------------------------
-# Reply shapes: the keys each op's reply must have (others are ignored).
+# The envelope: the keys every reply has besides its op's own.
 
 
 class _Reply(msgspec.Struct):
@@ -179,54 +172,23 @@ class _ErrorReply(msgspec.Struct):
     error: _ErrorBody
 
 
-class Observing(msgspec.Struct, kw_only=True):
-    """A reply that names the active server with the view it was read from.
+class _View(msgspec.Struct):
+    # None from proxies older than docs/protocol.md version 2.
+    epoch: int | None = None
+    instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Observing:
+    """A reply that names the active server, with the view it was read from.
 
     ``epoch`` and ``instance`` (docs/protocol.md section 1, version 2) are None
     from older proxies; ``server`` is None there for ``notify_failed_server``.
     """
 
-    server: Server | None = None
-    epoch: int | None = None
-    instance: str | None = None
-
-
-class _Pong(msgspec.Struct):
-    pong: bool
-
-
-class _OneServer(Observing, kw_only=True):
     server: Server | None
-
-
-class _ServerList(msgspec.Struct):
-    servers: list[Server]
-
-
-class _Rotated(Observing, kw_only=True):
-    rotated: bool
-
-
-class _Added(msgspec.Struct):
-    server: Server
-    added: bool
-
-
-class _Removed(msgspec.Struct):
-    removed: bool
-
-
-class _Changed(msgspec.Struct):
-    changed: bool
-
-
-class _Rebalanced(msgspec.Struct):
-    server: Server | None
-    healthy: bool | None
-
-
-class _NextRebalance(msgspec.Struct):
-    next_rebalance_s: float
+    epoch: int | None
+    instance: str | None
 
 
 # --------------------------------------------------------------------------
@@ -240,9 +202,10 @@ class Call(Generic[_S, _T]):
     Attributes:
         op: the op's wire name.
         keys: the op's request keys (the client adds ``op``, ``v`` and ``id``).
-        shape: what the reply is converted to (a :class:`ProtocolError` when it does not fit).
-        finish: turns the converted reply into the method's result.
+        shape: the op's reply body (a :class:`ProtocolError` when the reply does not fit).
+        finish: turns the reply body into the method's result.
         timeout_s: the per-try wait when the caller chose one, else None.
+        observes: for replies that name the active server, where it is in the body.
     """
 
     op: str
@@ -250,46 +213,68 @@ class Call(Generic[_S, _T]):
     shape: type[_S]
     finish: Callable[[_S], _T]
     timeout_s: float | None = None
+    observes: Callable[[_S], Server | None] | None = None
 
     def read(self, reply: Mapping[str, Any]) -> tuple[_T, Observing | None]:
         """The result and, for replies that name the active server, the observation."""
-        converted = convert(reply, self.shape)
-        observed = converted if isinstance(converted, Observing) else None
-        return self.finish(converted), observed
+        body = convert(reply, self.shape)
+        observed = None
+        if self.observes is not None:
+            view = convert(reply, _View)
+            observed = Observing(self.observes(body), view.epoch, view.instance)
+        return self.finish(body), observed
 
 
-def ping(timeout_s: float | None) -> Call[_Pong, bool]:
-    return Call(Op.PING, {}, _Pong, lambda r: r.pong, timeout_s)
+def _call(
+    request: OpRequest,
+    shape: type[_S],
+    finish: Callable[[_S], _T],
+    timeout_s: float | None = None,
+    observes: Callable[[_S], Server | None] | None = None,
+) -> Call[_S, _T]:
+    """The :class:`Call` that sends ``request``'s keys (the wire's struct, so they cannot drift)."""
+    keys: dict[str, Any] = msgspec.to_builtins(request)
+    op = keys.pop("op")
+    return Call(op, keys, shape, finish, timeout_s, observes)
 
 
-def find_server() -> Call[_OneServer, Server | None]:
-    return Call(Op.FIND_SERVER, {}, _OneServer, lambda r: r.server)
+def ping(timeout_s: float | None) -> Call[PingReply, bool]:
+    return _call(PingOp(), PingReply, lambda r: r.pong, timeout_s)
 
 
-def servers() -> Call[_ServerList, list[Server]]:
-    return Call(Op.SERVERS, {}, _ServerList, lambda r: r.servers)
+def find_server() -> Call[FindServerReply, Server | None]:
+    return _call(FindServerOp(), FindServerReply, _server, observes=_server)
+
+
+def servers() -> Call[ServersReply, list[Server]]:
+    return _call(ServersOp(), ServersReply, lambda r: r.servers)
 
 
 def status() -> Call[Status, Status]:
-    return Call(Op.STATUS, {}, Status, lambda r: r)
+    return _call(StatusOp(), Status, lambda r: r)
 
 
-def notify_failed_server(addr: str) -> Call[_Rotated, bool]:
-    return Call(Op.NOTIFY_FAILED_SERVER, {"addr": addr}, _Rotated, lambda r: r.rotated)
-
-
-def add_primary_server(addr: str) -> Call[_Added, AddResult]:
-    return Call(
-        Op.ADD_PRIMARY_SERVER, {"addr": addr}, _Added, lambda r: AddResult(r.server, r.added)
+def notify_failed_server(addr: str) -> Call[NotifyFailedServerReply, bool]:
+    return _call(
+        NotifyFailedServerOp(addr=addr),
+        NotifyFailedServerReply,
+        lambda r: r.rotated,
+        observes=_server,
     )
 
 
-def set_backup_servers(addrs: Sequence[str]) -> Call[_ServerList, list[Server]]:
-    return Call(Op.SET_BACKUP_SERVERS, {"addrs": list(addrs)}, _ServerList, lambda r: r.servers)
+def add_primary_server(addr: str) -> Call[AddPrimaryServerReply, AddResult]:
+    return _call(
+        AddPrimaryServerOp(addr=addr), AddPrimaryServerReply, lambda r: AddResult(r.server, r.added)
+    )
 
 
-def remove_server(addr: str) -> Call[_Removed, bool]:
-    return Call(Op.REMOVE_SERVER, {"addr": addr}, _Removed, lambda r: r.removed)
+def set_backup_servers(addrs: Sequence[str]) -> Call[SetBackupServersReply, list[Server]]:
+    return _call(SetBackupServersOp(addrs=tuple(addrs)), SetBackupServersReply, lambda r: r.servers)
+
+
+def remove_server(addr: str) -> Call[RemoveServerReply, bool]:
+    return _call(RemoveServerOp(addr=addr), RemoveServerReply, lambda r: r.removed)
 
 
 def heartbeat(
@@ -298,21 +283,26 @@ def heartbeat(
     leader_rpc_addr: str,
     publisher: str | None,
     seq: int | None,
-) -> Call[_Changed, bool]:
-    payload = HeartbeatPayload((), num_nodes, leader_rpc_addr, publisher, seq)
-    keys: dict[str, Any] = msgspec.to_builtins(payload)
-    keys["servers"] = [_heartbeat_entry(s) for s in entries]
-    return Call(Op.HEARTBEAT, keys, _Changed, lambda r: r.changed)
+) -> Call[HeartbeatReply, bool]:
+    request = HeartbeatOp((), num_nodes, leader_rpc_addr, publisher, seq)
+    call = _call(request, HeartbeatReply, lambda r: r.changed)
+    # Maps are sent as they are: the proxy, not the client, checks them.
+    call.keys["servers"] = [_heartbeat_entry(s) for s in entries]
+    return call
 
 
-def rebalance(timeout_s: float | None) -> Call[_Rebalanced, RebalanceResult]:
-    return Call(
-        Op.REBALANCE, {}, _Rebalanced, lambda r: RebalanceResult(r.server, r.healthy), timeout_s
+def rebalance(timeout_s: float | None) -> Call[RebalanceReply, RebalanceResult]:
+    return _call(
+        RebalanceOp(), RebalanceReply, lambda r: RebalanceResult(r.server, r.healthy), timeout_s
     )
 
 
-def reset_rebalance_timer() -> Call[_NextRebalance, float]:
-    return Call(Op.RESET_REBALANCE_TIMER, {}, _NextRebalance, lambda r: r.next_rebalance_s)
+def reset_rebalance_timer() -> Call[ResetRebalanceTimerReply, float]:
+    return _call(ResetRebalanceTimerOp(), ResetRebalanceTimerReply, lambda r: r.next_rebalance_s)
+
+
+def _server(reply: FindServerReply | NotifyFailedServerReply) -> Server | None:
+    return reply.server
 
 
 # --------------------------------------------------------------------------

@@ -39,11 +39,11 @@ import msgspec
 import zmq
 
 from rpcproxy.bus.client import _results as results
-from rpcproxy.bus.client._results import ProtocolError, Server
+from rpcproxy.bus.client._results import ProtocolError
 from rpcproxy.bus.client._transport import Transport
 from rpcproxy.bus.client._view import Follower, Observation, View
 from rpcproxy.bus.net.keys import CurveClient
-from rpcproxy.bus.wire import EVENT_TOPIC
+from rpcproxy.bus.wire import EVENT_TOPIC, Event, Server
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,8 @@ RESYNC_ID_START: Final = 1 << 40
 """Request ids of re-syncs (any will do: the transport is the watcher's own)."""
 
 
-class _Event(msgspec.Struct):
-    """An event's payload; ``reason`` and unknown keys are ignored."""
-
-    server: Server | None
-    epoch: int
-    instance: str
-
-
-_event_decoder: Final = msgspec.msgpack.Decoder(_Event)
+_event_decoder: Final = msgspec.msgpack.Decoder(Event)
+"""The wire's event; its ``reason`` and unknown keys are not looked at."""
 
 
 def subscribe_to_events(sub: zmq.Socket[Any], endpoint: str, curve: CurveClient | None) -> None:

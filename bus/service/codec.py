@@ -1,77 +1,67 @@
-"""MessagePack codec for the query, heartbeat and event sockets (docs/protocol.md).
+"""MessagePack frames of the query, heartbeat and event sockets (docs/protocol.md).
 
-Decoding and validation are one step: msgspec decodes a frame straight into a
-frozen Struct, or fails. The request ops form a tagged union on ``op``, so the
+The frame-level work: the envelope (``op``, ``v``, ``id``), error replies,
+the success reply's envelope around an op's reply body, heartbeat payloads
+(and the peek that conflates them) and the event payload. Each op's own
+keys are the wire's structs (:mod:`rpcproxy.bus.wire`), and what the service
+does with each op is :mod:`rpcproxy.bus.service.ops`.
+
+Decoding and type checks are one step: msgspec decodes a frame straight into
+a frozen Struct, or fails. The requests form a tagged union on ``op``, so the
 hot path (``find_server``) costs one C-level decode and no Python-level checks.
 Only when that decode fails is the frame read a second time, leniently, to tell
 *which* rule it broke and to recover its ``id`` for the error reply; bad input
-is rare and may be slow, good input must be fast.
-
-Everything that reaches an actor is a typed, validated, frozen value carrying
-domain types (:class:`proxy.Address`, :class:`proxy.Heartbeat`), never a raw
-map. Unknown keys are ignored everywhere, so a newer client can add keys
-without breaking an older proxy.
+is rare and may be slow, good input must be fast. Unknown keys are ignored
+everywhere, so a newer client can add keys without breaking an older proxy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 import re
 import secrets
-from typing import Annotated, Any, ClassVar, Final, Protocol, TypeAlias, TypeVar, cast
+from typing import Annotated, Any, Final, TypeVar, cast
 
 import msgspec
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct
 
 from rpcproxy.bus.wire import (
+    OP_REQUESTS,
     PROTOCOL_VERSION,
     ChangeReason,
     ErrorCode,
+    Event,
     HeartbeatEntry,
+    HeartbeatOp,
     HeartbeatPayload,
     Name,
     Op,
-    Version,
+    OpReply,
+    OpRequest,
+    Server,
+    SetBackupServersOp,
 )
-from rpcproxy.proxy import (
-    DEFAULT_MAX_SERVERS,
-    Address,
-    Heartbeat,
-    HeartbeatServer,
-    InvalidAddressError,
-    parse_address,
-)
+from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address, Heartbeat, HeartbeatServer
 
 __all__ = [
     "NO_ID",
     "OPS",
-    "READ_ONLY_OPS",
-    "AddPrimaryRequest",
     "Decoder",
-    "FindServerRequest",
     "HeartbeatError",
-    "HeartbeatRequest",
-    "NotifyFailedRequest",
-    "PingRequest",
-    "RebalanceRequest",
-    "RemoveServerRequest",
-    "Request",
     "RequestError",
-    "ResetRebalanceTimerRequest",
-    "ServersRequest",
-    "SetBackupsRequest",
-    "StatusRequest",
     "decode_heartbeat",
-    "decode_request",
     "encode_error",
     "encode_event",
     "encode_heartbeat",
     "encode_ok",
+    "encode_reply",
     "encode_request_error",
     "new_instance_id",
     "peek_heartbeat",
-    "server_obj",
+    "server_of",
+    "to_heartbeat",
 ]
 
 NO_ID: Final = UNSET
@@ -102,218 +92,8 @@ class HeartbeatError(ValueError):
     """A heartbeat payload that breaks docs/protocol.md section 2's table (rule 1: drop it)."""
 
 
-# --------------------------------------------------------------------------
-# The ops. Each op is declared once, as a pair: its public request type
-# (validated domain values plus the ``id`` to echo), whose ``op`` is the
-# op's :class:`~rpcproxy.bus.wire.Op`, and right after it its wire type
-# (exactly the MessagePack map of docs/protocol.md section 1), tagged with
-# that same ``op``, whose ``request()`` converts it. The wire types form the
-# tagged union the fast path decodes in one step.
-
-
-class _Op(Struct, frozen=True, kw_only=True, tag_field="op"):
-    # Version (Literal[1]) makes any other ``v`` (2, True, "1", 1.0) fail the
-    # fast decode; the slow path then reports it as unsupported_version.
-    v: Version | UnsetType = UNSET
-    id: Any = UNSET
-
-
-class PingRequest(Struct, frozen=True):
-    """``ping``: is the proxy alive."""
-
-    op: ClassVar[Op] = Op.PING
-    id: Any = NO_ID
-
-
-class _PingWire(_Op, frozen=True, tag=PingRequest.op.value):
-    def request(self) -> PingRequest:
-        return PingRequest(self.id)
-
-
-class FindServerRequest(Struct, frozen=True):
-    """``find_server``: the active server."""
-
-    op: ClassVar[Op] = Op.FIND_SERVER
-    id: Any = NO_ID
-
-
-class _FindServerWire(_Op, frozen=True, tag=FindServerRequest.op.value):
-    def request(self) -> FindServerRequest:
-        return FindServerRequest(self.id)
-
-
-class ServersRequest(Struct, frozen=True):
-    """``servers``: the active list."""
-
-    op: ClassVar[Op] = Op.SERVERS
-    id: Any = NO_ID
-
-
-class _ServersWire(_Op, frozen=True, tag=ServersRequest.op.value):
-    def request(self) -> ServersRequest:
-        return ServersRequest(self.id)
-
-
-class StatusRequest(Struct, frozen=True):
-    """``status``: everything at once."""
-
-    op: ClassVar[Op] = Op.STATUS
-    id: Any = NO_ID
-
-
-class _StatusWire(_Op, frozen=True, tag=StatusRequest.op.value):
-    def request(self) -> StatusRequest:
-        return StatusRequest(self.id)
-
-
-class NotifyFailedRequest(Struct, frozen=True):
-    """``notify_failed_server``: rotate ``addr`` away if it is the active server."""
-
-    op: ClassVar[Op] = Op.NOTIFY_FAILED_SERVER
-    addr: Address
-    id: Any = NO_ID
-
-
-class _NotifyFailedWire(_Op, frozen=True, tag=NotifyFailedRequest.op.value):
-    addr: str
-
-    def request(self) -> NotifyFailedRequest:
-        return NotifyFailedRequest(_address(self.addr, self.id), self.id)
-
-
-class AddPrimaryRequest(Struct, frozen=True):
-    """``add_primary_server``: add ``addr`` to the primaries."""
-
-    op: ClassVar[Op] = Op.ADD_PRIMARY_SERVER
-    addr: Address
-    id: Any = NO_ID
-
-
-class _AddPrimaryWire(_Op, frozen=True, tag=AddPrimaryRequest.op.value):
-    addr: str
-
-    def request(self) -> AddPrimaryRequest:
-        return AddPrimaryRequest(_address(self.addr, self.id), self.id)
-
-
-class SetBackupsRequest(Struct, frozen=True):
-    """``set_backup_servers``: replace the backups with ``addrs``."""
-
-    op: ClassVar[Op] = Op.SET_BACKUP_SERVERS
-    addrs: tuple[Address, ...]
-    id: Any = NO_ID
-
-
-class _SetBackupsWire(_Op, frozen=True, tag=SetBackupsRequest.op.value):
-    # Bounded by max_servers in the copy each Decoder makes.
-    addrs: tuple[str, ...]
-
-    def request(self) -> SetBackupsRequest:
-        addrs = tuple(_address(a, self.id, f"addrs[{i}]") for i, a in enumerate(self.addrs))
-        return SetBackupsRequest(addrs, self.id)
-
-
-class RemoveServerRequest(Struct, frozen=True):
-    """``remove_server``: drop ``addr`` from every list."""
-
-    op: ClassVar[Op] = Op.REMOVE_SERVER
-    addr: Address
-    id: Any = NO_ID
-
-
-class _RemoveServerWire(_Op, frozen=True, tag=RemoveServerRequest.op.value):
-    addr: str
-
-    def request(self) -> RemoveServerRequest:
-        return RemoveServerRequest(_address(self.addr, self.id), self.id)
-
-
-class HeartbeatRequest(Struct, frozen=True):
-    """``heartbeat``: apply one heartbeat as if it came from the heartbeat socket."""
-
-    op: ClassVar[Op] = Op.HEARTBEAT
-    heartbeat: Heartbeat
-    id: Any = NO_ID
-
-
-class _HeartbeatOpWire(
-    HeartbeatPayload, frozen=True, kw_only=True, tag_field="op", tag=HeartbeatRequest.op.value
-):
-    # Section 2's payload keys plus the envelope's: the payload is the op's body.
-    v: Version | UnsetType = UNSET
-    id: Any = UNSET
-
-    def request(self) -> HeartbeatRequest:
-        return HeartbeatRequest(_to_heartbeat(self), self.id)
-
-
-class RebalanceRequest(Struct, frozen=True):
-    """``rebalance``: run one rebalance now."""
-
-    op: ClassVar[Op] = Op.REBALANCE
-    id: Any = NO_ID
-
-
-class _RebalanceWire(_Op, frozen=True, tag=RebalanceRequest.op.value):
-    def request(self) -> RebalanceRequest:
-        return RebalanceRequest(self.id)
-
-
-class ResetRebalanceTimerRequest(Struct, frozen=True):
-    """``reset_rebalance_timer``: restart the timer at the minimum reuse duration."""
-
-    op: ClassVar[Op] = Op.RESET_REBALANCE_TIMER
-    id: Any = NO_ID
-
-
-class _ResetRebalanceTimerWire(_Op, frozen=True, tag=ResetRebalanceTimerRequest.op.value):
-    def request(self) -> ResetRebalanceTimerRequest:
-        return ResetRebalanceTimerRequest(self.id)
-
-
-Request: TypeAlias = (
-    PingRequest
-    | FindServerRequest
-    | ServersRequest
-    | StatusRequest
-    | NotifyFailedRequest
-    | AddPrimaryRequest
-    | SetBackupsRequest
-    | RemoveServerRequest
-    | HeartbeatRequest
-    | RebalanceRequest
-    | ResetRebalanceTimerRequest
-)
-
-
-class _WireRequest(Protocol):
-    """A decoded wire type: it converts itself to its public request."""
-
-    def request(self) -> Request: ...
-
-
-_WIRE_TYPES: Final[tuple[type[Struct], ...]] = (
-    _PingWire,
-    _FindServerWire,
-    _ServersWire,
-    _StatusWire,
-    _NotifyFailedWire,
-    _AddPrimaryWire,
-    _SetBackupsWire,
-    _RemoveServerWire,
-    _HeartbeatOpWire,
-    _RebalanceWire,
-    _ResetRebalanceTimerWire,
-)
-"""The tagged union of requests, one member per op."""
-
-OPS: Final[frozenset[Op]] = frozenset(Op(str(t.__struct_config__.tag)) for t in _WIRE_TYPES)
+OPS: Final[frozenset[Op]] = frozenset(Op(str(t.__struct_config__.tag)) for t in OP_REQUESTS)
 """Every op this proxy answers (all of :class:`~rpcproxy.bus.wire.Op`)."""
-
-READ_ONLY_OPS: Final[frozenset[type[Request]]] = frozenset(
-    {PingRequest, FindServerRequest, ServersRequest, StatusRequest}
-)
-"""Request types answered from the published snapshot, without the actor."""
 
 
 class _Envelope(Struct, frozen=True):
@@ -328,15 +108,8 @@ class _Envelope(Struct, frozen=True):
 # Wire -> domain conversion.
 
 
-def _address(text: str, request_id: Any, where: str | None = None) -> Address:
-    try:
-        return parse_address(text)
-    except InvalidAddressError as exc:
-        message = f"{where}: {exc}" if where else str(exc)
-        raise RequestError(ErrorCode.INVALID_ADDRESS, message, request_id) from None
-
-
-def _to_heartbeat(wire: HeartbeatPayload) -> Heartbeat:
+def to_heartbeat(wire: HeartbeatPayload) -> Heartbeat:
+    """The domain heartbeat of a payload (or of a ``heartbeat`` op, whose keys are one)."""
     servers = tuple(
         HeartbeatServer(
             s.rpc_advertise_addr, s.rpc_major_version, s.rpc_minor_version, s.datacenter
@@ -393,23 +166,21 @@ class Decoder:
         servers = Annotated[tuple[HeartbeatEntry, ...], Meta(max_length=max_servers)]
         addrs = Annotated[tuple[str, ...], Meta(max_length=max_servers)]
         bounded: dict[type[Any], type[Any]] = {
-            _SetBackupsWire: _bounded(_SetBackupsWire, addrs=addrs),
-            _HeartbeatOpWire: _bounded(_HeartbeatOpWire, servers=servers),
+            SetBackupServersOp: _bounded(SetBackupServersOp, addrs=addrs),
+            HeartbeatOp: _bounded(HeartbeatOp, servers=servers),
         }
-        request_type = functools.reduce(operator.or_, (bounded.get(t, t) for t in _WIRE_TYPES))
-        self._requests: msgspec.msgpack.Decoder[_WireRequest] = msgspec.msgpack.Decoder(
-            request_type
-        )
+        request_type = functools.reduce(operator.or_, (bounded.get(t, t) for t in OP_REQUESTS))
+        self._requests: msgspec.msgpack.Decoder[OpRequest] = msgspec.msgpack.Decoder(request_type)
         self._heartbeats = msgspec.msgpack.Decoder(_bounded(HeartbeatPayload, servers=servers))
 
-    def request(self, frame: bytes) -> Request:
-        """Decode and validate one query-socket request.
+    def request(self, frame: bytes) -> OpRequest:
+        """Decode one query-socket request into its op's wire struct.
+
+        Its keys have their types; its addresses are still strings, parsed
+        by :func:`rpcproxy.bus.service.ops.validate`.
 
         Args:
             frame: the request's body frame.
-
-        Returns:
-            The typed request, with its addresses parsed.
 
         Raises:
             RequestError: the frame breaks docs/protocol.md; ``code`` says which
@@ -418,10 +189,9 @@ class Decoder:
                 ``bad_request``.
         """
         try:
-            wire = self._requests.decode(frame)
+            return self._requests.decode(frame)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise _classify(frame, exc) from None
-        return wire.request()
 
     def heartbeat(self, payload: bytes) -> Heartbeat:
         """Decode and validate a heartbeat payload (docs/protocol.md section 2).
@@ -443,7 +213,7 @@ class Decoder:
             raise HeartbeatError("nesting too deep") from None
         except UnicodeDecodeError:
             raise HeartbeatError(_BAD_UTF8) from None
-        return _to_heartbeat(wire)
+        return to_heartbeat(wire)
 
 
 _DEFAULT_DECODER: Final = Decoder()
@@ -457,11 +227,6 @@ class _HeartbeatKeyWire(Struct, frozen=True):
 
 
 _HEARTBEAT_KEY_DECODER: Final = msgspec.msgpack.Decoder(_HeartbeatKeyWire)
-
-
-def decode_request(frame: bytes) -> Request:
-    """:meth:`Decoder.request` with the default ``max_servers``."""
-    return _DEFAULT_DECODER.request(frame)
 
 
 def decode_heartbeat(payload: bytes) -> Heartbeat:
@@ -632,18 +397,31 @@ def encode_request_error(error: RequestError) -> bytes:
     return encode_error(error.code, error.message, error.request_id)
 
 
-def server_obj(addr: Address | None) -> dict[str, str] | None:
-    """A reply's server object ``{"addr": canonical}``, or None (nil) for no server."""
-    return None if addr is None else {"addr": addr.canonical}
+def encode_reply(request_id: Any, body: OpReply, epoch: int, instance: str) -> bytes:
+    """A success reply: the envelope around an op's reply body (docs/protocol.md section 1).
+
+    ``{"ok": true, "id"?: request_id, **body, "epoch": epoch, "instance": instance}``.
+    """
+    return encode_ok(request_id, **_fields(body), epoch=epoch, instance=instance)
+
+
+def _fields(body: OpReply) -> dict[str, Any]:
+    """A reply body's keys, shallow: msgspec encodes the values (servers...) itself."""
+    if isinstance(body, Struct):
+        return msgspec.structs.asdict(body)
+    # Status, a dataclass for its users' sake (rpcproxy.bus.wire.ops): not a hot path.
+    return {f.name: getattr(body, f.name) for f in dataclasses.fields(body)}
+
+
+def server_of(addr: Address | None) -> Server | None:
+    """The server object ``{"addr": canonical}`` of a reply or an event, or None (nil)."""
+    return None if addr is None else Server(addr.canonical)
 
 
 def encode_event(server: Address | None, reason: ChangeReason, epoch: int, instance: str) -> bytes:
-    """The events socket's payload (docs/protocol.md section 5).
-
-    ``{"server": server or nil, "reason": reason, "epoch": epoch, "instance": instance}``.
-    """
-    payload = {"server": server_obj(server), "reason": reason, "epoch": epoch, "instance": instance}
-    return _ENCODER.encode(payload)
+    """The events socket's payload (docs/protocol.md section 5): the wire's :class:`Event`."""
+    event = Event(server=server_of(server), reason=reason, epoch=epoch, instance=instance)
+    return _ENCODER.encode(event)
 
 
 def new_instance_id() -> str:

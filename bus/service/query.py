@@ -25,56 +25,27 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, assert_never
 
 import pykka
 import zmq
 
-from rpcproxy.actors import (
-    AddOutcome,
-    AddPrimary,
-    ApplyHeartbeat,
-    HeartbeatResult,
-    NotifyFailed,
-    NotifyOutcome,
-    ProxyRequest,
-    Rebalance,
-    RebalanceOutcome,
-    Refused,
-    RemoveServer,
-    Reply,
-    ResetRebalanceTimer,
-    SetBackups,
-    Snapshot,
-    SnapshotBox,
-)
+from rpcproxy.actors import Refused, SnapshotBox
 from rpcproxy.bus.net.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.bus.service.codec import (
     NO_ID,
-    AddPrimaryRequest,
     Decoder,
-    FindServerRequest,
-    HeartbeatRequest,
-    NotifyFailedRequest,
-    PingRequest,
-    RebalanceRequest,
-    RemoveServerRequest,
-    Request,
     RequestError,
-    ResetRebalanceTimerRequest,
-    ServersRequest,
-    SetBackupsRequest,
-    StatusRequest,
     encode_error,
-    encode_ok,
+    encode_reply,
     new_instance_id,
-    server_obj,
 )
 from rpcproxy.bus.service.curve import QUERY_DOMAIN, CurveServer
 from rpcproxy.bus.service.metrics import Metrics
-from rpcproxy.bus.wire import ErrorCode
+from rpcproxy.bus.service.ops import AnyWriteOp, ReadOp, Request, WriteOp, plan, validate
+from rpcproxy.bus.wire import ErrorCode, OpReply
 from rpcproxy.log_gate import PeerLog
-from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address
+from rpcproxy.proxy import DEFAULT_MAX_SERVERS
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +60,14 @@ DEFAULT_MAX_WRITES = 128
 """State-changing requests told to the actor and not yet answered by it."""
 
 DEFAULT_MAX_WRITE_ENTRIES = 4 * (1 + DEFAULT_MAX_SERVERS)
-"""What those writes carry between them (see :func:`_weight`): four full heartbeats.
+"""What those writes carry between them (see :attr:`WriteOp.weight`): four full heartbeats.
 
 A ``heartbeat`` or ``set_backup_servers`` may carry ``max_servers`` (4096 by
 default) entries, so counting requests alone would let 128 of them hold half
 a million.
 """
 
-
-R = TypeVar("R")
-
-Encoded = Callable[[], dict[str, Any]]
+Encoded = Callable[[], OpReply]
 """A result made ready to encode: called on this thread, never the actor's."""
 
 
@@ -108,131 +76,6 @@ class _Pending:
     envelope: list[bytes]
     request: Request
     started: float
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOp(Generic[R]):
-    """A state-changing op: the actor message it becomes, and how its result is encoded.
-
-    ``R`` is what the message's ``reply`` is called with, so the type checker
-    holds ``encode`` to the message: an encoder given another op's result is
-    a type error where the op is built (:func:`_write_op`). The reply also
-    accepts :class:`Refused`, which is answered ``bad_request`` and never
-    reaches an encoder.
-    """
-
-    make: Callable[[Reply[R | Refused]], ProxyRequest]
-    encode: Callable[[R], dict[str, Any]]
-
-    def message(self, deliver: Callable[[Refused | Encoded], None]) -> ProxyRequest:
-        """The message to tell the actor; its reply gives ``deliver`` the result.
-
-        The reply runs on the actor's thread, so it only pairs the result with
-        its encoder; ``deliver`` hands that over to the query thread, which
-        encodes it (a :class:`Refused` is passed as it is).
-        """
-        encode = self.encode
-
-        def reply(result: R | Refused) -> None:
-            deliver(result if isinstance(result, Refused) else functools.partial(encode, result))
-
-        return self.make(reply)
-
-
-AnyWriteOp: TypeAlias = (
-    WriteOp[bool]
-    | WriteOp[AddOutcome]
-    | WriteOp[NotifyOutcome]
-    | WriteOp[tuple[Address, ...]]
-    | WriteOp[HeartbeatResult]
-    | WriteOp[RebalanceOutcome]
-    | WriteOp[float]
-)
-"""Every op's :class:`WriteOp`, by the result it is answered with.
-
-A union, not ``WriteOp[Any]``: an ``Any`` expected where an op is built
-would bind its ``R`` to ``Any`` and let any encoder through.
-"""
-
-
-def _servers(addrs: tuple[Address, ...]) -> list[dict[str, str] | None]:
-    return [server_obj(a) for a in addrs]
-
-
-def _age(at: float | None, now: float) -> float | None:
-    return None if at is None else max(0.0, now - at)
-
-
-def _write_op(request: Request) -> AnyWriteOp:
-    """The actor message factory and the reply encoder of a state-changing op.
-
-    Each op is built by :func:`_op`, which binds ``R`` from the encoder's
-    parameter and checks the message's ``reply`` against it.
-    """
-    match request:
-        case NotifyFailedRequest(addr=addr):
-            return _op(lambda r: NotifyFailed(addr, r), _encode_notify)
-        case AddPrimaryRequest(addr=addr):
-            return _op(lambda r: AddPrimary(addr, r), _encode_add)
-        case SetBackupsRequest(addrs=addrs):
-            return _op(lambda r: SetBackups(addrs, r), _encode_backups)
-        case RemoveServerRequest(addr=addr):
-            return _op(lambda r: RemoveServer(addr, r), _encode_removed)
-        case HeartbeatRequest(heartbeat=heartbeat):
-            return _op(lambda r: ApplyHeartbeat(heartbeat, r), _encode_heartbeat)
-        case RebalanceRequest():
-            return _op(Rebalance, _encode_rebalance)
-        case ResetRebalanceTimerRequest():
-            return _op(ResetRebalanceTimer, _encode_next_rebalance)
-    raise TypeError(f"not a state-changing request: {request!r}")
-
-
-def _op(
-    make: Callable[[Reply[R | Refused]], ProxyRequest], encode: Callable[[R], dict[str, Any]]
-) -> WriteOp[R]:
-    """One op's :class:`WriteOp`, ``R`` bound here and nowhere else."""
-    return WriteOp(make, encode)
-
-
-def _weight(request: Request) -> int:
-    """What a write holds while it waits: 1, plus the servers or addresses it carries."""
-    match request:
-        case HeartbeatRequest(heartbeat=heartbeat):
-            return 1 + len(heartbeat.servers)
-        case SetBackupsRequest(addrs=addrs):
-            return 1 + len(addrs)
-    return 1
-
-
-# The encoders: one per op, each typed with the result its message is answered.
-
-
-def _encode_notify(result: NotifyOutcome) -> dict[str, Any]:
-    return {"rotated": result.rotated, "server": server_obj(result.server)}
-
-
-def _encode_add(result: AddOutcome) -> dict[str, Any]:
-    return {"server": server_obj(result.server), "added": result.added}
-
-
-def _encode_backups(backups: tuple[Address, ...]) -> dict[str, Any]:
-    return {"servers": _servers(backups)}
-
-
-def _encode_removed(removed: bool) -> dict[str, Any]:
-    return {"removed": removed}
-
-
-def _encode_heartbeat(result: HeartbeatResult) -> dict[str, Any]:
-    return {"changed": result.changed, "stale": result.stale}
-
-
-def _encode_rebalance(result: RebalanceOutcome) -> dict[str, Any]:
-    return {"server": server_obj(result.server), "healthy": result.healthy}
-
-
-def _encode_next_rebalance(delay_s: float) -> dict[str, Any]:
-    return {"next_rebalance_s": delay_s}
 
 
 class QueryServer(SocketThread):
@@ -300,7 +143,7 @@ class QueryServer(SocketThread):
         self._peer_log = PeerLog(log, clock=clock)
         self._deadlines: list[tuple[float, int]] = []
         self._tokens = itertools.count(1)
-        self._find_cache: tuple[int, bytes] = (-1, b"")
+        self._cache: dict[ReadOp, tuple[int, bytes]] = {}
         self.bound_endpoint = ""
         self._router: zmq.Socket[bytes] | None = None
 
@@ -394,28 +237,20 @@ class QueryServer(SocketThread):
     def _serve(self, envelope: list[bytes], body: bytes) -> None:
         started = time.perf_counter()
         try:
-            request = self._decoder.request(body)
+            request = validate(self._decoder.request(body))
         except RequestError as exc:
             self._send(envelope, encode_error(exc.code, exc.message, exc.request_id))
             self._observe(exc.code.value, started)
             return
-        match request:
-            case FindServerRequest():
-                self._send(envelope, self._find_server(request))
-            case PingRequest():
-                epoch = self._box.current.epoch
-                self._send(envelope, encode_ok(request.id, pong=True, **self._view(epoch)))
-            case ServersRequest():
-                snapshot = self._box.current
-                servers = _servers(snapshot.state.active)
-                self._send(
-                    envelope, encode_ok(request.id, servers=servers, **self._view(snapshot.epoch))
-                )
-            case StatusRequest():
-                self._send(envelope, self._status(request))
-            case _:
-                self._dispatch_write(envelope, request, started)
+        op = plan(request)
+        match op:
+            case ReadOp():
+                self._send(envelope, self._read(request.id, op))
+            case WriteOp():
+                self._dispatch_write(envelope, request, op, started)
                 return
+            case _:
+                assert_never(op)
         self._observe(request.op, started)
 
     def _observe(self, op: str, started: float) -> None:
@@ -425,51 +260,25 @@ class QueryServer(SocketThread):
             histogram = self._durations[op] = self._metrics.request_duration.labels(op)
         histogram.observe(time.perf_counter() - started)
 
-    def _find_server(self, request: FindServerRequest) -> bytes:
+    def _read(self, request_id: Any, op: ReadOp) -> bytes:
         snapshot = self._box.current
-        if request.id is not NO_ID:
-            return self._encode_find(request.id, snapshot)
-        # The hot path: the same bytes serve every id-less lookup of a snapshot.
-        version, body = self._find_cache
+        if request_id is not NO_ID or not op.per_snapshot:
+            body = op.answer(snapshot, self._clock())
+            return encode_reply(request_id, body, snapshot.epoch, self.instance)
+        # The hot path (find_server): the same bytes serve every id-less
+        # request of one op and one snapshot.
+        version, reply = self._cache.get(op, (-1, b""))
         if version != snapshot.version:
-            body = self._encode_find(request.id, snapshot)
-            self._find_cache = (snapshot.version, body)
-        return body
+            body = op.answer(snapshot, self._clock())
+            reply = encode_reply(request_id, body, snapshot.epoch, self.instance)
+            self._cache[op] = (snapshot.version, reply)
+        return reply
 
-    def _encode_find(self, request_id: Any, snapshot: Snapshot) -> bytes:
-        server = server_obj(snapshot.state.head)
-        return encode_ok(request_id, server=server, **self._view(snapshot.epoch))
-
-    def _view(self, epoch: int) -> dict[str, Any]:
-        """The ``epoch`` and ``instance`` every success reply carries."""
-        return {"epoch": epoch, "instance": self.instance}
-
-    def _status(self, request: StatusRequest) -> bytes:
-        snapshot = self._box.current
-        now = self._clock()
-        state = snapshot.state
-        return encode_ok(
-            request.id,
-            servers=_servers(state.active),
-            primary=_servers(state.primaries),
-            backup=_servers(state.backups),
-            leader_addr=state.leader_addr,
-            num_nodes=state.num_nodes,
-            num_servers=len(state.active),
-            next_rebalance_s=max(0.0, snapshot.rebalance_deadline - now),
-            offline=snapshot.offline,
-            **self._view(snapshot.epoch),
-            heartbeat_age_s=_age(snapshot.last_heartbeat_at, now),
-            publishers=[
-                {"publisher": p.name, "seq": p.seq, "age_s": _age(p.heard_at, now)}
-                for p in snapshot.publishers
-            ],
-        )
-
-    def _dispatch_write(self, envelope: list[bytes], request: Request, started: float) -> None:
-        op = _write_op(request)
+    def _dispatch_write(
+        self, envelope: list[bytes], request: Request, op: AnyWriteOp, started: float
+    ) -> None:
         pending = _Pending(envelope, request, started)
-        weight = _weight(request)
+        weight = op.weight
         if not self._admit(weight):
             self._send_error(
                 pending,
@@ -544,9 +353,8 @@ class QueryServer(SocketThread):
                 self._send_error(pending, ErrorCode.BAD_REQUEST, result.reason)
                 self._observe(ErrorCode.BAD_REQUEST.value, pending.started)
                 continue
-            fields = result()
-            fields.update(self._view(epoch))
-            self._send(pending.envelope, encode_ok(pending.request.id, **fields))
+            reply = encode_reply(pending.request.id, result(), epoch, self.instance)
+            self._send(pending.envelope, reply)
             self._observe(pending.request.op, pending.started)
 
     def _send_error(self, pending: _Pending, code: ErrorCode, message: str) -> None:

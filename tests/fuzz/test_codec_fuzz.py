@@ -15,12 +15,11 @@ from hypothesis import strategies as st
 
 from rpcproxy.bus.service.codec import (
     HeartbeatError,
-    Request,
     RequestError,
     decode_heartbeat,
-    decode_request,
     encode_request_error,
 )
+from rpcproxy.bus.service.ops import Request, decode_request
 from rpcproxy.bus.wire import ErrorCode
 from rpcproxy.proxy import Heartbeat
 from tests.helpers import pack

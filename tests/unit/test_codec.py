@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,30 +17,32 @@ from hypothesis import strategies as st
 from rpcproxy.bus.service.codec import (
     NO_ID,
     OPS,
-    READ_ONLY_OPS,
-    AddPrimaryRequest,
     Decoder,
-    FindServerRequest,
     HeartbeatError,
-    HeartbeatRequest,
-    NotifyFailedRequest,
-    PingRequest,
-    RebalanceRequest,
-    RemoveServerRequest,
     RequestError,
-    ResetRebalanceTimerRequest,
-    ServersRequest,
-    SetBackupsRequest,
-    StatusRequest,
     decode_heartbeat,
-    decode_request,
     encode_error,
     encode_event,
     encode_heartbeat,
     encode_ok,
     encode_request_error,
     new_instance_id,
-    server_obj,
+    server_of,
+)
+from rpcproxy.bus.service.ops import (
+    READ_ONLY_OPS,
+    AddPrimaryRequest,
+    FindServerRequest,
+    HeartbeatRequest,
+    NotifyFailedRequest,
+    PingRequest,
+    RebalanceRequest,
+    RemoveServerRequest,
+    ResetRebalanceTimerRequest,
+    ServersRequest,
+    SetBackupsRequest,
+    StatusRequest,
+    decode_request,
 )
 from rpcproxy.bus.wire import ErrorCode, Op
 from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Heartbeat, HeartbeatServer, parse_address
@@ -329,10 +332,12 @@ def test_a_decoder_bounds_lists_by_its_max_servers() -> None:
     # max_servers (docs/protocol.md section 8) flows into the wire types: one more
     # than it is bad_request (requests) or dropped whole (heartbeats, rule 1).
     decoder = Decoder(max_servers=3)
-    backups = decoder.request(pack({"op": "set_backup_servers", "addrs": ["a", "b", "c"]}))
+    backups = decode_request(pack({"op": "set_backup_servers", "addrs": ["a", "b", "c"]}), decoder)
     assert isinstance(backups, SetBackupsRequest) and len(backups.addrs) == 3
     with pytest.raises(RequestError) as info:
-        decoder.request(pack({"op": "set_backup_servers", "addrs": ["a", "b", "c", "d"], "id": 9}))
+        decode_request(
+            pack({"op": "set_backup_servers", "addrs": ["a", "b", "c", "d"], "id": 9}), decoder
+        )
     assert (info.value.code, info.value.request_id) == (ErrorCode.BAD_REQUEST, 9)
     assert info.value.message == "key 'addrs' must be array of length <= 3"
 
@@ -340,10 +345,10 @@ def test_a_decoder_bounds_lists_by_its_max_servers() -> None:
     with pytest.raises(HeartbeatError, match=r"key 'servers' must be array of length <= 3"):
         decoder.heartbeat(pack(heartbeat_keys(servers=_servers(4))))
 
-    op = decoder.request(pack({"op": "heartbeat", **heartbeat_keys(servers=_servers(3))}))
+    op = decode_request(pack({"op": "heartbeat", **heartbeat_keys(servers=_servers(3))}), decoder)
     assert isinstance(op, HeartbeatRequest) and len(op.heartbeat.servers) == 3
     with pytest.raises(RequestError) as info:
-        decoder.request(pack({"op": "heartbeat", **heartbeat_keys(servers=_servers(4))}))
+        decode_request(pack({"op": "heartbeat", **heartbeat_keys(servers=_servers(4))}), decoder)
     assert info.value.code is ErrorCode.BAD_REQUEST
     assert "servers" in info.value.message
 
@@ -353,7 +358,7 @@ def test_a_larger_max_servers_accepts_longer_lists() -> None:
     decoder = Decoder(max_servers=count)
     assert len(decoder.heartbeat(pack(heartbeat_keys(servers=_servers(count)))).servers) == count
     names = [f"s{i}.nomad" for i in range(count)]
-    request = decoder.request(pack({"op": "set_backup_servers", "addrs": names}))
+    request = decode_request(pack({"op": "set_backup_servers", "addrs": names}), decoder)
     assert isinstance(request, SetBackupsRequest) and len(request.addrs) == count
     # Decoders are independent: the default one still refuses that many.
     with pytest.raises(HeartbeatError):
@@ -364,7 +369,7 @@ def test_a_decoder_answers_every_op_like_the_default_one() -> None:
     decoder = Decoder(max_servers=5)
     for op in sorted(OPS - {"heartbeat", "set_backup_servers"}):
         frame = pack({"op": op, "addr": "a", "id": op})
-        assert decoder.request(frame) == decode_request(frame)
+        assert decode_request(frame, decoder) == decode_request(frame)
     with pytest.raises(ValueError, match="at least 1"):
         Decoder(max_servers=0)
 
@@ -559,6 +564,11 @@ def test_heartbeat_op_shares_the_payload_rules() -> None:
 # Encoders, read back with msgpack.
 
 
+def server_obj(addr: Any) -> Any:
+    """A reply's server object as the wire has it (a map, or nil)."""
+    return msgspec.to_builtins(server_of(addr))
+
+
 def test_encode_ok_with_and_without_id() -> None:
     server = server_obj(parse_address("10.0.0.1"))
     assert unpack(encode_ok(9, server=server)) == {
@@ -694,6 +704,13 @@ _requests = st.fixed_dictionaries(
 )
 
 
+def _read_reply(body: bytes) -> Any:
+    # The reply echoes the request's id as the peer sent it, which may be an
+    # ext value of a reserved (negative) type: valid MessagePack, and what
+    # the clients' msgspec decoder reads, but msgpack-python refuses it.
+    return msgspec.msgpack.decode(body)
+
+
 def _decode_and_reply(frame: bytes) -> None:
     """What the query server does: decode, and always be able to reply."""
     try:
@@ -701,9 +718,17 @@ def _decode_and_reply(frame: bytes) -> None:
     except RequestError as exc:
         assert isinstance(exc.code, ErrorCode)
         assert exc.message
-        unpack(encode_request_error(exc))
+        _read_reply(encode_request_error(exc))
     else:
-        assert unpack(encode_ok(request.id))["ok"] is True
+        assert _read_reply(encode_ok(request.id))["ok"] is True
+
+
+def test_a_reserved_ext_id_is_echoed_in_a_reply_the_clients_can_read() -> None:
+    # Found by the fuzzer: fixext16 of type -128 where the id was.
+    frame = b"\x83\xa2op\xa4ping\xa1v\x01\xa2id\xd8\x80" + bytes(16)
+    reply = _read_reply(encode_ok(decode_request(frame).id))
+    assert reply["ok"] is True
+    assert reply["id"] == msgspec.msgpack.Ext(-128, bytes(16))
 
 
 def _decode_heartbeat_or_drop(payload: bytes) -> None:

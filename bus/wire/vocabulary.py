@@ -1,10 +1,8 @@
-"""The wire vocabulary, defined once: what both ends of docs/protocol.md spell.
+"""The wire's words: versions, error codes, topics, endpoints, event reasons, heartbeats.
 
-The service's transport (:mod:`rpcproxy.bus.service`) and the client library
-(:mod:`rpcproxy.bus.client`) both import their op names, error codes, topics,
-endpoints and event reasons from here, so a name cannot drift between them.
-This module imports nothing of rpcproxy: a client process that imports it
-loads none of the service.
+What every part of docs/protocol.md spells besides the query ops, whose
+shapes are in :mod:`rpcproxy.bus.wire.ops`. Imported through the facade,
+:mod:`rpcproxy.bus.wire`.
 
 No ``from __future__ import annotations`` here: the client's facade names
 these classes ``rpcproxy``'s (their ``__module__``), and msgspec reads a
@@ -29,7 +27,6 @@ __all__ = [
     "HeartbeatEntry",
     "HeartbeatPayload",
     "Name",
-    "Op",
     "Version",
     "heartbeat_topic",
 ]
@@ -51,22 +48,6 @@ whole message.
 
 Name: TypeAlias = Annotated[str, Meta(max_length=MAX_NAME_LEN)]
 """A string bounded by :data:`MAX_NAME_LEN` when it is decoded."""
-
-
-class Op(enum.StrEnum):
-    """The query socket's ops (docs/protocol.md section 1), by their wire names."""
-
-    PING = "ping"
-    FIND_SERVER = "find_server"
-    SERVERS = "servers"
-    STATUS = "status"
-    NOTIFY_FAILED_SERVER = "notify_failed_server"
-    ADD_PRIMARY_SERVER = "add_primary_server"
-    SET_BACKUP_SERVERS = "set_backup_servers"
-    REMOVE_SERVER = "remove_server"
-    HEARTBEAT = "heartbeat"
-    REBALANCE = "rebalance"
-    RESET_REBALANCE_TIMER = "reset_rebalance_timer"
 
 
 class ErrorCode(enum.StrEnum):
