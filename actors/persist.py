@@ -22,6 +22,7 @@ from typing import Any
 
 import pykka
 
+from rpcproxy.actors.lifecycle import ReleasingActor
 from rpcproxy.proxy import ProxyState
 from rpcproxy.proxy.persisted import from_document, to_document, within_max_servers
 
@@ -242,8 +243,12 @@ class PendingState:
         return state
 
 
-class PersistActor(pykka.ThreadingActor):
+class PersistActor(ReleasingActor):
     """Saves the newest state offered to ``pending``, skipping ones already on disk."""
+
+    # A save that raised anything but OSError is a bug, and it killed the
+    # actor: it is not run again on the way out.
+    release_on_failure = False
 
     def __init__(self, store: StateFile, pending: PendingState) -> None:
         super().__init__()
@@ -261,7 +266,7 @@ class PersistActor(pykka.ThreadingActor):
         self._write_waiting()
         return None
 
-    def on_stop(self) -> None:
+    def release(self) -> None:
         self._write_waiting()  # The last change before shutdown must not be lost.
 
     def _write_waiting(self) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import pykka
 
 from rpcproxy.actors.counters import NO_COUNTERS, ActorCounters
+from rpcproxy.actors.lifecycle import ReleasingActor
 from rpcproxy.actors.messages import ProbeCandidates, ProbeResults
 from rpcproxy.proxy import Address
 
@@ -35,7 +35,7 @@ class Closable(Protocol):
     def close(self) -> None: ...
 
 
-class ProberActor(pykka.ThreadingActor):
+class ProberActor(ReleasingActor):
     """Pings what it is asked to and tells the answers back; it keeps no proxy state.
 
     Its own mailbox is the only thing a ping blocks. ProxyActor runs at most
@@ -76,18 +76,7 @@ class ProberActor(pykka.ThreadingActor):
             log.debug("ping results %d dropped: the proxy has stopped", message.token)
         return None
 
-    def on_stop(self) -> None:
-        self._close_prober()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._close_prober()
-
-    def _close_prober(self) -> None:
+    def release(self) -> None:
         if isinstance(self._prober, Closable):
             try:
                 self._prober.close()

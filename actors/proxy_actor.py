@@ -14,13 +14,12 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, TypeVar, assert_never
 
 import pykka
 
 from rpcproxy.actors.counters import NO_COUNTERS, ActorCounters
-from rpcproxy.actors.lifecycle import stop_within
+from rpcproxy.actors.lifecycle import ReleasingActor, stop_within
 from rpcproxy.actors.messages import (
     PROXY_MESSAGES,
     ActiveServerChanged,
@@ -103,7 +102,7 @@ class _Rebalancing:
     waiters: list[Reply[RebalanceOutcome]]
 
 
-class ProxyActor(pykka.ThreadingActor):
+class ProxyActor(ReleasingActor):
     """Owns the ProxyState; starts and stops its TimerActor and ProberActor.
 
     Args:
@@ -204,21 +203,12 @@ class ProxyActor(pykka.ThreadingActor):
             log.warning("configured servers not all added to the restored ones: %s", exc)
         return state
 
-    def on_stop(self) -> None:
-        self._stop_children()
-        self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, None))
+    def release(self) -> None:
+        """On a stop and on a failure (a told message raised) alike.
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """A told message raised: pykka stops this actor and calls this, not on_stop.
-
-        The children must stop here too: their threads are not daemons, and
-        left running they would keep the process alive after its only writer
-        died. The rebalance waiters get their answer instead of a timeout.
+        The children must stop after a failure too: their threads are not
+        daemons, and left running they would keep the process alive after its
+        only writer died. The rebalance waiters get their answer instead of a timeout.
         """
         self._stop_children()
         self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, None))

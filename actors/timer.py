@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Protocol
 
 import pykka
 
+from rpcproxy.actors.lifecycle import ReleasingActor
 from rpcproxy.actors.messages import RebalanceTick, ScheduleTick
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class _Fire:
     generation: int
 
 
-class TimerActor(pykka.ThreadingActor):
+class TimerActor(ReleasingActor):
     """A resettable one-shot timer that tells ``target`` a RebalanceTick.
 
     Each :class:`ScheduleTick` replaces the pending tick. The generation
@@ -114,15 +114,7 @@ class TimerActor(pykka.ThreadingActor):
         """Seconds until the pending tick; infinity when none is pending."""
         return max(0.0, self._deadline - self._clock())
 
-    def on_stop(self) -> None:
-        self._cancel()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def release(self) -> None:
         self._cancel()
 
     def _schedule(self, delay_s: float) -> None:

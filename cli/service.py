@@ -1,9 +1,10 @@
 """The composition root: the one place that knows proxy, actors and bus together.
 
-:class:`ProxyService` starts the parts in dependency order and stops them in
-reverse, in ``try/finally`` so a failed start leaves nothing running. Input
-stops first (heartbeats, then queries, which answer what is still pending
-with ``unavailable``), then the actors, then the ZeroMQ context.
+:class:`ProxyService` starts the parts in dependency order, recording each
+one that started (:mod:`rpcproxy.cli.parts`), and stops those in the order
+:data:`STOP_ORDER` declares, also after a failed start, so that leaves nothing
+running. Input stops first (heartbeats, then queries, which answer what is
+still pending with ``unavailable``), then the actors, then the ZeroMQ context.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import pykka
 import zmq
 
 from rpcproxy.actors import ProxyActor, ProxySettings, SnapshotBox
-from rpcproxy.actors.lifecycle import stop_within
 from rpcproxy.actors.persist import NotRegularFileError, PendingState, PersistActor, StateFile
 from rpcproxy.bus.probes import (
     NomadProber,
@@ -44,6 +44,14 @@ from rpcproxy.bus.service.metrics import Metrics, MetricsServer
 from rpcproxy.bus.service.nomad_http import NomadApiSettings, NomadBridge, NomadFetcher, make_client
 from rpcproxy.bus.service.query import QueryServer
 from rpcproxy.cli.config import Config, ConfigError
+from rpcproxy.cli.parts import (
+    ActorPart,
+    ChildActorPart,
+    CurvePart,
+    Parts,
+    ThreadPart,
+    Unwatched,
+)
 from rpcproxy.proxy import LocalIdentity, ProxyState, RebalanceTiming
 
 log = logging.getLogger(__name__)
@@ -189,6 +197,29 @@ def prober_from(config: Config) -> WindowedProber:
     )
 
 
+STOP_ORDER = (
+    # Input first, so nothing new reaches the actors while they stop.
+    "metrics HTTP front",
+    "nomad API bridge",
+    "heartbeat socket",
+    # Answers what is still pending with ``unavailable``.
+    "query socket",
+    # Ends a ping in flight at once, so the prober actor is free to stop.
+    "probe engine",
+    # Stops its own children; a child it gave up on is still running, and
+    # still needs the ZeroMQ context.
+    "proxy actor",
+    # After the proxy, so its last change is the one written.
+    "state persister",
+    "events publisher",
+    "CURVE authenticator",
+    # Stopped by the proxy actor, which logged any it gave up on.
+    "rebalance timer",
+    "prober",
+)
+"""Every part of a running service, in the order :meth:`ProxyService.stop` stops them."""
+
+
 class ProxyService:
     """A running rpcproxy: actors, query socket, heartbeat socket, events socket."""
 
@@ -197,18 +228,17 @@ class ProxyService:
         self.box = SnapshotBox()
         self.metrics = Metrics()
         self.metrics.watch(self.box)
-        self._metrics_server: MetricsServer | None = None
         self._rng = rng
+        self._parts = Parts(STOP_ORDER, logged_by_owner=("rebalance timer", "prober"), log=log)
         self._context: zmq.Context[Any] | None = None
-        self._prober: WindowedProber | None = None
+        # Handles the root wires parts with (and tests reach in through);
+        # stopping and watching go through self._parts alone.
         self._events: pykka.ActorRef[EventPublisher] | None = None
+        self._persist: pykka.ActorRef[PersistActor] | None = None
         self._proxy: pykka.ActorRef[ProxyActor] | None = None
+        self._children: list[tuple[str, pykka.ActorRef[Any]]] = []
         self._query: QueryServer | None = None
         self._heartbeats: HeartbeatListener | None = None
-        self._nomad: NomadBridge | None = None
-        self._persist: pykka.ActorRef[PersistActor] | None = None
-        self._children: list[tuple[str, pykka.ActorRef[Any]]] = []
-        self._curve: CurveServer | None = None
         self._stale_warned = False
         self._started_at = time.monotonic()
         self.events_endpoint = ""
@@ -226,53 +256,99 @@ class ProxyService:
         # Before anything binds: a bad state_file, or TLS files that cannot
         # be used, are configuration errors.
         store = self._open_state_file()
-        self._prober = prober_from(config)
+        prober = prober_from(config)
+        self._parts.add(Unwatched("probe engine", lambda _budget_s: prober.close()))
         self._context = context = zmq.Context()
-        self._curve = curve = curve_from(config, self.metrics)
+        curve = curve_from(config, self.metrics)
         if curve is not None:
             # ZAP must answer before the first CURVE socket binds.
             curve.start(context)
-        listeners: list[pykka.ActorRef[Any]] = []
+            self._parts.add(CurvePart(curve))
         # One id for this run, in every reply and every event (docs/protocol.md 1, 5).
         instance = new_instance_id()
-        if config.events:
-            self._events = EventPublisher.start(
-                context,
-                config.events,
-                curve=curve,
-                instance=instance,
-                refresh_s=config.events_refresh_s,
-            )
-            # Asking surfaces an on_start failure (a bind error) here, at start.
-            self.events_endpoint = (
-                self._events.proxy().endpoint().get(timeout=_ACTOR_START_TIMEOUT_S)
-            )
-            listeners.append(self._events)
+        listeners = self._start_events(context, curve, instance)
         restored, on_change = self._start_persistence(store)
-        self._proxy = ProxyActor.start(
-            settings_from(config, restored),
-            self._prober,
+        proxy = self._start_proxy(prober, listeners, restored, on_change)
+        # One decoder, built once: its wire types carry the max_servers bound.
+        decoder = Decoder(config.max_servers)
+        self._query = query = self._query_server(context, proxy, curve, decoder, instance)
+        self._heartbeats = heartbeats = self._start_heartbeats(context, proxy, curve, decoder)
+        if config.metrics:
+            self._start_metrics_server(config.metrics)
+        # The query socket opens last: a proxy that answers ping has every
+        # other endpoint up too (a scrape right after it is never refused).
+        query.start()
+        self._parts.add(ThreadPart("query socket", query))
+        log.info(
+            "rpcproxy serving queries on %s, heartbeats on %s, events on %s",
+            query.bound_endpoint,
+            ", ".join(heartbeats.bound_endpoints + list(config.heartbeat_connect)),
+            config.events or "(off)",
+        )
+
+    def _start_events(
+        self, context: zmq.Context[Any], curve: CurveServer | None, instance: str
+    ) -> list[pykka.ActorRef[Any]]:
+        """The events publisher, when configured: the proxy actor's one listener."""
+        config = self.config
+        if not config.events:
+            return []
+        self._events = events = EventPublisher.start(
+            context,
+            config.events,
+            curve=curve,
+            instance=instance,
+            refresh_s=config.events_refresh_s,
+        )
+        self._parts.add(ActorPart("events publisher", events))
+        # Asking surfaces an on_start failure (a bind error) here, at start.
+        self.events_endpoint = events.proxy().endpoint().get(timeout=_ACTOR_START_TIMEOUT_S)
+        return [events]
+
+    def _start_proxy(
+        self,
+        prober: WindowedProber,
+        listeners: list[pykka.ActorRef[Any]],
+        restored: ProxyState | None,
+        on_change: Callable[[ProxyState], None] | None,
+    ) -> pykka.ActorRef[ProxyActor]:
+        """The proxy actor, once its on_start has run, and its children."""
+        self._proxy = proxy = ProxyActor.start(
+            settings_from(self.config, restored),
+            prober,
             self.box,
             listeners=listeners,
             rng=self._rng,
             on_change=on_change,
             counters=self.metrics,
         )
+        self._parts.add(ActorPart("proxy actor", proxy))
         # Mailboxes are FIFO, so an answered started() means on_start ran; a failed
         # on_start raises ActorDeadError here instead of running half-started.
-        self._proxy.proxy().started().get(timeout=_ACTOR_START_TIMEOUT_S)
-        self._children = self._proxy.proxy().children().get(timeout=_ACTOR_START_TIMEOUT_S)
-        # Rebalance replies can wait one ping timeout behind a running rebalance.
-        op_timeout = max(5.0, 2 * config.ping_timeout_s + 2.0)
-        # One decoder, built once: its wire types carry the max_servers bound.
-        decoder = Decoder(config.max_servers)
-        self._query = QueryServer(
+        proxy.proxy().started().get(timeout=_ACTOR_START_TIMEOUT_S)
+        self._children = proxy.proxy().children().get(timeout=_ACTOR_START_TIMEOUT_S)
+        for name, ref in self._children:
+            self._parts.add(ChildActorPart(name, ref))
+        return proxy
+
+    def _query_server(
+        self,
+        context: zmq.Context[Any],
+        proxy: pykka.ActorRef[ProxyActor],
+        curve: CurveServer | None,
+        decoder: Decoder,
+        instance: str,
+    ) -> QueryServer:
+        """The query socket, built now and started last (see :meth:`_start`)."""
+        config = self.config
+        return QueryServer(
             context,
             config.query,
-            self._proxy,
+            proxy,
             self.box,
             max_message_bytes=config.max_message_bytes,
-            op_timeout_s=op_timeout,
+            # Rebalance replies can wait one ping timeout behind a running rebalance.
+            op_timeout_s=max(5.0, 2 * config.ping_timeout_s + 2.0),
             curve=curve,
             metrics=self.metrics,
             decoder=decoder,
@@ -280,33 +356,35 @@ class ProxyService:
             # Room for a few of the largest writes the configured bound allows.
             max_write_entries=4 * (1 + config.max_servers),
         )
-        self._nomad = nomad_bridge_from(config, context)
-        if self._nomad is not None:
-            self._nomad.start()
-        self._heartbeats = HeartbeatListener(
+
+    def _start_heartbeats(
+        self,
+        context: zmq.Context[Any],
+        proxy: pykka.ActorRef[ProxyActor],
+        curve: CurveServer | None,
+        decoder: Decoder,
+    ) -> HeartbeatListener:
+        """The Nomad bridge, when configured, then the heartbeat socket it publishes to."""
+        config = self.config
+        nomad = nomad_bridge_from(config, context)
+        if nomad is not None:
+            nomad.start()
+            self._parts.add(ThreadPart("nomad API bridge", nomad))
+        heartbeats = HeartbeatListener(
             context,
-            self._proxy,
+            proxy,
             region=config.region,
             bind=config.heartbeat_bind,
             connect=config.heartbeat_connect
-            + ((NOMAD_BRIDGE_ENDPOINT,) if self._nomad is not None else ()),
+            + ((NOMAD_BRIDGE_ENDPOINT,) if nomad is not None else ()),
             max_message_bytes=config.max_message_bytes,
             curve=curve,
             metrics=self.metrics,
             decoder=decoder,
         )
-        self._heartbeats.start()
-        if config.metrics:
-            self._start_metrics_server(config.metrics)
-        # The query socket opens last: a proxy that answers ping has every
-        # other endpoint up too (a scrape right after it is never refused).
-        self._query.start()
-        log.info(
-            "rpcproxy serving queries on %s, heartbeats on %s, events on %s",
-            self._query.bound_endpoint,
-            ", ".join(self._heartbeats.bound_endpoints + list(config.heartbeat_connect)),
-            config.events or "(off)",
-        )
+        heartbeats.start()
+        self._parts.add(ThreadPart("heartbeat socket", heartbeats))
+        return heartbeats
 
     def _start_metrics_server(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
@@ -315,7 +393,7 @@ class ProxyService:
         except OSError as exc:
             raise OSError(f"metrics: cannot listen on {listen}: {exc}") from exc
         server.start()
-        self._metrics_server = server
+        self._parts.add(Unwatched("metrics HTTP front", server.stop))
         self.metrics_port = server.port
 
     def _open_state_file(self) -> StateFile | None:
@@ -359,6 +437,7 @@ class ProxyService:
             )
         pending = PendingState()
         self._persist = PersistActor.start(store, pending)
+        self._parts.add(ActorPart("state persister", self._persist))
         return restored, pending.offer
 
     def watch(self, now: float) -> list[str]:
@@ -385,24 +464,8 @@ class ProxyService:
         return self.dead_parts()
 
     def dead_parts(self) -> list[str]:
-        """Names of parts that should be running but are not."""
-        parts: list[tuple[str, bool]] = []
-        if self._proxy is not None:
-            parts.append(("proxy actor", self._proxy.is_alive()))
-        parts += [(name, ref.is_alive()) for name, ref in self._children]
-        if self._persist is not None:
-            parts.append(("state persister", self._persist.is_alive()))
-        if self._curve is not None:
-            parts.append(("CURVE authenticator", self._curve.alive))
-        if self._events is not None:
-            parts.append(("events publisher", self._events.is_alive()))
-        if self._query is not None:
-            parts.append(("query socket", self._query.alive))
-        if self._heartbeats is not None:
-            parts.append(("heartbeat socket", self._heartbeats.alive))
-        if self._nomad is not None:
-            parts.append(("nomad API bridge", self._nomad.alive))
-        return [name for name, alive in parts if not alive]
+        """Names of parts that should be running but are not, in start order."""
+        return self._parts.dead()
 
     @property
     def query_endpoint(self) -> str:
@@ -413,65 +476,13 @@ class ProxyService:
         return self._heartbeats.bound_endpoints if self._heartbeats else []
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
-        """Stop in reverse order of start, within about ``timeout_s``; safe to call again.
-
-        Every wait shares one deadline, so a part that hangs costs the rest
-        of the budget once, not a timeout per part; a part still running when
-        its turn is over is logged in one line and left to the process's exit.
+        """Stop the started parts in :data:`STOP_ORDER` within about ``timeout_s``,
+        then the ZeroMQ context; safe to call again.
 
         Returns:
             The parts that had not stopped in time.
         """
-        deadline = time.monotonic() + timeout_s
-
-        def left() -> float:
-            # Never zero: a part that would stop at once still gets its chance.
-            return max(0.05, deadline - time.monotonic())
-
-        late: list[str] = []
-        if self._metrics_server is not None:
-            self._metrics_server.stop(left())
-            self._metrics_server = None
-        if self._nomad is not None:
-            self._nomad.stop(left())
-            if self._nomad.alive:
-                late.append("nomad API bridge")
-            self._nomad = None
-        if self._heartbeats is not None:
-            self._heartbeats.stop(left())
-            if self._heartbeats.alive:
-                late.append("heartbeat socket")
-            self._heartbeats = None
-        if self._query is not None:
-            self._query.stop(left())
-            if self._query.alive:
-                late.append("query socket")
-            self._query = None
-        if self._prober is not None:
-            # Ends a ping in flight at once, so the prober actor is free to stop.
-            self._prober.close()
-        if self._proxy is not None:
-            # ProxyActor stops its own children; a child it gave up on is
-            # still running, and still needs the context.
-            late += stop_within([("proxy actor", self._proxy)], left())
-            self._proxy = None
-        if self._persist is not None:
-            # After the proxy, so its last change is the one written.
-            late += stop_within([("state persister", self._persist)], left())
-            self._persist = None
-        if self._events is not None:
-            late += stop_within([("events publisher", self._events)], left())
-            self._events = None
-        if self._curve is not None:
-            self._curve.stop()
-            if self._curve.alive:
-                late.append("CURVE authenticator")
-            self._curve = None
-        for name in late:
-            log.warning("%s did not stop within %g s", name, timeout_s)
-        # ProxyActor logged a child it gave up on; that child still runs.
-        late += [name for name, ref in self._children if ref.is_alive()]
-        self._children = []
+        late = self._parts.stop(timeout_s)
         if self._context is not None:
             if late:
                 # Destroying the context would close sockets under a thread

@@ -29,6 +29,7 @@ import zmq
 
 import rpcproxy.actors.proxy_actor
 import rpcproxy.cli.main
+import rpcproxy.cli.supervision
 
 
 class Leftover(pykka.ThreadingActor):
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
     while argv and argv[0] in ("--plant", "--stop-budget"):
         option, value, argv = argv[0], argv[1], argv[2:]
         if option == "--stop-budget":
-            rpcproxy.cli.main.STOP_BUDGET_S = float(value)
+            rpcproxy.cli.supervision.STOP_BUDGET_S = float(value)
         elif value == "notify-failed":
             # As monkeypatch.setattr would: by name (proxy_actor imports
             # notify_failed, it does not export it), and failing if it is gone.

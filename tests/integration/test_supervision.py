@@ -2,7 +2,7 @@
 
 An in-process ProxyService on loopback ports with every part on (events and
 state file included). Each test kills one part, by stopping it or by making
-it fail, and ``cli.main.supervise`` must return EXIT_FAILURE with one error
+it fail, and ``cli.supervision.supervise`` must return EXIT_FAILURE with one error
 line naming that part; a healthy service returns EXIT_OK once told to stop.
 """
 
@@ -23,8 +23,8 @@ import pytest
 import rpcproxy.actors.proxy_actor
 from rpcproxy.actors.persist import StateFile
 from rpcproxy.cli.config import Config
-from rpcproxy.cli.main import EXIT_FAILURE, EXIT_OK, supervise
 from rpcproxy.cli.service import ProxyService
+from rpcproxy.cli.supervision import EXIT_FAILURE, EXIT_OK, supervise
 from tests.integration.serving import RawClient
 from tests.waiting import poll_until
 
