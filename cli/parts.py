@@ -143,11 +143,18 @@ class Parts:
         stop_order: every part's name, in the order they stop.
         logged_by_owner: parts whose late stop their owner has logged already.
         log: where a late stop is logged (the root's logger, as it always was).
+        clock: monotonic seconds, for the shared deadline.
     """
 
     def __init__(
-        self, stop_order: Sequence[str], *, logged_by_owner: Collection[str], log: logging.Logger
+        self,
+        stop_order: Sequence[str],
+        *,
+        logged_by_owner: Collection[str],
+        log: logging.Logger,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._rank = {name: rank for rank, name in enumerate(stop_order)}
         self._logged_by_owner = frozenset(logged_by_owner)
         self._log = log
@@ -173,10 +180,10 @@ class Parts:
         Returns:
             The names of the parts that had not stopped in time, in stop order.
         """
-        deadline = time.monotonic() + timeout_s
+        deadline = self._clock() + timeout_s
 
         def left() -> float:
-            return max(MIN_STOP_WAIT_S, deadline - time.monotonic())
+            return max(MIN_STOP_WAIT_S, deadline - self._clock())
 
         late: list[str] = []
         for part in sorted(self._started, key=lambda started: self._rank[started.name]):

@@ -7,7 +7,7 @@ time, is in tests/integration/test_supervision.py and test_exit_paths.py.
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 
 import pytest
 
@@ -18,12 +18,23 @@ log = logging.getLogger("test_parts")
 
 
 class Fake:
-    """A part that records its stop; ``hangs`` uses up its budget and stays alive."""
+    """A part that records its stop; ``hangs`` uses up its budget and stays alive.
 
-    def __init__(self, name: str, stopped: list[str], *, hangs: bool = False) -> None:
+    A hung part spends its budget on ``spend`` (a test clock), not in a sleep.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stopped: list[str],
+        *,
+        hangs: bool = False,
+        spend: Callable[[float], None] | None = None,
+    ) -> None:
         self.name = name
         self._stopped = stopped
         self._hangs = hangs
+        self._spend = spend
         self.running = True
         self.budgets: list[float] = []
 
@@ -31,7 +42,8 @@ class Fake:
         self.budgets.append(budget_s)
         self._stopped.append(self.name)
         if self._hangs:
-            time.sleep(budget_s)
+            assert self._spend is not None, "a hung part needs a clock to spend its budget on"
+            self._spend(budget_s)
             return False
         self.running = False
         return True
@@ -59,9 +71,17 @@ def test_a_hanging_part_costs_the_budget_once_and_is_named_late(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stopped: list[str] = []
-    parts = Parts(["hung", "next", "child"], logged_by_owner=("child",), log=log)
-    hung, following = Fake("hung", stopped, hangs=True), Fake("next", stopped)
-    child = Fake("child", stopped, hangs=True)
+    now = [100.0]
+
+    def spend(seconds: float) -> None:
+        now[0] += seconds
+
+    parts = Parts(
+        ["hung", "next", "child"], logged_by_owner=("child",), log=log, clock=lambda: now[0]
+    )
+    hung = Fake("hung", stopped, hangs=True, spend=spend)
+    following = Fake("next", stopped)
+    child = Fake("child", stopped, hangs=True, spend=spend)
     for part in (hung, following, child):
         parts.add(part)
     assert parts.stop(0.2) == ["hung", "child"]
