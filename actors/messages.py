@@ -20,6 +20,39 @@ from typing import Literal, TypeAlias, TypeVar, get_args
 
 from rpcproxy.proxy import Address, Heartbeat
 
+__all__ = [
+    "CHANGE_REASONS",
+    "HEARTBEAT_KINDS",
+    "PROXY_MESSAGES",
+    "REBALANCE_KINDS",
+    "ActiveServerChanged",
+    "AddOutcome",
+    "AddPrimary",
+    "ApplyHeartbeat",
+    "ApplyHeartbeats",
+    "ChangeReason",
+    "HeartbeatKind",
+    "HeartbeatResult",
+    "NotifyFailed",
+    "NotifyOutcome",
+    "ProbeCandidates",
+    "ProbeResults",
+    "ProxyMessage",
+    "ProxyRequest",
+    "Rebalance",
+    "RebalanceKind",
+    "RebalanceOutcome",
+    "RebalanceTick",
+    "Refused",
+    "RemoveServer",
+    "Reply",
+    "ResetRebalanceTimer",
+    "ScheduleTick",
+    "SetBackups",
+    "no_reply",
+]
+"""The actors' vocabulary; :mod:`rpcproxy.actors` exports all of it."""
+
 R = TypeVar("R")
 
 Reply: TypeAlias = Callable[[R], None]

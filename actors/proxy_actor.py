@@ -1,10 +1,10 @@
-"""ProxyActor: the one owner and writer of the proxy's state.
+"""ProxyActor: the one owner and writer of the proxy's state, on a thread of its own.
 
 Every change goes through this actor's mailbox, one at a time, so no lock
-guards the state. After each change it publishes an immutable snapshot and
-only then replies, which gives read-your-writes to every client. It never
-waits on the network: a rebalance is planned here, probed by ProberActor and
-reconciled here when the answers come back, with whatever changed meanwhile.
+guards the state. What each message does is :class:`ProxyCore`'s; the actor
+supplies its effects: a TimerActor for the rebalance timer, a ProberActor
+that probes a rebalance's candidates off this thread, and the listeners
+told each new active server.
 """
 
 from __future__ import annotations
@@ -13,101 +13,36 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, assert_never
+from typing import Any
 
 import pykka
 
+from rpcproxy.actors.core import ProxyCore, ProxySettings
 from rpcproxy.actors.counters import NO_COUNTERS, ActorCounters
 from rpcproxy.actors.lifecycle import ReleasingActor, stop_within
 from rpcproxy.actors.messages import (
     PROXY_MESSAGES,
     ActiveServerChanged,
-    AddOutcome,
-    AddPrimary,
-    ApplyHeartbeat,
-    ApplyHeartbeats,
-    ChangeReason,
-    HeartbeatResult,
-    NotifyFailed,
-    NotifyOutcome,
     ProbeCandidates,
-    ProbeResults,
-    ProxyMessage,
-    Rebalance,
-    RebalanceKind,
-    RebalanceOutcome,
-    RebalanceTick,
-    Refused,
-    RemoveServer,
-    Reply,
-    ResetRebalanceTimer,
     ScheduleTick,
-    SetBackups,
 )
 from rpcproxy.actors.prober import Prober, ProberActor
-from rpcproxy.actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
+from rpcproxy.actors.snapshot import SnapshotBox
 from rpcproxy.actors.timer import TimerActor
-from rpcproxy.log_gate import PeerLog
-from rpcproxy.proxy import (
-    DEFAULT_MAX_SERVERS,
-    Address,
-    Heartbeat,
-    HeartbeatServer,
-    LocalIdentity,
-    ProxyState,
-    RebalancePlan,
-    RebalanceTiming,
-    Throttle,
-    TooManyServersError,
-    add_primary,
-    apply_heartbeat,
-    choose_head,
-    list_changes,
-    notify_failed,
-    plan_rebalance,
-    reconcile,
-    remove_server,
-    set_backups,
-)
-from rpcproxy.proxy.persisted import within_max_servers
+from rpcproxy.proxy import ProxyState
 
 log = logging.getLogger(__name__)
-
-R = TypeVar("R")
 
 CHILD_STOP_TIMEOUT_S = 3.0
 """How long stopping ProxyActor waits for its timer and prober, together."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProxySettings:
-    """What ProxyActor needs from the configuration."""
-
-    local: LocalIdentity = field(default_factory=LocalIdentity)
-    timing: RebalanceTiming = field(default_factory=RebalanceTiming)
-    api_mismatch_log_interval_s: float = 3 * 3600.0
-    primary_servers: tuple[Address, ...] = ()
-    backup_servers: tuple[Address, ...] = ()
-    restored: ProxyState = field(default_factory=ProxyState)
-    """The state saved by an earlier run; the configured servers are added to it."""
-    max_servers: int = DEFAULT_MAX_SERVERS
-    """The most primaries and backups together (docs/protocol.md section 8)."""
-
-
-@dataclass(slots=True)
-class _Rebalancing:
-    token: int
-    plan: RebalancePlan
-    waiters: list[Reply[RebalanceOutcome]]
-
-
 class ProxyActor(ReleasingActor):
-    """Owns the ProxyState; starts and stops its TimerActor and ProberActor.
+    """Runs a :class:`ProxyCore`; starts and stops its TimerActor and ProberActor.
 
     Args:
         settings: identity, timing and initial servers.
-        prober: the parallel ping function ProberActor runs.
+        prober: the parallel probe function ProberActor runs.
         box: where snapshots are published for lock-free readers.
         listeners: actors told :class:`ActiveServerChanged` when the head moves.
         rng: the only source of randomness (shuffles and jitter).
@@ -129,33 +64,23 @@ class ProxyActor(ReleasingActor):
         counters: ActorCounters = NO_COUNTERS,
     ) -> None:
         super().__init__()
-        self._settings = settings
         self._probe_fn = prober
-        self._box = box
         self._listeners = tuple(listeners)
-        self._rng = rng or random.Random()
         self._clock = clock
-        self._on_change = on_change
         self._counters = counters
-        self._state = ProxyState()
-        self._heard: dict[str, float] = {}
-        self._last_heartbeat_at: float | None = None
-        self._deadline = float("inf")
-        self._version = 0
-        # Changes of the active server since start (docs/protocol.md section 5).
-        self._epoch = 0
-        self._token = 0
-        self._rebalancing: _Rebalancing | None = None
-        # Set by each rebalance that probed; one that probed nothing leaves it.
-        self._offline = False
-        # One heartbeat's worth of names: no more can be new at once.
-        self._mismatch_throttle = Throttle(
-            settings.api_mismatch_log_interval_s, max_keys=settings.max_servers
-        )
-        # Heartbeats come from peers: what they make us warn about is rate-limited.
-        self._peer_log = PeerLog(log, clock=clock)
         self._timer: pykka.ActorRef[TimerActor] | None = None
         self._prober: pykka.ActorRef[ProberActor] | None = None
+        self._core = ProxyCore(
+            settings,
+            box,
+            probe=self._tell_prober,
+            schedule=self._tell_timer,
+            announce=self._tell_listeners,
+            rng=rng,
+            clock=clock,
+            on_change=on_change,
+            counters=counters,
+        )
 
     # Lifecycle ----------------------------------------------------------------
 
@@ -163,45 +88,11 @@ class ProxyActor(ReleasingActor):
         self._timer = TimerActor.start(self.actor_ref, self._clock)
         self._prober = ProberActor.start(self._probe_fn, self.actor_ref, self._counters)
         try:
-            state = self._starting_state()
-            # Schedule before the first publish, so no snapshot lacks a deadline.
-            self._schedule(self._settings.timing.first_interval(self._rng.random()))
-            self._commit(state, "added")
-            self._publish()
+            self._core.start()
         except BaseException:
             # pykka calls neither on_stop nor on_failure when on_start raises.
             self._stop_children()
             raise
-
-    def _starting_state(self) -> ProxyState:
-        """The restored state with the configured servers added, within max_servers.
-
-        The configuration alone always fits (it is checked at load); a state
-        saved under a larger ``max_servers`` may not, and is cut to its first
-        servers (``serve`` cuts it as it reads the file, so this is for any
-        other caller: held whole, it would refuse every add until servers left).
-        """
-        settings = self._settings
-        state, dropped = within_max_servers(settings.restored, settings.max_servers)
-        if dropped:
-            log.warning(
-                "the restored state holds %d servers, more than max_servers (%d): "
-                "kept the first %d of its active list, dropped %d",
-                settings.restored.num_members,
-                settings.max_servers,
-                state.num_members,
-                dropped,
-            )
-        try:
-            for addr in settings.primary_servers:
-                state, _ = add_primary(state, addr, max_servers=settings.max_servers)
-            if settings.backup_servers:
-                state = set_backups(
-                    state, settings.backup_servers, max_servers=settings.max_servers
-                )
-        except TooManyServersError as exc:
-            log.warning("configured servers not all added to the restored ones: %s", exc)
-        return state
 
     def release(self) -> None:
         """On a stop and on a failure (a told message raised) alike.
@@ -211,12 +102,12 @@ class ProxyActor(ReleasingActor):
         only writer died. The rebalance waiters get their answer instead of a timeout.
         """
         self._stop_children()
-        self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, None))
+        self._core.abandon_rebalance()
 
     def _stop_children(self) -> None:
         """Stop the timer and the prober together, bounded; log one that will not."""
         for name in stop_within(self.children(), CHILD_STOP_TIMEOUT_S):
-            # A prober stuck in a ping stops once the ping returns; waiting
+            # A prober stuck in a probe stops once the probe returns; waiting
             # longer here would hold up the whole shutdown behind it.
             log.warning(
                 "%s did not stop within %g s; not waiting for it", name, CHILD_STOP_TIMEOUT_S
@@ -237,309 +128,24 @@ class ProxyActor(ReleasingActor):
         # pykka hands over anything told; only ProxyMessage gets past this check.
         if not isinstance(message, PROXY_MESSAGES):
             return super().on_receive(message)  # pykka's warning, and the message dropped
-        self._dispatch(message)
+        self._core.handle(message)
         return None
 
-    def _dispatch(self, message: ProxyMessage) -> None:
-        """One case per message; a message type added to the union and not here is a type error."""
-        match message:
-            case NotifyFailed(addr, reply):
-                state, rotated = notify_failed(self._state, addr)
-                if rotated:
-                    self._counters.failover()
-                self._commit(state, "failed")
-                _answer(reply, NotifyOutcome(rotated, self._state.head))
-            case AddPrimary(addr, reply):
-                try:
-                    state, added = add_primary(
-                        self._state, addr, max_servers=self._settings.max_servers
-                    )
-                except TooManyServersError as exc:
-                    _answer(reply, Refused(str(exc)))
-                    return
-                self._commit(state, "added")
-                _answer(reply, AddOutcome(addr, added))
-            case SetBackups(addrs, reply):
-                try:
-                    state = set_backups(self._state, addrs, max_servers=self._settings.max_servers)
-                except TooManyServersError as exc:
-                    _answer(reply, Refused(str(exc)))
-                    return
-                self._commit(state, "backup")
-                _answer(reply, self._state.backups)
-            case RemoveServer(addr, reply):
-                state, removed = remove_server(self._state, addr)
-                self._commit(state, "removed")
-                _answer(reply, removed)
-            case ApplyHeartbeat(heartbeat, reply):
-                state, result = self._merge_heartbeat(self._state, heartbeat)
-                self._commit(state, "heartbeat")
-                _answer(reply, result)
-            case ApplyHeartbeats(heartbeats, done):
-                self._apply_heartbeats(heartbeats, done)
-            case Rebalance(reply):
-                self._start_rebalance(reply)
-            case RebalanceTick():
-                self._start_rebalance(None)
-            case ProbeResults():
-                self._finish_rebalance(message)
-            case ResetRebalanceTimer(reply):
-                delay = self._settings.timing.reset_interval()
-                self._schedule(delay)
-                self._publish()
-                _answer(reply, delay)
-            case _:
-                assert_never(message)
+    # The core's effects -----------------------------------------------------------
 
-    def _apply_heartbeats(self, heartbeats: Sequence[Heartbeat], done: Callable[[], None]) -> None:
-        """One batch of the SUB socket's heartbeats, one commit for all of them."""
-        try:
-            state = self._state
-            for heartbeat in heartbeats:
-                state, _ = self._merge_heartbeat(state, heartbeat)
-            self._commit(state, "heartbeat")
-        finally:
-            # The listener sends no other batch until this is called.
-            _answer(lambda _: done(), None)
-
-    def _merge_heartbeat(
-        self, state: ProxyState, heartbeat: Heartbeat
-    ) -> tuple[ProxyState, HeartbeatResult]:
-        """Merge one heartbeat into ``state``, with its logs and counts; no commit."""
-        outcome = apply_heartbeat(state, heartbeat, self._settings.local)
-        if outcome.stale:
-            log.debug(
-                "stale heartbeat from %s (seq %s) dropped", heartbeat.publisher, heartbeat.seq
-            )
-            self._counters.heartbeats("stale")
-            return state, HeartbeatResult(changed=False, stale=True)
-        now = self._clock()
-        self._warn_skipped(heartbeat, outcome.newer_api, outcome.invalid, now)
-        self._counters.heartbeats("applied")
-        self._last_heartbeat_at = now
-        if heartbeat.publisher is not None:
-            self._heard[heartbeat.publisher] = now
-        return outcome.state, HeartbeatResult(changed=outcome.changed, stale=False)
-
-    def _warn_skipped(
-        self,
-        heartbeat: Heartbeat,
-        newer_api: Sequence[HeartbeatServer],
-        invalid: Sequence[tuple[str, str]],
-        now: float,
-    ) -> None:
-        """The warnings of rules 2 and 3 and of an empty heartbeat, rate-limited.
-
-        A peer chooses how many entries to get wrong, so invalid entries make
-        one line per heartbeat, and every kind of line passes the peer log's
-        gate (a burst, then one per interval, with a count of those held back).
-        """
-        local = self._settings.local
-        for server in newer_api:
-            # Rule 2's own limit (once per address per interval) comes first;
-            # the gate then bounds a heartbeat of thousands of fresh names.
-            if self._mismatch_throttle.allow(server.rpc_advertise_addr, now):
-                self._peer_log.warning(
-                    "newer api",
-                    "ignoring server %s: it speaks RPC API v%d.%d, newer than our v%d.%d",
-                    server.rpc_advertise_addr[:80],
-                    server.rpc_major_version,
-                    server.rpc_minor_version,
-                    local.rpc_major_version,
-                    local.rpc_minor_version,
-                )
-        if invalid:
-            # Both texts come from a peer: cap what each entry can write.
-            shown = "; ".join(f"{addr[:80]!r}: {reason[:200]}" for addr, reason in invalid[:3])
-            more = f" and {len(invalid) - 3} more" if len(invalid) > 3 else ""
-            self._peer_log.warning(
-                "invalid entries",
-                "skipping %d heartbeat servers whose address does not parse: %s%s",
-                len(invalid),
-                shown,
-                more,
-            )
-        if not heartbeat.servers:
-            self._peer_log.warning(
-                "empty heartbeat",
-                "a heartbeat from %s lists no servers: every primary is dropped, backups stay",
-                heartbeat.publisher[:80] if heartbeat.publisher is not None else "(no publisher)",
-            )
-
-    # Rebalancing ------------------------------------------------------------------
-
-    def _start_rebalance(self, reply: Reply[RebalanceOutcome] | None) -> None:
-        if self._rebalancing is not None:
-            # One rebalance at a time: later requests share the running one's result.
-            if reply is not None:
-                self._rebalancing.waiters.append(reply)
-            return
-        waiters = [reply] if reply is not None else []
-        plan = plan_rebalance(self._state, self._rng)
-        if plan is None:
-            self._counters.rebalanced("skipped")
-            self._restart_timer()
-            self._publish()
-            for waiter in waiters:
-                _answer(waiter, RebalanceOutcome(self._state.head, None))
-            return
-        self._token += 1
-        self._rebalancing = _Rebalancing(self._token, plan, waiters)
+    def _tell_prober(self, candidates: ProbeCandidates) -> None:
         assert self._prober is not None
-        self._prober.tell(ProbeCandidates(self._token, plan.candidates))
+        self._prober.tell(candidates)
 
-    def _finish_rebalance(self, results: ProbeResults) -> None:
-        pending = self._rebalancing
-        if pending is None or pending.token != results.token:
-            return
-        head_index = choose_head(pending.plan.candidates, results.answered)
-        if head_index is None:
-            log.warning(
-                "rebalance: none of %d servers answered a ping; keeping the list",
-                len(pending.plan.candidates),
-            )
-            healthy = False
-            result: RebalanceKind = "none_answered"
-        else:
-            before = self._state.head
-            outcome = reconcile(self._state, pending.plan, head_index)
-            if outcome.abandoned:
-                log.info("rebalance abandoned: the chosen server was removed while pinging")
-            self._commit(outcome.state, "rebalance")
-            healthy = True
-            result = (
-                "abandoned"
-                if outcome.abandoned
-                else "moved"
-                if self._state.head != before
-                else "kept"
-            )
-        self._counters.rebalanced(result)
-        self._set_offline(not healthy)
-        self._restart_timer()
-        self._publish()
-        self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, healthy))
-
-    def _set_offline(self, offline: bool) -> None:
-        """Record whether the last probed rebalance found nobody; log each flip once."""
-        if offline == self._offline:
-            return
-        self._offline = offline
-        if offline:
-            log.warning("offline: no server answered the last rebalance's pings")
-        else:
-            log.info("back online: a server answered a rebalance's ping")
-
-    def _answer_rebalance_waiters(self, result: RebalanceOutcome) -> None:
-        pending, self._rebalancing = self._rebalancing, None
-        for waiter in pending.waiters if pending else ():
-            _answer(waiter, result)
-
-    def _restart_timer(self) -> None:
-        state = self._state
-        delay = self._settings.timing.rebalance_interval(
-            state.num_nodes, len(state.active), self._rng.random()
-        )
-        self._schedule(delay)
-
-    def _schedule(self, delay_s: float) -> None:
-        self._deadline = self._clock() + delay_s
+    def _tell_timer(self, delay_s: float) -> None:
         assert self._timer is not None
         self._timer.tell(ScheduleTick(delay_s))
 
-    # Publishing ---------------------------------------------------------------------
-
-    def _commit(self, state: ProxyState, reason: ChangeReason) -> None:
-        """Adopt ``state``, publish it, and announce a new active server."""
-        if state is self._state:
-            return
-        previous = self._state
-        before = previous.head
-        after = state.head
-        self._state = state
-        if after != before:
-            # Counted before publishing: a reply built from the new snapshot
-            # carries the epoch of the event announcing it.
-            self._epoch += 1
-        self._publish()
-        _log_membership(previous, state, reason)
-        if self._on_change is not None:
-            self._on_change(state)
-        if after != before:
-            log.info("active server %s -> %s (%s)", before, after, reason)
-            event = ActiveServerChanged(after, reason, self._epoch)
-            for listener in self._listeners:
-                try:
-                    listener.tell(event)
-                except pykka.ActorDeadError:
-                    # A listener that stopped first (shutdown, or its own
-                    # failure) must not take the state's only writer with it.
-                    log.debug("listener %s is gone; %r not delivered", listener, event)
-
-    def _publish(self) -> None:
-        self._version += 1
-        seqs = self._state.publisher_seqs
-        # The pure state bounds the publishers it remembers; forget the times
-        # of those it dropped, so this table stays bounded too.
-        for gone in self._heard.keys() - seqs.keys():
-            del self._heard[gone]
-        self._box.publish(
-            Snapshot(
-                self._state,
-                self._deadline,
-                self._version,
-                last_heartbeat_at=self._last_heartbeat_at,
-                publishers=tuple(
-                    PublisherInfo(name, seq, self._heard.get(name)) for name, seq in seqs.items()
-                ),
-                offline=self._offline,
-                epoch=self._epoch,
-            )
-        )
-
-
-MEMBERSHIP_NAMES_SHOWN = 5
-"""Servers named per side of a membership line; the rest are counted."""
-
-
-def _log_membership(before: ProxyState, after: ProxyState, reason: ChangeReason) -> None:
-    """One line per change of the server lists, with its reason.
-
-    Counts, and the first few names: a heartbeat may swap 4096 servers at
-    once, many times a second, and the line must stay a line.
-    """
-    for name, old, new in (
-        ("primary", before.primaries, after.primaries),
-        ("backup", before.backups, after.backups),
-    ):
-        added, removed = list_changes(old, new)
-        if added or removed:
-            log.info(
-                "%s servers changed (%s): +%d %s -%d %s",
-                name,
-                reason,
-                len(added),
-                _some(added),
-                len(removed),
-                _some(removed),
-            )
-
-
-def _some(addrs: Sequence[Address]) -> str:
-    """``[a, b, c, d, e and 12 more]``: a bounded list of names for a log line."""
-    names = ", ".join(a.canonical for a in addrs[:MEMBERSHIP_NAMES_SHOWN])
-    more = len(addrs) - MEMBERSHIP_NAMES_SHOWN
-    return f"[{names} and {more} more]" if more > 0 else f"[{names}]"
-
-
-def _answer(reply: Reply[R], result: R) -> None:
-    """Call a request's ``reply``; a broken one is logged, never fatal.
-
-    The reply is the caller's code (a future, the query loop's queue). If it
-    raises, pykka would stop this actor on a told message, and with it the
-    state every other client depends on.
-    """
-    try:
-        reply(result)
-    except Exception:
-        log.exception("replying %r failed", result)
+    def _tell_listeners(self, event: ActiveServerChanged) -> None:
+        for listener in self._listeners:
+            try:
+                listener.tell(event)
+            except pykka.ActorDeadError:
+                # A listener that stopped first (shutdown, or its own
+                # failure) must not take the state's only writer with it.
+                log.debug("listener %s is gone; %r not delivered", listener, event)

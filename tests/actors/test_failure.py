@@ -16,6 +16,7 @@ from typing import Any
 import pykka
 import pytest
 
+import rpcproxy.actors.core as core_module
 import rpcproxy.actors.proxy_actor as proxy_actor_module
 from rpcproxy.actors import (
     NotifyFailed,
@@ -59,7 +60,7 @@ def test_a_failing_tell_handler_stops_the_children(
     h = start_proxy(primaries=(A, B))
     children = h.ref.proxy().children().get(timeout=TIMEOUT)
     assert {name for name, _ in children} == {"rebalance timer", "prober"}
-    monkeypatch.setattr(proxy_actor_module, "notify_failed", broken)
+    monkeypatch.setattr(core_module, "notify_failed", broken)
 
     h.ref.tell(NotifyFailed(A, lambda _: None))
 
@@ -75,7 +76,7 @@ def test_a_failure_during_a_rebalance_answers_its_waiters(
     h = start_proxy(primaries=(A, B), live=(B,), gated=True)
     pending = h.send(Rebalance)
     assert h.prober.entered.wait(TIMEOUT)
-    monkeypatch.setattr(proxy_actor_module, "notify_failed", broken)
+    monkeypatch.setattr(core_module, "notify_failed", broken)
 
     h.ref.tell(NotifyFailed(A, lambda _: None))
     assert h.ref.actor_stopped.wait(TIMEOUT)
@@ -88,7 +89,7 @@ def test_a_failure_during_a_rebalance_answers_its_waiters(
 def test_a_failing_on_start_stops_the_children(
     start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(proxy_actor_module, "add_primary", broken)
+    monkeypatch.setattr(core_module, "add_primary", broken)
 
     with pytest.raises(pykka.ActorDeadError):
         start_proxy(primaries=(A,))

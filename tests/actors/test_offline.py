@@ -74,7 +74,7 @@ def test_a_rebalance_that_pings_nobody_leaves_it(start_proxy: StartProxy) -> Non
 
 def test_each_flip_logs_one_line(start_proxy: StartProxy, caplog: pytest.LogCaptureFixture) -> None:
     h = start_proxy(primaries=(A, B), live=())
-    with caplog.at_level(logging.INFO, logger="rpcproxy.actors.proxy_actor"):
+    with caplog.at_level(logging.INFO, logger="rpcproxy.actors.core"):
         h.request(Rebalance)
         h.request(Rebalance)  # still offline: no second line
         h.prober.set_live(A)

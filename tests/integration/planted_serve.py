@@ -27,7 +27,7 @@ from unittest import mock
 import pykka
 import zmq
 
-import rpcproxy.actors.proxy_actor
+import rpcproxy.actors.core
 import rpcproxy.cli.main
 import rpcproxy.cli.supervision
 
@@ -58,9 +58,9 @@ def main(argv: list[str]) -> int:
         if option == "--stop-budget":
             rpcproxy.cli.supervision.STOP_BUDGET_S = float(value)
         elif value == "notify-failed":
-            # As monkeypatch.setattr would: by name (proxy_actor imports
+            # As monkeypatch.setattr would: by name (the core imports
             # notify_failed, it does not export it), and failing if it is gone.
-            mock.patch.object(rpcproxy.actors.proxy_actor, "notify_failed", _bug).start()
+            mock.patch.object(rpcproxy.actors.core, "notify_failed", _bug).start()
         elif value == "leftover-actor":
             Leftover.start()
         elif value == "stuck-actor":

@@ -20,7 +20,7 @@ from typing import Any
 import pykka
 import pytest
 
-import rpcproxy.actors.proxy_actor
+import rpcproxy.actors.core
 from rpcproxy.actors.persist import StateFile
 from rpcproxy.cli.config import Config
 from rpcproxy.cli.service import ProxyService
@@ -224,7 +224,7 @@ def test_a_crashing_proxy_actor_is_noticed_and_takes_its_children_with_it(
     def broken(*_args: object) -> object:
         raise RuntimeError("bug in notify_failed (test)")
 
-    monkeypatch.setattr(rpcproxy.actors.proxy_actor, "notify_failed", broken)
+    monkeypatch.setattr(rpcproxy.actors.core, "notify_failed", broken)
     timer, prober = child(service, "rebalance timer"), child(service, "prober")
     with RawClient(service.query_endpoint) as client:
         client.call("add_primary_server", addr="10.0.0.7")
