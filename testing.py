@@ -45,57 +45,38 @@ import random
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 import msgspec
 
+from rpcproxy.actors import (
+    ActiveServerChanged,
+    ProbeCandidates,
+    ProbeResults,
+    ProxyCore,
+    ProxySettings,
+    Refused,
+    SnapshotBox,
+)
 from rpcproxy.bus.client import (
     AsyncProxyClient,
     BadRequestError,
     ProxyClient,
     ProxyError,
-    ProxyInvalidAddressError,
     ProxyTimeoutError,
-    UnknownOpError,
-    UnsupportedVersionError,
+    UnavailableError,
 )
-from rpcproxy.bus.wire import (
-    PROTOCOL_VERSION,
-    AddPrimaryServerReply,
-    ChangeReason,
-    Event,
-    FindServerReply,
-    HeartbeatPayload,
-    HeartbeatReply,
-    NotifyFailedServerReply,
-    Op,
-    OpReply,
-    PingReply,
-    RebalanceReply,
-    RemoveServerReply,
-    ResetRebalanceTimerReply,
-    Server,
-    ServersReply,
-    SetBackupServersReply,
-    Status,
-)
+from rpcproxy.bus.service.codec import Decoder, RequestError
+from rpcproxy.bus.service.ops import AnyWriteOp, ReadOp, decode_request, plan
+from rpcproxy.bus.wire import Event, OpReply, Server
 from rpcproxy.proxy import (
     DEFAULT_MAX_SERVERS,
-    Address,
-    Heartbeat,
-    HeartbeatServer,
-    InvalidAddressError,
     LocalIdentity,
     ProxyState,
-    TooManyServersError,
+    RebalanceTiming,
     add_primary,
-    apply_heartbeat,
-    choose_head,
-    notify_failed,
     parse_address,
-    plan_rebalance,
-    reconcile,
-    remove_server,
     set_backups,
 )
 
@@ -231,70 +212,70 @@ class AsyncMockTransport:
         return task.result()
 
 
-def _server(addr: Address | None) -> Server | None:
-    return None if addr is None else Server(addr.canonical)
-
-
-def _servers(addrs: Iterable[Address]) -> list[Server]:
-    return [Server(a.canonical) for a in addrs]
-
-
 def _map(body: OpReply | Event) -> dict[str, Any]:
     """A wire struct as the map a handler returns (and the events list holds)."""
     keys: dict[str, Any] = msgspec.to_builtins(body)
     return keys
 
 
-def _address(request: Mapping[str, Any], key: str = "addr") -> Address:
-    text = _key(request, key, str)
-    try:
-        return parse_address(text)
-    except InvalidAddressError as exc:
-        raise ProxyInvalidAddressError(str(exc)) from None
+def _raised(code: str, message: str) -> ProxyError:
+    """The client's exception for an error reply with ``code`` (as the client would raise it)."""
+    kinds = [kind for kind in ProxyError.__subclasses__() if kind.default_code == code]
+    return (kinds[0] if kinds else ProxyError)(message, code)
 
 
-def _key(request: Mapping[str, Any], key: str, kind: type[Any]) -> Any:
-    if key not in request:
-        raise BadRequestError(f"missing key {key!r}")
-    value = request[key]
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise BadRequestError(f"{key!r} must be {kind.__name__}")
-    return value
+@dataclass(frozen=True, slots=True)
+class _StillTimer(RebalanceTiming):
+    """Every rebalance interval is ``seconds``: an in-memory proxy's timer never fires."""
+
+    seconds: float = 600.0
+
+    def rebalance_interval(self, num_nodes: int, num_servers: int, u: float) -> float:
+        return self.seconds
+
+    def first_interval(self, u: float) -> float:
+        return self.seconds
+
+    def reset_interval(self) -> float:
+        return self.seconds
 
 
 class InMemoryProxy:
     """A tiny proxy in memory, for :class:`MockTransport` and :class:`AsyncMockTransport`.
 
-    It answers the ops of docs/protocol.md section 1 (``ping``,
-    ``find_server``, ``servers``, ``status``, ``notify_failed_server``,
-    ``add_primary_server``, ``set_backup_servers``, ``remove_server``,
-    ``heartbeat``, ``rebalance``, ``reset_rebalance_timer``) by the
-    service's own rules, and errors as the service does (``invalid_address``,
-    ``bad_request``, ``unknown_op``, ``unsupported_version``). Success replies
-    carry ``epoch`` (one more for every change of the active server) and
-    ``instance``.
+    It runs the service's own code in the caller's thread: each request is
+    read and checked by the query socket's decoder, answered from a snapshot
+    or applied by the same :class:`~rpcproxy.actors.ProxyCore` that
+    ``rpcproxy serve`` runs in its actor, so every op of docs/protocol.md
+    section 1, its errors (``invalid_address``, ``bad_request``,
+    ``unknown_op``, ``unsupported_version``) and its epochs and events are
+    the service's, by construction. Success replies carry ``epoch`` (one
+    more for every change of the active server) and ``instance``.
 
-    A rebalance pings nobody: ``healthy`` says which servers would answer
-    (all, by default), and the shuffle uses ``seed``. There is no rebalance
-    timer: ``next_rebalance_s`` is reported as given.
+    A rebalance probes nobody: ``healthy`` says which servers would answer
+    (all, by default), and the shuffle uses ``seed``. The rebalance timer
+    never fires, and the clock stands still unless one is given: ``status``
+    reports ``next_rebalance_s`` as given, and ages of 0.
 
     Args:
         primaries: the servers it starts with, as ``primary_servers`` would add them.
         backups: likewise ``backup_servers``.
-        healthy: whether a server (its canonical address) answers a rebalance's ping.
+        healthy: whether a server (its canonical address) answers a rebalance's probe.
         seed: seeds the rebalance shuffle.
         instance: the ``instance`` of its replies; a random one by default,
             like each start of ``serve``.
         datacenter: the local datacenter, for heartbeats.
         max_servers: the bound on primaries and backups together.
         next_rebalance_s: what ``status`` and ``reset_rebalance_timer`` report.
+        clock: monotonic seconds, for ``status``'s ages and timer.
 
     Attributes:
         state: the lists (a :class:`rpcproxy.proxy.ProxyState`); read it, or
-            replace it to set up a test.
+            replace it to set up a test (which announces nothing).
         epoch: changes of the active server so far.
         events: every change as the events socket would publish it
             (docs/protocol.md section 5), oldest first.
+        offline: whether the last rebalance that probed found nobody answering.
         requests: how many requests it has answered.
     """
 
@@ -309,25 +290,56 @@ class InMemoryProxy:
         datacenter: str = "dc1",
         max_servers: int = DEFAULT_MAX_SERVERS,
         next_rebalance_s: float = 600.0,
+        clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.healthy: Callable[[str], bool] = healthy if healthy is not None else lambda _: True
         self.instance = instance if instance is not None else secrets.token_hex(8)
         self.max_servers = max_servers
-        self.next_rebalance_s = next_rebalance_s
-        self.local = LocalIdentity(datacenter=datacenter)
-        self.epoch = 0
         self.events: list[dict[str, Any]] = []
         self.requests = 0
-        self.offline = False
-        self._rng = random.Random(seed)
+        self._clock = clock
+        self._decoder = Decoder(max_servers)
         self._lock = threading.RLock()
+        self._box = SnapshotBox()
+        settings = ProxySettings(
+            local=LocalIdentity(datacenter=datacenter),
+            timing=_StillTimer(seconds=next_rebalance_s),
+            max_servers=max_servers,
+        )
+        self._core = ProxyCore(
+            settings,
+            self._box,
+            probe=self._probe,
+            schedule=lambda _delay_s: None,
+            announce=self._announce,
+            rng=random.Random(seed),
+            clock=clock,
+        )
+        self._core.start()
         state = ProxyState()
         for text in primaries:
             state, _ = add_primary(state, parse_address(text), max_servers=max_servers)
         backup_list = [parse_address(text) for text in backups]
         if backup_list:
             state = set_backups(state, backup_list, max_servers=max_servers)
-        self.state = state
+        self._core.replace_state(state)
+
+    @property
+    def state(self) -> ProxyState:
+        return self._core.state
+
+    @state.setter
+    def state(self, state: ProxyState) -> None:
+        with self._lock:
+            self._core.replace_state(state)
+
+    @property
+    def epoch(self) -> int:
+        return self._core.epoch
+
+    @property
+    def offline(self) -> bool:
+        return self._core.offline
 
     # -- clients ------------------------------------------------------------
 
@@ -345,118 +357,40 @@ class InMemoryProxy:
         """Answer one request map (a :data:`Handler`); errors are raised as ProxyError."""
         with self._lock:
             self.requests += 1
-            if "v" in request and not (
-                type(request["v"]) is int and request["v"] == PROTOCOL_VERSION
-            ):
-                raise UnsupportedVersionError(f"unsupported version {request['v']!r}")
-            op = request.get("op")
-            if not isinstance(op, str):
-                raise BadRequestError("'op' must be a string")
-            answer = self._ops().get(op)
-            if answer is None:
-                raise UnknownOpError(f"unknown op {op[:80]!r}")
-            reply = _map(answer(request))
-            return {**reply, "epoch": self.epoch, "instance": self.instance}
+            try:
+                frame = msgspec.msgpack.encode(request)
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise BadRequestError(f"not MessagePack: {exc}") from None
+            try:
+                step = plan(decode_request(frame, self._decoder))
+            except RequestError as exc:
+                raise _raised(exc.code, exc.message) from None
+            if isinstance(step, ReadOp):
+                body = step.answer(self._box.current, self._clock())
+            else:
+                body = self._write(step)
+            return {**_map(body), "epoch": self._core.epoch, "instance": self.instance}
 
-    def _ops(self) -> dict[str, Callable[[dict[str, Any]], OpReply]]:
-        return {
-            Op.PING: lambda _: PingReply(pong=True),
-            Op.FIND_SERVER: lambda _: FindServerReply(_server(self.state.head)),
-            Op.SERVERS: lambda _: ServersReply(_servers(self.state.active)),
-            Op.STATUS: self._status,
-            Op.NOTIFY_FAILED_SERVER: self._notify_failed,
-            Op.ADD_PRIMARY_SERVER: self._add_primary,
-            Op.SET_BACKUP_SERVERS: self._set_backups,
-            Op.REMOVE_SERVER: self._remove,
-            Op.HEARTBEAT: self._heartbeat,
-            Op.REBALANCE: self._rebalance,
-            Op.RESET_REBALANCE_TIMER: lambda _: ResetRebalanceTimerReply(self.next_rebalance_s),
-        }
+    def _write(self, step: AnyWriteOp) -> OpReply:
+        """Apply a write's message to the core, which answers before it returns."""
+        answers: list[Refused | Callable[[], OpReply]] = []
+        self._core.handle(step.message(answers.append))
+        if not answers:  # every message of a query op is answered at once here
+            raise UnavailableError("the write was not answered")
+        answer = answers[0]
+        if isinstance(answer, Refused):
+            raise BadRequestError(answer.reason)
+        return answer()
 
-    def _commit(self, state: ProxyState, reason: ChangeReason) -> None:
-        """Take ``state``; a new active server is one more epoch and one event."""
-        changed = state.head != self.state.head
-        self.state = state
-        if changed:
-            self.epoch += 1
-            event = Event(
-                server=_server(state.head), reason=reason, epoch=self.epoch, instance=self.instance
-            )
-            self.events.append(_map(event))
+    # -- the core's effects -------------------------------------------------
 
-    def _status(self, _: dict[str, Any]) -> Status:
-        state = self.state
-        return Status(
-            servers=_servers(state.active),
-            primary=_servers(state.primaries),
-            backup=_servers(state.backups),
-            leader_addr=state.leader_addr,
-            num_nodes=state.num_nodes,
-            num_servers=len(state.active),
-            next_rebalance_s=self.next_rebalance_s,
-            heartbeat_age_s=None,
-            publishers=[],
-            offline=self.offline,
+    def _probe(self, probe: ProbeCandidates) -> None:
+        answered = {addr: self.healthy(addr.canonical) for addr in probe.candidates}
+        self._core.handle(ProbeResults(probe.token, answered))
+
+    def _announce(self, change: ActiveServerChanged) -> None:
+        server = None if change.server is None else Server(change.server.canonical)
+        event = Event(
+            server=server, reason=change.reason, epoch=change.epoch, instance=self.instance
         )
-
-    def _notify_failed(self, request: dict[str, Any]) -> NotifyFailedServerReply:
-        state, rotated = notify_failed(self.state, _address(request))
-        self._commit(state, "failed")
-        return NotifyFailedServerReply(rotated, _server(state.head))
-
-    def _add_primary(self, request: dict[str, Any]) -> AddPrimaryServerReply:
-        addr = _address(request)
-        try:
-            state, added = add_primary(self.state, addr, max_servers=self.max_servers)
-        except TooManyServersError as exc:
-            raise BadRequestError(str(exc)) from None
-        self._commit(state, "added")
-        return AddPrimaryServerReply(Server(addr.canonical), added)
-
-    def _set_backups(self, request: dict[str, Any]) -> SetBackupServersReply:
-        texts = _key(request, "addrs", list)
-        addrs = [_address({"addr": text}) for text in texts]
-        try:
-            state = set_backups(self.state, addrs, max_servers=self.max_servers)
-        except TooManyServersError as exc:
-            raise BadRequestError(str(exc)) from None
-        self._commit(state, "backup")
-        return SetBackupServersReply(_servers(state.backups))
-
-    def _remove(self, request: dict[str, Any]) -> RemoveServerReply:
-        state, removed = remove_server(self.state, _address(request))
-        self._commit(state, "removed")
-        return RemoveServerReply(removed)
-
-    def _heartbeat(self, request: dict[str, Any]) -> HeartbeatReply:
-        keys = {k: v for k, v in request.items() if k not in ("op", "v", "id")}
-        try:
-            payload = msgspec.convert(keys, HeartbeatPayload)
-        except msgspec.ValidationError as exc:
-            raise BadRequestError(str(exc)) from None
-        heartbeat = Heartbeat(
-            tuple(
-                HeartbeatServer(
-                    s.rpc_advertise_addr, s.rpc_major_version, s.rpc_minor_version, s.datacenter
-                )
-                for s in payload.servers
-            ),
-            payload.num_nodes,
-            payload.leader_rpc_addr,
-            payload.publisher,
-            payload.seq,
-        )
-        outcome = apply_heartbeat(self.state, heartbeat, self.local)
-        self._commit(outcome.state, "heartbeat")
-        return HeartbeatReply(outcome.changed, outcome.stale)
-
-    def _rebalance(self, _: dict[str, Any]) -> RebalanceReply:
-        plan = plan_rebalance(self.state, self._rng)
-        if plan is None:
-            return RebalanceReply(_server(self.state.head), None)
-        answered = {addr: self.healthy(addr.canonical) for addr in plan.candidates}
-        head = choose_head(plan.candidates, answered)
-        self.offline = head is None
-        if head is not None:
-            self._commit(reconcile(self.state, plan, head).state, "rebalance")
-        return RebalanceReply(_server(self.state.head), head is not None)
+        self.events.append(_map(event))

@@ -123,7 +123,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sim": frozenset({"sim", "proxy"}),
     "bus": frozenset({"bus"}),
     "rpcproxy": frozenset({"bus/client"}),
-    "testing": frozenset({"testing", "bus/client", "bus/wire", "proxy"}),
+    "testing": frozenset({"testing", "bus/client", "bus/service", "bus/wire", "actors", "proxy"}),
 }
 """What each layer may import; ``cli`` is the top and may import any of them."""
 
@@ -159,8 +159,9 @@ WHY: dict[str, str] = {
     "bus": "bus/__init__ only documents its subpackages",
     "rpcproxy": "the top-level package holds the client's names only (its facade, bus/client)",
     "testing": (
-        "rpcproxy.testing (users' test doubles) imports the client, the wire and the pure"
-        " domain only"
+        "rpcproxy.testing (users' test doubles) imports the client, the wire, the service's"
+        " op rows, the actors' core and the pure domain only: never a socket's wing"
+        " (probes, stand-ins) nor cli"
     ),
 }
 
@@ -551,8 +552,8 @@ def test_a_tree_that_keeps_the_layers_passes(tmp_path: Path) -> None:
         ),
         (
             "testing.py",
-            "from rpcproxy.actors import ProxyActor\n",
-            "testing.py:1: rpcproxy.testing imports rpcproxy.actors\n    breaks: rpcproxy.testing",
+            "from rpcproxy.bus.probes import NomadProber\n",
+            "testing.py:1: rpcproxy.testing imports rpcproxy.bus.probes\n    breaks: rpcproxy.testing",
         ),
         ("sim/fleet.py", "from proxy import Address\n", "sim/fleet.py:1: imports proxy"),
         ("tests/test_x.py", "import bus.client\n", "tests/test_x.py:1: imports bus.client"),
