@@ -8,9 +8,11 @@ not the codec's own idea of it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -40,6 +42,28 @@ def port_pool(ephemeral: tuple[int, int], lowest: int = LOWEST_PORT) -> list[int
     return [port for port in range(lowest, 65536) if not low <= port <= high]
 
 
+class PortClaims:
+    """Ports claimed by the processes alive on this machine, one lock byte each.
+
+    Each claim is a POSIX record lock on byte ``port`` of one shared file:
+    another process (a forked child, a subprocess, a second test run) cannot
+    take the byte while the claimer lives, and the kernel lets go of every
+    claim when the claimer exits, however it exits. One open file per
+    process, whatever the number of claims.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+
+    def claim(self, port: int) -> bool:
+        """Whether this process now holds ``port`` (it may hold it already)."""
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+        except OSError:
+            return False
+        return True
+
+
 class PortAllocator:
     """Hands out loopback TCP ports, never the same one twice.
 
@@ -48,15 +72,17 @@ class PortAllocator:
     ephemeral range, where any outgoing connection may take it before the
     endpoint binds. Here a port comes from outside that range, is never
     handed out twice by one allocator, and was bindable when handed out.
-    Each process starts at its own pid-derived place in the pool, so
-    concurrent test processes (bench, subprocesses) walk disjoint stretches.
+    With ``claims``, it is also never one that another live process was
+    handed. Each process starts at its own pid-derived place in the pool, so
+    concurrent test processes (bench, subprocesses) rarely meet.
     """
 
-    def __init__(self, pool: list[int], start: int) -> None:
+    def __init__(self, pool: list[int], start: int, claims: PortClaims | None = None) -> None:
         if not pool:
             raise ValueError("an empty port pool")
         self._pool = pool
         self._given: set[int] = set()
+        self._claims = claims
         self.restart_at(start)
 
     def restart_at(self, start: int) -> None:
@@ -73,7 +99,8 @@ class PortAllocator:
                 if port in self._given:
                     continue
                 self._given.add(port)  # given or unusable: never tried again
-                if _bindable(port):
+                claimed = self._claims is None or self._claims.claim(port)
+                if claimed and _bindable(port):
                     return port
             raise RuntimeError(f"all {len(self._pool)} ports have been handed out or are taken")
 
@@ -95,7 +122,8 @@ def _process_start(pool: list[int]) -> int:
 
 
 _POOL = port_pool(ephemeral_range())
-_free_port = PortAllocator(_POOL, start=_process_start(_POOL))
+_CLAIMS = PortClaims(os.path.join(tempfile.gettempdir(), "rpcproxy-test-ports.lock"))
+_free_port = PortAllocator(_POOL, start=_process_start(_POOL), claims=_CLAIMS)
 # A forked child would otherwise walk its parent's stretch of the pool.
 os.register_at_fork(after_in_child=lambda: _free_port.restart_at(_process_start(_POOL)))
 
@@ -104,7 +132,9 @@ def free_port() -> int:
     """A loopback TCP port for an endpoint to bind: distinct for every call in a process.
 
     Outside the kernel's ephemeral range, so no outgoing connection takes it
-    meanwhile; bindable when handed out. See :class:`PortAllocator`.
+    meanwhile; bindable when handed out; never one another live process of
+    this machine was handed (a forked child, bench's processes, a second
+    test run). See :class:`PortAllocator`.
     """
     return _free_port()
 

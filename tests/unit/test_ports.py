@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import (
     PortAllocator,
+    PortClaims,
     ephemeral_range,
     free_port,
     port_pool,
@@ -75,33 +76,73 @@ def test_the_walk_starts_at_its_offset_wraps_round_and_never_repeats() -> None:
         allocate()
 
 
-def test_two_processes_start_at_different_places() -> None:
-    """A second process (bench, a subprocess) walks its own stretch of the pool."""
-    code = "from tests.helpers import free_port; print(*(free_port() for _ in range(50)))"
-    theirs = subprocess.run(
+def test_two_processes_are_never_handed_the_same_port() -> None:
+    """A second process (bench, a subprocess), alive while this one takes its ports."""
+    code = (
+        "import sys; from tests.helpers import free_port;"
+        " print(*(free_port() for _ in range(50)), flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        check=True,
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         text=True,
-        timeout=60,
-    ).stdout.split()
-    ours = [free_port() for _ in range(50)]
+    ) as other:
+        assert other.stdout is not None and other.stdin is not None
+        theirs = other.stdout.readline().split()
+        ours = [free_port() for _ in range(50)]
+        other.stdin.close()  # it leaves, and lets go of its ports
+        assert other.wait(timeout=60) == 0
+    assert len(theirs) == 50
     assert not set(map(int, theirs)) & set(ours)
 
 
-def test_a_forked_child_does_not_walk_its_parents_stretch() -> None:
+def test_a_forked_child_is_never_handed_its_parents_ports() -> None:
+    """Nor the ports its parent takes while the child lives."""
     reader, writer = os.pipe()
+    leave_reader, leave_writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: report its ports and leave without running pytest's atexit
         try:
+            os.close(reader)
+            os.close(leave_writer)
             os.write(writer, " ".join(str(free_port()) for _ in range(50)).encode())
+            os.close(writer)
+            os.read(leave_reader, 1)  # until the parent has taken its ports
         finally:
             os._exit(0)
     os.close(writer)
+    os.close(leave_reader)
     with os.fdopen(reader, "rb") as pipe:
         theirs = {int(field) for field in pipe.read().split()}
-    os.waitpid(pid, 0)
     ours = {free_port() for _ in range(50)}
+    os.close(leave_writer)
+    os.waitpid(pid, 0)
     assert len(theirs) == 50
     assert not theirs & ours
+
+
+def test_a_port_claimed_by_a_live_process_is_skipped(tmp_path: Path) -> None:
+    """Two allocators over one pool from one place: the second walks past the first's."""
+    path = str(tmp_path / "ports.lock")
+    pool = [free_port() for _ in range(4)]
+    code = (
+        "import sys; from tests.helpers import PortAllocator, PortClaims;"
+        f" a = PortAllocator({pool!r}, start=0, claims=PortClaims({path!r}));"
+        " print(a(), a(), flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as other:
+        assert other.stdout is not None and other.stdin is not None
+        theirs = [int(field) for field in other.stdout.readline().split()]
+        ours = PortAllocator(pool, start=0, claims=PortClaims(path))
+        assert theirs == pool[:2]
+        assert [ours(), ours()] == pool[2:]
+        other.stdin.close()
+        assert other.wait(timeout=60) == 0
