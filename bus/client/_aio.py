@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -29,10 +29,9 @@ from rpcproxy.bus.client import _results
 from rpcproxy.bus.client._awatch import AsyncWatcher
 from rpcproxy.bus.client._client import DEFAULT_ENDPOINT, check_options, timed_out
 from rpcproxy.bus.client._results import (
-    AddResult,
     Call,
+    Ops,
     ProxyTimeoutError,
-    RebalanceResult,
     encode_request,
     parse_reply,
 )
@@ -40,13 +39,13 @@ from rpcproxy.bus.client._transport import AsyncTransport, AsyncZmqTransport
 from rpcproxy.bus.client._view import Observation
 from rpcproxy.bus.client._watch import WatchStats
 from rpcproxy.bus.net.keys import CurveClient
-from rpcproxy.bus.wire import HeartbeatEntry, Server, Status
+from rpcproxy.bus.wire import Server
 
 _S = TypeVar("_S")
 _T = TypeVar("_T")
 
 
-class AsyncProxyClient:
+class AsyncProxyClient(Ops):
     """An asyncio client of the proxy's query socket; share one per event loop.
 
     Args: as :class:`~rpcproxy.ProxyClient`; ``transport`` is an
@@ -129,10 +128,7 @@ class AsyncProxyClient:
         self._transport.close()
 
     # -- ops -----------------------------------------------------------------
-
-    async def ping(self, *, timeout_s: float | None = None) -> bool:
-        """True when the proxy answers ``pong: true`` (see :meth:`ProxyClient.ping`)."""
-        return await self._run(_results.ping(timeout_s))
+    # The other ops are Ops's methods (bus/client/_results.py), shared by both clients.
 
     async def find_server(self) -> Server | None:
         """The active server, or None when the proxy knows no server.
@@ -150,68 +146,6 @@ class AsyncProxyClient:
     def watch_stats(self) -> WatchStats | None:
         """What a watching client's watcher has seen (gaps, restarts, re-syncs...); else None."""
         return self._watcher.stats() if self._watcher is not None else None
-
-    async def servers(self) -> list[Server]:
-        """The active list, active server first."""
-        return await self._run(_results.servers())
-
-    async def status(self) -> Status:
-        """Everything at once: lists, leader, node count and the rebalance timer."""
-        return await self._run(_results.status())
-
-    async def notify_failed_server(self, addr: str) -> bool:
-        """Report that an RPC to ``addr`` failed; True when it was rotated to the end.
-
-        Raises:
-            ProxyInvalidAddressError: ``addr`` does not parse.
-        """
-        return await self._run(_results.notify_failed_server(addr))
-
-    async def add_primary_server(self, addr: str) -> AddResult:
-        """Add ``addr`` to the primaries; ``added`` is False when it was already known.
-
-        Raises:
-            ProxyInvalidAddressError: ``addr`` does not parse.
-        """
-        return await self._run(_results.add_primary_server(addr))
-
-    async def set_backup_servers(self, addrs: Sequence[str]) -> list[Server]:
-        """Replace the backups; returns the new backup list.
-
-        Raises:
-            ProxyInvalidAddressError: an address does not parse; nothing changed.
-        """
-        return await self._run(_results.set_backup_servers(addrs))
-
-    async def remove_server(self, addr: str) -> bool:
-        """Drop ``addr`` from every list; True when it was known.
-
-        Raises:
-            ProxyInvalidAddressError: ``addr`` does not parse.
-        """
-        return await self._run(_results.remove_server(addr))
-
-    async def heartbeat(
-        self,
-        servers: Iterable[HeartbeatEntry | Mapping[str, Any]],
-        *,
-        num_nodes: int = 0,
-        leader_rpc_addr: str = "",
-        publisher: str | None = None,
-        seq: int | None = None,
-    ) -> bool:
-        """Apply one heartbeat (see :meth:`ProxyClient.heartbeat`)."""
-        return await self._run(
-            _results.heartbeat(servers, num_nodes, leader_rpc_addr, publisher, seq)
-        )
-
-    async def rebalance(self, timeout_s: float | None = None) -> RebalanceResult:
-        """Run one rebalance now and wait for it (see :meth:`ProxyClient.rebalance`)."""
-        return await self._run(_results.rebalance(timeout_s))
-
-    async def reset_rebalance_timer(self) -> float:
-        """Restart the rebalance timer; returns the seconds until it fires."""
-        return await self._run(_results.reset_rebalance_timer())
 
     async def call(
         self, op: str, /, *, timeout_s: float | None = None, **keys: Any

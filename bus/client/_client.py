@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -49,10 +49,9 @@ import zmq
 
 from rpcproxy.bus.client import _results
 from rpcproxy.bus.client._results import (
-    AddResult,
     Call,
+    Ops,
     ProxyTimeoutError,
-    RebalanceResult,
     encode_request,
     parse_reply,
 )
@@ -60,7 +59,7 @@ from rpcproxy.bus.client._transport import Transport, ZmqTransport
 from rpcproxy.bus.client._view import Observation
 from rpcproxy.bus.client._watch import Watcher, WatchStats
 from rpcproxy.bus.net.keys import CurveClient
-from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT, HeartbeatEntry, Server, Status
+from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT, Server
 
 DEFAULT_ENDPOINT: Final = DEFAULT_QUERY_ENDPOINT
 
@@ -80,7 +79,7 @@ def timed_out(endpoint: str, retries: int, timeout_s: float) -> ProxyTimeoutErro
     return ProxyTimeoutError(f"no reply from {endpoint} after {retries} tries of {timeout_s:g} s")
 
 
-class ProxyClient:
+class ProxyClient(Ops):
     """A blocking client of the proxy's query socket, with retries.
 
     Thread-safe: calls take turns on the client's one socket; a watching
@@ -178,14 +177,7 @@ class ProxyClient:
             self._transport.close()
 
     # -- ops -----------------------------------------------------------------
-
-    def ping(self, *, timeout_s: float | None = None) -> bool:
-        """True when the proxy answers ``pong: true``.
-
-        No answer raises :class:`ProxyTimeoutError` rather than returning False,
-        like every other call, so "down" and "said no" stay distinct.
-        """
-        return self._run(_results.ping(timeout_s))
+    # The other ops are Ops's methods (bus/client/_results.py), shared by both clients.
 
     def find_server(self) -> Server | None:
         """The active server, or None when the proxy knows no server.
@@ -202,76 +194,6 @@ class ProxyClient:
     def watch_stats(self) -> WatchStats | None:
         """What a watching client's watcher has seen (gaps, restarts, re-syncs...); else None."""
         return self._watcher.stats() if self._watcher is not None else None
-
-    def servers(self) -> list[Server]:
-        """The active list, active server first."""
-        return self._run(_results.servers())
-
-    def status(self) -> Status:
-        """Everything at once: lists, leader, node count and the rebalance timer."""
-        return self._run(_results.status())
-
-    def notify_failed_server(self, addr: str) -> bool:
-        """Report that an RPC to ``addr`` failed; True when it was rotated to the end.
-
-        Raises:
-            ProxyInvalidAddressError: ``addr`` does not parse.
-        """
-        return self._run(_results.notify_failed_server(addr))
-
-    def add_primary_server(self, addr: str) -> AddResult:
-        """Add ``addr`` to the primaries; ``added`` is False when it was already known.
-
-        Raises:
-            ProxyInvalidAddressError: ``addr`` does not parse.
-        """
-        return self._run(_results.add_primary_server(addr))
-
-    def set_backup_servers(self, addrs: Sequence[str]) -> list[Server]:
-        """Replace the backups; returns the new backup list.
-
-        Raises:
-            ProxyInvalidAddressError: an address does not parse; nothing changed.
-        """
-        return self._run(_results.set_backup_servers(addrs))
-
-    def remove_server(self, addr: str) -> bool:
-        """Drop ``addr`` from every list; True when it was known.
-
-        Raises:
-            ProxyInvalidAddressError: ``addr`` does not parse.
-        """
-        return self._run(_results.remove_server(addr))
-
-    def heartbeat(
-        self,
-        servers: Iterable[HeartbeatEntry | Mapping[str, Any]],
-        *,
-        num_nodes: int = 0,
-        leader_rpc_addr: str = "",
-        publisher: str | None = None,
-        seq: int | None = None,
-    ) -> bool:
-        """Apply one heartbeat (docs/protocol.md section 2); True when membership changed.
-
-        ``servers`` holds :class:`HeartbeatEntry` values or maps with the same
-        keys (sent as they are: the proxy checks them). ``publisher`` and
-        ``seq`` are left out when None.
-        """
-        return self._run(_results.heartbeat(servers, num_nodes, leader_rpc_addr, publisher, seq))
-
-    def rebalance(self, timeout_s: float | None = None) -> RebalanceResult:
-        """Run one rebalance now and wait for it.
-
-        Args:
-            timeout_s: per-try wait; a rebalance pings servers, so it can take
-                up to the proxy's ``ping_timeout_s`` longer than other _results.
-        """
-        return self._run(_results.rebalance(timeout_s))
-
-    def reset_rebalance_timer(self) -> float:
-        """Restart the rebalance timer; returns the seconds until it fires."""
-        return self._run(_results.reset_rebalance_timer())
 
     def call(self, op: str, /, *, timeout_s: float | None = None, **keys: Any) -> dict[str, Any]:
         """Send any op with ``keys`` and return the whole success reply.

@@ -10,9 +10,11 @@ nor from the service.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, ParamSpec, Protocol, Self, TypeVar, overload
 
 import msgspec
 
@@ -48,6 +50,7 @@ from rpcproxy.bus.wire import (
 
 _T = TypeVar("_T")
 _S = TypeVar("_S")
+_P = ParamSpec("_P")
 
 
 # --------------------------------------------------------------------------
@@ -238,23 +241,40 @@ def _call(
     return Call(op, keys, shape, finish, timeout_s, observes)
 
 
-def ping(timeout_s: float | None) -> Call[PingReply, bool]:
+# Each op's call. The clients' methods of the same names (:class:`Ops`) take
+# the same arguments and carry these docstrings.
+
+
+def ping(*, timeout_s: float | None = None) -> Call[PingReply, bool]:
+    """True when the proxy answers ``pong: true``.
+
+    No answer raises :class:`ProxyTimeoutError` rather than returning False,
+    like every other call, so "down" and "said no" stay distinct.
+    """
     return _call(PingOp(), PingReply, lambda r: r.pong, timeout_s)
 
 
 def find_server() -> Call[FindServerReply, Server | None]:
+    """The active server, or None when the proxy knows no server."""
     return _call(FindServerOp(), FindServerReply, _server, observes=_server)
 
 
 def servers() -> Call[ServersReply, list[Server]]:
+    """The active list, active server first."""
     return _call(ServersOp(), ServersReply, lambda r: r.servers)
 
 
 def status() -> Call[Status, Status]:
+    """Everything at once: lists, leader, node count and the rebalance timer."""
     return _call(StatusOp(), Status, lambda r: r)
 
 
 def notify_failed_server(addr: str) -> Call[NotifyFailedServerReply, bool]:
+    """Report that an RPC to ``addr`` failed; True when it was rotated to the end.
+
+    Raises:
+        ProxyInvalidAddressError: ``addr`` does not parse.
+    """
     return _call(
         NotifyFailedServerOp(addr=addr),
         NotifyFailedServerReply,
@@ -264,40 +284,69 @@ def notify_failed_server(addr: str) -> Call[NotifyFailedServerReply, bool]:
 
 
 def add_primary_server(addr: str) -> Call[AddPrimaryServerReply, AddResult]:
+    """Add ``addr`` to the primaries; ``added`` is False when it was already known.
+
+    Raises:
+        ProxyInvalidAddressError: ``addr`` does not parse.
+    """
     return _call(
         AddPrimaryServerOp(addr=addr), AddPrimaryServerReply, lambda r: AddResult(r.server, r.added)
     )
 
 
 def set_backup_servers(addrs: Sequence[str]) -> Call[SetBackupServersReply, list[Server]]:
+    """Replace the backups; returns the new backup list.
+
+    Raises:
+        ProxyInvalidAddressError: an address does not parse; nothing changed.
+    """
     return _call(SetBackupServersOp(addrs=tuple(addrs)), SetBackupServersReply, lambda r: r.servers)
 
 
 def remove_server(addr: str) -> Call[RemoveServerReply, bool]:
+    """Drop ``addr`` from every list; True when it was known.
+
+    Raises:
+        ProxyInvalidAddressError: ``addr`` does not parse.
+    """
     return _call(RemoveServerOp(addr=addr), RemoveServerReply, lambda r: r.removed)
 
 
 def heartbeat(
-    entries: Iterable[HeartbeatEntry | Mapping[str, Any]],
-    num_nodes: int,
-    leader_rpc_addr: str,
-    publisher: str | None,
-    seq: int | None,
+    servers: Iterable[HeartbeatEntry | Mapping[str, Any]],
+    *,
+    num_nodes: int = 0,
+    leader_rpc_addr: str = "",
+    publisher: str | None = None,
+    seq: int | None = None,
 ) -> Call[HeartbeatReply, bool]:
+    """Apply one heartbeat (docs/protocol.md section 2); True when membership changed.
+
+    ``servers`` holds :class:`HeartbeatEntry` values or maps with the same
+    keys (sent as they are: the proxy checks them). ``publisher`` and
+    ``seq`` are left out when None.
+    """
     request = HeartbeatOp((), num_nodes, leader_rpc_addr, publisher, seq)
     call = _call(request, HeartbeatReply, lambda r: r.changed)
     # Maps are sent as they are: the proxy, not the client, checks them.
-    call.keys["servers"] = [_heartbeat_entry(s) for s in entries]
+    call.keys["servers"] = [_heartbeat_entry(s) for s in servers]
     return call
 
 
-def rebalance(timeout_s: float | None) -> Call[RebalanceReply, RebalanceResult]:
+def rebalance(timeout_s: float | None = None) -> Call[RebalanceReply, RebalanceResult]:
+    """Run one rebalance now and wait for it.
+
+    Args:
+        timeout_s: per-try wait; a rebalance probes servers, so it can take
+            up to the proxy's ``ping_timeout_s`` longer than other calls.
+    """
     return _call(
         RebalanceOp(), RebalanceReply, lambda r: RebalanceResult(r.server, r.healthy), timeout_s
     )
 
 
 def reset_rebalance_timer() -> Call[ResetRebalanceTimerReply, float]:
+    """Restart the rebalance timer; returns the seconds until it fires."""
     return _call(ResetRebalanceTimerOp(), ResetRebalanceTimerReply, lambda r: r.next_rebalance_s)
 
 
@@ -346,3 +395,84 @@ def _heartbeat_entry(server: HeartbeatEntry | Mapping[str, Any]) -> dict[str, An
         entry: dict[str, Any] = msgspec.to_builtins(server)
         return entry
     return dict(server)
+
+
+# --------------------------------------------------------------------------
+# Methods: each op's call as a method of both clients, written once.
+
+
+class _Sends(Protocol):
+    """A blocking client: sends a call and returns its result."""
+
+    def _run(self, call: Call[Any, _T]) -> _T: ...
+
+
+class _SendsAsync(Protocol):
+    """An asyncio client: sends a call in a coroutine."""
+
+    async def _run(self, call: Call[Any, _T]) -> _T: ...
+
+
+class OpMethod(Generic[_P, _S, _T]):
+    """An op's method on both clients, from the function that makes its :class:`Call`.
+
+    On a :class:`~rpcproxy.ProxyClient` it takes the function's arguments and
+    returns the call's result; on an :class:`~rpcproxy.AsyncProxyClient` it
+    is a coroutine function of the same arguments. It carries the function's
+    name, docstring and signature (``help(ProxyClient.servers)`` shows them).
+    """
+
+    def __init__(self, make: Callable[_P, Call[_S, _T]]) -> None:
+        self.make = make
+        self.__name__ = make.__name__
+        self.__doc__ = make.__doc__
+        self.__wrapped__ = make
+
+    @overload
+    def __get__(self, client: None, owner: type[Any]) -> Self: ...
+
+    @overload
+    def __get__(self, client: _Sends, owner: type[Any]) -> Callable[_P, _T]: ...
+
+    @overload
+    def __get__(
+        self, client: _SendsAsync, owner: type[Any]
+    ) -> Callable[_P, Coroutine[Any, Any, _T]]: ...
+
+    def __get__(self, client: Any, owner: type[Any]) -> Any:
+        if client is None:
+            return self
+        make, run = self.make, client._run
+        if inspect.iscoroutinefunction(run):
+
+            @functools.wraps(make)
+            async def op_coroutine(*args: Any, **kwargs: Any) -> Any:
+                return await run(make(*args, **kwargs))
+
+            return op_coroutine
+
+        @functools.wraps(make)
+        def op(*args: Any, **kwargs: Any) -> Any:
+            return run(make(*args, **kwargs))
+
+        return op
+
+
+class Ops:
+    """The ops both clients send as one call each, with nothing of their own.
+
+    A new op is a function above that makes its :class:`Call`, and one line
+    here; ``find_server`` is written in each client, as a watching client
+    answers it from its view.
+    """
+
+    ping = OpMethod(ping)
+    servers = OpMethod(servers)
+    status = OpMethod(status)
+    notify_failed_server = OpMethod(notify_failed_server)
+    add_primary_server = OpMethod(add_primary_server)
+    set_backup_servers = OpMethod(set_backup_servers)
+    remove_server = OpMethod(remove_server)
+    heartbeat = OpMethod(heartbeat)
+    rebalance = OpMethod(rebalance)
+    reset_rebalance_timer = OpMethod(reset_rebalance_timer)

@@ -83,11 +83,12 @@ def test_a_silent_request_times_out_while_the_others_are_answered(
         ) as client:
             # The silent call times out after its 2 short tries; the pings must
             # be answered, so they wait long (per call).
-            return await asyncio.gather(
+            answers = await asyncio.gather(
                 client.remove_server("10.0.0.1"),
                 *(client.ping(timeout_s=WAIT_S) for _ in range(10)),
                 return_exceptions=True,
             )
+            return list(answers)
 
     silent, *pongs = asyncio.run(main())
     assert isinstance(silent, ProxyTimeoutError)
