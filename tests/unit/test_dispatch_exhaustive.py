@@ -1,6 +1,6 @@
 """A dispatch that leaves out a case fails ``mypy --strict``: the unions are closed.
 
-ProxyActor's ``_dispatch`` (over ``ProxyMessage``) and the service's
+ProxyCore's ``handle`` (over ``ProxyMessage``) and the service's
 ``validate`` (over the wire's ``OpRequest``) each end in ``assert_never``, so
 a message or an op added to its union and not to the dispatch is a type
 error, not a runtime surprise. These tests plant a small module that
