@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 # A strict editable install (a tree of links mypy can read, unlike an import
 # hook) links the files that exist when it runs, so it is redone when a
 # package folder gains or loses a file (the folder's mtime changes).
-PACKAGE_DIRS := $(wildcard proxy actors bus bus/* cli sim)
+PACKAGE_DIRS := $(wildcard proxy actors bus bus/* bus/*/* cli sim)
 $(STAMP): pyproject.toml $(wildcard *.py) $(filter-out %.py %__pycache__,$(PACKAGE_DIRS))
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from rpcproxy.bus.service.discovery import DnsName, Nameserver, parse_dns_name, parse_nameserver
 from rpcproxy.bus.wire import (
     DEFAULT_EVENTS_ENDPOINT,
     DEFAULT_HEARTBEAT_ENDPOINT,
@@ -110,7 +111,7 @@ def _toml_literal(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_literal(item) for item in value) + "]"
-    if isinstance(value, str | Address):
+    if isinstance(value, str | Address | DnsName | Nameserver):
         return json.dumps(str(value))
     return repr(value)
 
@@ -183,6 +184,12 @@ def _string(type_doc: str, metavar: str, check: Callable[[str], str]) -> Parser:
 def _non_empty(text: str) -> str:
     if not text:
         raise ValueError("must not be empty")
+    return text
+
+
+def _no_whitespace(text: str) -> str:
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise ValueError(f"must not contain whitespace, got {_show(text)}")
     return text
 
 
@@ -355,6 +362,27 @@ def _convert_bool(value: object, textual: bool) -> object:
 
 
 _BOOL = Parser("bool", "{true,false}", _convert_bool)
+
+
+def _parsed(kind: str, metavar: str, parse: Callable[[str], object], made: type) -> Parser:
+    """A value parsed from one string (``parse`` raises ValueError with the reason).
+
+    A value already of type ``made`` (a Config built in Python) is kept.
+    """
+
+    def convert(value: object, textual: bool) -> object:
+        if isinstance(value, made):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"expected {kind}, got {_show(value)}")
+        return parse(value)
+
+    return Parser(kind, metavar, convert)
+
+
+_DNS_NAME = _parsed("name[:port]", "NAME[:PORT]", parse_dns_name, DnsName)
+_NAMESERVER = _parsed("ip[:port]", "IP[:PORT]", parse_nameserver, Nameserver)
+
 _REGION = _string("str without whitespace or /", "NAME", _topic_part)
 _NAME = _string("str", "NAME", _non_empty)
 _VERSION = _integer(0)
@@ -396,7 +424,13 @@ class Config:
     nomad_interval_s: float = _key(10.0, _POSITIVE, "Seconds between polls of nomad_addr's members and leader")  # noqa: E501
     nomad_nodes_refresh_s: float = _key(300.0, _POSITIVE, "Seconds between counts of nomad_addr's /v1/nodes (num_nodes), which costs the server O(nodes)")  # noqa: E501
     metrics: str = _key("", _LISTEN, "Serve Prometheus metrics over HTTP at host:port (/metrics); empty: off")  # noqa: E501
-    heartbeat_stale_s: float = _key(60.0, _POSITIVE, "Warn when no heartbeat has been applied for this many seconds")  # noqa: E501
+    heartbeat_stale_s: float = _key(60.0, _POSITIVE, "Warn when no heartbeat has been applied for this many seconds, and discover servers (section 10)")  # noqa: E501
+    consul_addr: str = _key("", _URL, "Discover servers in this Consul agent's catalog when heartbeats stop (section 10; CONSUL_HTTP_TOKEN, CONSUL_CACERT... as Consul's); empty: off")  # noqa: E501
+    consul_service: str = _key("nomad", _NAME, "The Consul service Nomad servers register")
+    consul_tag: str = _key("rpc", _string("str", "TAG", _no_whitespace), "Tag of the service's RPC entries; empty: any")  # noqa: E501
+    discover_dns: tuple[DnsName, ...] = _key((), _list_of(_DNS_NAME, "names"), "Discover servers under these DNS names when heartbeats stop (A/AAAA at :port, 4647 by default; SRV for names starting with _)")  # noqa: E501
+    discover_dns_nameservers: tuple[Nameserver, ...] = _key((), _list_of(_NAMESERVER, "addresses"), "DNS servers discover_dns asks (ip[:port]); empty: the system's")  # noqa: E501
+    discover_interval_s: float = _key(60.0, _POSITIVE, "Seconds between discoveries while one is needed")  # noqa: E501
     state_file: str = _key("", _PATH, "Where the server lists are saved after each change and restored at start; empty: not saved")  # noqa: E501
     curve_secret_key_file: str = _key("", _PATH, "The proxy's CURVE certificate (.key_secret, from rpcproxy keygen); with curve_allowed_dir, turns CURVE on")  # noqa: E501
     curve_allowed_dir: str = _key("", _PATH, "Directory of the public certificates (.key) allowed to publish heartbeats, query and subscribe")  # noqa: E501

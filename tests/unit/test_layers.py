@@ -553,7 +553,8 @@ def test_a_tree_that_keeps_the_layers_passes(tmp_path: Path) -> None:
         (
             "testing.py",
             "from rpcproxy.bus.probes import NomadProber\n",
-            "testing.py:1: rpcproxy.testing imports rpcproxy.bus.probes\n    breaks: rpcproxy.testing",
+            "testing.py:1: rpcproxy.testing imports rpcproxy.bus.probes\n"
+            "    breaks: rpcproxy.testing",
         ),
         ("sim/fleet.py", "from proxy import Address\n", "sim/fleet.py:1: imports proxy"),
         ("tests/test_x.py", "import bus.client\n", "tests/test_x.py:1: imports bus.client"),
