@@ -379,7 +379,7 @@ class InMemoryProxy:
             raise UnavailableError("the write was not answered")
         answer = answers[0]
         if isinstance(answer, Refused):
-            raise BadRequestError(answer.reason)
+            raise _raised(answer.kind, answer.reason)
         return answer()
 
     # -- the core's effects -------------------------------------------------

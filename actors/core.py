@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar, assert_never
 
@@ -46,6 +46,8 @@ from rpcproxy.actors.messages import (
     Reply,
     ResetRebalanceTimer,
     SetBackups,
+    SetServers,
+    SetServersOutcome,
 )
 from rpcproxy.actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
 from rpcproxy.log_gate import PeerLog
@@ -69,6 +71,7 @@ from rpcproxy.proxy import (
     reconcile,
     remove_server,
     set_backups,
+    set_primaries,
 )
 from rpcproxy.proxy.persisted import within_max_servers
 
@@ -90,6 +93,12 @@ class ProxySettings:
     """The state saved by an earlier run; the configured servers are added to it."""
     max_servers: int = DEFAULT_MAX_SERVERS
     """The most primaries and backups together (docs/protocol.md section 8)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _SettingServers:
+    addrs: tuple[Address, ...]
+    reply: Reply[SetServersOutcome | Refused]
 
 
 @dataclass(slots=True)
@@ -151,6 +160,9 @@ class ProxyCore:
         self._epoch = 0
         self._token = 0
         self._rebalancing: _Rebalancing | None = None
+        # set_servers waiting for their probes, by token (each pending one
+        # is an admitted write, so the query socket bounds how many).
+        self._setting_servers: dict[int, _SettingServers] = {}
         # Set by each rebalance that probed; one that probed nothing leaves it.
         self._offline = False
         # One heartbeat's worth of names: no more can be new at once.
@@ -217,9 +229,12 @@ class ProxyCore:
             log.warning("configured servers not all added to the restored ones: %s", exc)
         return state
 
-    def abandon_rebalance(self) -> None:
-        """Answer the waiters of a rebalance that will not finish (its runner is stopping)."""
+    def abandon_probes(self) -> None:
+        """Answer whoever waits on a probe that will not finish (its runner is stopping)."""
         self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, None))
+        setting, self._setting_servers = self._setting_servers, {}
+        for pending in setting.values():
+            _answer(pending.reply, Refused("the proxy is stopping", "unavailable"))
 
     # Messages -------------------------------------------------------------------
 
@@ -233,23 +248,14 @@ class ProxyCore:
                 self._commit(state, "failed")
                 _answer(reply, NotifyOutcome(rotated, self._state.head))
             case AddPrimary(addr, reply):
-                try:
-                    state, added = add_primary(
-                        self._state, addr, max_servers=self._settings.max_servers
-                    )
-                except TooManyServersError as exc:
-                    _answer(reply, Refused(str(exc)))
-                    return
-                self._commit(state, "added")
-                _answer(reply, AddOutcome(addr, added))
+                self._add_primary(addr, reply)
             case SetBackups(addrs, reply):
-                try:
-                    state = set_backups(self._state, addrs, max_servers=self._settings.max_servers)
-                except TooManyServersError as exc:
-                    _answer(reply, Refused(str(exc)))
-                    return
-                self._commit(state, "backup")
-                _answer(reply, self._state.backups)
+                self._set_backups(addrs, reply)
+            case SetServers(addrs, force, reply):
+                if force:
+                    self._set_servers(addrs, dict.fromkeys(addrs, True), reply)
+                else:
+                    self._probe_servers_to_set(addrs, reply)
             case RemoveServer(addr, reply):
                 state, removed = remove_server(self._state, addr)
                 self._commit(state, "removed")
@@ -264,6 +270,9 @@ class ProxyCore:
                 self._start_rebalance(reply)
             case RebalanceTick():
                 self._start_rebalance(None)
+            case ProbeResults(token, answered) if token in self._setting_servers:
+                setting = self._setting_servers.pop(token)
+                self._set_servers(setting.addrs, answered, setting.reply)
             case ProbeResults():
                 self._finish_rebalance(message)
             case ResetRebalanceTimer(reply):
@@ -273,6 +282,63 @@ class ProxyCore:
                 _answer(reply, delay)
             case _:
                 assert_never(message)
+
+    def _add_primary(self, addr: Address, reply: Reply[AddOutcome | Refused]) -> None:
+        try:
+            state, added = add_primary(self._state, addr, max_servers=self._settings.max_servers)
+        except TooManyServersError as exc:
+            _answer(reply, Refused(str(exc)))
+            return
+        self._commit(state, "added")
+        _answer(reply, AddOutcome(addr, added))
+
+    def _set_backups(
+        self, addrs: tuple[Address, ...], reply: Reply[tuple[Address, ...] | Refused]
+    ) -> None:
+        try:
+            state = set_backups(self._state, addrs, max_servers=self._settings.max_servers)
+        except TooManyServersError as exc:
+            _answer(reply, Refused(str(exc)))
+            return
+        self._commit(state, "backup")
+        _answer(reply, self._state.backups)
+
+    def _probe_servers_to_set(
+        self, addrs: tuple[Address, ...], reply: Reply[SetServersOutcome | Refused]
+    ) -> None:
+        self._token += 1
+        self._setting_servers[self._token] = _SettingServers(addrs, reply)
+        # Last: a runner may answer at once, from inside this call.
+        self._probe(ProbeCandidates(self._token, addrs, every=True))
+
+    def _set_servers(
+        self,
+        addrs: tuple[Address, ...],
+        answered: Mapping[Address, bool],
+        reply: Reply[SetServersOutcome | Refused],
+    ) -> None:
+        """Make the answering servers of ``addrs`` the primaries; none answering changes nothing."""
+        kept = tuple(addr for addr in dict.fromkeys(addrs) if answered.get(addr, False))
+        dropped = tuple(addr for addr in dict.fromkeys(addrs) if not answered.get(addr, False))
+        if not kept:
+            _answer(
+                reply, Refused(f"no server answered a probe ({len(dropped)} probed)", "unavailable")
+            )
+            return
+        try:
+            state = set_primaries(self._state, kept, max_servers=self._settings.max_servers)
+        except TooManyServersError as exc:
+            _answer(reply, Refused(str(exc)))
+            return
+        if dropped:
+            log.warning(
+                "set_servers: %d of %d servers did not answer and were left out: %s",
+                len(dropped),
+                len(dropped) + len(kept),
+                _some(dropped),
+            )
+        self._commit(state, "added")
+        _answer(reply, SetServersOutcome(kept, dropped))
 
     def _apply_heartbeats(self, heartbeats: Sequence[Heartbeat], done: Callable[[], None]) -> None:
         """One batch of the SUB socket's heartbeats, one commit for all of them."""

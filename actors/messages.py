@@ -43,12 +43,15 @@ __all__ = [
     "RebalanceKind",
     "RebalanceOutcome",
     "RebalanceTick",
+    "RefusalKind",
     "Refused",
     "RemoveServer",
     "Reply",
     "ResetRebalanceTimer",
     "ScheduleTick",
     "SetBackups",
+    "SetServers",
+    "SetServersOutcome",
     "no_reply",
 ]
 """The actors' vocabulary; :mod:`rpcproxy.actors` exports all of it."""
@@ -125,14 +128,28 @@ class NotifyOutcome:
     server: Address | None
 
 
+RefusalKind: TypeAlias = Literal["bad_request", "unavailable"]
+"""Why a write was refused: bad input (a bound), or nothing to act on now."""
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The result of a write refused as bad input (a bound, docs/protocol.md section 8).
-
-    Nothing changed; the query socket answers ``bad_request`` with ``reason``.
+    """The result of a write that changed nothing: refused as bad input (a
+    bound, docs/protocol.md section 8) or, for ``set_servers``, because no
+    server answered. The query socket answers with ``kind`` as the error code
+    and ``reason`` as its message.
     """
 
     reason: str
+    kind: RefusalKind = "bad_request"
+
+
+@dataclass(frozen=True, slots=True)
+class SetServersOutcome:
+    """What :class:`SetServers` did: the new primaries, and those left out for not answering."""
+
+    servers: tuple[Address, ...]
+    dropped: tuple[Address, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +189,19 @@ class SetBackups:
 
     addrs: tuple[Address, ...]
     reply: Reply[tuple[Address, ...] | Refused] = no_reply
+
+
+@dataclass(frozen=True, slots=True)
+class SetServers:
+    """Replace the primaries with those of ``addrs`` that answer a probe (all, with ``force``).
+
+    Answered a :class:`SetServersOutcome`, or :class:`Refused` when none
+    answered (``unavailable``) or beyond max_servers (``bad_request``).
+    """
+
+    addrs: tuple[Address, ...]
+    force: bool = False
+    reply: Reply[SetServersOutcome | Refused] = no_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,10 +268,15 @@ class ScheduleTick:
 
 @dataclass(frozen=True, slots=True)
 class ProbeCandidates:
-    """To ProberActor: ping these, tell the answers back tagged with ``token``."""
+    """To ProberActor: probe these, tell the answers back tagged with ``token``.
+
+    A rebalance needs only the first candidate in order that answers; with
+    ``every``, each candidate's answer is wanted (``set_servers``).
+    """
 
     token: int
     candidates: tuple[Address, ...]
+    every: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +301,7 @@ ProxyRequest: TypeAlias = (
     NotifyFailed
     | AddPrimary
     | SetBackups
+    | SetServers
     | RemoveServer
     | ApplyHeartbeat
     | ApplyHeartbeats

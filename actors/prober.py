@@ -28,6 +28,18 @@ This is the one definition of the contract: the transport's probers
 
 
 @runtime_checkable
+class ProbesEvery(Protocol):
+    """A prober that can also wait for every candidate's answer (the transport's can).
+
+    ``every(candidates)`` returns an answer for each candidate, all probed in
+    parallel within about one timeout, for ``set_servers``, which keeps the
+    servers that answer. A prober without it is asked one candidate at a time.
+    """
+
+    def every(self, candidates: Sequence[Address]) -> Mapping[Address, bool]: ...
+
+
+@runtime_checkable
 class Closable(Protocol):
     """A prober that holds resources (the transport's do): ``close()`` ends a
     ping in flight, fails later ones at once, and frees them; idempotent."""
@@ -62,7 +74,7 @@ class ProberActor(ReleasingActor):
             return super().on_receive(message)  # pykka's warning
         started = time.perf_counter()
         try:
-            answered: Mapping[Address, bool] = dict(self._prober(message.candidates))
+            answered = self._answers(message)
         except Exception:
             # A broken transport must not leave a rebalance waiting forever:
             # report "nobody answered", which keeps the list as it is.
@@ -75,6 +87,14 @@ class ProberActor(ReleasingActor):
             # ProxyActor stopped while we probed (shutdown): nobody is waiting.
             log.debug("ping results %d dropped: the proxy has stopped", message.token)
         return None
+
+    def _answers(self, message: ProbeCandidates) -> dict[Address, bool]:
+        if not message.every:
+            return dict(self._prober(message.candidates))
+        if isinstance(self._prober, ProbesEvery):
+            return dict(self._prober.every(message.candidates))
+        # In-memory probers of tests: one candidate at a time.
+        return {addr: self._prober((addr,)).get(addr, False) for addr in message.candidates}
 
     def release(self) -> None:
         if isinstance(self._prober, Closable):

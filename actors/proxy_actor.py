@@ -99,10 +99,10 @@ class ProxyActor(ReleasingActor):
 
         The children must stop after a failure too: their threads are not
         daemons, and left running they would keep the process alive after its
-        only writer died. The rebalance waiters get their answer instead of a timeout.
+        only writer died. Whoever waits on a probe gets an answer instead of a timeout.
         """
         self._stop_children()
-        self._core.abandon_rebalance()
+        self._core.abandon_probes()
 
     def _stop_children(self) -> None:
         """Stop the timer and the prober together, bounded; log one that will not."""

@@ -26,6 +26,7 @@ from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.cli.config import ConfigError, add_config_arguments, load_config
 from rpcproxy.cli.demo import run_demo
 from rpcproxy.cli.logs import setup_logging
+from rpcproxy.cli.servers import add_servers_parser, run_servers
 from rpcproxy.cli.simulate import add_simulate_parser, run_simulate
 from rpcproxy.cli.status import run_status
 from rpcproxy.cli.supervision import EXIT_FAILURE, EXIT_USAGE, run_supervised
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--speed", type=float, default=1.0, help="run the script this many times faster"
     )
+    add_servers_parser(commands, _add_curve_client_arguments)
     _add_tool_parsers(commands)
     add_simulate_parser(commands)
     return parser
@@ -324,6 +326,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             curve=_curve_client(args),
             watch_s=args.watch,
         )
+    if args.command == "servers":
+        return run_servers(args, _curve_client(args))
     if args.command == "simulate":
         return run_simulate(args)
     if args.command == "demo":

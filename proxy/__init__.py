@@ -32,6 +32,7 @@ from rpcproxy.proxy.state import (
     notify_failed,
     remove_server,
     set_backups,
+    set_primaries,
 )
 from rpcproxy.proxy.throttle import Throttle
 
@@ -62,4 +63,5 @@ __all__ = [
     "reconcile",
     "remove_server",
     "set_backups",
+    "set_primaries",
 ]

@@ -279,7 +279,28 @@ def set_backups(
         TooManyServersError: the primaries and the new backups together would
             be more than ``max_servers`` servers (None: no bound).
     """
-    new = with_members(state, state.primaries, addrs)
+    return _within(with_members(state, state.primaries, addrs), max_servers)
+
+
+def set_primaries(
+    state: ProxyState, addrs: Sequence[Address], *, max_servers: int | None = None
+) -> ProxyState:
+    """Replace the primary list at once, as an operator's ``set_servers`` does.
+
+    Servers that stop being primaries leave the active list unless they are
+    backups; new primaries take their places as :func:`place_joiners` says,
+    in the order given; servers that stay primaries keep their places.
+    Duplicates collapse to their first place.
+
+    Raises:
+        TooManyServersError: the new primaries and the backups together would
+            be more than ``max_servers`` servers (None: no bound).
+    """
+    return _within(with_members(state, addrs, state.backups, addrs), max_servers)
+
+
+def _within(new: ProxyState, max_servers: int | None) -> ProxyState:
+    """``new``, unless its lists hold more than ``max_servers`` servers together."""
     members = _index_of(new).members
     if max_servers is not None and members > max_servers:
         raise TooManyServersError(

@@ -44,6 +44,8 @@ from rpcproxy.bus.wire import (
     ServersReply,
     SetBackupServersOp,
     SetBackupServersReply,
+    SetServersOp,
+    SetServersReply,
     Status,
     StatusOp,
 )
@@ -144,6 +146,13 @@ class AddResult(NamedTuple):
 
     server: Server
     added: bool
+
+
+class SetServersResult(NamedTuple):
+    """``set_servers``' reply: the new primaries, and the servers left out for not answering."""
+
+    servers: list[Server]
+    dropped: list[Server]
 
 
 class RebalanceResult(NamedTuple):
@@ -301,6 +310,29 @@ def set_backup_servers(addrs: Sequence[str]) -> Call[SetBackupServersReply, list
         ProxyInvalidAddressError: an address does not parse; nothing changed.
     """
     return _call(SetBackupServersOp(addrs=tuple(addrs)), SetBackupServersReply, lambda r: r.servers)
+
+
+def set_servers(
+    addrs: Sequence[str], *, force: bool = False
+) -> Call[SetServersReply, SetServersResult]:
+    """Replace the primaries at once with those of ``addrs`` that answer a probe.
+
+    As an operator does with Nomad's ``PUT /v1/agent/servers``: every
+    address is probed in parallel and those that do not answer are left out
+    (``dropped``), unless ``force`` keeps them all. Servers that stop being
+    primaries leave the active list unless they are backups. The next
+    heartbeat that lists servers replaces the primaries again.
+
+    Raises:
+        ProxyInvalidAddressError: an address does not parse; nothing changed.
+        UnavailableError: no address answered; nothing changed.
+        BadRequestError: no address, or more than the proxy's ``max_servers``.
+    """
+    return _call(
+        SetServersOp(addrs=tuple(addrs), force=force),
+        SetServersReply,
+        lambda r: SetServersResult(r.servers, r.dropped),
+    )
 
 
 def remove_server(addr: str) -> Call[RemoveServerReply, bool]:
@@ -472,6 +504,7 @@ class Ops:
     notify_failed_server = OpMethod(notify_failed_server)
     add_primary_server = OpMethod(add_primary_server)
     set_backup_servers = OpMethod(set_backup_servers)
+    set_servers = OpMethod(set_servers)
     remove_server = OpMethod(remove_server)
     heartbeat = OpMethod(heartbeat)
     rebalance = OpMethod(rebalance)

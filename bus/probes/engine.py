@@ -95,6 +95,11 @@ def prefix_decided(results: Sequence[bool | None]) -> bool:
     return True
 
 
+def _all_decided(results: Sequence[bool | None]) -> bool:
+    """Whether every candidate has answered or failed (a probe of every candidate)."""
+    return None not in results
+
+
 def prefix_results(
     candidates: Sequence[Address], results: Sequence[bool | None]
 ) -> dict[Address, bool]:
@@ -243,8 +248,11 @@ class _Run:
         window: int,
         resolver: Resolver,
         make_attempt: MakeAttempt,
+        every: bool = False,
     ) -> None:
         self._candidates = candidates
+        self._every = every
+        self._decided = _all_decided if every else prefix_decided
         self._timeout_s = timeout_s
         self._window = window
         self._resolver = resolver
@@ -273,9 +281,9 @@ class _Run:
     # Driving ---------------------------------------------------------------------
 
     def run(self) -> list[bool | None]:
-        """Ping until the prefix is decided, every deadline passed, or interrupted."""
+        """Ping until the answer is decided, every deadline passed, or interrupted."""
         self._open_more(time.monotonic())
-        while not self._interrupted and not prefix_decided(self.results):
+        while not self._interrupted and not self._decided(self.results):
             now = time.monotonic()
             wait_s = self._deadlines[0][0] - now if self._deadlines else self._timeout_s
             if wait_s > 0:
@@ -389,7 +397,7 @@ class _Run:
 
     def _succeeded(self, index: int) -> None:
         self.results[index] = True
-        if index < self._first_success:
+        if index < self._first_success and not self._every:
             # Candidates after the first success cannot matter: free their slots.
             for later in range(index + 1, self._first_success):
                 if self.results[later] is None:
@@ -483,11 +491,21 @@ class WindowedProber(abc.ABC):
             return len(self._runs)
 
     def __call__(self, candidates: Sequence[Address]) -> dict[Address, bool]:
-        # A server listed twice is probed once; the result is the same.
+        """Results up to the first candidate in order that answers (a rebalance's question)."""
         unique = list(dict.fromkeys(candidates))
+        return prefix_results(unique, self._probe(unique, every=False))
+
+    def every(self, candidates: Sequence[Address]) -> dict[Address, bool]:
+        """Every candidate's answer, all probed at once (``set_servers``' question)."""
+        unique = list(dict.fromkeys(candidates))
+        results = self._probe(unique, every=True)
+        return {addr: bool(result) for addr, result in zip(unique, results, strict=True)}
+
+    def _probe(self, unique: list[Address], *, every: bool) -> list[bool | None]:
+        # A server listed twice is probed once (the callers dedupe); the result is the same.
         with self._cond:
             if self._closed:
-                return dict.fromkeys(unique, False)
+                return [False] * len(unique)
             make_attempt = self._prepare()
             run = _Run(
                 unique,
@@ -495,6 +513,7 @@ class WindowedProber(abc.ABC):
                 window=self.window,
                 resolver=self._resolver,
                 make_attempt=make_attempt,
+                every=every,
             )
             self._runs.add(run)
         try:
@@ -515,7 +534,7 @@ class WindowedProber(abc.ABC):
                 run.refused_lookups,
                 self._resolver.max_lookups,
             )
-        return prefix_results(unique, results)
+        return results
 
     def close(self) -> None:
         """Stop pinging, from any thread; safe to call more than once.

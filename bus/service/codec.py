@@ -42,6 +42,7 @@ from rpcproxy.bus.wire import (
     OpRequest,
     Server,
     SetBackupServersOp,
+    SetServersOp,
 )
 from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address, Heartbeat, HeartbeatServer
 
@@ -165,8 +166,10 @@ class Decoder:
         self.max_servers = max_servers
         servers = Annotated[tuple[HeartbeatEntry, ...], Meta(max_length=max_servers)]
         addrs = Annotated[tuple[str, ...], Meta(max_length=max_servers)]
+        some_addrs = Annotated[tuple[str, ...], Meta(min_length=1, max_length=max_servers)]
         bounded: dict[type[Any], type[Any]] = {
             SetBackupServersOp: _bounded(SetBackupServersOp, addrs=addrs),
+            SetServersOp: _bounded(SetServersOp, addrs=some_addrs),
             HeartbeatOp: _bounded(HeartbeatOp, servers=servers),
         }
         request_type = functools.reduce(operator.or_, (bounded.get(t, t) for t in OP_REQUESTS))

@@ -38,6 +38,8 @@ from rpcproxy.actors import (
     Reply,
     ResetRebalanceTimer,
     SetBackups,
+    SetServers,
+    SetServersOutcome,
     Snapshot,
 )
 from rpcproxy.bus.service.codec import NO_ID, Decoder, RequestError, server_of, to_heartbeat
@@ -68,6 +70,8 @@ from rpcproxy.bus.wire import (
     ServersReply,
     SetBackupServersOp,
     SetBackupServersReply,
+    SetServersOp,
+    SetServersReply,
     Status,
     StatusOp,
 )
@@ -88,6 +92,7 @@ __all__ = [
     "ResetRebalanceTimerRequest",
     "ServersRequest",
     "SetBackupsRequest",
+    "SetServersRequest",
     "StatusRequest",
     "WriteOp",
     "decode_request",
@@ -154,6 +159,15 @@ class SetBackupsRequest(Struct, frozen=True):
     id: Any = NO_ID
 
 
+class SetServersRequest(Struct, frozen=True):
+    """``set_servers``: make the answering servers of ``addrs`` the primaries (all: ``force``)."""
+
+    op: ClassVar[Op] = Op.SET_SERVERS
+    addrs: tuple[Address, ...]
+    force: bool = False
+    id: Any = NO_ID
+
+
 class RemoveServerRequest(Struct, frozen=True):
     """``remove_server``: drop ``addr`` from every list."""
 
@@ -192,6 +206,7 @@ Request: TypeAlias = (
     | NotifyFailedRequest
     | AddPrimaryRequest
     | SetBackupsRequest
+    | SetServersRequest
     | RemoveServerRequest
     | HeartbeatRequest
     | RebalanceRequest
@@ -226,9 +241,9 @@ def validate(wire: OpRequest) -> Request:
         case AddPrimaryServerOp(addr=addr):
             return AddPrimaryRequest(_address(addr, rid), rid)
         case SetBackupServersOp(addrs=addrs):
-            return SetBackupsRequest(
-                tuple(_address(a, rid, f"addrs[{i}]") for i, a in enumerate(addrs)), rid
-            )
+            return SetBackupsRequest(_addresses(addrs, rid), rid)
+        case SetServersOp(addrs=addrs, force=force):
+            return SetServersRequest(_addresses(addrs, rid), force, rid)
         case RemoveServerOp(addr=addr):
             return RemoveServerRequest(_address(addr, rid), rid)
         case HeartbeatOp():
@@ -239,6 +254,10 @@ def validate(wire: OpRequest) -> Request:
             return ResetRebalanceTimerRequest(rid)
         case _:
             assert_never(wire)
+
+
+def _addresses(texts: tuple[str, ...], request_id: Any) -> tuple[Address, ...]:
+    return tuple(_address(a, request_id, f"addrs[{i}]") for i, a in enumerate(texts))
 
 
 def _address(text: str, request_id: Any, where: str | None = None) -> Address:
@@ -318,6 +337,7 @@ AnyWriteOp: TypeAlias = (
     | WriteOp[NotifyOutcome]
     | WriteOp[tuple[Address, ...]]
     | WriteOp[HeartbeatResult]
+    | WriteOp[SetServersOutcome]
     | WriteOp[RebalanceOutcome]
     | WriteOp[float]
 )
@@ -354,6 +374,8 @@ def plan(request: Request) -> ReadOp | AnyWriteOp:
             return _write(lambda r: AddPrimary(addr, r), _added)
         case SetBackupsRequest(addrs=addrs):
             return _write(lambda r: SetBackups(addrs, r), _backups, 1 + len(addrs))
+        case SetServersRequest(addrs=addrs, force=force):
+            return _write(lambda r: SetServers(addrs, force, r), _set_servers, 1 + len(addrs))
         case RemoveServerRequest(addr=addr):
             return _write(lambda r: RemoveServer(addr, r), RemoveServerReply)
         case HeartbeatRequest(heartbeat=heartbeat):
@@ -417,6 +439,10 @@ def _added(result: AddOutcome) -> AddPrimaryServerReply:
 
 def _backups(backups: tuple[Address, ...]) -> SetBackupServersReply:
     return SetBackupServersReply(_servers(backups))
+
+
+def _set_servers(result: SetServersOutcome) -> SetServersReply:
+    return SetServersReply(_servers(result.servers), _servers(result.dropped))
 
 
 def _heartbeat(result: HeartbeatResult) -> HeartbeatReply:

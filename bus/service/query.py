@@ -349,9 +349,10 @@ class QueryServer(SocketThread):
             if pending is None:
                 continue  # Already answered "unavailable" after its deadline.
             if isinstance(result, Refused):
-                # A bound (max_servers): bad input, and the actor changed nothing.
-                self._send_error(pending, ErrorCode.BAD_REQUEST, result.reason)
-                self._observe(ErrorCode.BAD_REQUEST.value, pending.started)
+                # A bound (max_servers), or nothing to act on: the actor changed nothing.
+                code = ErrorCode(result.kind)
+                self._send_error(pending, code, result.reason)
+                self._observe(code.value, pending.started)
                 continue
             reply = encode_reply(pending.request.id, result(), epoch, self.instance)
             self._send(pending.envelope, reply)

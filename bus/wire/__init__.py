@@ -4,101 +4,17 @@ The service's transport (:mod:`rpcproxy.bus.service`), the client library
 (:mod:`rpcproxy.bus.client`) and :mod:`rpcproxy.testing` import their op
 names and shapes, error codes, topics, endpoints and event reasons from here,
 so nothing can drift between them. :mod:`~rpcproxy.bus.wire.vocabulary`
-holds the words, :mod:`~rpcproxy.bus.wire.ops` each op's request and reply.
+holds the words, :mod:`~rpcproxy.bus.wire.ops` each op's request and reply;
+each module's ``__all__`` is the one list of its names, exported here whole.
 This package imports nothing of rpcproxy: a client process that imports it
 loads none of the service.
 """
 
-from rpcproxy.bus.wire.ops import (
-    OP_REQUESTS,
-    AddPrimaryServerOp,
-    AddPrimaryServerReply,
-    Event,
-    FindServerOp,
-    FindServerReply,
-    HeartbeatOp,
-    HeartbeatReply,
-    NotifyFailedServerOp,
-    NotifyFailedServerReply,
-    Op,
-    OpReply,
-    OpRequest,
-    PingOp,
-    PingReply,
-    Publisher,
-    RebalanceOp,
-    RebalanceReply,
-    RemoveServerOp,
-    RemoveServerReply,
-    ResetRebalanceTimerOp,
-    ResetRebalanceTimerReply,
-    Server,
-    ServersOp,
-    ServersReply,
-    SetBackupServersOp,
-    SetBackupServersReply,
-    Status,
-    StatusOp,
-)
-from rpcproxy.bus.wire.vocabulary import (
-    DEFAULT_EVENTS_ENDPOINT,
-    DEFAULT_HEARTBEAT_ENDPOINT,
-    DEFAULT_QUERY_ENDPOINT,
-    EVENT_TOPIC,
-    HEARTBEAT_TOPIC_PREFIX,
-    MAX_NAME_LEN,
-    PROTOCOL_VERSION,
-    ChangeReason,
-    ErrorCode,
-    HeartbeatEntry,
-    HeartbeatPayload,
-    Name,
-    Version,
-    heartbeat_topic,
-)
+from rpcproxy.bus.wire import ops as _ops
+from rpcproxy.bus.wire import vocabulary as _vocabulary
+from rpcproxy.bus.wire.ops import *  # noqa: F403 (ops.__all__ is the one list)
+from rpcproxy.bus.wire.vocabulary import *  # noqa: F403 (vocabulary.__all__ is the one list)
 
-__all__ = [
-    "DEFAULT_EVENTS_ENDPOINT",
-    "DEFAULT_HEARTBEAT_ENDPOINT",
-    "DEFAULT_QUERY_ENDPOINT",
-    "EVENT_TOPIC",
-    "HEARTBEAT_TOPIC_PREFIX",
-    "MAX_NAME_LEN",
-    "OP_REQUESTS",
-    "PROTOCOL_VERSION",
-    "AddPrimaryServerOp",
-    "AddPrimaryServerReply",
-    "ChangeReason",
-    "ErrorCode",
-    "Event",
-    "FindServerOp",
-    "FindServerReply",
-    "HeartbeatEntry",
-    "HeartbeatOp",
-    "HeartbeatPayload",
-    "HeartbeatReply",
-    "Name",
-    "NotifyFailedServerOp",
-    "NotifyFailedServerReply",
-    "Op",
-    "OpReply",
-    "OpRequest",
-    "PingOp",
-    "PingReply",
-    "Publisher",
-    "RebalanceOp",
-    "RebalanceReply",
-    "RemoveServerOp",
-    "RemoveServerReply",
-    "ResetRebalanceTimerOp",
-    "ResetRebalanceTimerReply",
-    "Server",
-    "ServersOp",
-    "ServersReply",
-    "SetBackupServersOp",
-    "SetBackupServersReply",
-    "Status",
-    "StatusOp",
-    "Version",
-    "heartbeat_topic",
-]
+__all__ = []
+__all__ += _ops.__all__
+__all__ += _vocabulary.__all__

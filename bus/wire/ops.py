@@ -51,6 +51,8 @@ __all__ = [
     "ServersReply",
     "SetBackupServersOp",
     "SetBackupServersReply",
+    "SetServersOp",
+    "SetServersReply",
     "Status",
     "StatusOp",
 ]
@@ -66,6 +68,7 @@ class Op(enum.StrEnum):
     NOTIFY_FAILED_SERVER = "notify_failed_server"
     ADD_PRIMARY_SERVER = "add_primary_server"
     SET_BACKUP_SERVERS = "set_backup_servers"
+    SET_SERVERS = "set_servers"
     REMOVE_SERVER = "remove_server"
     HEARTBEAT = "heartbeat"
     REBALANCE = "rebalance"
@@ -167,6 +170,15 @@ class SetBackupServersOp(_Query, frozen=True, tag=Op.SET_BACKUP_SERVERS.value):
     addrs: tuple[str, ...]
 
 
+class SetServersOp(_Query, frozen=True, tag=Op.SET_SERVERS.value):
+    """``set_servers``: replace the primaries with those of ``addrs`` that answer a probe."""
+
+    # Bounded to 1..max_servers in the copy each of the service's decoders makes.
+    addrs: tuple[str, ...]
+    force: bool = False
+    """Keep every address, probing none."""
+
+
 class RemoveServerOp(_Query, frozen=True, tag=Op.REMOVE_SERVER.value):
     """``remove_server``: drop ``addr`` from every list."""
 
@@ -198,6 +210,7 @@ OpRequest: TypeAlias = (
     | NotifyFailedServerOp
     | AddPrimaryServerOp
     | SetBackupServersOp
+    | SetServersOp
     | RemoveServerOp
     | HeartbeatOp
     | RebalanceOp
@@ -242,6 +255,13 @@ class SetBackupServersReply(Struct, frozen=True):
     """The new backup list."""
 
 
+class SetServersReply(Struct, frozen=True):
+    servers: list[Server]
+    """The new primaries."""
+    dropped: list[Server]
+    """The addresses left out because they did not answer."""
+
+
 class RemoveServerReply(Struct, frozen=True):
     removed: bool
 
@@ -268,6 +288,7 @@ OpReply: TypeAlias = (
     | NotifyFailedServerReply
     | AddPrimaryServerReply
     | SetBackupServersReply
+    | SetServersReply
     | RemoveServerReply
     | HeartbeatReply
     | RebalanceReply

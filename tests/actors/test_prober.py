@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 
@@ -26,6 +26,43 @@ def test_answers_are_told_back_with_the_token() -> None:
     assert inbox.wait_count(1, TIMEOUT)
     assert received(target, inbox) == [ProbeResults(7, {A: False, B: True, C: False})]
     assert prober.calls == [(A, B, C)]
+
+
+class EveryProber(FakeProber):
+    """A prober with ``every``, as the transport's are: records which question was asked."""
+
+    def __init__(self, live: tuple[Address, ...]) -> None:
+        super().__init__(live)
+        self.every_calls: list[tuple[Address, ...]] = []
+
+    def every(self, candidates: Sequence[Address]) -> Mapping[Address, bool]:
+        self.every_calls.append(tuple(candidates))
+        return {c: c in (B, C) for c in candidates}
+
+
+def test_a_probe_of_every_candidate_asks_every_once() -> None:
+    target, inbox = start_recorder()
+    prober = EveryProber((B, C))
+    actor = ProberActor.start(prober, target)
+
+    actor.tell(ProbeCandidates(8, (A, B, C), every=True))
+
+    assert inbox.wait_count(1, TIMEOUT)
+    assert received(target, inbox) == [ProbeResults(8, {A: False, B: True, C: True})]
+    assert prober.every_calls == [(A, B, C)]
+    assert prober.calls == []
+
+
+def test_a_prober_without_every_is_asked_one_candidate_at_a_time() -> None:
+    target, inbox = start_recorder()
+    prober = FakeProber((A, C))
+    actor = ProberActor.start(prober, target)
+
+    actor.tell(ProbeCandidates(9, (A, B, C), every=True))
+
+    assert inbox.wait_count(1, TIMEOUT)
+    assert received(target, inbox) == [ProbeResults(9, {A: True, B: False, C: True})]
+    assert prober.calls == [(A,), (B,), (C,)]
 
 
 def test_a_raising_prober_reports_nobody_answered_and_survives(

@@ -181,6 +181,7 @@ def test_ops_and_read_only_ops() -> None:
         "notify_failed_server",
         "add_primary_server",
         "set_backup_servers",
+        "set_servers",
         "remove_server",
         "heartbeat",
         "rebalance",
@@ -193,6 +194,7 @@ _OP_KEYS: dict[str, dict[str, Any]] = {
     "notify_failed_server": {"addr": "10.0.0.1:4647"},
     "add_primary_server": {"addr": "10.0.0.1:4647"},
     "set_backup_servers": {"addrs": ["10.0.0.1:4647"]},
+    "set_servers": {"addrs": ["10.0.0.1:4647"]},
     "remove_server": {"addr": "10.0.0.1:4647"},
     "heartbeat": {"servers": [], "num_nodes": 1, "leader_rpc_addr": ""},
 }
@@ -367,8 +369,11 @@ def test_a_larger_max_servers_accepts_longer_lists() -> None:
 
 def test_a_decoder_answers_every_op_like_the_default_one() -> None:
     decoder = Decoder(max_servers=5)
-    for op in sorted(OPS - {"heartbeat", "set_backup_servers"}):
+    for op in sorted(OPS - {"heartbeat", "set_backup_servers", "set_servers"}):
         frame = pack({"op": op, "addr": "a", "id": op})
+        assert decode_request(frame, decoder) == decode_request(frame)
+    for op in ("set_backup_servers", "set_servers"):
+        frame = pack({"op": op, "addrs": ["a", "b"], "id": op})
         assert decode_request(frame, decoder) == decode_request(frame)
     with pytest.raises(ValueError, match="at least 1"):
         Decoder(max_servers=0)

@@ -720,3 +720,23 @@ def test_tcp_returns_early_when_the_first_answers(
     result, elapsed = timed(TcpProber(timeout_s=NEVER_S), [live, *blackholes(3)])
     assert result == {live: True}
     assert elapsed < NEVER_S / 2
+
+
+def test_every_answers_for_each_candidate_past_the_first_success(
+    listeners: Callable[..., socket.socket],
+) -> None:
+    """set_servers' question: every candidate's answer, not a prefix."""
+    first, second = tcp_addr(listeners(8)), tcp_addr(listeners(8))
+    [gone, also_gone] = dead(2)
+    cands = [first, gone, second, also_gone, first]
+    with TcpProber(timeout_s=2.0) as prober:
+        assert prober.every(cands) == {first: True, gone: False, second: True, also_gone: False}
+        # The rebalance's question, on the same candidates, stops at the first.
+        assert prober(cands) == {first: True}
+
+
+def test_every_on_a_closed_prober_fails_them_all(listeners: Callable[..., socket.socket]) -> None:
+    live = tcp_addr(listeners())
+    prober = TcpProber(timeout_s=2.0)
+    prober.close()
+    assert prober.every([live]) == {live: False}

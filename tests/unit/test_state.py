@@ -21,6 +21,7 @@ from rpcproxy.proxy import (
     notify_failed,
     remove_server,
     set_backups,
+    set_primaries,
 )
 
 from ._helpers import addr, addrs, canon, server_names, with_backups, with_primaries
@@ -257,6 +258,33 @@ def test_set_backups_never_removes_a_primary() -> None:
     state = set_backups(state, ())
     assert canon(state) == ["a:4647", "b:4647"]
     assert state.primaries == addrs("a", "b")
+
+
+def test_set_primaries_replaces_them_at_once() -> None:
+    """An operator's set_servers: kept primaries keep their places, the rest leave or join."""
+    state = set_backups(with_primaries(["a", "b", "c"]), addrs("x", "b"))
+    state = notify_failed(state, addr("a"))[0]  # b, c, x, a
+    assert canon(state) == ["b:4647", "c:4647", "x:4647", "a:4647"]
+    state = set_primaries(state, addrs("c", "d", "a", "d"))
+    assert state.primaries == addrs("c", "d", "a")
+    assert state.backups == addrs("x", "b")
+    # b, now backup-only, stays where it was; c and a stay primaries and keep
+    # their places; d is new and stands before the first backup-only server,
+    # here b at the head (Words: backups behind every primary that joins).
+    assert canon(state) == ["d:4647", "b:4647", "c:4647", "x:4647", "a:4647"]
+    check_invariant(state)
+    # A server that was only a primary leaves at once.
+    state = set_primaries(state, addrs("d"))
+    assert canon(state) == ["d:4647", "b:4647", "x:4647"]
+    check_invariant(state)
+
+
+def test_set_primaries_beyond_max_servers_is_refused() -> None:
+    state = set_backups(with_primaries(["a"]), addrs("x"))
+    with pytest.raises(TooManyServersError, match=r"3 servers, more than max_servers \(2\)"):
+        set_primaries(state, addrs("b", "c"), max_servers=2)
+    # A backup named as a primary counts once.
+    assert canon(set_primaries(state, addrs("x", "b"), max_servers=2)) == ["x:4647", "b:4647"]
 
 
 def test_state_is_immutable() -> None:
