@@ -39,6 +39,7 @@ from rpcproxy.bus.service.curve import (
     load_key_pair,
 )
 from rpcproxy.bus.service.events import EventPublisher
+from rpcproxy.bus.service.health import health_routes
 from rpcproxy.bus.service.heartbeats import HeartbeatListener
 from rpcproxy.bus.service.metrics import Metrics, MetricsServer
 from rpcproxy.bus.service.nomad_http import NomadApiSettings, NomadBridge, NomadFetcher, make_client
@@ -199,7 +200,6 @@ def prober_from(config: Config) -> WindowedProber:
 
 STOP_ORDER = (
     # Input first, so nothing new reaches the actors while they stop.
-    "metrics HTTP front",
     "nomad API bridge",
     "heartbeat socket",
     # Answers what is still pending with ``unavailable``.
@@ -212,6 +212,8 @@ STOP_ORDER = (
     # After the proxy, so its last change is the one written.
     "state persister",
     "events publisher",
+    # Late: /healthz and /readyz answer "stopping" while the rest stops.
+    "metrics HTTP front",
     "CURVE authenticator",
     # Stopped by the proxy actor, which logged any it gave up on.
     "rebalance timer",
@@ -240,6 +242,7 @@ class ProxyService:
         self._query: QueryServer | None = None
         self._heartbeats: HeartbeatListener | None = None
         self._stale_warned = False
+        self._stopping = False
         self._started_at = time.monotonic()
         self.events_endpoint = ""
 
@@ -389,7 +392,12 @@ class ProxyService:
     def _start_metrics_server(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         try:
-            server = MetricsServer(self.metrics.registry, host, int(port))
+            server = MetricsServer(
+                self.metrics.registry,
+                host,
+                int(port),
+                routes=health_routes(self.box, self.stopping),
+            )
         except OSError as exc:
             raise OSError(f"metrics: cannot listen on {listen}: {exc}") from exc
         server.start()
@@ -463,6 +471,10 @@ class ProxyService:
         self._stale_warned = stale
         return self.dead_parts()
 
+    def stopping(self) -> bool:
+        """Whether it is stopping, or about to (a part died): what ``/healthz`` reports."""
+        return self._stopping or bool(self.dead_parts())
+
     def dead_parts(self) -> list[str]:
         """Names of parts that should be running but are not, in start order."""
         return self._parts.dead()
@@ -482,6 +494,7 @@ class ProxyService:
         Returns:
             The parts that had not stopped in time.
         """
+        self._stopping = True
         late = self._parts.stop(timeout_s)
         if self._context is not None:
             if late:

@@ -211,7 +211,7 @@ class MetricsServer:
     every connection without blocking and hands complete requests to two
     workers, so idle and slow peers cost a descriptor each (at most
     ``max_connections``, the oldest evicted first), never a thread, and never
-    the scrape. Other paths are 404.
+    the scrape. Paths without a route are 404.
 
     Args:
         registry: what a scrape shows (``generate_latest`` of it, or
@@ -221,8 +221,8 @@ class MetricsServer:
         max_connections: connections open at once.
         idle_timeout_s: how long a connection may stay silent before its request is in.
         request_deadline_s: how long one connection may last.
-        routes: more paths to serve beside ``/metrics``: where the health
-            checks (``/healthz``, ``/readyz``) will go.
+        routes: more paths to serve beside ``/metrics`` (``serve`` adds the
+            health checks of :mod:`~rpcproxy.bus.service.health`).
     """
 
     def __init__(

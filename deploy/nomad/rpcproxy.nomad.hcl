@@ -60,6 +60,10 @@ job "rpcproxy" {
         static       = 4652
         host_network = "loopback"
       }
+      port "metrics" {
+        static       = 4653
+        host_network = "loopback"
+      }
     }
 
     restart {
@@ -76,14 +80,16 @@ job "rpcproxy" {
       provider = "nomad"
       port     = "query"
 
-      # Nomad's own service checks are http or tcp. The query port answers
-      # only while serve runs (it exits rather than run half-dead), so a
-      # connect is enough; with Consul, a script check can make a real
-      # request instead: command = "rpcproxy", args = ["ping", "--query",
-      # "tcp://127.0.0.1:4650", "--timeout", "1"].
+      # Liveness, not readiness: /healthz answers 200 while every part of
+      # serve runs, and still does when the cluster is down (then /readyz
+      # says not_ready): restarting the proxy would not bring the servers
+      # back, only drop its state, so a restart loop must not follow an
+      # outage. /readyz is for whoever routes clients to this proxy.
       check {
-        name     = "rpcproxy query socket"
-        type     = "tcp"
+        name     = "rpcproxy alive"
+        type     = "http"
+        port     = "metrics"
+        path     = "/healthz"
         interval = "10s"
         timeout  = "2s"
 
@@ -114,6 +120,7 @@ job "rpcproxy" {
         RPCPROXY_QUERY          = "tcp://127.0.0.1:${NOMAD_PORT_query}"
         RPCPROXY_HEARTBEAT_BIND = "tcp://127.0.0.1:${NOMAD_PORT_heartbeat}"
         RPCPROXY_EVENTS         = "tcp://127.0.0.1:${NOMAD_PORT_events}"
+        RPCPROXY_METRICS        = "127.0.0.1:${NOMAD_PORT_metrics}"
       }
 
       resources {

@@ -372,8 +372,8 @@ def test_a_decoder_answers_every_op_like_the_default_one() -> None:
     for op in sorted(OPS - {"heartbeat", "set_backup_servers", "set_servers"}):
         frame = pack({"op": op, "addr": "a", "id": op})
         assert decode_request(frame, decoder) == decode_request(frame)
-    for op in ("set_backup_servers", "set_servers"):
-        frame = pack({"op": op, "addrs": ["a", "b"], "id": op})
+    for listing in ("set_backup_servers", "set_servers"):
+        frame = pack({"op": listing, "addrs": ["a", "b"], "id": listing})
         assert decode_request(frame, decoder) == decode_request(frame)
     with pytest.raises(ValueError, match="at least 1"):
         Decoder(max_servers=0)

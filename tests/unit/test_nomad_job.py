@@ -59,6 +59,7 @@ def test_it_follows_the_nodes_own_agent() -> None:
     assert env["RPCPROXY_QUERY"] == "tcp://127.0.0.1:${NOMAD_PORT_query}"
     assert env["RPCPROXY_HEARTBEAT_BIND"] == "tcp://127.0.0.1:${NOMAD_PORT_heartbeat}"
     assert env["RPCPROXY_EVENTS"] == "tcp://127.0.0.1:${NOMAD_PORT_events}"
+    assert env["RPCPROXY_METRICS"] == "127.0.0.1:${NOMAD_PORT_metrics}"
 
 
 def test_static_loopback_ports_and_a_health_check() -> None:
@@ -69,10 +70,12 @@ def test_static_loopback_ports_and_a_health_check() -> None:
         "query": 4650,
         "heartbeat": 4651,
         "events": 4652,
+        "metrics": 4653,
     }
     assert {port["host_network"] for port in ports.values()} == {"loopback"}
     service = only(group["service"])
     assert service["port"] == "query"
     check = only(service["check"])
-    assert check["type"] in {"tcp", "script"}
+    # Liveness over HTTP (section 11): a proxy whose cluster is down is alive.
+    assert (check["type"], check["port"], check["path"]) == ("http", "metrics", "/healthz")
     assert check["interval"] and check["timeout"]
