@@ -11,10 +11,11 @@ from rpcproxy.actors.core import ProxyCore, ProxySettings
 from rpcproxy.actors.messages import *  # noqa: F403 (the vocabulary's __all__ is the one list)
 from rpcproxy.actors.prober import Prober, ProberActor
 from rpcproxy.actors.proxy_actor import ProxyActor
-from rpcproxy.actors.snapshot import Snapshot, SnapshotBox
+from rpcproxy.actors.snapshot import DiscoveryInfo, Snapshot, SnapshotBox
 from rpcproxy.actors.timer import TimerActor
 
 __all__ = [
+    "DiscoveryInfo",
     "Prober",
     "ProberActor",
     "ProxyActor",

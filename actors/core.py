@@ -28,6 +28,7 @@ from rpcproxy.actors.messages import (
     ActiveServerChanged,
     AddOutcome,
     AddPrimary,
+    ApplyDiscovery,
     ApplyHeartbeat,
     ApplyHeartbeats,
     ChangeReason,
@@ -49,7 +50,7 @@ from rpcproxy.actors.messages import (
     SetServers,
     SetServersOutcome,
 )
-from rpcproxy.actors.snapshot import PublisherInfo, Snapshot, SnapshotBox
+from rpcproxy.actors.snapshot import DiscoveryInfo, PublisherInfo, Snapshot, SnapshotBox
 from rpcproxy.log_gate import PeerLog
 from rpcproxy.proxy import (
     DEFAULT_MAX_SERVERS,
@@ -165,6 +166,7 @@ class ProxyCore:
         self._setting_servers: dict[int, _SettingServers] = {}
         # Set by each rebalance that probed; one that probed nothing leaves it.
         self._offline = False
+        self._discovery: DiscoveryInfo | None = None
         # One heartbeat's worth of names: no more can be new at once.
         self._mismatch_throttle = Throttle(
             settings.api_mismatch_log_interval_s, max_keys=settings.max_servers
@@ -256,6 +258,8 @@ class ProxyCore:
                     self._set_servers(addrs, dict.fromkeys(addrs, True), reply)
                 else:
                     self._probe_servers_to_set(addrs, reply)
+            case ApplyDiscovery(source, addrs, reply):
+                _answer(reply, self._apply_discovery(source, addrs))
             case RemoveServer(addr, reply):
                 state, removed = remove_server(self._state, addr)
                 self._commit(state, "removed")
@@ -302,6 +306,36 @@ class ProxyCore:
             return
         self._commit(state, "backup")
         _answer(reply, self._state.backups)
+
+    def _apply_discovery(self, source: str, addrs: tuple[Address, ...]) -> bool:
+        """Found servers become the backups (section 10); whether the backups changed.
+
+        When they changed while the proxy is offline or has no primaries, a
+        rebalance starts at once: a client waiting on a dead list moves to a
+        live server without waiting for the timer.
+        """
+        room = self._settings.max_servers - len(self._state.primaries)
+        if len(addrs) > room:
+            # The primaries come first; a discovery never takes their place.
+            log.warning(
+                "discovery (%s) found %d servers; %d fit beside %d primaries under max_servers",
+                source,
+                len(addrs),
+                max(room, 0),
+                len(self._state.primaries),
+            )
+            addrs = addrs[: max(room, 0)]
+        state = set_backups(self._state, addrs)
+        changed = state.backups != self._state.backups
+        self._discovery = DiscoveryInfo(source, len(addrs), self._clock())
+        if state is self._state:
+            self._publish()  # the discovery's record, though the lists are unchanged
+        else:
+            self._commit(state, "backup")
+        if changed and (self._offline or not self._state.primaries):
+            log.info("discovery (%s) changed the backups: rebalancing now", source)
+            self._start_rebalance(None)
+        return changed
 
     def _probe_servers_to_set(
         self, addrs: tuple[Address, ...], reply: Reply[SetServersOutcome | Refused]
@@ -535,6 +569,7 @@ class ProxyCore:
                 ),
                 offline=self._offline,
                 epoch=self._epoch,
+                discovery=self._discovery,
             )
         )
 

@@ -28,6 +28,7 @@ __all__ = [
     "ActiveServerChanged",
     "AddOutcome",
     "AddPrimary",
+    "ApplyDiscovery",
     "ApplyHeartbeat",
     "ApplyHeartbeats",
     "ChangeReason",
@@ -205,6 +206,20 @@ class SetServers:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyDiscovery:
+    """Servers a discovery found (docs/protocol.md section 10): they replace the backups.
+
+    Never empty (a discovery that finds nobody changes nothing, and is not
+    sent). Answered whether the backups changed; when they did while the
+    proxy is offline or has no primaries, a rebalance starts at once.
+    """
+
+    source: str
+    addrs: tuple[Address, ...]
+    reply: Reply[bool] = no_reply
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveServer:
     """Answered whether the server was a member (of either list)."""
 
@@ -302,6 +317,7 @@ ProxyRequest: TypeAlias = (
     | AddPrimary
     | SetBackups
     | SetServers
+    | ApplyDiscovery
     | RemoveServer
     | ApplyHeartbeat
     | ApplyHeartbeats

@@ -24,6 +24,16 @@ class PublisherInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveryInfo:
+    """The last discovery that found servers (docs/protocol.md section 10)."""
+
+    source: str
+    found: int
+    at: float
+    """``time.monotonic()`` when its servers were applied."""
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """One published version of the state.
 
@@ -40,6 +50,7 @@ class Snapshot:
         epoch: how many times the active server has changed since start
             (docs/protocol.md sections 1 and 5); replies carry it, so a
             client can tell which view it holds.
+        discovery: the last discovery that found servers, or None.
     """
 
     state: ProxyState
@@ -49,6 +60,7 @@ class Snapshot:
     publishers: tuple[PublisherInfo, ...] = ()
     offline: bool = False
     epoch: int = 0
+    discovery: DiscoveryInfo | None = None
 
 
 class SnapshotBox:

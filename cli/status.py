@@ -65,6 +65,12 @@ def render_status(status: Status, label: Callable[[str], str] = str) -> str:
         lines.append("offline: yes (no server answered the last rebalance's pings)")
     else:
         lines.append("offline: no")
+    if status.discovery is not None:
+        found = status.discovery
+        lines.append(
+            f"discovery: {found.found} servers from {found.source}, "
+            f"{format_duration(found.age_s)} ago"
+        )
     return "\n".join(lines)
 
 

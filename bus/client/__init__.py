@@ -28,7 +28,7 @@ from rpcproxy.bus.client._results import (
 )
 from rpcproxy.bus.client._transport import AsyncTransport, Transport
 from rpcproxy.bus.net.keys import CurveClient, CurveError
-from rpcproxy.bus.wire import HeartbeatEntry, Publisher, Server, Status
+from rpcproxy.bus.wire import Discovery, HeartbeatEntry, Publisher, Server, Status
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -38,6 +38,7 @@ __all__ = [
     "BadRequestError",
     "CurveClient",
     "CurveError",
+    "Discovery",
     "HeartbeatEntry",
     "ProtocolError",
     "ProxyClient",

@@ -24,6 +24,12 @@ from prometheus_client.registry import Collector
 
 from rpcproxy.actors import HeartbeatKind, RebalanceKind, SnapshotBox
 from rpcproxy.actors.messages import HEARTBEAT_KINDS, REBALANCE_KINDS
+from rpcproxy.bus.service.discovery.source import (
+    DISCOVERY_RESULTS,
+    SOURCE_NAMES,
+    DiscoveryResult,
+    SourceName,
+)
 from rpcproxy.bus.service.http_front import HttpFront
 from rpcproxy.bus.service.http_wire import Request, Response, Route
 
@@ -107,6 +113,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.discoveries = Counter(
+            "rpcproxy_discoveries",
+            "Discoveries of servers (section 10) by source and result: found, empty, failed",
+            ["source", "result"],
+            registry=r,
+        )
         # Every label exists from the start, so a scrape shows zeros, not gaps.
         self._rebalances = {result: self.rebalances.labels(result) for result in REBALANCE_KINDS}
         self._heartbeats = {
@@ -114,6 +126,11 @@ class Metrics:
         }
         self._rejected = {
             reason: self.heartbeats_rejected.labels(reason) for reason in HEARTBEAT_REJECTIONS
+        }
+        self._discoveries = {
+            (source, result): self.discoveries.labels(source, result)
+            for source in SOURCE_NAMES
+            for result in DISCOVERY_RESULTS
         }
 
     # ActorCounters -------------------------------------------------------------
@@ -137,6 +154,10 @@ class Metrics:
     def rejected(self, reason: HeartbeatRejection, count: int = 1) -> None:
         """``count`` heartbeats were dropped before the state, for ``reason``."""
         self._rejected[reason].inc(count)
+
+    def discovered(self, source: SourceName, result: DiscoveryResult) -> None:
+        """One source asked by a discovery, and how it ended."""
+        self._discoveries[source, result].inc()
 
     def watch(self, box: SnapshotBox, clock: Callable[[], float] = time.monotonic) -> None:
         """Export what ``box``'s snapshots say, computed at each scrape."""

@@ -27,6 +27,7 @@ from rpcproxy.actors import (
     AddOutcome,
     AddPrimary,
     ApplyHeartbeat,
+    DiscoveryInfo,
     HeartbeatResult,
     NotifyFailed,
     NotifyOutcome,
@@ -46,6 +47,7 @@ from rpcproxy.bus.service.codec import NO_ID, Decoder, RequestError, server_of, 
 from rpcproxy.bus.wire import (
     AddPrimaryServerOp,
     AddPrimaryServerReply,
+    Discovery,
     ErrorCode,
     FindServerOp,
     FindServerReply,
@@ -413,7 +415,14 @@ def _status(snapshot: Snapshot, now: float) -> Status:
         heartbeat_age_s=_age(snapshot.last_heartbeat_at, now),
         publishers=[Publisher(p.name, p.seq, _age(p.heard_at, now)) for p in snapshot.publishers],
         offline=snapshot.offline,
+        discovery=_discovery(snapshot.discovery, now),
     )
+
+
+def _discovery(found: DiscoveryInfo | None, now: float) -> Discovery | None:
+    if found is None:
+        return None
+    return Discovery(found.source, found.found, max(0.0, now - found.at))
 
 
 _PING: Final = ReadOp(lambda _s, _now: PingReply(pong=True), per_snapshot=True)

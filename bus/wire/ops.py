@@ -27,6 +27,7 @@ __all__ = [
     "OP_REQUESTS",
     "AddPrimaryServerOp",
     "AddPrimaryServerReply",
+    "Discovery",
     "Event",
     "FindServerOp",
     "FindServerReply",
@@ -101,6 +102,18 @@ class Publisher:
 
 
 @dataclass(frozen=True, slots=True)
+class Discovery:
+    """The last discovery that found servers (``status``'s ``discovery``, section 10)."""
+
+    source: str
+    """``consul`` or ``dns``."""
+    found: int
+    """How many servers it found (they became the backups)."""
+    age_s: float
+    """Seconds since it ran."""
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """The ``status`` reply: everything at once.
 
@@ -120,6 +133,8 @@ class Status:
     publishers: list[Publisher] = field(default_factory=list)
     offline: bool = False
     """No server answered the last rebalance's pings (False from proxies without it)."""
+    discovery: Discovery | None = None
+    """The last discovery that found servers; None before one did (or from older proxies)."""
 
 
 # --------------------------------------------------------------------------

@@ -11,11 +11,21 @@ from rpcproxy.bus.service.discovery.names import (
     parse_dns_name,
     parse_nameserver,
 )
-from rpcproxy.bus.service.discovery.source import DiscoveryError, DiscoverySource, SourceName
+from rpcproxy.bus.service.discovery.source import (
+    DISCOVERY_RESULTS,
+    SOURCE_NAMES,
+    DiscoveryError,
+    DiscoveryResult,
+    DiscoverySource,
+    SourceName,
+)
 
 __all__ = [
     "DEFAULT_DNS_PORT",
+    "DISCOVERY_RESULTS",
+    "SOURCE_NAMES",
     "DiscoveryError",
+    "DiscoveryResult",
     "DiscoverySource",
     "DnsName",
     "Nameserver",

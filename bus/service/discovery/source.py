@@ -7,14 +7,27 @@ flight return (or raise) at once, so ``serve`` stops within its budget.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, TypeAlias
+from typing import Literal, Protocol, TypeAlias, get_args
 
 from rpcproxy.proxy import Address
 
-__all__ = ["DiscoveryError", "DiscoverySource", "SourceName"]
+__all__ = [
+    "DISCOVERY_RESULTS",
+    "SOURCE_NAMES",
+    "DiscoveryError",
+    "DiscoveryResult",
+    "DiscoverySource",
+    "SourceName",
+]
 
 SourceName: TypeAlias = Literal["consul", "dns"]
 """The ``source`` of ``status``'s ``discovery`` and of the metrics' label."""
+
+DiscoveryResult: TypeAlias = Literal["found", "empty", "failed"]
+"""How one source's discovery ended (the ``result`` label of ``rpcproxy_discoveries``)."""
+
+SOURCE_NAMES: tuple[SourceName, ...] = get_args(SourceName)
+DISCOVERY_RESULTS: tuple[DiscoveryResult, ...] = get_args(DiscoveryResult)
 
 
 class DiscoveryError(Exception):
