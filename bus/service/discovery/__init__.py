@@ -4,6 +4,7 @@ Sources (Consul's catalog, DNS) are asked from a part of ``serve`` of its
 own, never from the actor's thread; what they find replaces the backups.
 """
 
+from rpcproxy.bus.service.discovery.consul import ConsulSettings, ConsulSource
 from rpcproxy.bus.service.discovery.names import (
     DEFAULT_DNS_PORT,
     DnsName,
@@ -15,6 +16,8 @@ from rpcproxy.bus.service.discovery.source import DiscoveryError, DiscoverySourc
 
 __all__ = [
     "DEFAULT_DNS_PORT",
+    "ConsulSettings",
+    "ConsulSource",
     "DiscoveryError",
     "DiscoverySource",
     "DnsName",
