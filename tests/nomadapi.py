@@ -90,6 +90,29 @@ def gzip_of_zeros(size: int) -> bytes:
     return header + segment * whole + tail + trailer
 
 
+def wait_for_hangup(connection: socket.socket, seconds: float, closing: threading.Event) -> bool:
+    """Wait up to ``seconds`` for the client of ``connection`` to hang up: True when it did.
+
+    Ends early (False) when ``closing`` is set. Looks in slices of 50 ms, to
+    see ``closing`` too, and never reads what the client sent.
+    """
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0 and not closing.is_set():
+        readable, _, _ = select.select([connection], [], [], min(left, 0.05))
+        if readable and not _peek(connection):
+            return True
+    return False
+
+
+def _peek(connection: socket.socket) -> bytes:
+    """What the client sent next, without reading it; b"" when it hung up."""
+    try:
+        peeked: bytes = connection.recv(1, socket.MSG_PEEK)
+    except OSError:  # a reset: the client closed with our bytes unread
+        return b""
+    return peeked
+
+
 class NomadFixture:
     """What the fixture serves; tests change it between polls.
 
@@ -193,22 +216,10 @@ def nomad_api(
 
         def wait_hangup(self, seconds: float) -> bool:
             """Wait ``seconds``; True (early) when the client hangs up or the fixture closes."""
-            until = time.monotonic() + seconds
-            while (left := until - time.monotonic()) > 0 and not state.closing.is_set():
-                # Slices of 50 ms, to see the fixture closing as well.
-                readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
-                if readable and not self.peek():
-                    state.hangups.append(time.monotonic())
-                    return True
+            if wait_for_hangup(self.connection, seconds, state.closing):
+                state.hangups.append(time.monotonic())
+                return True
             return state.closing.is_set()
-
-        def peek(self) -> bytes:
-            """What the client sent next, without reading it; b"" when it hung up."""
-            try:
-                peeked: bytes = self.connection.recv(1, socket.MSG_PEEK)
-            except OSError:  # a reset: the client closed with our bytes unread
-                return b""
-            return peeked
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

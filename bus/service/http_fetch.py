@@ -15,24 +15,29 @@ through this layer, on one maintained client (httpx) with every bound:
   (:func:`~.http_fetch_body.read_body`), so a small compressed body cannot
   grow into a large one in memory;
 * every failure is a :class:`FetchError` of a fixed ``kind``, so a poller
-  can rate-limit its warnings per kind.
+  can rate-limit its warnings per kind;
+* a body is validated whole with msgspec before anything is taken from it
+  (:meth:`HttpFetcher.get_decoded`), and an API's refusal of its token is
+  logged once, naming where the token is set (:class:`TokenRefusals`).
 
 :func:`make_fetch_client` builds the client (TLS, headers) and
-:class:`HttpFetcher` fetches with it; what a source asks for, and how it
-decodes the answer, is the source's.
+:class:`HttpFetcher` fetches with it; what a source asks for, and the
+shapes it decodes the answers with, are the source's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpcore
 import httpx
+import msgspec
 
 from rpcproxy.bus.service.http_fetch_body import BodyError, read_body
 from rpcproxy.bus.service.http_fetch_network import StoppableNetwork
@@ -45,6 +50,7 @@ __all__ = [
     "FetchClient",
     "FetchError",
     "HttpFetcher",
+    "TokenRefusals",
     "fetch_deadline",
     "make_fetch_client",
 ]
@@ -57,6 +63,8 @@ MIN_FETCH_DEADLINE_S = 2.0
 
 MAX_FETCH_DEADLINE_S = 10.0
 """The longest bound on a whole fetch, whatever the interval (see :func:`fetch_deadline`)."""
+
+_T = TypeVar("_T")
 
 
 class FetchError(Exception):
@@ -384,6 +392,61 @@ class HttpFetcher:
                 raise _fetch_error(path, exc, deadline_s) from exc
             finally:
                 response.close()
+
+    def get_decoded(
+        self,
+        path: str,
+        decoder: msgspec.json.Decoder[_T],
+        params: Mapping[str, str] | None = None,
+        *,
+        deadline_s: float | None = None,
+    ) -> _T:
+        """:meth:`get`'s body decoded by ``decoder``, its shape validated whole.
+
+        The decoder's type is the source's (with its bounds, ``max_length``
+        on a list, say); nothing is taken from a body that does not fit it.
+
+        Raises:
+            FetchError: as :meth:`get`'s; of kind "shape" when the body is
+                not JSON of the decoder's type.
+        """
+        body = self.get(path, params, deadline_s=deadline_s)
+        try:
+            return decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise FetchError(f"GET {path}: {exc}", kind="shape") from exc
+
+
+class TokenRefusals:
+    """An API's refusals of its token (401 or 403), logged once as an error.
+
+    A refused token is the operator's to fix, not a passing fault of the
+    API: one error line says so, naming where the token is set, and the
+    retries that follow add nothing to the log. Never the token's value:
+    no :class:`FetchError` message holds a header.
+
+    Args:
+        logger: where the line goes.
+        api: the API, as the line starts ("nomad API").
+        token_source: where the token is set ("NOMAD_TOKEN / --token").
+    """
+
+    def __init__(self, logger: logging.Logger, api: str, token_source: str) -> None:
+        self._logger = logger
+        self._api = api
+        self._token_source = token_source
+        self._logged = False
+
+    def check(self, exc: FetchError) -> bool:
+        """Whether ``exc`` is a refusal of the token; the first one is logged."""
+        if exc.status not in (401, 403):
+            return False
+        if not self._logged:
+            self._logged = True
+            self._logger.error(
+                "%s refused the ACL token (%s): %s", self._api, self._token_source, exc
+            )
+        return True
 
 
 def _fetch_error(path: str, exc: Exception, deadline_s: float) -> FetchError:

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from rpcproxy.actors import HeartbeatKind, RebalanceKind, SnapshotBox
 from rpcproxy.actors.messages import HEARTBEAT_KINDS, REBALANCE_KINDS
-from rpcproxy.bus.service.discovery.source import (
+from rpcproxy.bus.service.discovery import (
     DISCOVERY_RESULTS,
     SOURCE_NAMES,
     DiscoveryResult,

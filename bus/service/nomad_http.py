@@ -22,11 +22,12 @@ the three endpoints and their shapes, the poller and the bridge.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
@@ -43,6 +44,7 @@ from rpcproxy.bus.service.http_fetch import (
     FetchClient,
     FetchError,
     HttpFetcher,
+    TokenRefusals,
     fetch_deadline,
     make_fetch_client,
 )
@@ -270,23 +272,17 @@ class NomadFetcher:
             NomadApiError: no answer, a status other than 200, a body too
                 long, badly encoded or not all in by the deadline.
         """
-        try:
+        with _as_nomad_api_error():
             return self._http.get(path, params, deadline_s=deadline_s)
-        except FetchError as exc:
-            # Raised from what the fetch's error was raised from (the httpx
-            # error, or nothing for a bound crossed): the same chain as a
-            # NomadApiError raised in the fetch itself.
-            raise NomadApiError(str(exc), status=exc.status, kind=exc.kind) from exc.__cause__
 
     def members(
         self, *, deadline_s: float | None = None
     ) -> tuple[tuple[HeartbeatServer, ...], str]:
         """The region's servers and the agent's ``ServerName``."""
-        body = self.get("/v1/agent/members", deadline_s=deadline_s)
-        try:
-            decoded: Any = self._members_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise NomadApiError(f"GET /v1/agent/members: {exc}", kind="shape") from exc
+        with _as_nomad_api_error():
+            decoded: Any = self._http.get_decoded(
+                "/v1/agent/members", self._members_decoder, deadline_s=deadline_s
+            )
         servers = []
         seen: set[str] = set()
         for member in decoded.Members:
@@ -298,19 +294,30 @@ class NomadFetcher:
 
     def leader(self, *, deadline_s: float | None = None) -> str:
         """``/v1/status/leader``: the leader's RPC address, a JSON string."""
-        body = self.get("/v1/status/leader", deadline_s=deadline_s)
-        try:
-            return self._leader_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise NomadApiError(f"GET /v1/status/leader: {exc}", kind="shape") from exc
+        with _as_nomad_api_error():
+            return self._http.get_decoded(
+                "/v1/status/leader", self._leader_decoder, deadline_s=deadline_s
+            )
 
     def num_nodes(self, *, deadline_s: float | None = None) -> int:
         """The length of ``/v1/nodes?stale=true``."""
-        body = self.get("/v1/nodes", {"stale": "true"}, deadline_s=deadline_s)
-        try:
-            return len(self._nodes_decoder.decode(body))
-        except msgspec.DecodeError as exc:
-            raise NomadApiError(f"GET /v1/nodes: {exc}", kind="shape") from exc
+        with _as_nomad_api_error():
+            nodes = self._http.get_decoded(
+                "/v1/nodes", self._nodes_decoder, {"stale": "true"}, deadline_s=deadline_s
+            )
+        return len(nodes)
+
+
+@contextlib.contextmanager
+def _as_nomad_api_error() -> Iterator[None]:
+    """A fetch's :class:`~.http_fetch.FetchError` as a :class:`NomadApiError`."""
+    try:
+        yield
+    except FetchError as exc:
+        # Raised from what the fetch's error was raised from (the httpx
+        # error, the msgspec one, or nothing for a bound crossed): the same
+        # chain as a NomadApiError raised in the fetch itself.
+        raise NomadApiError(str(exc), status=exc.status, kind=exc.kind) from exc.__cause__
 
 
 class NomadPoller:
@@ -368,7 +375,7 @@ class NomadPoller:
         self._nodes: int | None = None
         self._nodes_at: float | None = None
         self._failures = 0
-        self._auth_logged = False
+        self._refusals = TokenRefusals(log, "nomad API", "NOMAD_TOKEN / --token")
         self._thread: threading.Thread | None = None
         self.seq = 0
 
@@ -416,10 +423,7 @@ class NomadPoller:
             # stop() ended the fetch: nothing went wrong with the agent.
             log.debug("nomad API: %s (stopping)", exc)
             return
-        if exc.status in (401, 403):
-            if not self._auth_logged:
-                self._auth_logged = True
-                log.error("nomad API refused the ACL token (NOMAD_TOKEN / --token): %s", exc)
+        if self._refusals.check(exc):
             return
         self._peer_log.warning(
             exc.kind,

@@ -2,6 +2,13 @@
 
 Sources (Consul's catalog, DNS) are asked from a part of ``serve`` of its
 own, never from the actor's thread; what they find replaces the backups.
+
+This facade holds what the configuration and the metrics need (names,
+results, the source protocol). The sources themselves
+(:mod:`~rpcproxy.bus.service.discovery.consul`,
+:mod:`~rpcproxy.bus.service.discovery.dns`) and the part
+(:mod:`~rpcproxy.bus.service.discovery.part`) are imported where ``serve``
+builds them, so reading a configuration loads no HTTP or DNS client.
 """
 
 from rpcproxy.bus.service.discovery.names import (
