@@ -4,6 +4,7 @@ Sources (Consul's catalog, DNS) are asked from a part of ``serve`` of its
 own, never from the actor's thread; what they find replaces the backups.
 """
 
+from rpcproxy.bus.service.discovery.dns import DnsSource
 from rpcproxy.bus.service.discovery.names import (
     DEFAULT_DNS_PORT,
     DnsName,
@@ -18,6 +19,7 @@ __all__ = [
     "DiscoveryError",
     "DiscoverySource",
     "DnsName",
+    "DnsSource",
     "Nameserver",
     "SourceName",
     "parse_dns_name",
