@@ -21,11 +21,10 @@ import pytest
 
 from rpcproxy.bus.service.discovery import (
     DiscoveryError,
-    DnsSource,
     Nameserver,
     parse_dns_name,
 )
-from rpcproxy.bus.service.discovery.dns import MAX_NAMES
+from rpcproxy.bus.service.discovery.dns import MAX_NAMES, DnsSource
 from rpcproxy.proxy import Address, parse_address
 from tests.dnsserver import Dnsmasq, Reply, Srv, echo, garbage_server, raw, silent_server
 

@@ -16,11 +16,10 @@ from rpcproxy.bus.service.discovery import (
     DiscoveryError,
     DiscoverySource,
     DnsName,
-    DnsSource,
     Nameserver,
     parse_dns_name,
 )
-from rpcproxy.bus.service.discovery.dns import MAX_NAMES, SrvTarget, keep, order_srv
+from rpcproxy.bus.service.discovery.dns import MAX_NAMES, DnsSource, SrvTarget, keep, order_srv
 from rpcproxy.proxy import Address
 
 NS = [Nameserver("127.0.0.1", 5353)]

@@ -11,7 +11,6 @@ results, the source protocol). The sources themselves
 builds them, so reading a configuration loads no HTTP or DNS client.
 """
 
-from rpcproxy.bus.service.discovery.dns import DnsSource
 from rpcproxy.bus.service.discovery.names import (
     DEFAULT_DNS_PORT,
     DnsName,
@@ -36,7 +35,6 @@ __all__ = [
     "DiscoveryResult",
     "DiscoverySource",
     "DnsName",
-    "DnsSource",
     "Nameserver",
     "SourceName",
     "parse_dns_name",
