@@ -45,6 +45,7 @@ from rpcproxy.bus.service.metrics import Metrics, MetricsServer
 from rpcproxy.bus.service.nomad_http import NomadApiSettings, NomadBridge, NomadFetcher, make_client
 from rpcproxy.bus.service.query import QueryServer
 from rpcproxy.cli.config import Config, ConfigError
+from rpcproxy.cli.discovery import discoverer_from, sources_from
 from rpcproxy.cli.parts import (
     ActorPart,
     ChildActorPart,
@@ -200,6 +201,7 @@ def prober_from(config: Config) -> WindowedProber:
 
 STOP_ORDER = (
     # Input first, so nothing new reaches the actors while they stop.
+    "discovery",
     "nomad API bridge",
     "heartbeat socket",
     # Answers what is still pending with ``unavailable``.
@@ -259,6 +261,7 @@ class ProxyService:
         # Before anything binds: a bad state_file, or TLS files that cannot
         # be used, are configuration errors.
         store = self._open_state_file()
+        sources = sources_from(config)
         prober = prober_from(config)
         self._parts.add(Unwatched("probe engine", lambda _budget_s: prober.close()))
         self._context = context = zmq.Context()
@@ -276,6 +279,10 @@ class ProxyService:
         decoder = Decoder(config.max_servers)
         self._query = query = self._query_server(context, proxy, curve, decoder, instance)
         self._heartbeats = heartbeats = self._start_heartbeats(context, proxy, curve, decoder)
+        discoverer = discoverer_from(config, sources, self.box, proxy, self.metrics)
+        if discoverer is not None:
+            discoverer.start()
+            self._parts.add(ThreadPart("discovery", discoverer))
         if config.metrics:
             self._start_metrics_server(config.metrics)
         # The query socket opens last: a proxy that answers ping has every

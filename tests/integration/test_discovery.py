@@ -1,0 +1,116 @@
+"""A real ``serve`` finds its servers by itself (docs/protocol.md section 10).
+
+Consul is the stand-in of tests/consulapi.py (no Consul binary can be
+installed here); DNS is a real name server, dnsmasq; the servers found are
+real stand-ins answering Nomad's Status.Ping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from rpcproxy import ProxyClient
+from rpcproxy.bus.standins.standin import ServerStandIn
+from tests.consulapi import consul_api, health_entry
+from tests.dnsserver import DOMAIN, Dnsmasq, Srv
+from tests.helpers import free_port
+from tests.integration.serving import HeartbeatPub, Serve, hb_payload, hb_server, run_rpcproxy
+from tests.waiting import poll_until
+
+pytestmark = pytest.mark.integration
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def test_a_proxy_with_no_server_finds_them_in_consul_and_uses_a_live_one(
+    serve_factory: Callable[..., Serve], standins: Callable[[], ServerStandIn]
+) -> None:
+    live = standins().address
+    host, port = host_port(live)
+    with consul_api() as (consul, url):
+        consul.datacenters = ["dc1", "dc2"]
+        consul.entries = {"dc1": [], "dc2": [health_entry(host, port)]}
+        proxy = serve_factory("--consul-addr", url, "--ping-timeout-s", "0.5")
+        # No server at start: it asks at once, and rebalances onto what it found.
+        with ProxyClient(proxy.query, timeout_s=5.0) as client:
+            poll_until(lambda: client.find_server() is not None, what="a discovered server")
+            status = client.status()
+        assert [s.addr for s in status.backup] == [live]
+        assert [s.addr for s in status.servers] == [live]
+        assert status.discovery is not None
+        assert (status.discovery.source, status.discovery.found) == ("consul", 1)
+        assert consul.health_dcs() == ["dc1", "dc2"]
+
+
+def test_stale_heartbeats_turn_to_dns_and_an_offline_proxy_moves_at_once(
+    serve_factory: Callable[..., Serve], standins: Callable[[], ServerStandIn]
+) -> None:
+    live = standins().address
+    _, port = host_port(live)
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    name = f"_nomad._rpc.{DOMAIN}"
+    with Dnsmasq(
+        hosts={f"server-1.{DOMAIN}": ["127.0.0.1"]}, srv=[Srv(name, f"server-1.{DOMAIN}", port)]
+    ) as dnsmasq:
+        proxy = serve_factory(
+            "--discover-dns", name,
+            "--discover-dns-nameservers", str(dnsmasq.nameserver),
+            "--heartbeat-stale-s", "1",
+            "--discover-interval-s", "0.2",
+            "--ping-timeout-s", "0.5",
+        )  # fmt: skip
+        pub = HeartbeatPub(connect=proxy.heartbeat)
+        try:
+            beat = hb_payload([hb_server(addr) for addr in dead], leader_rpc_addr=dead[0])
+            pub.publish_until(
+                beat, lambda: proxy.call("status")["primary"] == [{"addr": addr} for addr in dead]
+            )
+        finally:
+            pub.close()
+        # The publisher is gone, and its servers are dead: the proxy goes offline.
+        assert proxy.call("rebalance")["healthy"] is False
+        # Within heartbeat_stale_s it asks DNS; the SRV target answers, and
+        # the proxy, offline, rebalances onto it at once.
+        poll_until(
+            lambda: proxy.call("find_server")["server"] == {"addr": live},
+            timeout=10.0,
+            what="the proxy to move to the server DNS names",
+        )
+        status = proxy.call("status")
+        assert status["discovery"]["source"] == "dns"
+        assert status["offline"] is False
+
+
+def test_a_failing_catalog_changes_nothing(serve_factory: Callable[..., Serve]) -> None:
+    with consul_api() as (consul, url):
+        consul.status = 500
+        proxy = serve_factory(
+            "--consul-addr", url,
+            "--discover-interval-s", "0.2",
+            "--heartbeat-stale-s", "0.2",  # no heartbeat ever: stale at once
+            "--backup-servers", "10.0.0.9",
+        )  # fmt: skip
+        poll_until(lambda: len(consul.requests) >= 3, what="a few discoveries")
+        status = proxy.call("status")
+        assert [s["addr"] for s in status["backup"]] == ["10.0.0.9:4647"]
+        assert status["discovery"] is None
+
+
+def test_a_consul_tls_file_that_cannot_be_read_stops_serve_at_start(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    missing = tmp_path_factory.mktemp("consul") / "missing-ca.pem"
+    result = run_rpcproxy(
+        "serve", "--consul-addr", "https://127.0.0.1:8501",
+        "--query", f"tcp://127.0.0.1:{free_port()}",
+        "--heartbeat-bind", f"tcp://127.0.0.1:{free_port()}",
+        "--events", "",
+        env={"CONSUL_CACERT": str(missing)},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "consul_addr" in result.stderr
