@@ -2,24 +2,40 @@
 
 Consul is the stand-in of tests/consulapi.py (no Consul binary can be
 installed here); DNS is a real name server, dnsmasq; the servers found are
-real stand-ins answering Nomad's Status.Ping.
+Go peers built on Nomad's own RPC libraries, answering Status.Ping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from rpcproxy import ProxyClient
-from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.consulapi import consul_api, health_entry
 from tests.dnsserver import DOMAIN, Dnsmasq, Srv
 from tests.helpers import free_port
 from tests.integration.serving import HeartbeatPub, Serve, hb_payload, hb_server, run_rpcproxy
+from tests.nomadpeer import NomadPeer
 from tests.waiting import poll_until
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def peers() -> Iterator[Callable[[], str]]:
+    """Go Nomad peers for the module; each call starts one and returns its address."""
+    running: list[NomadPeer] = []
+
+    def start() -> str:
+        peer = NomadPeer("plain").start()
+        running.append(peer)
+        return peer.address
+
+    yield start
+    for peer in running:
+        peer.close()
 
 
 def host_port(address: str) -> tuple[str, int]:
@@ -28,9 +44,9 @@ def host_port(address: str) -> tuple[str, int]:
 
 
 def test_a_proxy_with_no_server_finds_them_in_consul_and_uses_a_live_one(
-    serve_factory: Callable[..., Serve], standins: Callable[[], ServerStandIn]
+    serve_factory: Callable[..., Serve], peers: Callable[[], str]
 ) -> None:
-    live = standins().address
+    live = peers()
     host, port = host_port(live)
     with consul_api() as (consul, url):
         consul.datacenters = ["dc1", "dc2"]
@@ -48,9 +64,9 @@ def test_a_proxy_with_no_server_finds_them_in_consul_and_uses_a_live_one(
 
 
 def test_stale_heartbeats_turn_to_dns_and_an_offline_proxy_moves_at_once(
-    serve_factory: Callable[..., Serve], standins: Callable[[], ServerStandIn]
+    serve_factory: Callable[..., Serve], peers: Callable[[], str]
 ) -> None:
-    live = standins().address
+    live = peers()
     _, port = host_port(live)
     dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     name = f"_nomad._rpc.{DOMAIN}"
@@ -114,3 +130,55 @@ def test_a_consul_tls_file_that_cannot_be_read_stops_serve_at_start(
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "consul_addr" in result.stderr
+
+
+def test_heartbeats_naming_no_leader_nor_server_turn_to_consul(
+    serve_factory: Callable[..., Serve], peers: Callable[[], str]
+) -> None:
+    """The cluster lost its servers: heartbeats still come, listing nobody, naming no leader."""
+    live = peers()
+    host, port = host_port(live)
+    dead = f"127.0.0.1:{free_port()}"
+    with consul_api() as (consul, url):
+        consul.entries = {"dc1": []}
+        proxy = serve_factory(
+            "--consul-addr", url,
+            "--discover-interval-s", "0.2",
+            "--ping-timeout-s", "0.5",
+            "--backup-servers", dead,
+        )  # fmt: skip
+        pub = HeartbeatPub(connect=proxy.heartbeat)
+        try:
+            # Heartbeats flow (never stale): the trigger is their empty leader.
+            empty = hb_payload([], leader_rpc_addr="", publisher="p", seq=1)
+            pub.publish_until(empty, lambda: proxy.call("status")["heartbeat_age_s"] is not None)
+            consul.entries = {"dc1": [health_entry(host, port)]}
+            # No primaries: the found backup is rebalanced onto at once.
+            poll_until(
+                lambda: proxy.call("find_server")["server"] == {"addr": live},
+                timeout=10.0,
+                what="the server Consul lists",
+            )
+            assert proxy.call("status")["backup"] == [{"addr": live}]
+
+            # A heartbeat that lists servers again drops the discovered backups (rule 2.4).
+            named = hb_payload([hb_server(dead)], leader_rpc_addr=dead, publisher="p", seq=2)
+            pub.publish_until(named, lambda: proxy.call("status")["backup"] == [])
+            assert proxy.call("servers")["servers"] == [{"addr": dead}]
+        finally:
+            pub.close()
+
+
+def test_sigterm_during_a_discovery_that_hangs_exits_promptly(
+    serve_factory: Callable[..., Serve],
+) -> None:
+    with consul_api() as (consul, url):
+        consul.silent = True  # requests are read and never answered
+        proxy = serve_factory("--consul-addr", url, "--discover-interval-s", "60")
+        poll_until(lambda: consul.requests, what="the discovery's first request")
+        started = time.monotonic()
+        assert proxy.stop() == 0
+        elapsed = time.monotonic() - started
+    # Closing the source aborts the fetch: well within the 10 s stop budget
+    # (section 8), where waiting for the discovery's deadline would take 10 s.
+    assert elapsed < 5.0, f"serve took {elapsed:.2f} s to exit"
