@@ -28,11 +28,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.nomadapi import wait_for_hangup
+from tests.nomadapi import serving, wait_for_hangup
 
 HEALTH_PREFIX = "/v1/health/service/"
 
@@ -259,20 +259,5 @@ def consul_api(
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    scheme = "http"
-    if tls is not None:
-        scheme = "https"
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    # A short poll interval: shutdown() waits up to one, at every test's teardown.
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield state, f"{scheme}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        state.closing.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(Handler, tls, state.closing) as url:
+        yield state, url

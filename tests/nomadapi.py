@@ -104,6 +104,34 @@ def wait_for_hangup(connection: socket.socket, seconds: float, closing: threadin
     return False
 
 
+@contextlib.contextmanager
+def serving(
+    handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None, closing: threading.Event
+) -> Iterator[str]:
+    """Serve ``handler`` on a loopback port (HTTPS with ``tls``); yields the base URL.
+
+    On the way out ``closing`` is set first, so handlers that hold, trickle
+    or stay silent end, and then the server is shut down and its thread joined.
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    scheme = "http"
+    if tls is not None:
+        scheme = "https"
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    # A short poll interval: shutdown() waits up to one, at every test's teardown.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        closing.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 def _peek(connection: socket.socket) -> bytes:
     """What the client sent next, without reading it; b"" when it hung up."""
     try:
@@ -224,20 +252,5 @@ def nomad_api(
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    scheme = "http"
-    if tls is not None:
-        scheme = "https"
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    # A short poll interval: shutdown() waits up to one, at every test's teardown.
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield state, f"{scheme}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        state.closing.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(Handler, tls, state.closing) as url:
+        yield state, url

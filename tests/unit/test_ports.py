@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,26 +78,36 @@ def test_the_walk_starts_at_its_offset_wraps_round_and_never_repeats() -> None:
         allocate()
 
 
-def test_two_processes_are_never_handed_the_same_port() -> None:
-    """A second process (bench, a subprocess), alive while this one takes its ports."""
-    code = (
-        "import sys; from tests.helpers import free_port;"
-        " print(*(free_port() for _ in range(50)), flush=True); sys.stdin.read()"
-    )
+@contextlib.contextmanager
+def another_process(code: str) -> Iterator[list[int]]:
+    """Run ``code`` in a Python process that prints a line of ports and then waits.
+
+    Yields the ports it printed while it still lives (so it still holds
+    them); on the way out it is told to leave, and must exit 0.
+    """
+    waiting = f"import sys; {code}; sys.stdin.read()"
     with subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", waiting],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     ) as other:
         assert other.stdout is not None and other.stdin is not None
-        theirs = other.stdout.readline().split()
-        ours = [free_port() for _ in range(50)]
+        yield [int(field) for field in other.stdout.readline().split()]
         other.stdin.close()  # it leaves, and lets go of its ports
         assert other.wait(timeout=60) == 0
+
+
+def test_two_processes_are_never_handed_the_same_port() -> None:
+    """A second process (bench, a subprocess), alive while this one takes its ports."""
+    code = (
+        "from tests.helpers import free_port; print(*(free_port() for _ in range(50)), flush=True)"
+    )
+    with another_process(code) as theirs:
+        ours = [free_port() for _ in range(50)]
     assert len(theirs) == 50
-    assert not set(map(int, theirs)) & set(ours)
+    assert not set(theirs) & set(ours)
 
 
 def test_a_forked_child_is_never_handed_its_parents_ports() -> None:
@@ -128,21 +140,11 @@ def test_a_port_claimed_by_a_live_process_is_skipped(tmp_path: Path) -> None:
     path = str(tmp_path / "ports.lock")
     pool = [free_port() for _ in range(4)]
     code = (
-        "import sys; from tests.helpers import PortAllocator, PortClaims;"
+        "from tests.helpers import PortAllocator, PortClaims;"
         f" a = PortAllocator({pool!r}, start=0, claims=PortClaims({path!r}));"
-        " print(a(), a(), flush=True); sys.stdin.read()"
+        " print(a(), a(), flush=True)"
     )
-    with subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as other:
-        assert other.stdout is not None and other.stdin is not None
-        theirs = [int(field) for field in other.stdout.readline().split()]
+    with another_process(code) as theirs:
         ours = PortAllocator(pool, start=0, claims=PortClaims(path))
         assert theirs == pool[:2]
         assert [ours(), ours()] == pool[2:]
-        other.stdin.close()
-        assert other.wait(timeout=60) == 0
