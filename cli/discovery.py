@@ -25,7 +25,8 @@ def sources_from(config: Config) -> list[DiscoverySource]:
 
     Raises:
         ConfigError: Consul's TLS variables name files that cannot be used,
-            or an unreadable ``CONSUL_HTTP_SSL_VERIFY``; ``serve`` exits 2.
+            or an unreadable ``CONSUL_HTTP_SSL_VERIFY``, or more DNS names
+            than a discovery asks; ``serve`` exits 2.
     """
     # Each discovery as a whole ends within the deadline a poller of this
     # interval has (2 to 10 s), so a stalled source delays nothing for long.
@@ -42,15 +43,17 @@ def sources_from(config: Config) -> list[DiscoverySource]:
         except (OSError, ValueError) as exc:
             raise ConfigError("consul_addr", f"Consul API: {exc}") from None
     if config.discover_dns:
-        sources.append(
-            DnsSource(
+        try:
+            dns = DnsSource(
                 config.discover_dns,
                 config.discover_dns_nameservers,
                 config.ping_timeout_s,
                 config.max_servers,
                 deadline_s=deadline_s,
             )
-        )
+        except ValueError as exc:  # more names than a discovery asks
+            raise ConfigError("discover_dns", str(exc)) from None
+        sources.append(dns)
     return sources
 
 

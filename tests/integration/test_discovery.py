@@ -182,3 +182,15 @@ def test_sigterm_during_a_discovery_that_hangs_exits_promptly(
     # Closing the source aborts the fetch: well within the 10 s stop budget
     # (section 8), where waiting for the discovery's deadline would take 10 s.
     assert elapsed < 5.0, f"serve took {elapsed:.2f} s to exit"
+
+
+def test_more_dns_names_than_a_discovery_asks_stops_serve_at_start() -> None:
+    names = ",".join(f"n{i}.example" for i in range(65))
+    result = run_rpcproxy(
+        "serve", "--discover-dns", names,
+        "--query", f"tcp://127.0.0.1:{free_port()}",
+        "--heartbeat-bind", f"tcp://127.0.0.1:{free_port()}",
+        "--events", "",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "discover_dns: DNS discovery asks 1 to 64 names, got 65" in result.stderr
