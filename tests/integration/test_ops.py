@@ -103,7 +103,10 @@ def test_status_has_every_key_with_its_type(proxy: Serve) -> None:
         # Version 2: the view the reply was built from (section 1).
         "epoch",
         "instance",
+        # Version 3: the last discovery that found servers (section 10), nil before one.
+        "discovery",
     }
+    assert status["discovery"] is None
     assert status["ok"] is True
     assert status["servers"] == [{"addr": "10.0.0.1:4647"}, {"addr": "10.0.0.2:4647"}]
     assert status["primary"] == [{"addr": "10.0.0.1:4647"}, {"addr": "10.0.0.2:4647"}]
