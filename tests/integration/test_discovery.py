@@ -194,3 +194,34 @@ def test_more_dns_names_than_a_discovery_asks_stops_serve_at_start() -> None:
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "discover_dns: DNS discovery asks 1 to 64 names, got 65" in result.stderr
+
+
+def test_going_offline_turns_to_consul_while_heartbeats_are_fresh(
+    serve_factory: Callable[..., Serve], peers: Callable[[], str]
+) -> None:
+    live = peers()
+    host, port = host_port(live)
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    with consul_api() as (consul, url):
+        consul.entries = {"dc1": [health_entry(host, port)]}
+        proxy = serve_factory(
+            "--consul-addr", url,
+            "--discover-interval-s", "0.2",
+            "--ping-timeout-s", "0.5",
+        )  # fmt: skip
+        poll_until(lambda: proxy.call("status")["discovery"], what="the discovery at start")
+        pub = HeartbeatPub(connect=proxy.heartbeat)
+        try:
+            # One heartbeat, with a leader: fresh for heartbeat_stale_s (60 s).
+            beat = hb_payload([hb_server(addr) for addr in dead], leader_rpc_addr=dead[0])
+            pub.publish_until(beat, lambda: proxy.call("status")["backup"] == [])
+        finally:
+            pub.close()
+        # The heartbeat's servers replaced the found one; both are dead.
+        assert proxy.call("rebalance")["healthy"] is False  # offline
+        poll_until(
+            lambda: proxy.call("find_server")["server"] == {"addr": live},
+            timeout=10.0,
+            what="the proxy to move to the server Consul lists",
+        )
+        assert proxy.call("status")["offline"] is False
