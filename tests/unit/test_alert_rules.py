@@ -68,3 +68,13 @@ def test_the_rule_tests_load_the_rules_beside_them() -> None:
     files = yaml.safe_load(RULE_TESTS.read_text())["rule_files"]
 
     assert [RULES_DIR / name for name in files] == [RULES]
+
+
+def test_the_readme_says_what_to_do_about_each_alert() -> None:
+    readme = (RULES_DIR.parents[1] / "README.md").read_text()
+    section = readme.split("\n### Alerts\n", 1)[1].split("\n### ", 1)[0]
+    rows = {
+        line.split("|")[1].strip(" `") for line in section.splitlines() if line.startswith("| `")
+    }
+
+    assert rows == ALERTS
