@@ -230,8 +230,9 @@ class ProxyService:
     def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
         self.config = config
         self.box = SnapshotBox()
+        self._started_at = time.monotonic()
         self.metrics = Metrics()
-        self.metrics.watch(self.box)
+        self.metrics.watch(self.box, started_at=self._started_at)
         self._rng = rng
         self._parts = Parts(STOP_ORDER, logged_by_owner=("rebalance timer", "prober"), log=log)
         self._context: zmq.Context[Any] | None = None
@@ -245,7 +246,6 @@ class ProxyService:
         self._heartbeats: HeartbeatListener | None = None
         self._stale_warned = False
         self._stopping = False
-        self._started_at = time.monotonic()
         self.events_endpoint = ""
 
     def start(self) -> None:

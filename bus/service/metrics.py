@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Literal, TypeAlias, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -71,6 +71,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_start_time_seconds and the rest of process_*: the only way
+        # an alert can tell a proxy that keeps restarting (deploy/prometheus/).
+        # Read from /proc at scrape time; nothing on a system without it.
+        ProcessCollector(registry=r)
         self.failovers = Counter(
             "rpcproxy_failovers",
             "notify_failed_server calls that moved the active server to the end",
@@ -159,9 +163,19 @@ class Metrics:
         """One source asked by a discovery, and how it ended."""
         self._discoveries[source, result].inc()
 
-    def watch(self, box: SnapshotBox, clock: Callable[[], float] = time.monotonic) -> None:
-        """Export what ``box``'s snapshots say, computed at each scrape."""
-        self.registry.register(SnapshotCollector(box, clock))
+    def watch(
+        self,
+        box: SnapshotBox,
+        clock: Callable[[], float] = time.monotonic,
+        started_at: float | None = None,
+    ) -> None:
+        """Export what ``box``'s snapshots say, computed at each scrape.
+
+        ``started_at`` (``clock``'s value when the proxy started; now if not
+        given) is where heartbeat silence counts from before the first one.
+        """
+        since = clock() if started_at is None else started_at
+        self.registry.register(SnapshotCollector(box, clock, since))
 
 
 if TYPE_CHECKING:
@@ -174,9 +188,10 @@ if TYPE_CHECKING:
 class SnapshotCollector(Collector):
     """Gauges derived from the current snapshot at scrape time."""
 
-    def __init__(self, box: SnapshotBox, clock: Callable[[], float]) -> None:
+    def __init__(self, box: SnapshotBox, clock: Callable[[], float], started_at: float) -> None:
         self._box = box
         self._clock = clock
+        self._started_at = started_at
 
     def describe(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
         return iter(())  # Unchecked collector: families depend on the state.
@@ -220,6 +235,18 @@ class SnapshotCollector(Collector):
             if publisher.heard_at is not None:
                 age.add_metric([publisher.name], max(0.0, now - publisher.heard_at))
         yield age
+        # One series for the whole proxy, there from the first scrape: the
+        # per-publisher ages above are absent before any heartbeat and stay
+        # for a publisher that was retired, so neither can say "heartbeats
+        # stopped". Counted like heartbeat_stale_s: from start before the first.
+        heard = snapshot.last_heartbeat_at
+        silence = GaugeMetricFamily(
+            "rpcproxy_heartbeat_silence_seconds",
+            "Seconds since the last heartbeat applied from any publisher; "
+            "before the first, since the proxy started",
+        )
+        silence.add_metric([], max(0.0, now - (heard if heard is not None else self._started_at)))
+        yield silence
 
 
 class MetricsServer:
