@@ -16,6 +16,7 @@ from rpcproxy.bus.client._client import DEFAULT_ENDPOINT, ProxyClient
 from rpcproxy.bus.client._results import (
     AddResult,
     BadRequestError,
+    NoServerError,
     ProtocolError,
     ProxyError,
     ProxyInvalidAddressError,
@@ -40,6 +41,7 @@ __all__ = [
     "CurveError",
     "Discovery",
     "HeartbeatEntry",
+    "NoServerError",
     "ProtocolError",
     "ProxyClient",
     "ProxyError",

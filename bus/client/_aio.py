@@ -18,19 +18,35 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Mapping
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, assert_never
 
 import zmq
 
 from rpcproxy.bus.client import _results
 from rpcproxy.bus.client._awatch import AsyncWatcher
 from rpcproxy.bus.client._client import DEFAULT_ENDPOINT, check_options, timed_out
+from rpcproxy.bus.client._failover import (
+    DEFAULT_HOLD_S,
+    AwaitServer,
+    Failed,
+    Find,
+    Invoke,
+    Pause,
+    Report,
+    RetryOn,
+    failover,
+)
 from rpcproxy.bus.client._results import (
     Call,
     Ops,
+    ProxyError,
     ProxyTimeoutError,
     encode_request,
     parse_reply,
@@ -40,6 +56,8 @@ from rpcproxy.bus.client._view import Observation
 from rpcproxy.bus.client._watch import WatchStats
 from rpcproxy.bus.net.keys import CurveClient
 from rpcproxy.bus.wire import Server
+
+log = logging.getLogger(__name__)
 
 _S = TypeVar("_S")
 _T = TypeVar("_T")
@@ -86,6 +104,8 @@ class AsyncProxyClient(Ops):
         self._given_transport = transport
         self._transport = transport if transport is not None else self._new_transport()
         self._ids = itertools.count(1)
+        # call()'s pauses: each client its own, so no two share a sequence.
+        self._random = random.Random()
         self._closed = False
         # Started by the first call, in the running loop the client is bound to.
         self._watcher: AsyncWatcher | None = None
@@ -148,10 +168,59 @@ class AsyncProxyClient(Ops):
         return self._watcher.stats() if self._watcher is not None else None
 
     async def call(
+        self,
+        afn: Callable[[Server], Awaitable[_T]],
+        /,
+        *,
+        hold_s: float = DEFAULT_HOLD_S,
+        retry_on: RetryOn = (OSError,),
+    ) -> _T:
+        """``await afn(server)`` on the active server, failing over (see :meth:`ProxyClient.call`).
+
+        Safe from many coroutines at once. Cancelling it cancels the pending
+        pause or ``afn``, and reports nothing it did not see fail.
+        """
+        steps = failover(hold_s, retry_on, time.monotonic, self._random.random)
+        answer: object = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                result: _T = done.value
+                return result
+            answer = None
+            match step:
+                case Find():
+                    answer = await self.find_server()
+                case Invoke(server):
+                    try:
+                        answer = await afn(server)
+                    except Exception as exc:
+                        answer = Failed(exc)
+                case Report(server):
+                    await self._report_failed(server)
+                case Pause(seconds):
+                    await asyncio.sleep(seconds)
+                case AwaitServer(seconds):
+                    if self._watcher is not None:
+                        await self._watcher.wait_for_server(seconds)
+                    else:
+                        await asyncio.sleep(seconds)
+                case _:
+                    assert_never(step)
+
+    async def request(
         self, op: str, /, *, timeout_s: float | None = None, **keys: Any
     ) -> dict[str, Any]:
-        """Send any op with ``keys``; the whole success reply (see :meth:`ProxyClient.call`)."""
+        """Send any op with ``keys``; the whole success reply (see :meth:`ProxyClient.request`)."""
         return await self._request(op, keys, timeout_s)
+
+    async def _report_failed(self, server: Server) -> None:
+        """``call``'s report of a failed server: best effort, never the caller's failure."""
+        try:
+            await self.notify_failed_server(server.addr)
+        except ProxyError as exc:
+            log.debug("reporting %s as failed: %s", server.addr, exc)
 
     # -- plumbing ------------------------------------------------------------
 

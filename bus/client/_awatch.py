@@ -80,6 +80,8 @@ class AsyncWatcher:
         self._resync_ids = itertools.count(RESYNC_ID_START)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # Set whenever the view changes, for call()'s wait for a server.
+        self._changed = asyncio.Event()
         self._stopping = False
         self._events_read = 0
         self._malformed = 0
@@ -117,8 +119,32 @@ class AsyncWatcher:
         if self._stopping:
             return
         self._follower.on_reply(observation, self._clock())
+        self._changed.set()
         if self._follower.resync_wanted:
             self._wake.set()
+
+    async def wait_for_server(self, timeout_s: float) -> bool:
+        """Wait until the view names a server, at most ``timeout_s``; whether it does.
+
+        Woken by the event (or re-sync) that brings one, as Nomad's retry
+        watcher is, rather than after a fixed pause.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self._names_a_server():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return self._names_a_server()
+        return True
+
+    def _names_a_server(self) -> bool:
+        view = self._follower.view
+        return self._stopping or (view is not None and view.server is not None)
 
     def stats(self) -> WatchStats:
         follower = self._follower
@@ -140,6 +166,7 @@ class AsyncWatcher:
         """
         self._stopping = True
         self._follower.view = None
+        self._changed.set()
         if self._task is not None:
             self._task.cancel()
         else:
@@ -217,6 +244,7 @@ class AsyncWatcher:
             self._events_read += 1
             now = self._clock()
             self._follower.on_event(event, now)
+            self._changed.set()
             if self._follower.resync_due(now):
                 return
 
@@ -233,5 +261,6 @@ class AsyncWatcher:
         now = self._clock()
         self._resyncs += 1
         self._follower.on_reply(observation, now)
+        self._changed.set()
         if self._follower.resync_wanted:
             self._follower.on_resync_failed(now)

@@ -40,17 +40,32 @@ The errors and result types live in :mod:`rpcproxy.bus.client._results`
 from __future__ import annotations
 
 import itertools
+import logging
+import random
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Self, TypeVar, assert_never
 
 import zmq
 
 from rpcproxy.bus.client import _results
+from rpcproxy.bus.client._failover import (
+    DEFAULT_HOLD_S,
+    AwaitServer,
+    Failed,
+    Find,
+    Invoke,
+    Pause,
+    Report,
+    RetryOn,
+    failover,
+)
 from rpcproxy.bus.client._results import (
     Call,
     Ops,
+    ProxyError,
     ProxyTimeoutError,
     encode_request,
     parse_reply,
@@ -62,6 +77,8 @@ from rpcproxy.bus.net.keys import CurveClient
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT, Server
 
 DEFAULT_ENDPOINT: Final = DEFAULT_QUERY_ENDPOINT
+
+log = logging.getLogger(__name__)
 
 _S = TypeVar("_S")
 _T = TypeVar("_T")
@@ -140,6 +157,8 @@ class ProxyClient(Ops):
         self._given_transport = transport
         self._transport = transport if transport is not None else self._new_transport()
         self._ids = itertools.count(1)
+        # call()'s pauses: each client its own, so no two share a sequence.
+        self._random = random.Random()
         self._closed = False
         self._lock = threading.Lock()
         """Held around every exchange on ``_transport`` (one socket, many threads)."""
@@ -195,18 +214,87 @@ class ProxyClient(Ops):
         """What a watching client's watcher has seen (gaps, restarts, re-syncs...); else None."""
         return self._watcher.stats() if self._watcher is not None else None
 
-    def call(self, op: str, /, *, timeout_s: float | None = None, **keys: Any) -> dict[str, Any]:
+    def call(
+        self,
+        fn: Callable[[Server], _T],
+        /,
+        *,
+        hold_s: float = DEFAULT_HOLD_S,
+        retry_on: RetryOn = (OSError,),
+    ) -> _T:
+        """``fn(server)`` on the active server, failing over as Nomad's client does.
+
+        A failure that is an instance of ``retry_on`` (exception types, or a
+        predicate on the exception) reports that server with
+        :meth:`notify_failed_server`, waits a random pause below
+        ``hold_s / 16`` and tries the server now at the head, until
+        ``hold_s`` has passed since the first try; then the last failure is
+        raised, its ``servers_tried`` attribute and a note naming the servers
+        tried. Any other exception propagates at once and nothing is
+        reported. With no server known it waits for one within the hold (a
+        watching client wakes when an event brings one), then raises
+        :class:`NoServerError`. With ``watch=True``, a call that succeeds
+        first time makes no round trip to the proxy.
+
+        Safe from many threads at once: each call keeps its own state.
+
+        Args:
+            fn: what to do with a server (its own timeout is its business:
+                the hold bounds the waits between tries, not ``fn``).
+            hold_s: how long, from the first try, failures are retried.
+            retry_on: which failures are safe to retry on another server;
+                ``(OSError,)`` covers refused, reset and timed-out
+                connections. A write that must not run twice passes ``()``.
+        """
+        steps = failover(hold_s, retry_on, time.monotonic, self._random.random)
+        answer: object = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                result: _T = done.value
+                return result
+            answer = None
+            match step:
+                case Find():
+                    answer = self.find_server()
+                case Invoke(server):
+                    try:
+                        answer = fn(server)
+                    except Exception as exc:
+                        answer = Failed(exc)
+                case Report(server):
+                    self._report_failed(server)
+                case Pause(seconds):
+                    time.sleep(seconds)
+                case AwaitServer(seconds):
+                    if self._watcher is not None:
+                        self._watcher.wait_for_server(seconds)
+                    else:
+                        time.sleep(seconds)
+                case _:
+                    assert_never(step)
+
+    def request(self, op: str, /, *, timeout_s: float | None = None, **keys: Any) -> dict[str, Any]:
         """Send any op with ``keys`` and return the whole success reply.
 
-        The escape hatch for ops this client does not wrap yet. ``timeout_s``
-        overrides the per-try wait (so an op key cannot be named
-        ``timeout_s``).
+        The escape hatch for ops this client does not wrap yet (``call``
+        until 0.2). ``timeout_s`` overrides the per-try wait (so an op key
+        cannot be named ``timeout_s``).
 
         Raises:
             ProxyError: a subclass per error code, :class:`ProxyTimeoutError`
                 or :class:`ProtocolError`.
         """
         return self._request(op, keys, timeout_s)
+
+    def _report_failed(self, server: Server) -> None:
+        """``call``'s report of a failed server: best effort, never the caller's failure."""
+        try:
+            self.notify_failed_server(server.addr)
+        except ProxyError as exc:
+            # The proxy is unreachable too: the next try asks it again.
+            log.debug("reporting %s as failed: %s", server.addr, exc)
 
     # -- plumbing ------------------------------------------------------------
 

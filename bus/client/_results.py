@@ -116,6 +116,12 @@ class ProxyTimeoutError(ProxyError):
     default_code = "timeout"
 
 
+class NoServerError(ProxyError):
+    """``call`` found no server within its hold: the proxy knows none (``no_server``)."""
+
+    default_code = "no_server"
+
+
 class ProtocolError(ProxyError):
     """The reply does not follow docs/protocol.md (not a map, a key of the wrong type...)."""
 

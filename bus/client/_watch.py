@@ -203,6 +203,8 @@ class Watcher:
         # Writers (this thread, and callers reporting replies) take the lock;
         # readers of the view never do.
         self._lock = threading.Lock()
+        # Notified whenever the view changes, for call()'s wait for a server.
+        self._changed = threading.Condition(self._lock)
         self._stopping = False
         self._events_read = 0
         self._malformed = 0
@@ -256,8 +258,22 @@ class Watcher:
             if self._stopping:
                 return
             self._follower.on_reply(observation, self._clock())
+            self._changed.notify_all()
             if self._follower.resync_wanted:
                 self._wake()
+
+    def wait_for_server(self, timeout_s: float) -> bool:
+        """Wait until the view names a server, at most ``timeout_s``; whether it does.
+
+        Woken by the event (or re-sync) that brings one, as Nomad's retry
+        watcher is, rather than after a fixed pause.
+        """
+        with self._changed:
+            return self._changed.wait_for(self._names_a_server, timeout_s)
+
+    def _names_a_server(self) -> bool:
+        view = self._follower.view
+        return self._stopping or (view is not None and view.server is not None)
 
     def stats(self) -> WatchStats:
         with self._lock:
@@ -278,6 +294,7 @@ class Watcher:
             if self._stopping:
                 return
             self._stopping = True
+            self._changed.notify_all()
             self._wake()
         if self._started:
             self._thread.join(self._resync_timeout_s + 1.0)
@@ -339,6 +356,7 @@ class Watcher:
         with self._lock:
             self._stopping = True
             self._follower.view = None
+            self._changed.notify_all()
         self._wake_rx.close(linger=0)
         self._transport.close()
 
@@ -368,6 +386,7 @@ class Watcher:
                 self._events_read += 1
                 now = self._clock()
                 self._follower.on_event(event, now)
+                self._changed.notify_all()
                 if self._follower.resync_due(now):
                     # Re-sync before reading on: what is queued behind this
                     # event is then compared with the proxy's answer.
@@ -386,6 +405,7 @@ class Watcher:
             now = self._clock()
             self._resyncs += 1
             self._follower.on_reply(observation, now)
+            self._changed.notify_all()
             if self._follower.resync_wanted:
                 # An older answer than the floor, or another instance: ask again later.
                 self._follower.on_resync_failed(now)

@@ -150,8 +150,8 @@ def test_epochs_count_changes_of_the_active_server_one_event_each() -> None:
 def test_every_reply_carries_the_epoch_after_it() -> None:
     proxy = InMemoryProxy(["10.0.0.1", "10.0.0.2"])
     with proxy.client() as client:
-        assert client.call("find_server")["epoch"] == 0
-        reply = client.call("notify_failed_server", addr="10.0.0.1")
+        assert client.request("find_server")["epoch"] == 0
+        reply = client.request("notify_failed_server", addr="10.0.0.1")
         assert (reply["rotated"], reply["server"], reply["epoch"]) == (
             True,
             {"addr": "10.0.0.2:4647"},
