@@ -4,11 +4,12 @@
         --events tcp://127.0.0.1:4652 --calls 20 --concurrency 4
 
 Many coroutines share one watching :class:`~rpcproxy.AsyncProxyClient`:
-``await find_server()`` is answered from the view the client keeps by
-following the proxy's events, and a failed call is reported with
-``await notify_failed_server()``, whose reply moves the local view on at
-once. Here a "call" opens a TCP connection to the server, sends one line and
-reads one line back (an echo); a real service sends its RPC instead.
+each hands its RPC to ``await proxy.call(...)``, which looks the server up
+in the view the client keeps by following the proxy's events (no round
+trip), and on a connection error or timeout reports that server and tries
+the next one, within a hold, as Nomad's own client does. Here a "call"
+opens a TCP connection to the server, sends one line and reads one line back
+(an echo); a real service sends its RPC instead.
 
 Prints one line per call (``<n> <server> ok`` or ``<n> failed: <reason>``)
 and exits 0 once every call is done.
@@ -19,10 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from rpcproxy import AsyncProxyClient, ProxyError
+from rpcproxy import AsyncProxyClient, ProxyError, Server
 
 CALL_TIMEOUT_S = 0.5
-MAX_ATTEMPTS = 3
+HOLD_S = 2.0
 
 
 async def call_server(addr: str, payload: bytes) -> bytes:
@@ -34,27 +35,28 @@ async def call_server(addr: str, payload: bytes) -> bytes:
     try:
         writer.write(payload + b"\n")
         await writer.drain()
-        return await asyncio.wait_for(reader.readline(), CALL_TIMEOUT_S)
+        reply = await asyncio.wait_for(reader.readline(), CALL_TIMEOUT_S)
     finally:
         writer.close()
         await writer.wait_closed()
+    if reply.strip() != payload:
+        raise ConnectionError(f"{addr} answered {reply[:40]!r}")
+    return reply
 
 
 async def one_call(proxy: AsyncProxyClient, n: int) -> str:
-    """Look up the server, call it, report it if the call fails; retry on the next."""
-    for _ in range(MAX_ATTEMPTS):
-        server = await proxy.find_server()
-        if server is None:
-            return f"{n} failed: no server known"
-        try:
-            reply = await call_server(server.addr, f"call {n}".encode())
-        except (OSError, TimeoutError):
-            await proxy.notify_failed_server(server.addr)
-            continue
-        if reply.strip() == f"call {n}".encode():
-            return f"{n} {server.addr} ok"
-        await proxy.notify_failed_server(server.addr)
-    return f"{n} failed: {MAX_ATTEMPTS} servers did not answer"
+    """One RPC through ``proxy.call``: failed servers are reported and the next one tried."""
+
+    async def rpc(server: Server) -> str:
+        await call_server(server.addr, f"call {n}".encode())
+        return server.addr
+
+    try:
+        # TimeoutError and connection errors are OSErrors: retried on the next server.
+        addr = await proxy.call(rpc, hold_s=HOLD_S)
+    except OSError as exc:
+        return f"{n} failed: {exc}"
+    return f"{n} {addr} ok"
 
 
 async def run(proxy_endpoint: str, events: str, calls: int, concurrency: int) -> None:

@@ -5,9 +5,12 @@
 
 One watching :class:`~rpcproxy.ProxyClient` serves every worker thread: it
 follows the proxy's events, so ``find_server()`` is a read of an immutable
-value held in this process, not a round trip. A handler calls the server it
-is given; when the call fails it reports the server, and the report's reply
-updates the local view at once, so the retry already gets the next server.
+value held in this process, not a round trip. A handler hands its RPC to
+``proxy.call``, which runs it on the active server and, when it fails with a
+connection error, reports that server and tries the next (Nomad's own retry
+rules: a hold of 5 s, a short random pause between tries); the report's
+reply updates the local view at once, so the retry already gets the next
+server.
 
 ``GET /`` answers ``{"server": "<addr>", "attempts": n}`` as JSON, or 503
 when no server answers. Here "calling" a server is a TCP connect; a real
@@ -31,40 +34,37 @@ from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from rpcproxy import ProxyClient, ProxyError
+from rpcproxy import ProxyClient, ProxyError, Server
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-MAX_ATTEMPTS = 3
-"""Servers a request tries before it gives up (a failed one is rotated away)."""
+HOLD_S = 2.0
+"""How long a request keeps trying servers before it answers 503."""
 
 
-def call_server(addr: str, timeout_s: float = 0.5) -> bool:
-    """Stand-in for an RPC: can we open a TCP connection to the server?"""
+def call_server(addr: str, timeout_s: float = 0.5) -> None:
+    """Stand-in for an RPC: open a TCP connection to the server (OSError if it fails)."""
     host, _, port = addr.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+        pass
 
 
 def make_app(proxy: ProxyClient) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
-    """The WSGI application: every request asks ``proxy`` for its server."""
+    """The WSGI application: every request runs its RPC through ``proxy.call``."""
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                server = proxy.find_server()  # local: no round trip while the view is fresh
-            except ProxyError as exc:
-                return respond(start_response, "503 Service Unavailable", {"error": str(exc)})
-            if server is None:
-                break
-            if call_server(server.addr):
-                body = {"server": server.addr, "attempts": attempt}
-                return respond(start_response, "200 OK", body)
-            # Read-your-writes: the next find_server() already skips it.
-            proxy.notify_failed_server(server.addr)
-        return respond(start_response, "503 Service Unavailable", {"error": "no server answered"})
+        tried: list[str] = []
+
+        def rpc(server: Server) -> str:
+            tried.append(server.addr)
+            call_server(server.addr)
+            return server.addr
+
+        try:
+            # Connection errors (OSError) are retried on the next server.
+            addr = proxy.call(rpc, hold_s=HOLD_S)
+        except (OSError, ProxyError) as exc:
+            return respond(start_response, "503 Service Unavailable", {"error": str(exc)})
+        return respond(start_response, "200 OK", {"server": addr, "attempts": len(tried)})
 
     return app
 
