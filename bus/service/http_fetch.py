@@ -434,26 +434,51 @@ class TokenRefusals:
     retries that follow add nothing to the log. Never the token's value:
     no :class:`FetchError` message holds a header.
 
+    When no token is set, the line says so instead: the fix is to set one,
+    not to change it.
+
     Args:
         logger: where the line goes.
         api: the API, as the line starts ("nomad API").
         token_source: where the token is set ("NOMAD_TOKEN / --token").
+        token_set: whether a token was sent at all.
+        hint: added to the line when no token is set (why one is needed here).
     """
 
-    def __init__(self, logger: logging.Logger, api: str, token_source: str) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        api: str,
+        token_source: str,
+        *,
+        token_set: bool = True,
+        hint: str = "",
+    ) -> None:
         self._logger = logger
         self._api = api
         self._token_source = token_source
+        self._token_set = token_set
+        self._hint = hint
         self._logged = False
 
     def check(self, exc: FetchError) -> bool:
         """Whether ``exc`` is a refusal of the token; the first one is logged."""
         if exc.status not in (401, 403):
             return False
-        if not self._logged:
-            self._logged = True
+        if self._logged:
+            return True
+        self._logged = True
+        if self._token_set:
             self._logger.error(
                 "%s refused the ACL token (%s): %s", self._api, self._token_source, exc
+            )
+        else:
+            self._logger.error(
+                "%s refused a request without an ACL token: none is set (%s)%s: %s",
+                self._api,
+                self._token_source,
+                self._hint,
+                exc,
             )
         return True
 
