@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from rpcproxy.bus.service.agent_address import check_http_url, parse_agent_address
 from rpcproxy.bus.service.discovery import DnsName, Nameserver, parse_dns_name, parse_nameserver
 from rpcproxy.bus.wire import (
     DEFAULT_EVENTS_ENDPOINT,
@@ -330,17 +331,33 @@ _LISTEN = _string("host:port or empty", "HOST:PORT", _listen_or_empty)
 
 
 def _url_or_empty(text: str) -> str:
-    """An ``http://`` or ``https://`` URL with a host (the Nomad API), or empty for off."""
+    """An ``http://`` or ``https://`` URL with a host (Consul's API), or empty for off."""
     if text == "":
         return text
-    scheme, sep, rest = text.partition("://")
-    host = rest.split("/", 1)[0]
-    if not sep or scheme not in {"http", "https"} or not host or any(c.isspace() for c in text):
-        raise ValueError(f"expected an http:// or https:// URL or empty, got {_show(text)}")
+    try:
+        return check_http_url(text)
+    except ValueError:
+        raise ValueError(
+            f"expected an http:// or https:// URL or empty, got {_show(text)}"
+        ) from None
+
+
+def _agent_url_or_empty(text: str) -> str:
+    """Nomad's API: an ``http(s)://`` URL, or ``unix:///abs/path`` (the Task API), or empty.
+
+    The forms ``NOMAD_ADDR`` takes; a relative or empty socket path is refused here,
+    so ``serve`` exits 2 naming the key rather than failing every poll.
+    """
+    if text == "":
+        return text
+    parse_agent_address(text)  # its ValueError says which form is wrong, and how
     return text
 
 
 _URL = _string("URL or empty", "URL", _url_or_empty)
+# Documented as a URL too: unix:///path is one, and the README's key table
+# (generated from these rows) stays as it is.
+_AGENT_URL = _string("URL or empty", "URL", _agent_url_or_empty)
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -420,7 +437,7 @@ class Config:
     nomad_tls_cert_file: str = _key("", _PATH, "PEM client certificate nomad pings present (servers with tls { rpc = true } require one); with nomad_tls_key_file")  # noqa: E501
     nomad_tls_key_file: str = _key("", _PATH, "PEM private key (unencrypted) of nomad_tls_cert_file")  # noqa: E501
     nomad_tls_verify_server_hostname: bool = _key(True, _BOOL, "With TLS, the server's certificate must name server.<region>.nomad, as Nomad's verify_server_hostname")  # noqa: E501
-    nomad_addr: str = _key("", _URL, "Poll this Nomad agent's HTTP API for the region's servers (section 7; NOMAD_TOKEN, NOMAD_CACERT... as Nomad's); empty: off")  # noqa: E501
+    nomad_addr: str = _key("", _AGENT_URL, "Poll this Nomad agent's HTTP API for the region's servers (section 7; NOMAD_TOKEN, NOMAD_CACERT... as Nomad's); empty: off")  # noqa: E501
     nomad_interval_s: float = _key(10.0, _POSITIVE, "Seconds between polls of nomad_addr's members and leader")  # noqa: E501
     nomad_nodes_refresh_s: float = _key(300.0, _POSITIVE, "Seconds between counts of nomad_addr's /v1/nodes (num_nodes), which costs the server O(nodes)")  # noqa: E501
     metrics: str = _key("", _LISTEN, "Serve Prometheus metrics over HTTP at host:port (/metrics); empty: off")  # noqa: E501

@@ -214,7 +214,11 @@ def _positive_seconds(text: str) -> float:
 def _add_nomad_arguments(parser: argparse.ArgumentParser) -> None:
     # Section 7: each flag overrides its Nomad environment variable.
     group = parser.add_argument_group("Nomad HTTP API (docs/protocol.md section 7)")
-    group.add_argument("--nomad-addr", default=None, help="poll this agent (NOMAD_ADDR)")
+    group.add_argument(
+        "--nomad-addr",
+        default=None,
+        help="poll this agent: http(s)://host:port, or unix:///path for its Task API (NOMAD_ADDR)",
+    )
     group.add_argument("--token", default=None, help="ACL token (NOMAD_TOKEN)")
     group.add_argument("--ca-cert", default=None, help="CA bundle (NOMAD_CACERT)")
     group.add_argument("--client-cert", default=None, help="(NOMAD_CLIENT_CERT)")

@@ -251,6 +251,12 @@ def run_publish_nomad(
     poll sends nothing.
     """
     try:
+        settings.address()
+    except ValueError as exc:
+        # A relative unix:// path, say: one line and exit 2, not a warning per poll.
+        print(f"rpcproxy publish: {exc}", file=sys.stderr)
+        return 2
+    try:
         client = make_client(settings)
     except (OSError, ValueError) as exc:
         print(f"rpcproxy publish: Nomad API TLS files: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Loopback ports and MessagePack: the small pieces every test layer (and bench/) shares.
+"""Loopback ports, Unix socket paths and MessagePack: the small pieces every test layer
+(and bench/) shares.
 
 MessagePack here is the independent ``msgpack`` package, never the product's
 codec, so a test that speaks the wire with these checks docs/protocol.md and
@@ -7,10 +8,12 @@ not the codec's own idea of it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -151,6 +154,20 @@ def port_is_free(port: int) -> bool:
                 return False
             raise
         return True
+
+
+@contextlib.contextmanager
+def socket_dir() -> Iterator[str]:
+    """A fresh directory for Unix sockets, removed after; its path is short.
+
+    A socket's path may be 107 bytes at most, which pytest's ``tmp_path``
+    (named after the test) can exceed.
+    """
+    directory = tempfile.mkdtemp(prefix="rpx")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def tcp(port: int) -> str:

@@ -6,6 +6,8 @@ responses: ``/v1/agent/members`` with 0.x tags (``vsn``, ``mvn``, no
 ``/v1/status/leader`` and ``/v1/nodes``. Tests change what it serves between
 polls, and can make it misbehave: trickle a body a byte at a time, never
 answer, or send a gzip bomb (:func:`gzip_of_zeros`) as ``Content-Encoding: gzip``.
+It serves over TCP, or on a Unix socket as Nomad's Task API does
+(``nomad_api(unix=True)``), where a token may be required (``required_token``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import select
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -22,6 +26,8 @@ import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.helpers import socket_dir
 
 
 def member_0x(name: str, addr: str, *, status: str = "alive", region: str = "global") -> Any:
@@ -106,30 +112,43 @@ def wait_for_hangup(connection: socket.socket, seconds: float, closing: threadin
 
 @contextlib.contextmanager
 def serving(
-    handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None, closing: threading.Event
+    handler: type[BaseHTTPRequestHandler],
+    tls: ssl.SSLContext | None,
+    closing: threading.Event,
+    *,
+    unix: bool = False,
 ) -> Iterator[str]:
-    """Serve ``handler`` on a loopback port (HTTPS with ``tls``); yields the base URL.
+    """Serve ``handler`` on a loopback port (HTTPS with ``tls``), or on a Unix
+    socket with ``unix``; yields the base URL (``unix:///path`` for a socket).
 
     On the way out ``closing`` is set first, so handlers that hold, trickle
     or stay silent end, and then the server is shut down and its thread joined.
     """
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    scheme = "http"
-    if tls is not None:
-        scheme = "https"
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    # A short poll interval: shutdown() waits up to one, at every test's teardown.
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        closing.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with contextlib.ExitStack() as stack:
+        server: socketserver.BaseServer
+        if unix:
+            path = os.path.join(stack.enter_context(socket_dir()), "api.sock")
+            server = _UnixHTTPServer(path, handler)
+            url = f"unix://{path}"
+        else:
+            tcp = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            scheme = "http"
+            if tls is not None:
+                scheme = "https"
+                tcp.socket = tls.wrap_socket(tcp.socket, server_side=True)
+            server, url = tcp, f"{scheme}://127.0.0.1:{tcp.server_address[1]}"
+        # A short poll interval: shutdown() waits up to one, at every test's teardown.
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        try:
+            yield url
+        finally:
+            closing.set()
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
 
 
 def _peek(connection: socket.socket) -> bytes:
@@ -151,6 +170,9 @@ class NomadFixture:
             already encoded).
         trickle_s: when set, bodies are sent one byte per this many seconds.
         silent: when set, requests are read and never answered.
+        required_token: when set, a request without this ``X-Nomad-Token``
+            gets a 403, as the Task API answers (it always requires a token).
+        hosts: the ``Host`` header of each request.
         arrivals: ``time.monotonic()`` of each request.
         hangups: ``time.monotonic()`` when a client hung up on a trickled
             body (seen within 50 ms), so ``hangups[i] - arrivals[i]`` is how
@@ -168,7 +190,9 @@ class NomadFixture:
         self.encoding: str | None = None
         self.trickle_s: float | None = None
         self.silent = False
+        self.required_token: str | None = None
         self.tokens: list[str | None] = []
+        self.hosts: list[str | None] = []
         self.paths: list[str] = []
         self.arrivals: list[float] = []
         self.hangups: list[float] = []
@@ -200,9 +224,15 @@ class NomadFixture:
         return json.dumps(doc).encode()
 
 
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """``ThreadingHTTPServer``'s twin on a Unix socket (the Task API's transport)."""
+
+    daemon_threads = True
+
+
 @contextlib.contextmanager
 def nomad_api(
-    tls: ssl.SSLContext | None = None, fixture: NomadFixture | None = None
+    tls: ssl.SSLContext | None = None, fixture: NomadFixture | None = None, *, unix: bool = False
 ) -> Iterator[tuple[NomadFixture, str]]:
     """Serves a :class:`NomadFixture` on loopback; yields it and its URL.
 
@@ -211,25 +241,31 @@ def nomad_api(
             handshake that fails drops that connection only).
         fixture: what to serve (a subclass may answer its own way); a new
             :class:`NomadFixture` by default.
+        unix: serve on a Unix socket in a fresh directory, as the Task API
+            does; the URL is then ``unix:///that/dir/api.sock``.
     """
     state = NomadFixture() if fixture is None else fixture
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            state.tokens.append(self.headers.get("X-Nomad-Token"))
+            token = self.headers.get("X-Nomad-Token")
+            state.tokens.append(token)
+            state.hosts.append(self.headers.get("Host"))
             state.paths.append(self.path)
             state.arrivals.append(time.monotonic())
             if state.silent:
                 state.closing.wait()
                 return
-            body = state.body(self.path)
+            refused = state.required_token is not None and token != state.required_token
+            status = 403 if refused else state.status
+            body = b"Permission denied" if refused else state.body(self.path)
             # The client hangs up on a body it refuses (too large, too slow).
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.send_response(state.status)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 encoding = "gzip" if state.compress and state.raw is None else state.encoding
-                if encoding is not None:
+                if encoding is not None and not refused:
                     self.send_header("Content-Encoding", encoding)
                 self.end_headers()
                 trickle_s = state.trickle_s
@@ -252,5 +288,5 @@ def nomad_api(
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    with serving(Handler, tls, state.closing) as url:
+    with serving(Handler, tls, state.closing, unix=unix) as url:
         yield state, url

@@ -145,15 +145,20 @@ class _Transport(httpx.BaseTransport):
     """httpx's transport on httpcore's pool over a :class:`StoppableNetwork`.
 
     httpx's own HTTPTransport takes no network backend, so this is its
-    ``handle_request`` on the public httpcore API: HTTP/1.1, no proxy.
+    ``handle_request`` on the public httpcore API: HTTP/1.1, no proxy. With
+    ``unix_socket``, every connection is made to that socket
+    (:meth:`StoppableNetwork.connect_unix_socket`) whatever the URL's host.
     """
 
-    def __init__(self, network: StoppableNetwork, ssl_context: ssl.SSLContext) -> None:
+    def __init__(
+        self, network: StoppableNetwork, ssl_context: ssl.SSLContext, unix_socket: str = ""
+    ) -> None:
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl_context,
             # One fetch at a time; a second connection only while one closes.
             max_connections=2,
             max_keepalive_connections=1,
+            uds=unix_socket or None,
             network_backend=network,
         )
 
@@ -257,6 +262,7 @@ def make_fetch_client(
     tls: ClientTls | None = None,
     headers: Mapping[str, str] | None = None,
     timeout_s: float = 5.0,
+    unix_socket: str = "",
 ) -> FetchClient:
     """An httpx client for one API, on a :class:`StoppableNetwork`.
 
@@ -266,7 +272,8 @@ def make_fetch_client(
     applies.
 
     Args:
-        base_url: the API's URL; fetched paths are relative to it.
+        base_url: the API's URL; fetched paths are relative to it. Over a
+            Unix socket, its host is only the ``Host`` header's.
         tls: its certificate checks and the client's certificate.
         headers: sent with every request (a token, say). ``Accept-Encoding``
             is the client's own: only gzip, the one :func:`read_body` decodes.
@@ -274,6 +281,8 @@ def make_fetch_client(
             handshake, one read or write); a whole fetch has its own
             (:func:`fetch_deadline`), and each operation waits no longer
             than what is left of it.
+        unix_socket: the path of a Unix socket every request goes to (an
+            agent's API on one, Nomad's Task API); empty for TCP.
 
     Raises:
         ValueError: a certificate file is missing or unusable; it names the file.
@@ -287,7 +296,7 @@ def make_fetch_client(
         network,
         base_url=base_url,
         headers=sent,
-        transport=_Transport(network, context),
+        transport=_Transport(network, context, unix_socket),
         timeout=timeout_s,
         trust_env=False,
     )
@@ -425,26 +434,51 @@ class TokenRefusals:
     retries that follow add nothing to the log. Never the token's value:
     no :class:`FetchError` message holds a header.
 
+    When no token is set, the line says so instead: the fix is to set one,
+    not to change it.
+
     Args:
         logger: where the line goes.
         api: the API, as the line starts ("nomad API").
         token_source: where the token is set ("NOMAD_TOKEN / --token").
+        token_set: whether a token was sent at all.
+        hint: added to the line when no token is set (why one is needed here).
     """
 
-    def __init__(self, logger: logging.Logger, api: str, token_source: str) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        api: str,
+        token_source: str,
+        *,
+        token_set: bool = True,
+        hint: str = "",
+    ) -> None:
         self._logger = logger
         self._api = api
         self._token_source = token_source
+        self._token_set = token_set
+        self._hint = hint
         self._logged = False
 
     def check(self, exc: FetchError) -> bool:
         """Whether ``exc`` is a refusal of the token; the first one is logged."""
         if exc.status not in (401, 403):
             return False
-        if not self._logged:
-            self._logged = True
+        if self._logged:
+            return True
+        self._logged = True
+        if self._token_set:
             self._logger.error(
                 "%s refused the ACL token (%s): %s", self._api, self._token_source, exc
+            )
+        else:
+            self._logger.error(
+                "%s refused a request without an ACL token: none is set (%s)%s: %s",
+                self._api,
+                self._token_source,
+                self._hint,
+                exc,
             )
         return True
 

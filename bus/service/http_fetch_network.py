@@ -5,7 +5,8 @@
 pool run on it unchanged. It adds what httpx lacks: a deadline on a whole
 fetch, counted on every socket operation (DNS lookup, connect, TLS
 handshake, each read and write), and :meth:`StoppableNetwork.abort`, which
-another thread calls to end a fetch in flight at once.
+another thread calls to end a fetch in flight at once. Both hold on a TCP
+connection and on a Unix socket's (Nomad's Task API) alike.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ _STEP_ERRORS: dict[_Step, tuple[type[Exception], type[Exception]]] = {
     "write": (httpcore.WriteTimeout, httpcore.WriteError),
 }
 """Per step, the httpcore exceptions for a timeout and for any other failure."""
+
+_UNIX_RETRY_S = 0.05
+"""How often a connect to a Unix socket whose listener's backlog is full is tried again."""
 
 
 @contextlib.contextmanager
@@ -206,7 +210,48 @@ class StoppableNetwork(httpcore.NetworkBackend):
         timeout: float | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("unix sockets are not supported by the bounded HTTP fetch")
+        """A stream on the Unix socket at ``path`` (Nomad's Task API), bounded as a TCP one.
+
+        Its reads and writes are a :class:`_Stream`'s, so the fetch's
+        deadline and :meth:`abort` hold on them as on TCP's.
+        """
+        with _mapped("connect"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Tracked before connecting, as in connect_tcp: abort() ends its wait.
+        stream = _Stream(self, sock)
+        try:
+            with _mapped("connect"):
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+                self._connect_unix(sock, path, timeout)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def _connect_unix(self, sock: socket.socket, path: str, timeout: float | None) -> None:
+        """Connect ``sock`` to ``path``, waiting out a full backlog until the time is up.
+
+        A non-blocking connect to a Unix listener whose backlog is full fails
+        at once (EAGAIN), where TCP's waits for the listener: so it is tried
+        again every :data:`_UNIX_RETRY_S`, up to ``timeout`` and the fetch's
+        deadline, and an abort ends the wait. Never a blocking connect,
+        which neither a deadline nor a shutdown would end.
+        """
+        until = None if timeout is None else self._clock() + timeout
+        while True:
+            left = None if until is None else until - self._clock()
+            if left is not None and left <= 0:
+                raise httpcore.ConnectTimeout(f"{path}: the listener's backlog stayed full")
+            wait = self.wait_for(left, "connect")  # raises when aborted or past the deadline
+            step = _UNIX_RETRY_S if wait is None else min(wait, _UNIX_RETRY_S)
+            sock.settimeout(step)
+            try:
+                sock.connect(path)
+            except BlockingIOError:
+                self._stopped.wait(step)
+                continue
+            return
 
     def sleep(self, seconds: float) -> None:
         # httpcore sleeps between connect retries (none are configured); a stop wakes it.

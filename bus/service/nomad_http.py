@@ -17,7 +17,10 @@ each completes or fails within its own deadline (:func:`~.http_fetch.fetch_deadl
 of the poll interval), a body is bounded on the wire and after decoding as
 it streams, and :meth:`NomadPoller.stop` ends a fetch in flight at once.
 What is Nomad's is here: the settings from Nomad's environment variables,
-the three endpoints and their shapes, the poller and the bridge.
+the three endpoints and their shapes, the poller and the bridge. The agent
+may be on a Unix socket (``unix:///path``: the Task API of Nomad 1.5+, on
+``${NOMAD_SECRETS_DIR}/api.sock``), with the same bounds: no TLS applies
+there, and a token always does.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import msgspec
 import zmq
 from msgspec import Meta
 
+from rpcproxy.bus.service.agent_address import UNIX_PREFIX, AgentAddress, parse_agent_address
 from rpcproxy.bus.service.codec import encode_heartbeat
 from rpcproxy.bus.service.http_fetch import (
     DEFAULT_MAX_BODY_BYTES,
@@ -75,6 +79,16 @@ ENV_KEYS = {
 }
 """Nomad's own environment variables, by the setting each one fills."""
 
+TOKEN_SOURCE = "NOMAD_TOKEN / --token"
+"""Where the token is set, as a refusal's error line names it."""
+
+_TLS_KEYS = ("ca_cert", "client_cert", "client_key", "tls_server_name", "skip_verify")
+
+_TASK_API_HINT = (
+    "; a unix:// agent (Nomad's Task API) always requires one: a task gets its"
+    " workload identity as NOMAD_TOKEN with identity { env = true }"
+)
+
 
 class NomadApiError(FetchError):
     """A fetch from the Nomad API failed (no answer, a bad status or shape).
@@ -89,7 +103,8 @@ class NomadApiSettings:
     """Where the Nomad API is and how to talk to it.
 
     Attributes:
-        addr: the agent's URL (``http://127.0.0.1:4646`` by default, as Nomad's).
+        addr: the agent's URL (``http://127.0.0.1:4646`` by default, as
+            Nomad's), or ``unix:///abs/path`` for its Task API.
         token: the ACL token sent as ``X-Nomad-Token``; empty sends none.
         region: the region whose servers are kept.
         ca_cert: a CA bundle to verify the API's certificate with.
@@ -130,6 +145,28 @@ class NomadApiSettings:
             if value is not None:
                 values[key] = value
         return replace(cls(), **values)
+
+    def address(self) -> AgentAddress:
+        """Where requests go: :attr:`addr` as a URL, or a Unix socket.
+
+        Raises:
+            ValueError: :attr:`addr` is neither form (a relative socket path, say).
+        """
+        try:
+            return parse_agent_address(self.addr)
+        except ValueError as exc:
+            raise ValueError(
+                f"the Nomad agent's address (NOMAD_ADDR / --nomad-addr): {exc}"
+            ) from None
+
+    @property
+    def on_unix_socket(self) -> bool:
+        """Whether the agent is on a Unix socket (``unix://``: no TLS, a token required)."""
+        return self.addr.startswith(UNIX_PREFIX)
+
+    def tls_set(self) -> tuple[str, ...]:
+        """The variables of the TLS settings given (``NOMAD_CACERT``...)."""
+        return tuple(ENV_KEYS[key] for key in _TLS_KEYS if getattr(self, key))
 
 
 def _truthy(raw: str) -> bool:
@@ -188,7 +225,11 @@ def make_client(settings: NomadApiSettings, *, timeout_s: float = 5.0) -> FetchC
     """An HTTP client for the Nomad API: TLS as configured, the token as ``X-Nomad-Token``.
 
     A :func:`~.http_fetch.make_fetch_client`, so :class:`NomadFetcher`
-    bounds each fetch as a whole and can end one in flight.
+    bounds each fetch as a whole and can end one in flight, over TCP or on
+    a Unix socket alike. On a socket no TLS applies (Nomad's own client
+    sends plain HTTP there too): TLS settings given are ignored, with one
+    warning naming them, rather than refused, so an environment set up for
+    a TCP agent still works pointed at the socket.
 
     Args:
         settings: the API's address and credentials.
@@ -196,9 +237,22 @@ def make_client(settings: NomadApiSettings, *, timeout_s: float = 5.0) -> FetchC
             a whole fetch has its own (:func:`~.http_fetch.fetch_deadline`).
 
     Raises:
-        ValueError: a certificate file is missing or unusable; it names the
-            file and its variable.
+        ValueError: the address is not one, or a certificate file is missing
+            or unusable; it names the file and its variable.
     """
+    address = settings.address()
+    headers = {"X-Nomad-Token": settings.token} if settings.token else {}
+    if address.unix_socket:
+        ignored = settings.tls_set()
+        if ignored:
+            log.warning(
+                "nomad API: %s ignored: %s is a Unix socket, where no TLS applies",
+                ", ".join(ignored),
+                settings.addr,
+            )
+        return make_fetch_client(
+            address.url, headers=headers, timeout_s=timeout_s, unix_socket=address.unix_socket
+        )
     tls = ClientTls(
         ca_cert=settings.ca_cert,
         client_cert=settings.client_cert,
@@ -206,8 +260,7 @@ def make_client(settings: NomadApiSettings, *, timeout_s: float = 5.0) -> FetchC
         skip_verify=settings.skip_verify,
         named=ENV_KEYS,
     )
-    headers = {"X-Nomad-Token": settings.token} if settings.token else {}
-    return make_fetch_client(settings.addr, tls=tls, headers=headers, timeout_s=timeout_s)
+    return make_fetch_client(address.url, tls=tls, headers=headers, timeout_s=timeout_s)
 
 
 class NomadFetcher:
@@ -242,7 +295,8 @@ class NomadFetcher:
     ) -> None:
         self._http = HttpFetcher(
             client,
-            tls_server_name=settings.tls_server_name,
+            # No TLS on a Unix socket, so no name to check.
+            tls_server_name="" if settings.on_unix_socket else settings.tls_server_name,
             max_body_bytes=max_body_bytes,
             deadline_s=deadline_s,
             clock=clock,
@@ -253,6 +307,10 @@ class NomadFetcher:
         # Nodes are only counted: each one's content is left unchecked.
         nodes = Annotated[list[msgspec.Raw], Meta(max_length=max(max_members, 100_000))]
         self._nodes_decoder = msgspec.json.Decoder(nodes)
+
+    @property
+    def settings(self) -> NomadApiSettings:
+        return self._settings
 
     def abort(self) -> None:
         """End a fetch in flight now and fail every later one (for stop)."""
@@ -375,7 +433,7 @@ class NomadPoller:
         self._nodes: int | None = None
         self._nodes_at: float | None = None
         self._failures = 0
-        self._refusals = TokenRefusals(log, "nomad API", "NOMAD_TOKEN / --token")
+        self._refusals = _token_refusals(fetcher.settings)
         self._thread: threading.Thread | None = None
         self.seq = 0
 
@@ -461,6 +519,15 @@ class NomadPoller:
         self._fetcher.abort()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+
+def _token_refusals(settings: NomadApiSettings) -> TokenRefusals:
+    """How a refused token is logged: naming the token, or saying none is set (and,
+    for the Task API, which requires one whatever the ACLs, where a task gets it)."""
+    if settings.token:
+        return TokenRefusals(log, "nomad API", TOKEN_SOURCE)
+    hint = _TASK_API_HINT if settings.on_unix_socket else ""
+    return TokenRefusals(log, "nomad API", TOKEN_SOURCE, token_set=False, hint=hint)
 
 
 class NomadBridge:

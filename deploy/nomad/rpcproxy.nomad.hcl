@@ -6,6 +6,15 @@
 # it polls that agent's HTTP API for the region's servers and leader (protocol
 # section 7), so no heartbeat publisher is needed.
 #
+# It reaches the agent through Nomad's Task API (Nomad 1.5+): the agent's HTTP
+# API on a Unix socket in the task's secrets directory, with the task's
+# workload identity as its token. So the job holds no secret: no token, no TLS
+# files. The identity needs an ACL policy that reads the agent and the nodes,
+# attached to this job once (see the README, "Deploying across a Nomad
+# cluster"):
+#
+#   nomad acl policy apply -namespace default -job rpcproxy rpcproxy-read policy.hcl
+#
 # The ports are bound to the node's loopback only. Nomad reserves them on a
 # host network named "loopback", which each client declares once in its agent
 # configuration (see the README, "Deploying across a Nomad cluster"):
@@ -112,9 +121,17 @@ job "rpcproxy" {
         args         = ["serve"]
       }
 
+      # The task's workload identity as NOMAD_TOKEN: the Task API always
+      # requires a token, and this one is Nomad's to issue, not the job's.
+      identity {
+        env = true
+      }
+
       env {
-        # The proxy follows the node's own Nomad agent for the server list.
-        RPCPROXY_NOMAD_ADDR     = "http://${attr.unique.network.ip-address}:4646"
+        # The proxy follows the node's own Nomad agent for the server list,
+        # through the Task API's socket (Nomad mounts the secrets directory
+        # into the container and sets NOMAD_SECRETS_DIR to it).
+        RPCPROXY_NOMAD_ADDR     = "unix://${NOMAD_SECRETS_DIR}/api.sock"
         RPCPROXY_REGION         = var.region
         RPCPROXY_DATACENTER     = "${node.datacenter}"
         RPCPROXY_QUERY          = "tcp://127.0.0.1:${NOMAD_PORT_query}"

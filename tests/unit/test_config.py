@@ -302,6 +302,31 @@ def test_curve_refuses_nomad_addr(tmp_path: Path) -> None:
     assert _error(tmp_path, argv=argv).key == "nomad_addr"
 
 
+def test_nomad_addr_takes_the_task_apis_unix_socket(tmp_path: Path) -> None:
+    # Nomad 1.5+'s Task API: ${NOMAD_SECRETS_DIR}/api.sock, as NOMAD_ADDR takes it.
+    sock = "unix:///var/nomad/alloc/5c63/rpcproxy/secrets/api.sock"
+    assert _load(tmp_path, env={_env("nomad_addr"): sock}).nomad_addr == sock
+    assert _load(tmp_path, argv=[f"{_flag('nomad_addr')}={sock}"]).nomad_addr == sock
+    assert _load(tmp_path, toml=f'nomad_addr = "{sock}"\n').nomad_addr == sock
+    assert Config(nomad_addr="unix:///secrets/api.sock").nomad_addr == "unix:///secrets/api.sock"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("unix://secrets/api.sock", "absolute path"),
+        ("unix://", "absolute path"),
+        ("unix:///" + "a" * 107, "107 bytes"),
+        ("ftp://h", "unix:///path"),
+    ],
+)
+def test_nomad_addr_says_what_is_wrong_with_a_socket_path(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    error = _error(tmp_path, argv=[f"{_flag('nomad_addr')}={text}"])
+    assert error.key == "nomad_addr" and says in str(error), str(error)
+
+
 @pytest.mark.parametrize("name", list(SAMPLES))
 def test_toml_alone(tmp_path: Path, name: str) -> None:
     _, literal, expected = SAMPLES[name]
@@ -500,6 +525,9 @@ BAD_TEXT: list[tuple[str, str]] = [
     ("nomad_addr", "127.0.0.1:4646"),
     ("nomad_addr", "ftp://h"),
     ("nomad_addr", "http://"),
+    ("nomad_addr", "unix://relative/api.sock"),
+    ("nomad_addr", "unix://"),
+    ("nomad_addr", "unix:///" + "a" * 107),
     ("nomad_interval_s", "0"),
     ("nomad_nodes_refresh_s", "-1"),
     ("ping_timeout_s", "abc"),

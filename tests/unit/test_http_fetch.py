@@ -3,7 +3,8 @@
 The deadline, the client's TLS errors and headers; the body reader against
 chunks made here, deadlines with an injected clock;
 the network against loopback sockets, a listener whose backlog is full (a
-connect that hangs) and a resolver that never answers. Fetches from a
+connect that hangs) and a resolver that never answers, and against Unix
+sockets (Nomad's Task API) the same way. Fetches from a
 misbehaving server through the whole layer are in test_nomad_http.py,
 against the Nomad fixture.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import socket
 import threading
 import time
@@ -35,6 +37,7 @@ from rpcproxy.bus.service.http_fetch import (
 )
 from rpcproxy.bus.service.http_fetch_body import INFLATE_STEP_BYTES, BodyError, read_body
 from rpcproxy.bus.service.http_fetch_network import StoppableNetwork
+from tests.helpers import socket_dir
 from tests.nomadapi import gzip_of_zeros
 
 # --- The deadline of a whole fetch, and the client ----------------------------------
@@ -262,3 +265,103 @@ def abort_when_blocked(network: StoppableNetwork, outcome: Future[object]) -> fl
     aborted_at = time.monotonic()
     network.abort()
     return aborted_at
+
+
+# --- The network on a Unix socket (Nomad's Task API) -------------------------------
+
+
+@pytest.fixture
+def unix_listener() -> Iterator[tuple[socket.socket, str]]:
+    """A listening Unix socket that accepts nobody (a connect queues in its backlog)."""
+    with socket_dir() as directory:
+        path = os.path.join(directory, "api.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(path)
+            listener.listen(0)
+            yield listener, path
+
+
+def fill_backlog(path: str) -> list[socket.socket]:
+    """Connect to ``path`` until its listener's backlog is full; the connected sockets."""
+    held: list[socket.socket] = []
+    for _ in range(8):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(0.3)  # non-blocking connect: a full backlog fails it with EAGAIN
+        try:
+            probe.connect(path)
+        except BlockingIOError:
+            probe.close()
+            return held
+        held.append(probe)
+    for probe in held:
+        probe.close()
+    pytest.skip("this kernel never filled a Unix listener's backlog")
+
+
+def test_a_read_on_a_unix_socket_ends_at_the_deadline_and_at_abort(
+    unix_listener: tuple[socket.socket, str],
+) -> None:
+    _, path = unix_listener
+    network = StoppableNetwork()
+    stream = network.connect_unix_socket(path, timeout=5.0)
+    try:
+        begin = time.monotonic()
+        with network.deadline(0.3), pytest.raises(httpcore.ReadTimeout):
+            stream.read(1024, timeout=30.0)  # the agent never answers
+        assert time.monotonic() - begin < 3.0
+        outcome = run_aside(lambda: stream.read(1024, timeout=30.0))
+        aborted_at = abort_when_blocked(network, outcome)
+        # Woken at once: the shut-down socket reads as closed (which ends
+        # httpcore's response), or the read fails; any later one is refused.
+        woken = outcome.result(timeout=10)
+        assert woken == b"" or isinstance(woken, httpcore.ReadError), woken
+        assert time.monotonic() - aborted_at < 2.0
+        with pytest.raises(httpcore.ReadError, match="stopped"):
+            stream.read(1024, timeout=30.0)
+    finally:
+        stream.close()
+    with pytest.raises(httpcore.ConnectError, match="stopped"):
+        network.connect_unix_socket(path)
+
+
+def test_a_unix_connect_waits_out_a_full_backlog_until_the_deadline_or_abort(
+    unix_listener: tuple[socket.socket, str],
+) -> None:
+    listener, path = unix_listener
+    held = fill_backlog(path)
+    try:
+        # Where a non-blocking connect fails at once, this one waits, as TCP's would...
+        network = StoppableNetwork()
+        begin = time.monotonic()
+        with network.deadline(0.3), pytest.raises(httpcore.ConnectTimeout):
+            network.connect_unix_socket(path, timeout=30.0)
+        with pytest.raises(httpcore.ConnectTimeout, match="backlog"):
+            network.connect_unix_socket(path, timeout=0.3)
+        assert time.monotonic() - begin < 5.0
+        # ...until abort(),
+        outcome = run_aside(lambda: network.connect_unix_socket(path, timeout=30.0))
+        aborted_at = abort_when_blocked(network, outcome)
+        assert isinstance(outcome.result(timeout=10), httpcore.ConnectError)
+        assert time.monotonic() - aborted_at < 2.0
+        # ...or until the listener takes a connection off its backlog.
+        network = StoppableNetwork()
+        outcome = run_aside(lambda: network.connect_unix_socket(path, timeout=30.0))
+        with pytest.raises(FutureTimeout):
+            outcome.result(timeout=0.3)
+        accepted, _ = listener.accept()
+        stream = outcome.result(timeout=10)
+        assert isinstance(stream, httpcore.NetworkStream)
+        stream.close()
+        accepted.close()
+    finally:
+        for probe in held:
+            probe.close()
+
+
+def test_a_unix_socket_nobody_listens_on_fails_at_once() -> None:
+    with socket_dir() as directory:
+        network = StoppableNetwork()
+        begin = time.monotonic()
+        with network.deadline(5.0), pytest.raises(httpcore.ConnectError):
+            network.connect_unix_socket(os.path.join(directory, "none.sock"), timeout=5.0)
+        assert time.monotonic() - begin < 1.0

@@ -8,6 +8,7 @@ one at a time (``poll_once``), so nothing waits on a clock. The fixture also
 misbehaves (a body trickled a byte at a time, no answer at all, a gzip bomb),
 which the bridge's fetches must survive with every bound of the HTTP fetch
 they are made with (whose parts are tested on their own in test_http_fetch.py).
+It also serves on a Unix socket requiring a token, as Nomad's Task API does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rpcproxy.bus.service.nomad_http import (
 from rpcproxy.proxy import Heartbeat, HeartbeatServer
 from tests.nomadapi import NomadFixture, gzip_of_zeros, member_0x, member_1x, nomad_api
 from tests.nomadpeer import TLSFiles, make_tls_files
+from tests.waiting import poll_until
 
 
 @pytest.fixture
@@ -367,3 +369,109 @@ def test_a_host_name_is_resolved_and_each_address_tried(nomad: tuple[NomadFixtur
     _, addr = nomad
     by_name = addr.replace("127.0.0.1", "localhost")
     assert poller(by_name)[0].poll_once() is not None
+
+
+# --- Nomad's Task API: the agent on a Unix socket ----------------------------------
+
+
+@pytest.fixture
+def task_api() -> Iterator[tuple[NomadFixture, str]]:
+    """The fixture on a Unix socket, requiring a token as the Task API always does."""
+    with nomad_api(unix=True) as (state, addr):
+        state.required_token = "workload-identity-jwt"
+        yield state, addr
+
+
+def test_the_task_api_is_polled_on_its_socket(task_api: tuple[NomadFixture, str]) -> None:
+    state, addr = task_api
+    assert addr.startswith("unix:///")
+    p, seen = poller(addr, token="workload-identity-jwt")
+    heartbeat = p.poll_once()
+    assert heartbeat is not None and seen == [heartbeat]
+    assert [s.rpc_advertise_addr for s in heartbeat.servers] == ["10.0.0.1:4647", "10.0.0.2:4647"]
+    assert set(state.tokens) == {"workload-identity-jwt"}
+    # The Host header Nomad's own client sends over the socket.
+    assert set(state.hosts) == {"127.0.0.1"}
+
+
+def test_tls_settings_are_ignored_on_a_socket_with_one_warning(
+    task_api: tuple[NomadFixture, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, addr = task_api
+    env = {"NOMAD_CACERT": "/no/such/ca.pem", "NOMAD_SKIP_VERIFY": "true"}
+    settings = NomadApiSettings.from_env(env, addr=addr, token="workload-identity-jwt")
+    with caplog.at_level(logging.WARNING, logger="rpcproxy.bus.service.nomad_http"):
+        client = make_client(settings)  # the missing CA file is never read
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "NOMAD_CACERT, NOMAD_SKIP_VERIFY ignored" in warning and "Unix socket" in warning
+    assert NomadPoller(NomadFetcher(client, settings), lambda _: None).poll_once() is not None
+
+
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        ("", "none is set (NOMAD_TOKEN / --token); a unix:// agent (Nomad's Task API)"),
+        ("wrong", "refused the ACL token (NOMAD_TOKEN / --token)"),
+    ],
+)
+def test_a_missing_or_wrong_token_is_one_error_line(
+    task_api: tuple[NomadFixture, str], token: str, says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    state, addr = task_api
+    p, seen = poller(addr, token=token)
+    with caplog.at_level(logging.WARNING, logger="rpcproxy.bus.service.nomad_http"):
+        for _ in range(3):
+            assert p.poll_once() is None
+    assert len(state.paths) == 3 and seen == []
+    (error,) = [r.getMessage() for r in caplog.records]  # no warning besides it
+    assert says in error and "status 403" in error, error
+    assert ("identity { env = true }" in error) == (token == "")
+
+
+def test_without_a_token_a_tcp_agents_refusal_says_none_is_set(
+    nomad: tuple[NomadFixture, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    state, addr = nomad
+    state.status = 401
+    p, _ = poller(addr)
+    with caplog.at_level(logging.WARNING, logger="rpcproxy.bus.service.nomad_http"):
+        for _ in range(2):
+            assert p.poll_once() is None
+    (error,) = [r.getMessage() for r in caplog.records]
+    assert "none is set (NOMAD_TOKEN / --token): GET /v1/agent/members: status 401" in error
+
+
+def test_stop_ends_a_fetch_hanging_on_the_socket(
+    task_api: tuple[NomadFixture, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    state, addr = task_api
+    state.silent = True  # the request is read, never answered
+    settings = NomadApiSettings.from_env({}, addr=addr, token="workload-identity-jwt")
+    fetcher = NomadFetcher(make_client(settings, timeout_s=30.0), settings)
+    p = NomadPoller(fetcher, lambda _: None, interval_s=10.0, fetch_deadline_s=60.0)
+    with caplog.at_level(logging.WARNING, logger="rpcproxy.bus.service.nomad_http"):
+        p.start()
+        poll_until(lambda: state.arrivals, 10, 0.01, what="the fetch on the socket")
+        begin = time.monotonic()
+        p.stop(timeout_s=10.0)
+        elapsed = time.monotonic() - begin
+    assert elapsed < 2.0, elapsed  # the deadline was 60 s
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_hanging_socket_fails_at_the_fetch_deadline(task_api: tuple[NomadFixture, str]) -> None:
+    state, addr = task_api
+    state.silent = True
+    settings = NomadApiSettings.from_env({}, addr=addr, token="workload-identity-jwt")
+    fetcher = NomadFetcher(make_client(settings, timeout_s=30.0), settings)
+    begin = time.monotonic()
+    with pytest.raises(NomadApiError) as caught:
+        fetcher.get("/v1/status/leader", deadline_s=0.5)
+    assert caught.value.kind == "timeout"
+    assert time.monotonic() - begin < 5.0
+
+
+@pytest.mark.parametrize("addr", ["unix://secrets/api.sock", "unix://", "127.0.0.1:4646"])
+def test_an_address_of_no_form_is_refused_naming_nomad_addr(addr: str) -> None:
+    with pytest.raises(ValueError, match="NOMAD_ADDR"):
+        make_client(NomadApiSettings.from_env({}, addr=addr))

@@ -51,11 +51,15 @@ def test_it_is_a_system_job_running_serve_on_docker() -> None:
     assert only(group["restart"])["attempts"] > 0
 
 
-def test_it_follows_the_nodes_own_agent() -> None:
+def test_it_follows_the_nodes_own_agent_through_the_task_api() -> None:
     job = labelled(load_job()["job"])["rpcproxy"]
     task = labelled(labelled(job["group"])["rpcproxy"]["task"])["rpcproxy"]
     env = only(task["env"])
-    assert env["RPCPROXY_NOMAD_ADDR"] == "http://${attr.unique.network.ip-address}:4646"
+    # Nomad 1.5+'s Task API: the agent on a socket in the task's secrets dir...
+    assert env["RPCPROXY_NOMAD_ADDR"] == "unix://${NOMAD_SECRETS_DIR}/api.sock"
+    # ...with the workload identity as NOMAD_TOKEN: no secret in the job.
+    assert only(task["identity"]) == {"env": True}
+    assert not {"NOMAD_TOKEN", "NOMAD_CACERT", "NOMAD_CLIENT_CERT", "NOMAD_CLIENT_KEY"} & set(env)
     assert env["RPCPROXY_QUERY"] == "tcp://127.0.0.1:${NOMAD_PORT_query}"
     assert env["RPCPROXY_HEARTBEAT_BIND"] == "tcp://127.0.0.1:${NOMAD_PORT_heartbeat}"
     assert env["RPCPROXY_EVENTS"] == "tcp://127.0.0.1:${NOMAD_PORT_events}"
