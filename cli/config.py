@@ -357,7 +357,7 @@ def _agent_url_or_empty(text: str) -> str:
 _URL = _string("URL or empty", "URL", _url_or_empty)
 # Documented as a URL too: unix:///path is one, and the README's key table
 # (generated from these rows) stays as it is.
-_AGENT_URL = _string("URL or empty", "URL", _agent_url_or_empty)
+_AGENT_URL = _string("URL, unix:///path or empty", "URL", _agent_url_or_empty)
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -437,7 +437,7 @@ class Config:
     nomad_tls_cert_file: str = _key("", _PATH, "PEM client certificate nomad pings present (servers with tls { rpc = true } require one); with nomad_tls_key_file")  # noqa: E501
     nomad_tls_key_file: str = _key("", _PATH, "PEM private key (unencrypted) of nomad_tls_cert_file")  # noqa: E501
     nomad_tls_verify_server_hostname: bool = _key(True, _BOOL, "With TLS, the server's certificate must name server.<region>.nomad, as Nomad's verify_server_hostname")  # noqa: E501
-    nomad_addr: str = _key("", _AGENT_URL, "Poll this Nomad agent's HTTP API for the region's servers (section 7; NOMAD_TOKEN, NOMAD_CACERT... as Nomad's); empty: off")  # noqa: E501
+    nomad_addr: str = _key("", _AGENT_URL, "Poll this Nomad agent's HTTP API (http(s):// URL, or unix:///path for the Task API) for the region's servers (section 7; NOMAD_TOKEN, NOMAD_CACERT... as Nomad's); empty: off")  # noqa: E501
     nomad_interval_s: float = _key(10.0, _POSITIVE, "Seconds between polls of nomad_addr's members and leader")  # noqa: E501
     nomad_nodes_refresh_s: float = _key(300.0, _POSITIVE, "Seconds between counts of nomad_addr's /v1/nodes (num_nodes), which costs the server O(nodes)")  # noqa: E501
     metrics: str = _key("", _LISTEN, "Serve Prometheus metrics over HTTP at host:port (/metrics); empty: off")  # noqa: E501
