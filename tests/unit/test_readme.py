@@ -32,6 +32,8 @@ def python_blocks() -> list[str]:
 def test_the_first_python_example_is_the_watching_client() -> None:
     first = python_blocks()[0]
     assert "ProxyClient(" in first and "watch=True" in first, first
+    # ... and it hands its RPC to call(), rather than writing the failover loop.
+    assert ".call(" in first, first
 
 
 def test_the_testing_example_runs_as_written() -> None:
