@@ -6,6 +6,9 @@
 client in a third process records when its answer changes. (c)
 ``AsyncProxyClient`` with 64 coroutines in one process against the blocking
 client in 8 threads (one client each), real requests, alternating rounds.
+(d) ``call(fn)`` with a trivial ``fn`` against ``fn(find_server())`` by
+hand, one watching client, alternating rounds: what the failover loop costs
+on the happy path.
 Client code runs in ``watch_worker.py`` processes.
 """
 
@@ -20,6 +23,8 @@ from common import Result, Spread, free_port, percentile, running_serve, script,
 PRIMARIES = "10.0.0.1:4647,10.0.0.2:4647,10.0.0.3:4647"
 RATIO_TARGET = 100.0
 STALENESS_P99_TARGET_MS = 5.0
+CALL_COST_TARGET = 1.2
+"""``call(fn)`` costs at most this many times ``fn(find_server())`` (issue 19)."""
 
 
 def _worker(*args: str, timeout_s: float = 300.0) -> dict[str, Any]:
@@ -176,6 +181,30 @@ def _concurrency(query: str, rounds: int, duration_s: float) -> Result:
     return result
 
 
+def _call_cost(query: str, events: str, rounds: int, duration_s: float) -> Result:
+    out = _worker("calls", query, events, str(rounds), repr(duration_s))
+    through_call, by_hand = out["call"], out["by_hand"]
+    cost = Spread.of([h / c for c, h in zip(through_call, by_hand, strict=True)])
+    result = Result(
+        "Watch (d): call(fn) against fn(find_server()) by hand, watched, trivial fn",
+        ["way", "calls/s"],
+        [
+            ["client.call(fn)", Spread.of(through_call).fmt(0)],
+            ["fn(client.find_server())", Spread.of(by_hand).fmt(0)],
+            ["**cost ratio call / by hand**", cost.fmt(2)],
+        ],
+    )
+    result.check(
+        f"cost ratio {cost.fmt(2)}", f"<= {CALL_COST_TARGET:g}", cost.median <= CALL_COST_TARGET
+    )
+    result.notes.append(
+        f"{rounds} alternating rounds of {duration_s:g} s per side in one process, one thread,"
+        " one ProxyClient(watch=True); the ratio is time per call through call() over time"
+        " per call by hand (the by-hand rate over the call() rate)."
+    )
+    return result
+
+
 def watch_benchmarks(
     rounds: int, duration_s: float, changes: int, concurrency_rounds: int
 ) -> list[Result]:
@@ -185,4 +214,5 @@ def watch_benchmarks(
             _throughput(serve.query, events, rounds, duration_s),
             _staleness(serve.query, events, changes),
             _concurrency(serve.query, concurrency_rounds, duration_s),
+            _call_cost(serve.query, events, rounds, duration_s),
         ]

@@ -55,6 +55,42 @@ def lookups(query: str, events: str, rounds: int, duration_s: float) -> dict[str
     return out
 
 
+def calls(query: str, events: str, rounds: int, duration_s: float) -> dict[str, Any]:
+    """``call(fn)`` against ``fn(find_server())`` by hand, one watching client, alternating."""
+    client = ProxyClient(query, events=events, watch=True)
+
+    def fn(server: Any) -> Any:
+        return server  # trivial: what is measured is what call() adds
+
+    def by_hand() -> Any:
+        return fn(client.find_server())
+
+    def through_call() -> Any:
+        return client.call(fn)
+
+    out: dict[str, list[float]] = {"call": [], "by_hand": []}
+    try:
+        while client.watch_stats() is None or client.watch_stats().resyncs < 1:  # type: ignore[union-attr]
+            time.sleep(0.01)
+        for index in range(rounds):
+            sides = [("call", through_call), ("by_hand", by_hand)]
+            for name, run in sides if index % 2 == 0 else sides[::-1]:
+                count = 0
+                begin = time.perf_counter()
+                stop = begin + duration_s
+                while True:
+                    for _ in range(256):
+                        run()
+                    count += 256
+                    now = time.perf_counter()
+                    if now >= stop:
+                        break
+                out[name].append(count / (now - begin))
+    finally:
+        client.close()
+    return out
+
+
 def watcher(query: str, events: str) -> dict[str, Any]:
     """Look up every ~0.1 ms until stdin closes; record each change of the answer."""
     client = ProxyClient(query, events=events, watch=True)
@@ -162,6 +198,8 @@ def main(argv: list[str]) -> int:
     result: dict[str, Any]
     if mode == "lookups":
         result = lookups(query, rest[0], int(rest[1]), float(rest[2]))
+    elif mode == "calls":
+        result = calls(query, rest[0], int(rest[1]), float(rest[2]))
     elif mode == "watcher":
         result = watcher(query, rest[0])
     elif mode == "notifier":

@@ -180,7 +180,21 @@ class AsyncProxyClient(Ops):
         Safe from many coroutines at once. Cancelling it cancels the pending
         pause or ``afn``, and reports nothing it did not see fail.
         """
-        steps = failover(hold_s, retry_on, time.monotonic, self._random.random)
+        first = None
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.start()
+            # The happy path, written out: one local read and the call.
+            # One clock read, for freshness and for the hold's start alike.
+            started = watcher.clock()
+            view = watcher.fresh_at(started)
+            if view is not None and view.server is not None:
+                try:
+                    return await afn(view.server)
+                except Exception as exc:
+                    first = (started, view.server, Failed(exc))
+        clock = watcher.clock if watcher is not None else time.monotonic
+        steps = failover(hold_s, retry_on, clock, self._random.random, first=first)
         answer: object = None
         while True:
             try:

@@ -71,6 +71,8 @@ class AsyncWatcher:
     ) -> None:
         self.events = events
         self._clock = clock
+        self.clock = clock
+        """Its clock (monotonic seconds), for :meth:`fresh_at`; an attribute, read per call."""
         self._follower: Follower[Server] = Follower(refresh_s, clock())
         self._limit_s = self._follower.limit_s
         self._transport = transport
@@ -106,6 +108,13 @@ class AsyncWatcher:
         """
         view = self._follower.view
         if view is not None and self._clock() - view.heard_at <= self._limit_s:
+            return view
+        return None
+
+    def fresh_at(self, now: float) -> View[Server] | None:
+        """:meth:`fresh` at a time the caller read from :attr:`clock` (and uses again)."""
+        view = self._follower.view
+        if view is not None and now - view.heard_at <= self._limit_s:
             return view
         return None
 

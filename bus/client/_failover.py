@@ -109,8 +109,15 @@ def failover(
     retry_on: RetryOn,
     clock: Callable[[], float],
     random: Callable[[], float],
+    *,
+    first: tuple[float, Server, Failed] | None = None,
 ) -> Generator[Step, Any, Any]:
     """The loop; it returns the first result of the user's function.
+
+    ``first`` is a first try a client made itself, before the loop (its
+    start, the server, its failure): a watching client's happy path is one
+    local read and the call, with no loop at all, and only a failure comes
+    here.
 
     Raises:
         Exception: a failure outside ``retry_on``, at once; or the last
@@ -121,18 +128,23 @@ def failover(
     """
     if hold_s < 0:
         raise ValueError(f"hold_s must not be negative, got {hold_s}")
-    deadline = clock() + hold_s
+    deadline = (clock() if first is None else first[0]) + hold_s
     tried: list[str] = []
     failures = 0
     while True:
-        server: Server | None = yield Find()
-        if server is None:
-            left = deadline - clock()
-            if left <= 0:
-                raise NoServerError(f"no server known to the proxy within {hold_s:g} s")
-            yield AwaitServer(min(random() * hold_s / PAUSE_FRACTION, left))
-            continue
-        answer = yield Invoke(server)
+        if first is not None:
+            _, server, answer = first
+            first = None
+        else:
+            found: Server | None = yield Find()
+            if found is None:
+                left = deadline - clock()
+                if left <= 0:
+                    raise NoServerError(f"no server known to the proxy within {hold_s:g} s")
+                yield AwaitServer(min(random() * hold_s / PAUSE_FRACTION, left))
+                continue
+            server = found
+            answer = yield Invoke(server)
         if not isinstance(answer, Failed):
             return answer
         error = answer.error

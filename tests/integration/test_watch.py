@@ -242,7 +242,8 @@ def watching(
     )
     # Started and synced: the first lookup starts an asyncio watcher.
     driver(lambda c: c.find_server())
-    poll_until(lambda: stats_of(driver).resyncs >= 1, 10, what="the first re-sync")
+    # Generous: under load a re-sync may time out (TRY_S) and retry a few times.
+    poll_until(lambda: stats_of(driver).resyncs >= 1, 30, what="the first re-sync")
     return driver
 
 

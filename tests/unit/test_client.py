@@ -274,7 +274,7 @@ def test_call_sends_any_op_and_returns_the_whole_reply(
     serve: Serve,
 ) -> None:
     proxy, client = serve(replying(answer=42))
-    reply = client(lambda c: c.call("future_op", flag=True, items=[1, 2]))
+    reply = client(lambda c: c.request("future_op", flag=True, items=[1, 2]))
     assert reply["ok"] is True
     assert reply["answer"] == 42
     assert keys_of(proxy.wait_for(1)[0]) == {"op": "future_op", "flag": True, "items": [1, 2]}
@@ -440,7 +440,7 @@ def test_a_late_reply_to_a_timed_out_call_is_never_the_next_calls(serve: Serve) 
     # The first call alone has a short timeout (per call): the next ones must succeed.
     _, client = serve(answer_late, timeout_s=WAIT_S, retries=1)
     with pytest.raises(ProxyTimeoutError):
-        client(lambda c: c.call("find_server", timeout_s=SHORT_S))
+        client(lambda c: c.request("find_server", timeout_s=SHORT_S))
     assert client(lambda c: c.find_server()) == Server("fresh:1")
     assert client(lambda c: c.find_server()) == Server("fresh:1")
 

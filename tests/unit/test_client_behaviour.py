@@ -178,7 +178,7 @@ def test_status_holds_every_list(client: Driver) -> None:
 
 def test_call_returns_the_whole_reply(client: Driver) -> None:
     client(lambda c: c.add_primary_server("10.0.0.1"))
-    reply = client(lambda c: c.call("find_server"))
+    reply = client(lambda c: c.request("find_server"))
     assert reply["ok"] is True
     assert reply["server"] == {"addr": "10.0.0.1:4647"}
     assert isinstance(reply["epoch"], int) and isinstance(reply["instance"], str)
@@ -305,12 +305,12 @@ def test_an_invalid_address_changes_nothing(client: Driver, write: Callable[[Any
 
 def test_an_unknown_op_raises_unknown_op(client: Driver) -> None:
     with pytest.raises(UnknownOpError):
-        client(lambda c: c.call("no_such_op"))
+        client(lambda c: c.request("no_such_op"))
 
 
 def test_a_key_of_the_wrong_type_raises_bad_request(client: Driver) -> None:
     with pytest.raises(BadRequestError):
-        client(lambda c: c.call("add_primary_server", addr=5))
+        client(lambda c: c.request("add_primary_server", addr=5))
 
 
 # --------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_the_handler_gets_the_request_and_the_transport_fills_the_envelope(make:
 
     client: Driver = make(handler=handler)
     assert client(lambda c: c.find_server()) == Server("10.0.0.1:4647")
-    reply = client(lambda c: c.call("find_server"))
+    reply = client(lambda c: c.request("find_server"))
     assert reply["ok"] is True
     assert (reply["epoch"], reply["instance"]) == (0, DEFAULT_INSTANCE)
     assert reply["id"] == seen[1]["id"] != seen[0]["id"]
