@@ -64,7 +64,7 @@ class Demo:
         self.plain = plain
         self.speed = speed
         self.context: zmq.Context[Any] = zmq.Context()
-        self.log: deque[str] = deque(maxlen=12)
+        self.log: deque[str] = deque(maxlen=10)
         self.started = time.monotonic()
         self.step_text = "starting"
         self._stop = threading.Event()
@@ -195,7 +195,7 @@ class Demo:
 
         s = self.speed
         return [
-            Step(0.0, "cluster up: s1-s3 in dc1, s4 in dc2 (backup)", lambda: None),
+            Step(0.0, "cluster up: s1-s3 in dc1, s4 in dc2 (backup), all in Consul", lambda: None),
             Step(5.0 / s, "crash the active server", crash),
             Step(11.0 / s, "bring it back", recover),
             Step(14.0 / s, "drain s2 from the heartbeat", drain),
