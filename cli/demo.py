@@ -1,82 +1,60 @@
 """``rpcproxy demo``: a whole cluster on loopback, with a live view.
 
 Four Nomad-server stand-ins (three in dc1, one in dc2 as a backup), a
-heartbeat publisher, the real proxy service, and a client that looks up its
-server, "uses" it (a ping) and reports failures. A script then crashes, hangs,
-drains and restores servers so the active server visibly moves.
+heartbeat publisher, a Consul agent stand-in listing the servers, the real
+proxy service, and a client that looks up its server, "uses" it (a ping)
+and reports failures. A script then crashes, hangs, drains and restores
+servers so the active server visibly moves, and at last moves every server
+while the heartbeats stop, so the proxy finds them through Consul
+(cli/demo_move.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import zmq
 
-from rpcproxy.bus.client import ProxyClient, ProxyError
+from rpcproxy.bus.client import ProxyClient, ProxyError, Status
 from rpcproxy.bus.probes import NomadProber
+from rpcproxy.bus.service.discovery.consul import ENV_KEYS
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
-from rpcproxy.bus.standins.standin import ServerStandIn
 from rpcproxy.bus.wire import EVENT_TOPIC
 from rpcproxy.cli.config import Config
+from rpcproxy.cli.demo_cluster import LOCAL, Cluster, Step
+from rpcproxy.cli.demo_move import (
+    MIN_REUSE_S,
+    OPERATOR_REBALANCE_AT_S,
+    discovery_settings,
+    move_steps,
+)
+from rpcproxy.cli.demo_watch import DiscoveryNews, ProxyLogLines
 from rpcproxy.cli.service import ProxyService
 from rpcproxy.cli.status import CLEAR, render_status
-from rpcproxy.proxy import HeartbeatServer, parse_address
-
-_LOCAL = "tcp://127.0.0.1:*"
-_NAMES = ("s1", "s2", "s3", "s4")
+from rpcproxy.proxy import parse_address
 
 
-@dataclasses.dataclass
-class _Step:
-    at_s: float
-    text: str
-    action: Callable[[], None]
+@contextlib.contextmanager
+def _without_consul_env() -> Iterator[None]:
+    """Consul's variables unset for the run, and restored after.
 
-
-class _Cluster:
-    """The stand-ins and what the publisher currently lists."""
-
-    def __init__(self, context: zmq.Context[Any]) -> None:
-        self.servers = {name: ServerStandIn(_LOCAL, context=context) for name in _NAMES}
-        for standin in self.servers.values():
-            standin.start()
-        self.listed = set(_NAMES)
-        self._lock = threading.Lock()
-
-    def name_of(self, addr: str | None) -> str:
-        for name, standin in self.servers.items():
-            if standin.address == addr:
-                return name
-        return addr or "-"
-
-    def label(self, addr: str) -> str:
-        """``s1 (127.0.0.1:4711)``: the name the script uses, then the address."""
-        name = self.name_of(addr)
-        return addr if name == addr else f"{name} ({addr})"
-
-    def heartbeat_servers(self) -> tuple[HeartbeatServer, ...]:
-        with self._lock:
-            listed = sorted(self.listed)
-        return tuple(
-            HeartbeatServer(self.servers[n].address, 1, 1, "dc2" if n == "s4" else "dc1")
-            for n in listed
-        )
-
-    def set_listed(self, name: str, listed: bool) -> None:
-        with self._lock:
-            (self.listed.add if listed else self.listed.discard)(name)
-
-    def stop(self) -> None:
-        for standin in self.servers.values():
-            if standin.running:
-                standin.stop()
+    The demo's proxy reads the demo's Consul stand-in: a token or the
+    certificates of the user's own Consul (CONSUL_HTTP_TOKEN...) are not for it.
+    """
+    saved = {var: os.environ.pop(var) for var in ENV_KEYS.values() if var in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 class Demo:
@@ -91,6 +69,9 @@ class Demo:
         self.step_text = "starting"
         self._stop = threading.Event()
         self._print_lock = threading.Lock()
+        # The server the client last found answering, and a condition to wait on it.
+        self.client_using: str | None = None
+        self._client_moved = threading.Condition()
 
     def say(self, line: str) -> None:
         stamp = f"{time.monotonic() - self.started:5.1f}s"
@@ -105,15 +86,21 @@ class Demo:
                 self._stop.set()  # Nobody reads any more; the main loop ends too.
 
     def run(self, duration_s: float | None) -> int:
-        cluster = _Cluster(self.context)
+        with _without_consul_env(), ProxyLogLines(self.say):
+            return self._run(duration_s)
+
+    def _run(self, duration_s: float | None) -> int:
+        cluster = Cluster(self.context)
         config = dataclasses.replace(
             Config(),
-            query=_LOCAL,
-            heartbeat_bind=(_LOCAL,),
-            events=_LOCAL,
-            min_reuse_s=6.0 / self.speed,
+            query=LOCAL,
+            heartbeat_bind=(LOCAL,),
+            events=LOCAL,
+            min_reuse_s=MIN_REUSE_S / self.speed,
             ping_timeout_s=0.3,
             log_level="warning",
+            consul_addr=cluster.consul.url,
+            **discovery_settings(self.speed),
         )
         service = ProxyService(config)
         service.start()
@@ -134,7 +121,11 @@ class Demo:
         for thread in threads:
             thread.start()
         script = self._script(cluster, service)
-        total = duration_s if duration_s is not None else script[-1].at_s + 2.0 / self.speed
+        script += move_steps(cluster, publisher, self.say, self._wait_client_on, self.speed)
+        # A real second at least after the last step, so that at a high
+        # --speed the view's 0.25 s refresh cannot step past it.
+        tail_s = max(2.0 / self.speed, 1.0)
+        total = duration_s if duration_s is not None else script[-1].at_s + tail_s
         try:
             self._play(script, total, service, cluster)
         except KeyboardInterrupt:
@@ -150,7 +141,7 @@ class Demo:
         print("\ndemo finished: the proxy followed every failure and recovery above.")
         return 0
 
-    def _script(self, cluster: _Cluster, service: ProxyService) -> list[_Step]:
+    def _script(self, cluster: Cluster, service: ProxyService) -> list[Step]:
         def active_name() -> str:
             head = service.box.current.state.head
             return cluster.name_of(head.canonical if head else None)
@@ -204,20 +195,25 @@ class Demo:
 
         s = self.speed
         return [
-            _Step(0.0, "cluster up: s1-s3 in dc1, s4 in dc2 (backup)", lambda: None),
-            _Step(5.0 / s, "crash the active server", crash),
-            _Step(11.0 / s, "bring it back", recover),
-            _Step(14.0 / s, "drain s2 from the heartbeat", drain),
-            _Step(19.0 / s, "list s2 again", undrain),
-            _Step(22.0 / s, "hang the active server (gray failure)", hang),
-            _Step(28.0 / s, "the hung server recovers", unhang),
-            _Step(32.0 / s, "an operator asks for rebalances until the server moves", rebalance),
+            Step(0.0, "cluster up: s1-s3 in dc1, s4 in dc2 (backup), all in Consul", lambda: None),
+            Step(5.0 / s, "crash the active server", crash),
+            Step(11.0 / s, "bring it back", recover),
+            Step(14.0 / s, "drain s2 from the heartbeat", drain),
+            Step(19.0 / s, "list s2 again", undrain),
+            Step(22.0 / s, "hang the active server (gray failure)", hang),
+            Step(28.0 / s, "the hung server recovers", unhang),
+            Step(
+                OPERATOR_REBALANCE_AT_S / s,
+                "an operator asks for rebalances until the server moves",
+                rebalance,
+            ),
         ]
 
     def _play(
-        self, script: list[_Step], total_s: float, service: ProxyService, cluster: _Cluster
+        self, script: list[Step], total_s: float, service: ProxyService, cluster: Cluster
     ) -> None:
         pending = deque(script)
+        news = DiscoveryNews()
         with ProxyClient(service.query_endpoint, timeout_s=1.0, retries=1) as client:
             while (elapsed := time.monotonic() - self.started) < total_s:
                 if self._stop.is_set():
@@ -227,29 +223,29 @@ class Demo:
                     self.step_text = step.text
                     step.action()
                     if self.plain:
-                        self._print_status(client, cluster)
+                        self._print_status(_status(client), cluster)
+                # Read at every refresh, in both modes: a discovery that moves
+                # nothing publishes no event, so only the status tells of it.
+                status = _status(client)
+                line = news.news(status, cluster.label) if isinstance(status, Status) else None
+                if line is not None:
+                    self.say(f"status: {line}")
+                    if self.plain:
+                        self._print_status(status, cluster)
                 if not self.plain:
-                    self._redraw(client, cluster, total_s)
+                    self._redraw(status, cluster, total_s)
                 self._stop.wait(0.25)  # The view's refresh rate.
 
-    def _print_status(self, client: ProxyClient, cluster: _Cluster) -> None:
-        try:
-            table = render_status(client.status(), cluster.label)
-            with self._print_lock:
-                print(table, flush=True)
-        except ProxyError as exc:
-            print(f"(status unavailable: {exc})", flush=True)
+    def _print_status(self, status: Status | str, cluster: Cluster) -> None:
+        with self._print_lock:
+            print(_table(status, cluster), flush=True)
 
-    def _redraw(self, client: ProxyClient, cluster: _Cluster, total_s: float) -> None:
-        try:
-            table = render_status(client.status(), cluster.label)
-        except ProxyError as exc:
-            table = f"(status unavailable: {exc})"
+    def _redraw(self, status: Status | str, cluster: Cluster, total_s: float) -> None:
         elapsed = time.monotonic() - self.started
         screen = [
             f"rpcproxy demo   {elapsed:5.1f}s / {total_s:.0f}s   now: {self.step_text}",
             "",
-            table,
+            _table(status, cluster),
             "",
             "recent events:",
             *self.log,
@@ -257,8 +253,15 @@ class Demo:
         sys.stdout.write(CLEAR + "\n".join(screen) + "\n")
         sys.stdout.flush()
 
-    def _client_loop(self, service: ProxyService, cluster: _Cluster) -> None:
-        """A client of the proxy: use the active server, report it when it fails."""
+    def _client_loop(self, service: ProxyService, cluster: Cluster) -> None:
+        """A client of the proxy: use the active server, report it when it fails.
+
+        Once it has reported every server it was handed since one last
+        answered, it stops reporting and waits for the proxy to hand it a
+        live one, rather than spin the proxy's list around while nothing answers.
+        """
+        reported: set[str] = set()
+        waiting = False
         with (
             NomadProber(timeout_s=0.3) as prober,
             ProxyClient(service.query_endpoint, timeout_s=1.0, retries=2) as client,
@@ -268,14 +271,38 @@ class Demo:
                     server = client.find_server()
                     if server is None:
                         continue
-                    if not prober([parse_address(server.addr)]).get(parse_address(server.addr)):
-                        name = cluster.name_of(server.addr)
+                    name = cluster.name_of(server.addr)
+                    if prober([parse_address(server.addr)]).get(parse_address(server.addr)):
+                        reported.clear()
+                        waiting = False
+                        self._client_on(name)
+                    elif server.addr not in reported:
+                        reported.add(server.addr)
                         if client.notify_failed_server(server.addr):
                             self.say(f"client: {name} did not answer; reported it as failed")
+                    elif not waiting:
+                        waiting = True
+                        self.say("client: no server it was handed answers; it waits for the proxy")
                 except ProxyError as exc:
                     self.say(f"client: proxy error {exc}")
 
-    def _event_loop(self, service: ProxyService, cluster: _Cluster) -> None:
+    def _client_on(self, name: str) -> None:
+        """The client found ``name`` answering: say so when it is a change."""
+        with self._client_moved:
+            if name == self.client_using:
+                return
+            self.client_using = name
+            self._client_moved.notify_all()
+        self.say(f"client: now using {name}")
+
+    def _wait_client_on(self, names: tuple[str, ...], timeout_s: float) -> str | None:
+        """Wait up to ``timeout_s`` for the client to be using one of ``names``."""
+        with self._client_moved:
+            if self._client_moved.wait_for(lambda: self.client_using in names, timeout_s):
+                return self.client_using
+            return None
+
+    def _event_loop(self, service: ProxyService, cluster: Cluster) -> None:
         """A subscriber to active-server events."""
         sub: zmq.Socket[bytes] = self.context.socket(zmq.SUB)
         sub.linger = 0
@@ -293,6 +320,18 @@ class Demo:
                 self.say(f"event: active server -> {cluster.name_of(addr)} ({event['reason']})")
         finally:
             sub.close()
+
+
+def _status(client: ProxyClient) -> Status | str:
+    """The proxy's status, or why it could not be read."""
+    try:
+        return client.status()
+    except ProxyError as exc:
+        return f"(status unavailable: {exc})"
+
+
+def _table(status: Status | str, cluster: Cluster) -> str:
+    return render_status(status, cluster.label) if isinstance(status, Status) else status
 
 
 def run_demo(*, duration_s: float | None, plain: bool, speed: float = 1.0) -> int:

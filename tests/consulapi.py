@@ -2,7 +2,9 @@
 
 Consul itself cannot be installed on the machine the suite runs on (no
 package, no network to fetch its binary), so this stand-in serves the two
-endpoints the source reads, in the shapes Consul's documentation gives:
+endpoints the source reads, in the shapes Consul's documentation gives
+(the shapes and what a query selects are the demo's Consul stand-in's,
+:class:`rpcproxy.bus.standins.consul.ConsulCatalog`, so both agree):
 
 * ``/v1/catalog/datacenters``: a JSON list of names, the agent's own first;
 * ``/v1/health/service/<name>``: a list of ``{"Node", "Service", "Checks"}``
@@ -16,13 +18,14 @@ token (a missing or wrong ``X-Consul-Token`` is a 403, as Consul's "ACL not
 found"), override the status, serve a raw body (a gzip bomb, say), trickle a
 body a byte at a time, hold each answer back a while, or never answer; every request is
 logged (:class:`ConsulRequest`) so a test asserts which were made, with
-which query and header.
+which query and header. Those failures are why this HTTP handler is not the
+demo's (:class:`rpcproxy.bus.standins.consul.ConsulStandIn`): the demo needs
+none of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import ssl
 import threading
 import time
@@ -32,60 +35,10 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from rpcproxy.bus.standins.consul import HEALTH_PREFIX, ConsulCatalog, health_entry
 from tests.nomadapi import serving, wait_for_hangup
 
-HEALTH_PREFIX = "/v1/health/service/"
-
-
-def health_entry(
-    service_addr: str,
-    port: int = 4647,
-    *,
-    node_addr: str = "10.9.9.9",
-    node: str = "",
-    service: str = "nomad",
-    tags: tuple[str, ...] = ("rpc",),
-    status: str = "passing",
-) -> Any:
-    """One entry of ``/v1/health/service/<service>`` as Consul 1.x answers it.
-
-    ``Service.Address`` is ``service_addr`` (may be empty: then the node's
-    address applies); the node has a Serf health check and the service one
-    check, both of ``status``.
-    """
-    name = node or f"node-{node_addr}"
-    checks = [
-        {"Node": name, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": status},
-        {"Node": name, "CheckID": f"_nomad-check-{port}", "Name": "Nomad Server RPC Check",
-         "Status": status, "ServiceName": service},
-    ]  # fmt: skip
-    return {
-        "Node": {
-            "ID": "40e4a748-2192-161a-0510-9bf59fe950b5",
-            "Node": name,
-            "Address": node_addr,
-            "Datacenter": "dc1",
-            "TaggedAddresses": {"lan": node_addr, "wan": node_addr},
-            "Meta": {"consul-network-segment": ""},
-            "CreateIndex": 5,
-            "ModifyIndex": 7,
-        },
-        "Service": {
-            "ID": f"_nomad-server-{port}",
-            "Service": service,
-            "Tags": list(tags),
-            "Address": service_addr,
-            "Meta": None,
-            "Port": port,
-            "Weights": {"Passing": 1, "Warning": 1},
-            "EnableTagOverride": False,
-            "Proxy": {"MeshGateway": {}, "Expose": {}},
-            "Connect": {},
-            "CreateIndex": 10,
-            "ModifyIndex": 10,
-        },
-        "Checks": checks,
-    }
+__all__ = ["HEALTH_PREFIX", "ConsulFixture", "ConsulRequest", "consul_api", "health_entry"]
 
 
 @dataclass(frozen=True)
@@ -110,14 +63,14 @@ class ConsulRequest:
         return self.query["dc"][0] if "dc" in self.query else None
 
 
-class ConsulFixture:
+class ConsulFixture(ConsulCatalog):
     """What the stand-in serves; tests change it between discoveries.
 
+    The catalog (``datacenters``, ``entries``, ``service``) is
+    :class:`~rpcproxy.bus.standins.consul.ConsulCatalog`'s; what follows
+    makes it fail.
+
     Attributes:
-        datacenters: ``/v1/catalog/datacenters``, the agent's own first.
-        entries: each datacenter's entries of :attr:`service` (a datacenter
-            listed without entries has none).
-        service: the service the entries are of; any other has none.
         token: when set, the only ``X-Consul-Token`` answered (403 otherwise).
         status: when set, every request is answered with it (and a short text body).
         dc_status: a status for one datacenter's health requests.
@@ -135,9 +88,7 @@ class ConsulFixture:
     """
 
     def __init__(self) -> None:
-        self.datacenters: list[Any] = ["dc1"]
-        self.entries: dict[str, list[Any]] = {"dc1": [health_entry("10.0.0.1")]}
-        self.service = "nomad"
+        super().__init__(["dc1"], {"dc1": [health_entry("10.0.0.1")]})
         self.token: str | None = None
         self.status: int | None = None
         self.dc_status: dict[str, int] = {}
@@ -150,10 +101,10 @@ class ConsulFixture:
         self.requests: list[ConsulRequest] = []
         self.trickling = threading.Event()
         self.closing = threading.Event()
-        self._lock = threading.Lock()
+        self._requests_lock = threading.Lock()
 
     def log(self, request: ConsulRequest) -> None:
-        with self._lock:
+        with self._requests_lock:
             self.requests.append(request)
 
     def health_dcs(self) -> list[str | None]:
@@ -169,18 +120,11 @@ class ConsulFixture:
         raw = self.raw_body(request)
         if raw is not None:
             return 200, raw
-        if request.path == "/v1/catalog/datacenters":
-            return 200, json.dumps(self.datacenters).encode()
-        if not request.path.startswith(HEALTH_PREFIX):
-            return 404, b"not found"
-        dc = request.dc or (self.datacenters[0] if self.datacenters else "dc1")
-        if dc in self.dc_status:
-            return self.dc_status[dc], b"datacenter failing"
-        if dc not in self.datacenters:
-            return 500, b"No path to datacenter"
-        if request.path[len(HEALTH_PREFIX) :] != self.service:
-            return 200, b"[]"
-        return 200, json.dumps(self.matching(dc, request.query)).encode()
+        if request.path.startswith(HEALTH_PREFIX):
+            dc = self.dc_of(request.query)
+            if dc in self.dc_status:
+                return self.dc_status[dc], b"datacenter failing"
+        return self.route(request.path, request.query)
 
     def raw_body(self, request: ConsulRequest) -> bytes | None:
         """The raw body for ``request`` (``raw``, or its datacenter's ``dc_raw``), if any."""
@@ -189,17 +133,6 @@ class ConsulFixture:
         if request.path.startswith(HEALTH_PREFIX):
             return self.dc_raw.get(request.dc or "")
         return None
-
-    def matching(self, dc: str, query: dict[str, list[str]]) -> list[Any]:
-        """``dc``'s entries that ``tag`` and ``passing`` select."""
-        found = []
-        for entry in self.entries.get(dc, []):
-            if any(tag not in entry["Service"]["Tags"] for tag in query.get("tag", [])):
-                continue
-            if "passing" in query and any(c["Status"] != "passing" for c in entry["Checks"]):
-                continue
-            found.append(entry)
-        return found
 
 
 @contextlib.contextmanager

@@ -224,10 +224,47 @@ def test_a_tool_on_a_taken_port_exits_1_with_one_line(command: tuple[str, ...]) 
 # The demo (started by the module fixture, checked last).
 
 
-def test_the_demo_shows_a_failure_and_a_rebalance(demo: subprocess.Popen[str]) -> None:
+@pytest.fixture(scope="module")
+def demo_output(demo: subprocess.Popen[str]) -> str:
+    """The whole run's output, once it has ended (about 12 s at speed 4)."""
     output, _ = demo.communicate(timeout=60)
     assert demo.returncode == 0, output
-    events = re.findall(r"event: active server -> .*\((\w+)\)", output)
-    assert "failed" in events, output
-    assert "rebalance" in events, output
     assert "Traceback" not in output
+    return output
+
+
+def test_the_demo_shows_a_failure_and_a_rebalance(demo_output: str) -> None:
+    events = re.findall(r"event: active server -> .*\((\w+)\)", demo_output)
+    assert "failed" in events, demo_output
+    assert "rebalance" in events, demo_output
+
+
+def test_the_demo_finds_the_moved_servers_through_consul(demo_output: str) -> None:
+    # The last scene: every server moves, only Consul lists the new ones (s5-s7).
+    assert "script: every server moves" in demo_output, demo_output
+    before, moved = demo_output.split("script: every server moves", 1)
+    new = r"s[567]"
+    assert not re.search(rf"\b{new}\b", before), before
+    # Nobody tells the proxy: its timer's rebalance finds nobody, so it asks Consul.
+    lines = moved.splitlines()
+
+    def first(pattern: str) -> int:
+        found = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+        assert found, f"no line matches {pattern!r} after the move:\n{moved}"
+        return found[0]
+
+    offline = first(r"proxy: offline: no server answered")
+    asked = first(r"proxy: discovery \(consul, because offline\): 3 servers become the backups")
+    assert offline < asked, moved
+    # The status's own line, and the client handed a new server at once: well
+    # before the timer's next rebalance (min_reuse_s, 1.5 s at speed 4).
+    assert first(r"^ *[\d.]+s  status: discovery: 3 servers from consul, ") > offline
+    moved_on = first(rf"event: active server -> {new} \(rebalance\)")
+    assert moved_on > offline
+
+    def stamp(index: int) -> float:
+        return float(lines[index].split("s", 1)[0])
+
+    assert stamp(moved_on) - stamp(asked) < 1.0, moved
+    assert first(rf"client: now using {new}$") > asked
+    assert first(rf"script: the client uses {new}, a server only Consul knew of") > asked
