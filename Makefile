@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration compose-test compose-up fuzz soak adversary bench wheelhouse base-image nomad-peer clean
+.PHONY: demo test lint typecheck unit integration compose-test compose-up compose-up-discovery fuzz soak adversary bench wheelhouse base-image nomad-peer clean
 
 # A strict editable install (a tree of links mypy can read, unlike an import
 # hook) links the files that exist when it runs, so it is redone when a
@@ -70,6 +70,13 @@ BASE_IMAGE ?= $(shell docker image inspect python:3.11-slim >/dev/null 2>&1 && e
 compose-up: wheelhouse nomad-peer
 	@if [ "$(BASE_IMAGE)" = rpcproxy-base:bookworm ]; then docker/build-base-image.sh; fi
 	BASE_IMAGE=$(BASE_IMAGE) $(COMPOSE) up -d --build
+
+## The same with docker-compose.discovery.yml: a name server (dnsmasq, on the
+## local base image, made here whatever BASE_IMAGE is) and a proxy that asks it.
+DISCOVERY_COMPOSE := $(COMPOSE) -f docker-compose.yml -f docker-compose.discovery.yml
+compose-up-discovery: wheelhouse nomad-peer
+	docker/build-base-image.sh
+	BASE_IMAGE=$(BASE_IMAGE) $(DISCOVERY_COMPOSE) up -d --build
 
 ## Wheels of rpcproxy and its dependencies, installed into images offline.
 wheelhouse: $(STAMP)

@@ -2,6 +2,9 @@
 # Build a local Debian base image with python3, for machines whose Docker
 # engine cannot pull images. The Debian mirror is the one this machine's own
 # apt sources name, so nothing but Debian's package archive is contacted.
+# It also holds dnsmasq-base (the binary alone, about 1 MB with its
+# libraries): docker-compose.discovery.yml's name server runs it, and a
+# build never reaches the network to install it.
 #
 #   docker/build-base-image.sh [TAG]      (default tag: rpcproxy-base:bookworm)
 #
@@ -11,10 +14,19 @@ set -euo pipefail
 
 tag="${1:-rpcproxy-base:bookworm}"
 suite="${DEBIAN_SUITE:-bookworm}"
+packages="python3,python3-venv,ca-certificates,dnsmasq-base"
+# The image records the packages it was made with, so one made from an older
+# list (say, before dnsmasq-base) is made again rather than taken as present.
+label="org.rpcproxy.base-packages"
 
 if docker image inspect "$tag" >/dev/null 2>&1; then
-    echo "base image $tag already present"
-    exit 0
+    made_with=$(docker image inspect \
+        --format "{{with .Config.Labels}}{{index . \"$label\"}}{{end}}" "$tag")
+    if [ "$made_with" = "$packages" ]; then
+        echo "base image $tag already present"
+        exit 0
+    fi
+    echo "base image $tag was made with [${made_with:-an unrecorded list}], not [$packages]: rebuilding"
 fi
 
 mirror_from_apt_sources() {
@@ -52,7 +64,7 @@ trap '$sudo rm -rf "$rootfs"' EXIT
 
 echo "debootstrap $suite from $mirror into $rootfs"
 $sudo "$debootstrap" --variant=minbase \
-    --include=python3,python3-venv,ca-certificates \
+    --include="$packages" \
     "$suite" "$rootfs" "$mirror" >/dev/null
 
 # Slim it like the official slim images: no apt lists, docs or man pages.
@@ -63,5 +75,6 @@ $sudo tar -C "$rootfs" -c . | docker import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["python3"]' \
+    --change "LABEL $label=$packages" \
     - "$tag" >/dev/null
 echo "built $tag"

@@ -21,6 +21,13 @@ pairs into the project's ``keys`` volume, and :meth:`ComposeProject.up` copies
 them out (``docker cp`` from the exited ``keys`` container) so host-side
 clients use the ``client`` key like the client container does.
 
+A test may add ``docker-compose.discovery.yml`` to the project's files
+(:data:`DISCOVERY_FILES`): a name server (``dns``, dnsmasq from the local
+Debian base image) whose records name the servers, a proxy with DNS discovery
+on, and stand-ins that ``up`` leaves for the test to start
+(:meth:`ComposeProject.start_later`). :func:`prepare_discovery` builds what it
+adds, once per session.
+
 Nothing here sleeps blindly: waiting is polling with a deadline.
 """
 
@@ -50,6 +57,9 @@ from tests.waiting import poll_until
 
 REPO: Final = Path(__file__).resolve().parents[2]
 COMPOSE_FILE: Final = REPO / "docker-compose.yml"
+DISCOVERY_FILE: Final = REPO / "docker-compose.discovery.yml"
+DISCOVERY_FILES: Final = (COMPOSE_FILE, DISCOVERY_FILE)
+"""docker-compose.yml with the name server and discovery on (see that file)."""
 WHEELHOUSE: Final = REPO / "wheelhouse"
 BASE_IMAGE_SCRIPT: Final = REPO / "docker" / "build-base-image.sh"
 
@@ -77,6 +87,16 @@ CLIENT_CERT: Final = "client.key_secret"
 """The certificate host-side clients use: the client container's, which is allowed."""
 UP_TIMEOUT_S: Final = 90.0
 """How long every service may take to be healthy (or running) after ``up``."""
+
+DNS_SERVICE: Final = "dns"
+DNS_IMAGE: Final = "rpcproxy-dns:local"
+"""The name server's image: docker/dns/ on the local Debian base image."""
+DNS_SRV_NAME: Final = "_nomad._rpc.nomad.test"
+"""The SRV name the name server answers and the discovery proxy asks."""
+DNS_PORT: Final = 53
+MOVED_SERVICES: Final = ("server4", "server5", "server6")
+"""docker-compose.discovery.yml's stand-ins of profile ``moved``: not started by
+``up``, they are where the servers move to."""
 
 _T = TypeVar("_T")
 
@@ -290,6 +310,30 @@ def prepare_session() -> ComposeSetup:
     return setup
 
 
+def prepare_discovery(setup: ComposeSetup) -> None:
+    """Once per session, for :data:`DISCOVERY_FILES`: the name server's image.
+
+    It is built from the local Debian base image whatever base
+    ``rpcproxy:local`` uses, since that image holds dnsmasq
+    (``docker/build-base-image.sh`` makes it, or makes it again when it was
+    made without dnsmasq, and says so when it is already right). The build is
+    two small files on that image's layers, cached by the engine.
+
+    Raises:
+        ComposeError: a build step failed.
+    """
+    run([str(BASE_IMAGE_SCRIPT), LOCAL_BASE_IMAGE], timeout_s=1200)
+    previous = image_id(DNS_IMAGE)
+    files = [arg for file in DISCOVERY_FILES for arg in ("-f", str(file))]
+    run(
+        [*setup.command, *files, "-p", "rpcproxybuild", "build", DNS_SERVICE],
+        env=setup.env,
+        timeout_s=600,
+    )
+    if previous is not None and previous != image_id(DNS_IMAGE):
+        run(["docker", "image", "rm", previous], check=False)
+
+
 # --------------------------------------------------------------------------
 # Client-loop records.
 
@@ -330,12 +374,30 @@ class ClientRecord:
 
 
 class ComposeProject:
-    """One compose project of docker-compose.yml, with a unique ``-p`` name."""
+    """One compose project of docker-compose.yml, with a unique ``-p`` name.
 
-    def __init__(self, setup: ComposeSetup, name: str | None = None) -> None:
+    Args:
+        setup: the session's compose command and base image.
+        name: the project name (a fresh one by default).
+        files: the compose files, in order (later ones override earlier ones).
+        later: services ``up`` does not start (a profile's); :meth:`wait_ready`
+            waits for them only once :meth:`start_later` has started them.
+    """
+
+    def __init__(
+        self,
+        setup: ComposeSetup,
+        name: str | None = None,
+        *,
+        files: Sequence[Path] = (COMPOSE_FILE,),
+        later: Sequence[str] = (),
+    ) -> None:
         self.setup = setup
         # Lower-case letters and digits only: both compose versions keep it as is.
         self.name = name or f"rpcproxyt{secrets.token_hex(4)}"
+        self.files = tuple(files)
+        self.later = frozenset(later)
+        self._started_later: set[str] = set()
         self._containers: dict[str, str] = {}
         self._keys_dir: Path | None = None
 
@@ -344,8 +406,9 @@ class ComposeProject:
     def compose(
         self, *args: str, timeout_s: float = 120.0, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``<compose> -f docker-compose.yml -p <name> ARGS``."""
-        cmd = [*self.setup.command, "-f", str(COMPOSE_FILE), "-p", self.name, *args]
+        """Run ``<compose> -f <file>... -p <name> ARGS``."""
+        files = [arg for file in self.files for arg in ("-f", str(file))]
+        cmd = [*self.setup.command, *files, "-p", self.name, *args]
         return run(cmd, env=self.setup.env, timeout_s=timeout_s, check=check)
 
     def services(self) -> list[str]:
@@ -366,9 +429,36 @@ class ComposeProject:
         except (ComposeError, AssertionError) as exc:
             raise ComposeError(f"{self.name} did not come up: {exc}\n{self.diagnostics()}") from exc
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Poll ``docker inspect`` until each service is healthy, or running without a check."""
-        services = self.services()
+    def start_later(self, *services: str, timeout_s: float = UP_TIMEOUT_S) -> None:
+        """Start services ``up`` left out (``up -d --no-deps`` naming them) and wait
+        until each is healthy, or running without a check.
+
+        Raises:
+            ComposeError: one is not ready by the deadline, or exited.
+        """
+        unknown = set(services) - self.later
+        if unknown:
+            raise ComposeError(f"{sorted(unknown)} are not among the later services")
+        started = time.monotonic()
+        self.compose("up", "-d", "--no-deps", "--no-build", *services, timeout_s=timeout_s + 60)
+        self._started_later.update(services)
+        try:
+            self.wait_ready(timeout_s - (time.monotonic() - started), services)
+        except ComposeError as exc:
+            raise ComposeError(f"{exc}\n{self.diagnostics()}") from exc
+
+    def wait_ready(self, timeout_s: float, services: Sequence[str] | None = None) -> None:
+        """Poll ``docker inspect`` until each service is healthy, or running without a check.
+
+        ``services``: those to wait for; by default every service of the
+        project but the later ones not yet started.
+        """
+        if services is None:
+            services = [
+                service
+                for service in self.services()
+                if service not in self.later or service in self._started_later
+            ]
         pending: dict[str, str] = {}
 
         def ready() -> bool:
@@ -534,13 +624,17 @@ class ComposeProject:
         return exe, [arg for arg in argv if arg]
 
     def proxy_ping_method(self) -> str:
-        """The ``ping_method`` the running proxy was configured with.
+        """The ``ping_method`` the running proxy was configured with."""
+        return self.proxy_setting("ping_method")
+
+    def proxy_setting(self, key: str) -> str:
+        """The running proxy's ``key``, as text (a list's items joined by commas).
 
         The proxy's own flags and environment (``/proc/1``) go through the
         same parser and ``load_config`` as ``rpcproxy serve``, inside its
         container, so defaults, variables and flags count exactly as there.
         """
-        return self.exec("proxy", "python", "-c", _EFFECTIVE_PING_METHOD).strip()
+        return self.exec("proxy", "python", "-c", _EFFECTIVE_SETTING, key).strip()
 
     def go_peer_problems(self) -> list[str]:
         """Why the server stand-ins are not Go Nomad peers probed with ``nomad``
@@ -556,13 +650,22 @@ class ComposeProject:
             problems.append(f"the proxy pings its servers with {method!r}, not 'nomad'")
         return problems
 
-    def logs(self, service: str, tail: int | None = None) -> str:
-        """``service``'s container output, stdout and stderr together ("" if none)."""
+    def logs(self, service: str, tail: int | None = None, since: float | None = None) -> str:
+        """``service``'s container output, stdout and stderr together ("" if none).
+
+        ``since``: only what was written from this wall-clock time on (``time.time()``).
+        """
         try:
             name = self.container(service)
         except ComposeError as exc:
             return f"(no container: {exc})"
-        args = ["docker", "logs", *(["--tail", str(tail)] if tail is not None else []), name]
+        args = [
+            "docker",
+            "logs",
+            *(["--tail", str(tail)] if tail is not None else []),
+            *(["--since", f"{since:.6f}"] if since is not None else []),
+            name,
+        ]
         return run(args, check=False, merge_stderr=True, timeout_s=30).stdout
 
     def client_records(self) -> list[ClientRecord]:
@@ -678,7 +781,8 @@ class ComposeProject:
         )
 
 
-_EFFECTIVE_PING_METHOD: Final = """
+_EFFECTIVE_SETTING: Final = """
+import sys
 from pathlib import Path
 from rpcproxy.cli.config import load_config
 from rpcproxy.cli.main import build_parser
@@ -689,9 +793,10 @@ env = dict(
     if b"=" in e
 )
 args = build_parser().parse_args(argv[argv.index("serve"):])
-print(load_config(args, env).ping_method)
+value = getattr(load_config(args, env), sys.argv[1])
+print(",".join(map(str, value)) if isinstance(value, tuple) else value)
 """
-"""Run by the proxy container's Python: the serving process's effective ping method."""
+"""Run by the proxy container's Python: one of the serving process's effective settings."""
 
 
 def _completion(state: dict[str, Any]) -> str:

@@ -92,3 +92,75 @@ def test_an_existing_debootstrap_is_not_reinstalled(tmp_path: Path) -> None:
     assert not [c for c in calls if c.startswith("apt-get")], calls
     assert done.returncode == STOP, done.stderr
     assert os.access(debootstrap, os.X_OK)
+
+
+PACKAGES = "python3,python3-venv,ca-certificates,dnsmasq-base"
+"""What the image is made with (dnsmasq-base for docker-compose.discovery.yml's
+name server), and the label it records them under."""
+LABEL = "org.rpcproxy.base-packages"
+
+
+def _run_with_image(
+    tmp_path: Path, made_with: str | None
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run the script as root with debootstrap present; ``made_with``: the label
+    of an image already tagged ("" for one without it), None for no image."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    debootstrap = tmp_path / "sbin" / "debootstrap"
+    debootstrap.parent.mkdir()
+    debootstrap.write_text(f'#!/bin/sh\necho "debootstrap $*" >> {log}\n')
+    debootstrap.chmod(0o755)
+    if made_with is None:
+        inspect = "exit 1"
+    else:
+        inspect = f"case \"$*\" in *--format*) printf '%s\\n' '{made_with}';; esac; exit 0"
+    _tool(
+        bin_dir,
+        "docker",
+        f'echo "docker $*" >> {log}\n'
+        f'if [ "$1 $2" = "image inspect" ]; then {inspect}; fi\n'
+        'if [ "$1" = import ]; then cat >/dev/null; fi\n',
+    )
+    _tool(bin_dir, "id", "echo 0\n")
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "rpcproxy-base:test"],
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "DEBOOTSTRAP": str(debootstrap),
+            "DEBIAN_MIRROR": "http://mirror.invalid/debian",
+            "HOME": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done, log.read_text().splitlines() if log.exists() else []
+
+
+def test_a_new_image_holds_dnsmasq_and_records_its_packages(tmp_path: Path) -> None:
+    done, calls = _run_with_image(tmp_path, None)
+    assert done.returncode == 0, done.stderr
+    (deboot,) = [c for c in calls if c.startswith("debootstrap")]
+    assert f"--include={PACKAGES} " in deboot, deboot
+    (imported,) = [c for c in calls if c.startswith("docker import")]
+    assert f"LABEL {LABEL}={PACKAGES}" in imported, imported
+    assert "built rpcproxy-base:test" in done.stdout
+
+
+def test_an_image_made_with_these_packages_is_kept(tmp_path: Path) -> None:
+    done, calls = _run_with_image(tmp_path, PACKAGES)
+    assert done.returncode == 0, done.stderr
+    assert "already present" in done.stdout
+    assert not [c for c in calls if c.startswith(("debootstrap", "docker import"))], calls
+
+
+@pytest.mark.parametrize("made_with", ["", "python3,python3-venv,ca-certificates"])
+def test_an_image_made_without_dnsmasq_is_made_again(tmp_path: Path, made_with: str) -> None:
+    done, calls = _run_with_image(tmp_path, made_with)
+    assert done.returncode == 0, done.stderr
+    assert "rebuilding" in done.stdout
+    assert [c for c in calls if c.startswith("debootstrap")], calls
+    assert [c for c in calls if c.startswith("docker import")], calls
