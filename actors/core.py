@@ -161,6 +161,8 @@ class ProxyCore:
         self._epoch = 0
         self._token = 0
         self._rebalancing: _Rebalancing | None = None
+        # A rebalance owed once the running one ends (its candidates went stale).
+        self._rebalance_again = False
         # set_servers waiting for their probes, by token (each pending one
         # is an admitted write, so the query socket bounds how many).
         self._setting_servers: dict[int, _SettingServers] = {}
@@ -334,7 +336,12 @@ class ProxyCore:
             self._commit(state, "backup")
         if changed and (self._offline or not self._state.primaries):
             log.info("discovery (%s) changed the backups: rebalancing now", source)
-            self._start_rebalance(None)
+            if self._rebalancing is not None:
+                # The running one probes the old candidates: joining it would
+                # leave the new servers to the timer. Run another right after.
+                self._rebalance_again = True
+            else:
+                self._start_rebalance(None)
         return changed
 
     def _probe_servers_to_set(
@@ -502,6 +509,9 @@ class ProxyCore:
         self._restart_timer()
         self._publish()
         self._answer_rebalance_waiters(RebalanceOutcome(self._state.head, healthy))
+        if self._rebalance_again:
+            self._rebalance_again = False
+            self._start_rebalance(None)
 
     def _set_offline(self, offline: bool) -> None:
         """Record whether the last probed rebalance found nobody; log each flip once."""

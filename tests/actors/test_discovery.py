@@ -77,3 +77,17 @@ def test_an_online_proxy_with_primaries_waits_for_its_timer(
         h.request(lambda r: RemoveServer(B, r))
         assert h.request(lambda r: ApplyDiscovery("dns", (D,), r)) is True
     assert "discovery (dns) changed the backups: rebalancing now" in caplog.text
+
+
+def test_found_servers_during_a_rebalance_get_one_of_their_own(start_proxy: StartProxy) -> None:
+    """The running rebalance probes the old candidates; the new ones are probed right after."""
+    h = start_proxy(backups=(B, C), live=(D,), gated=True)
+    running = h.send(Rebalance)
+    assert h.prober.entered.wait(TIMEOUT)  # probing B and C, both dead
+    assert h.request(lambda r: ApplyDiscovery("dns", (D, E), r)) is True
+    h.prober.release()
+    running.get(timeout=TIMEOUT)
+    # A second rebalance, of the found servers, follows without the timer.
+    assert h.prober.wait_calls(2, TIMEOUT)
+    assert h.request(Rebalance).server == D
+    assert any(D in call for call in h.prober.calls[1:])
