@@ -29,19 +29,6 @@ from typing import Any, TypeAlias
 from rpcproxy.bus.client._results import NoServerError
 from rpcproxy.bus.wire import Server
 
-__all__ = [
-    "DEFAULT_HOLD_S",
-    "AwaitServer",
-    "Failed",
-    "Find",
-    "Invoke",
-    "Pause",
-    "Report",
-    "RetryOn",
-    "Step",
-    "failover",
-]
-
 RetryOn: TypeAlias = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 """Which failures are safe to try again on another server: exception types, or a predicate."""
 
