@@ -1,6 +1,6 @@
 """Name servers for the DNS discovery tests: dnsmasq (a real one) and two hostile ones.
 
-dnsmasq is Debian's ``dnsmasq-base``, installed by ``tests/dns/install.sh``
+dnsmasq is Debian's ``dnsmasq-base``, installed by ``tests/debian/install.sh``
 (with apt-get, only when the binary is missing), so the tests check
 discovery against a real server's answers: truncation and the retry over
 TCP, SRV additional records, NXDOMAIN, REFUSED, CNAME chains. A machine
@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -33,15 +32,11 @@ import dns.query
 import dns.rcode
 
 from rpcproxy.bus.service.discovery import Nameserver
+from tests.debian_packages import DNSMASQ
 from tests.helpers import free_port
 from tests.waiting import poll_until
 
 REPO = Path(__file__).resolve().parents[1]
-INSTALL_SCRIPT = REPO / "tests" / "dns" / "install.sh"
-DNSMASQ = Path(os.environ.get("DNSMASQ", "/usr/sbin/dnsmasq"))
-
-INSTALL_TIMEOUT_S = 600.0
-"""A fresh machine runs apt-get update first."""
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
@@ -50,51 +45,18 @@ DOMAIN = "test"
 know there, REFUSED for any name outside it (it has no upstream)."""
 READY_NAME = f"ready.{DOMAIN}"
 
-_install_lock = threading.Lock()
-_installed: Path | None = None
-_install_error: str | None = None
-
 
 class DnsmasqError(RuntimeError):
-    """dnsmasq could not be installed or started; the message says why."""
+    """dnsmasq could not be started; the message says why."""
 
 
 def install_dnsmasq() -> Path:
     """Install dnsmasq if missing (once per process) and return the binary's path.
 
-    A failure is remembered, so every test reports it at once instead of
-    rerunning apt-get for each.
-
     Raises:
-        DnsmasqError: install.sh failed; the message carries its output.
+        ToolMissingError: it could not be installed; the message says why.
     """
-    global _installed, _install_error  # noqa: PLW0603 - a per-process cache, by design
-    with _install_lock:
-        if _installed is not None:
-            return _installed
-        if _install_error is not None:
-            raise DnsmasqError(_install_error)
-        try:
-            done = subprocess.run(
-                ["bash", str(INSTALL_SCRIPT)],
-                env={**os.environ, "DNSMASQ": str(DNSMASQ)},
-                capture_output=True,
-                text=True,
-                timeout=INSTALL_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            _install_error = f"{INSTALL_SCRIPT} took more than {INSTALL_TIMEOUT_S:g} s"
-            raise DnsmasqError(_install_error) from None
-        if done.returncode != 0 or not os.access(DNSMASQ, os.X_OK):
-            _install_error = (
-                f"dnsmasq is needed by the DNS discovery tests and could not be installed: "
-                f"{INSTALL_SCRIPT} exited {done.returncode}; "
-                f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-            )
-            raise DnsmasqError(_install_error)
-        _installed = DNSMASQ
-        return _installed
+    return DNSMASQ.ensure()
 
 
 @dataclass(frozen=True)
