@@ -253,11 +253,12 @@ class ProxyClient(Ops):
             # One clock read, for freshness and for the hold's start alike.
             started = watcher.clock()
             view = watcher.fresh_at(started)
-            if view is not None and view.server is not None:
+            server = view.server if view is not None else None
+            if server is not None:
                 try:
-                    return fn(view.server)
+                    return fn(server)
                 except Exception as exc:
-                    first = (started, view.server, Failed(exc))
+                    first = (started, server, Failed(exc))
         clock = watcher.clock if watcher is not None else time.monotonic
         steps = failover(hold_s, retry_on, clock, self._random.random, first=first)
         answer: object = None
