@@ -20,11 +20,9 @@ from typing import Any
 
 from rpcproxy import __version__
 from rpcproxy.bus.net.keys import CurveClient, CurveError
-from rpcproxy.bus.service.nomad_http import NomadApiSettings
 from rpcproxy.bus.standins.standin import PROTOCOLS
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.cli.config import ConfigError, add_config_arguments, load_config
-from rpcproxy.cli.demo import run_demo
 from rpcproxy.cli.logs import setup_logging
 from rpcproxy.cli.servers import add_servers_parser, run_servers
 from rpcproxy.cli.simulate import add_simulate_parser, run_simulate
@@ -235,6 +233,13 @@ def _add_nomad_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _nomad_settings(**kwargs: Any) -> Any:
+    """``NomadApiSettings.from_env``, imported only by publish (it brings the HTTP client)."""
+    from rpcproxy.bus.service.nomad_http import NomadApiSettings  # noqa: PLC0415 - see docstring
+
+    return NomadApiSettings.from_env(**kwargs)
+
+
 def _run_publish(args: argparse.Namespace) -> int:
     try:
         source = publish_source(
@@ -250,7 +255,7 @@ def _run_publish(args: argparse.Namespace) -> int:
         return run_publish_nomad(
             connect=args.connect,
             bind=args.bind,
-            settings=NomadApiSettings.from_env(
+            settings=_nomad_settings(
                 addr=args.nomad_addr or None,
                 token=args.token,
                 region=args.region,
@@ -335,6 +340,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return run_simulate(args)
     if args.command == "demo":
+        # Imported here: the demo's stand-ins are no part of what serve loads.
+        from rpcproxy.cli.demo import run_demo  # noqa: PLC0415
+
         return run_demo(duration_s=args.duration, plain=args.plain, speed=args.speed)
     return _run_tool(args)
 

@@ -14,7 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 import zmq
@@ -42,10 +42,8 @@ from rpcproxy.bus.service.events import EventPublisher
 from rpcproxy.bus.service.health import health_routes
 from rpcproxy.bus.service.heartbeats import HeartbeatListener
 from rpcproxy.bus.service.metrics import Metrics, MetricsServer
-from rpcproxy.bus.service.nomad_http import NomadApiSettings, NomadBridge, NomadFetcher, make_client
 from rpcproxy.bus.service.query import QueryServer
 from rpcproxy.cli.config import Config, ConfigError
-from rpcproxy.cli.discovery import discoverer_from, sources_from
 from rpcproxy.cli.parts import (
     ActorPart,
     ChildActorPart,
@@ -55,6 +53,10 @@ from rpcproxy.cli.parts import (
     Unwatched,
 )
 from rpcproxy.proxy import LocalIdentity, ProxyState, RebalanceTiming
+
+if TYPE_CHECKING:
+    from rpcproxy.bus.service.discovery import DiscoverySource
+    from rpcproxy.bus.service.nomad_http import NomadBridge
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,14 @@ def nomad_bridge_from(config: Config, context: zmq.Context[Any]) -> NomadBridge 
     """
     if not config.nomad_addr:
         return None
+    # Imported only when configured: the HTTP client is a few MiB of an idle proxy.
+    from rpcproxy.bus.service.nomad_http import (  # noqa: PLC0415
+        NomadApiSettings,
+        NomadBridge,
+        NomadFetcher,
+        make_client,
+    )
+
     settings = NomadApiSettings.from_env(addr=config.nomad_addr, region=config.region)
     try:
         # Not for stop(): NomadBridge.stop() aborts a fetch in flight at once
@@ -177,6 +187,15 @@ def nomad_bridge_from(config: Config, context: zmq.Context[Any]) -> NomadBridge 
         interval_s=config.nomad_interval_s,
         nodes_refresh_s=config.nomad_nodes_refresh_s,
     )
+
+
+def _discovery_sources(config: Config) -> list[DiscoverySource]:
+    """The configured discovery sources; their clients are imported only when configured."""
+    if not (config.consul_addr or config.discover_dns):
+        return []
+    from rpcproxy.cli.discovery import sources_from  # noqa: PLC0415 - see docstring
+
+    return sources_from(config)
 
 
 def prober_from(config: Config) -> WindowedProber:
@@ -261,7 +280,7 @@ class ProxyService:
         # Before anything binds: a bad state_file, or TLS files that cannot
         # be used, are configuration errors.
         store = self._open_state_file()
-        sources = sources_from(config)
+        sources = _discovery_sources(config)
         prober = prober_from(config)
         self._parts.add(Unwatched("probe engine", lambda _budget_s: prober.close()))
         self._context = context = zmq.Context()
@@ -279,10 +298,13 @@ class ProxyService:
         decoder = Decoder(config.max_servers)
         self._query = query = self._query_server(context, proxy, curve, decoder, instance)
         self._heartbeats = heartbeats = self._start_heartbeats(context, proxy, curve, decoder)
-        discoverer = discoverer_from(config, sources, self.box, proxy, self.metrics)
-        if discoverer is not None:
-            discoverer.start()
-            self._parts.add(ThreadPart("discovery", discoverer))
+        if sources:
+            from rpcproxy.cli.discovery import discoverer_from  # noqa: PLC0415 - as above
+
+            discoverer = discoverer_from(config, sources, self.box, proxy, self.metrics)
+            if discoverer is not None:
+                discoverer.start()
+                self._parts.add(ThreadPart("discovery", discoverer))
         if config.metrics:
             self._start_metrics_server(config.metrics)
         # The query socket opens last: a proxy that answers ping has every

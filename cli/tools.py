@@ -15,23 +15,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import zmq
 
 from rpcproxy.bus.client import ProxyClient, ProxyError
 from rpcproxy.bus.net.keys import CurveClient, create_key_pair
 from rpcproxy.bus.probes import NomadProber, TcpProber, WindowedProber, ZmqProber
-from rpcproxy.bus.service.nomad_http import (
-    NomadApiSettings,
-    NomadFetcher,
-    NomadPoller,
-    make_client,
-)
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
 from rpcproxy.bus.standins.standin import Protocol, ServerStandIn
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.proxy import HeartbeatServer, InvalidAddressError, parse_address
+
+if TYPE_CHECKING:
+    # Loaded by the publish command only (it brings the HTTP client).
+    from rpcproxy.bus.service.nomad_http import NomadApiSettings
 
 PING_METHODS = ("nomad", "zmq", "tcp")
 """What ``ping --server`` and ``client-loop`` ping servers with, as ``ping_method``."""
@@ -250,6 +248,13 @@ def run_publish_nomad(
     publisher's socket only sends what it hands over, so a failed or empty
     poll sends nothing.
     """
+    # Here, not at the top: only publish --nomad-addr needs the HTTP client.
+    from rpcproxy.bus.service.nomad_http import (  # noqa: PLC0415
+        NomadFetcher,
+        NomadPoller,
+        make_client,
+    )
+
     try:
         settings.address()
     except ValueError as exc:
