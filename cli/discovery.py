@@ -8,12 +8,12 @@ from typing import Any
 import pykka
 
 from rpcproxy.actors import SnapshotBox
+from rpcproxy.bus.service.counts import ServiceCounts
 from rpcproxy.bus.service.discovery import DiscoverySource
 from rpcproxy.bus.service.discovery.consul import ConsulSettings, ConsulSource
 from rpcproxy.bus.service.discovery.dns import DnsSource
 from rpcproxy.bus.service.discovery.part import Discoverer
 from rpcproxy.bus.service.http_fetch import fetch_deadline
-from rpcproxy.bus.service.metrics import Metrics
 from rpcproxy.cli.config import Config, ConfigError
 
 __all__ = ["discoverer_from", "sources_from"]
@@ -62,7 +62,7 @@ def discoverer_from(
     sources: Sequence[DiscoverySource],
     box: SnapshotBox,
     proxy: pykka.ActorRef[Any],
-    metrics: Metrics,
+    metrics: ServiceCounts,
 ) -> Discoverer | None:
     """The discovery part over ``sources`` (:func:`sources_from`); None when there are none."""
     if not sources:

@@ -31,6 +31,7 @@ from rpcproxy.bus.probes import (
     load_tls,
 )
 from rpcproxy.bus.service.codec import Decoder, new_instance_id
+from rpcproxy.bus.service.counts import NO_COUNTS, ServiceCounts
 from rpcproxy.bus.service.curve import (
     HEARTBEAT_DOMAIN,
     AllowList,
@@ -41,7 +42,6 @@ from rpcproxy.bus.service.curve import (
 from rpcproxy.bus.service.events import EventPublisher
 from rpcproxy.bus.service.health import health_routes
 from rpcproxy.bus.service.heartbeats import HeartbeatListener
-from rpcproxy.bus.service.metrics import Metrics, MetricsServer
 from rpcproxy.bus.service.query import QueryServer
 from rpcproxy.cli.config import Config, ConfigError
 from rpcproxy.cli.parts import (
@@ -55,6 +55,8 @@ from rpcproxy.cli.parts import (
 from rpcproxy.proxy import LocalIdentity, ProxyState, RebalanceTiming
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from rpcproxy.bus.service.discovery import DiscoverySource
     from rpcproxy.bus.service.nomad_http import NomadBridge
 
@@ -104,7 +106,7 @@ def libzmq_problem(version: tuple[int, int, int]) -> str | None:
     return None
 
 
-def curve_from(config: Config, metrics: Metrics) -> CurveServer | None:
+def curve_from(config: Config, metrics: ServiceCounts) -> CurveServer | None:
     """The CURVE server side, when configured; errors name the key at fault."""
     if not config.curve_secret_key_file:
         return None
@@ -250,8 +252,16 @@ class ProxyService:
         self.config = config
         self.box = SnapshotBox()
         self._started_at = time.monotonic()
-        self.metrics = Metrics()
-        self.metrics.watch(self.box, started_at=self._started_at)
+        self._registry: CollectorRegistry | None = None
+        self.metrics: ServiceCounts = NO_COUNTS
+        if config.metrics:
+            # Imported only when metrics are served: prometheus_client and the
+            # HTTP modules it brings are about 9 MiB of an idle proxy.
+            from rpcproxy.bus.service.metrics import Metrics  # noqa: PLC0415
+
+            metrics = Metrics()
+            metrics.watch(self.box, started_at=self._started_at)
+            self.metrics, self._registry = metrics, metrics.registry
         self._rng = rng
         self._parts = Parts(STOP_ORDER, logged_by_owner=("rebalance timer", "prober"), log=log)
         self._context: zmq.Context[Any] | None = None
@@ -419,10 +429,13 @@ class ProxyService:
         return heartbeats
 
     def _start_metrics_server(self, listen: str) -> None:
+        from rpcproxy.bus.service.metrics import MetricsServer  # noqa: PLC0415 - as Metrics
+
         host, _, port = listen.rpartition(":")
+        assert self._registry is not None  # made with Metrics when metrics is set
         try:
             server = MetricsServer(
-                self.metrics.registry,
+                self._registry,
                 host,
                 int(port),
                 routes=health_routes(self.box, self.stopping),

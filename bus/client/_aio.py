@@ -18,14 +18,13 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar, assert_never
+from typing import TYPE_CHECKING, Any, Self, TypeVar, assert_never
 
 import zmq
 
@@ -43,6 +42,7 @@ from rpcproxy.bus.client._failover import (
     RetryOn,
     failover,
 )
+from rpcproxy.bus.client._lazy import LazyModule
 from rpcproxy.bus.client._results import (
     Call,
     Ops,
@@ -56,6 +56,12 @@ from rpcproxy.bus.client._view import Observation
 from rpcproxy.bus.client._watch import WatchStats
 from rpcproxy.bus.net.keys import CurveClient
 from rpcproxy.bus.wire import Server
+
+if TYPE_CHECKING:
+    import asyncio
+else:
+    # Loaded on first use: see bus/client/_lazy.py (serve runs no event loop).
+    asyncio = LazyModule("asyncio")
 
 log = logging.getLogger(__name__)
 

@@ -20,18 +20,17 @@ view is still replaced, never mutated.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.asyncio
 
+from rpcproxy.bus.client._lazy import LazyModule
 from rpcproxy.bus.client._transport import AsyncTransport
 from rpcproxy.bus.client._view import Follower, Observation, View
 from rpcproxy.bus.client._watch import (
@@ -45,6 +44,16 @@ from rpcproxy.bus.client._watch import (
 )
 from rpcproxy.bus.net.keys import CurveClient
 from rpcproxy.bus.wire import Server
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import zmq.asyncio
+    import zmq.asyncio as zmq_asyncio
+else:
+    # Loaded on first use: see bus/client/_lazy.py (serve runs no event loop).
+    asyncio = LazyModule("asyncio")
+    zmq_asyncio = LazyModule("zmq.asyncio")
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +242,7 @@ class AsyncWatcher:
         return poll in done and not poll.cancelled() and bool(poll.result())
 
     def _open_sub(self) -> zmq.asyncio.Socket:
-        sub = zmq.asyncio.Socket(self._context, zmq.SUB)
+        sub = zmq_asyncio.Socket(self._context, zmq.SUB)
         subscribe_to_events(sub, self.events, self._curve)
         return sub
 

@@ -27,16 +27,22 @@ They keep one socket for their whole life, even after silence:
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from typing import Any, Final, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast, runtime_checkable
 
 import msgspec
 import zmq
 
+from rpcproxy.bus.client._lazy import LazyModule
 from rpcproxy.bus.client._results import ProxyTimeoutError
 from rpcproxy.bus.net.keys import CurveClient
+
+if TYPE_CHECKING:
+    import asyncio
+else:
+    # Loaded on first use: see bus/client/_lazy.py (serve runs no event loop).
+    asyncio = LazyModule("asyncio")
 
 HEARTBEAT_IVL_MS: Final = 1000
 """How often an idle connection to the proxy is checked (a ZMTP PING)."""

@@ -22,11 +22,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 from rpcproxy.bus.net.keys import CurveError, KeyPair, load_key_pair
 from rpcproxy.log_gate import LogGate, PeerLog
@@ -110,6 +112,10 @@ class CurveServer:
 
     def start(self, context: zmq.Context[Any]) -> None:
         """Start answering ZAP requests; must run before any server socket binds."""
+        # Here, not at the top: zmq.auth.thread imports asyncio (7 MiB), which
+        # a proxy without CURVE never needs.
+        from zmq.auth.thread import ThreadAuthenticator  # noqa: PLC0415
+
         auth = ThreadAuthenticator(context, log=logging.getLogger("rpcproxy.zap"))
         auth.start()
         # pyzmq looks providers up by the socket's exact ZAP domain ("*" only

@@ -45,8 +45,8 @@ from rpcproxy.actors import ApplyHeartbeats
 from rpcproxy.bus.net.loop import SocketThread, Waker, needs_ipv6
 from rpcproxy.bus.service.codec import Decoder, HeartbeatError, peek_heartbeat
 from rpcproxy.bus.service.conflate import Conflator
+from rpcproxy.bus.service.counts import NO_COUNTS, HeartbeatRejection, ServiceCounts
 from rpcproxy.bus.service.curve import HEARTBEAT_DOMAIN, CurveServer
-from rpcproxy.bus.service.metrics import HeartbeatRejection, Metrics
 from rpcproxy.bus.wire import heartbeat_topic
 from rpcproxy.log_gate import PeerLog
 from rpcproxy.proxy import Heartbeat
@@ -92,7 +92,7 @@ class HeartbeatListener(SocketThread):
         max_pending_bytes: bound on the payloads waiting for the proxy.
         max_publishers: bound on the publishers with a payload waiting.
         curve: when set, bound endpoints are CURVE servers for allowed keys only.
-        metrics: counters to update (a private set when not given).
+        metrics: what to count (nothing by default).
         clock: monotonic seconds, for pacing batches and rate-limiting warnings.
         rest_factor: after a batch kept the actor busy for t seconds, the
             next one is sent no sooner than ``rest_factor * t`` later.
@@ -119,7 +119,7 @@ class HeartbeatListener(SocketThread):
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         max_publishers: int = DEFAULT_MAX_PUBLISHERS,
         curve: CurveServer | None = None,
-        metrics: Metrics | None = None,
+        metrics: ServiceCounts = NO_COUNTS,
         clock: Callable[[], float] = time.monotonic,
         rest_factor: float = DEFAULT_REST_FACTOR,
         decoder: Decoder | None = None,
@@ -127,7 +127,7 @@ class HeartbeatListener(SocketThread):
         super().__init__(context)
         self._decoder = decoder or Decoder()
         self._curve = curve
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self._proxy = proxy
         self._topic = heartbeat_topic(region)
         self._bind = tuple(bind)

@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Literal, TypeAlias, get_args
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from rpcproxy.actors import HeartbeatKind, RebalanceKind, SnapshotBox
-from rpcproxy.actors.messages import HEARTBEAT_KINDS, REBALANCE_KINDS
+from rpcproxy.actors import RebalanceKind, SnapshotBox
+from rpcproxy.actors.messages import REBALANCE_KINDS
+from rpcproxy.bus.service.counts import (
+    HEARTBEAT_REJECTIONS,
+    HEARTBEAT_RESULTS,
+    HeartbeatRejection,
+    HeartbeatResultLabel,
+)
 from rpcproxy.bus.service.discovery import (
     DISCOVERY_RESULTS,
     SOURCE_NAMES,
@@ -37,28 +43,11 @@ if TYPE_CHECKING:
     from rpcproxy.actors.counters import ActorCounters
 
 __all__ = [
-    "HEARTBEAT_REJECTIONS",
-    "HEARTBEAT_RESULTS",
-    "HeartbeatRejection",
-    "HeartbeatResultLabel",
     "Metrics",
     "MetricsServer",
     "SnapshotCollector",
     "metrics_route",
 ]
-
-HeartbeatRejection: TypeAlias = Literal["payload", "frames", "topic", "curve", "overflow"]
-"""Why a heartbeat never reached the state: it broke the payload table, was not
-two frames, carried another region's topic, came from a refused CURVE key, or
-was evicted from the pending table by more publishers (or bytes) than it holds."""
-
-HEARTBEAT_REJECTIONS: tuple[HeartbeatRejection, ...] = get_args(HeartbeatRejection)
-
-HeartbeatResultLabel: TypeAlias = HeartbeatKind | Literal["superseded"]
-"""The actor's results and the transport's own: ``superseded``, a newer
-heartbeat of the same publisher came before it was applied."""
-
-HEARTBEAT_RESULTS: tuple[HeartbeatResultLabel, ...] = (*HEARTBEAT_KINDS, "superseded")
 
 
 class Metrics:
@@ -131,6 +120,7 @@ class Metrics:
         self._rejected = {
             reason: self.heartbeats_rejected.labels(reason) for reason in HEARTBEAT_REJECTIONS
         }
+        self._durations: dict[str, Any] = {}
         self._discoveries = {
             (source, result): self.discoveries.labels(source, result)
             for source in SOURCE_NAMES
@@ -162,6 +152,14 @@ class Metrics:
     def discovered(self, source: SourceName, result: DiscoveryResult) -> None:
         """One source asked by a discovery, and how it ended."""
         self._discoveries[source, result].inc()
+
+    def answered(self, op: str, seconds: float) -> None:
+        """A query (``op``, or the error code it was answered with) took ``seconds``."""
+        histogram = self._durations.get(op)
+        if histogram is None:
+            # Label children are cached: op names are a fixed set (ops and error codes).
+            histogram = self._durations[op] = self.request_duration.labels(op)
+        histogram.observe(seconds)
 
     def watch(
         self,

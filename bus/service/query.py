@@ -40,8 +40,8 @@ from rpcproxy.bus.service.codec import (
     encode_reply,
     new_instance_id,
 )
+from rpcproxy.bus.service.counts import NO_COUNTS, ServiceCounts
 from rpcproxy.bus.service.curve import QUERY_DOMAIN, CurveServer
-from rpcproxy.bus.service.metrics import Metrics
 from rpcproxy.bus.service.ops import AnyWriteOp, ReadOp, Request, WriteOp, plan, validate
 from rpcproxy.bus.wire import ErrorCode, OpReply
 from rpcproxy.log_gate import PeerLog
@@ -90,7 +90,7 @@ class QueryServer(SocketThread):
         op_timeout_s: how long a state-changing op may wait for the actor.
         clock: monotonic seconds, for ``next_rebalance_s`` and op deadlines.
         curve: when set, the ROUTER is a CURVE server that only allowed keys reach.
-        metrics: counters to update (a private set when not given).
+        metrics: what to count (nothing by default).
         max_writes: writes in flight to the actor beyond which new ones are
             answered ``unavailable`` at once.
         max_write_entries: the same bound on the servers and addresses they carry.
@@ -113,7 +113,7 @@ class QueryServer(SocketThread):
         op_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         curve: CurveServer | None = None,
-        metrics: Metrics | None = None,
+        metrics: ServiceCounts = NO_COUNTS,
         max_writes: int = DEFAULT_MAX_WRITES,
         max_write_entries: int = DEFAULT_MAX_WRITE_ENTRIES,
         decoder: Decoder | None = None,
@@ -123,8 +123,7 @@ class QueryServer(SocketThread):
         self.instance = instance if instance is not None else new_instance_id()
         self._decoder = decoder or Decoder()
         self._curve = curve
-        self._metrics = metrics or Metrics()
-        self._durations: dict[str, Any] = {}
+        self._metrics = metrics
         self._endpoint = endpoint
         self._proxy = proxy
         self._box = box
@@ -254,11 +253,7 @@ class QueryServer(SocketThread):
         self._observe(request.op, started)
 
     def _observe(self, op: str, started: float) -> None:
-        histogram = self._durations.get(op)
-        if histogram is None:
-            # Label children are cached: op names are a fixed set (ops and error codes).
-            histogram = self._durations[op] = self._metrics.request_duration.labels(op)
-        histogram.observe(time.perf_counter() - started)
+        self._metrics.answered(op, time.perf_counter() - started)
 
     def _read(self, request_id: Any, op: ReadOp) -> bytes:
         snapshot = self._box.current

@@ -33,7 +33,6 @@ from typing import Any, Final, Literal, Self
 
 import msgspec
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from rpcproxy.bus.net.loop import SocketThread
 from rpcproxy.bus.standins.nomad_rpc import NomadResponder, NomadRpcListener
@@ -166,6 +165,10 @@ def _close_listener(router: zmq.Socket[bytes], endpoint: str) -> None:
     lets us wait for the listener's CLOSED event instead: a stopped stand-in
     is a dead server at once, and its port is free for ``restart()``.
     """
+    # Here, not at the top: zmq.utils.monitor imports zmq.asyncio, and so
+    # asyncio, into every process that imports the stand-ins (serve's CLI too).
+    from zmq.utils.monitor import recv_monitor_message  # noqa: PLC0415
+
     monitor: zmq.Socket[bytes] | None = None
     try:
         if endpoint.startswith("tcp://"):

@@ -145,7 +145,7 @@ def discoverer(
         recorder,
         interval_s=INTERVAL_S,
         stale_s=STALE_S,
-        metrics=metrics,
+        metrics=metrics or Metrics(),
         clock=clock,
     )
 

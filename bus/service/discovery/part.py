@@ -22,8 +22,8 @@ from typing import Any
 import pykka
 
 from rpcproxy.actors import ApplyDiscovery, Snapshot, SnapshotBox
+from rpcproxy.bus.service.counts import NO_COUNTS, ServiceCounts
 from rpcproxy.bus.service.discovery.source import DiscoveryError, DiscoverySource
-from rpcproxy.bus.service.metrics import Metrics
 from rpcproxy.log_gate import PeerLog
 
 __all__ = ["Discoverer", "why_discover"]
@@ -79,7 +79,7 @@ class Discoverer:
         *,
         interval_s: float,
         stale_s: float,
-        metrics: Metrics | None = None,
+        metrics: ServiceCounts = NO_COUNTS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not sources:
@@ -89,7 +89,7 @@ class Discoverer:
         self._proxy = proxy
         self._interval_s = interval_s
         self._stale_s = stale_s
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self._clock = clock
         self._started_at = clock()
         self._last_round: float | None = None
