@@ -41,6 +41,7 @@ from nomad_bridge import nomad_bridge
 from nomad_ping import nomad_ping
 from publish_source import publish_source
 from rebalance import lookups_during_blackhole, rebalance
+from simulate import simulate_benchmark
 from state_file import state_file
 from subscription_flood import subscription_flood
 from watch import watch_benchmarks
@@ -123,6 +124,10 @@ BENCHMARKS: dict[str, Bench] = {
     "watch": Bench(
         full=lambda: watch_benchmarks(rounds=8, duration_s=1.0, changes=300, concurrency_rounds=4),
         quick=lambda: watch_benchmarks(rounds=3, duration_s=0.5, changes=100, concurrency_rounds=2),
+    ),
+    "simulate": Bench(
+        full=lambda: simulate_benchmark(clients=10_000_000, rounds=3),
+        quick=lambda: simulate_benchmark(clients=1_000_000, rounds=2),
     ),
     "before_after": Bench(
         full=lambda: before_after(rounds=6, lookup_s=1.5, ingest_count=30_000, rebalances=5),

@@ -1,40 +1,33 @@
-"""The fleet simulation: N clients, S servers, virtual time, the real proxy code.
+"""The fleet simulation: N clients, S servers, virtual time, the proxy's rules.
 
-Every client holds its own :class:`~proxy.ProxyState` and one pending timer.
-When a timer fires, the client rebalances exactly as the service does
-(``plan_rebalance`` -> ping outcomes -> ``choose_head`` -> ``reconcile``) and
-restarts its timer with ``RebalanceTiming.rebalance_interval``. Nothing here
-re-derives the interval formula: the simulator measures what the domain code
-does, so a regression in ``proxy/`` shows up as a wrong fleet figure.
+Every client has one pending timer and an active server. When a timer fires,
+the client rebalances as the service does (``plan_rebalance`` -> ping
+outcomes -> ``choose_head`` -> ``reconcile``) and restarts its timer with
+``RebalanceTiming.rebalance_interval``. The fleet is held as arrays
+(:mod:`rpcproxy.sim.arrays`), not an object per client, so ten million
+clients fit; that module says why its vectorised step is exactly what the
+proxy functions do in these scenarios, and the tests check it against them.
 
-The module is pure: one seeded :class:`random.Random` supplies all randomness
-and time is a float that only the event heap advances, so a seed fully
-determines the result and tests can assert on exact values.
+The module is pure: one seeded numpy generator supplies all randomness and
+time only advances a minute bucket at a time, so a seed fully determines the
+result and tests can assert on exact values.
 """
 
 from __future__ import annotations
 
-import heapq
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rpcproxy.proxy import (
-    Address,
-    ProxyState,
-    RebalanceTiming,
-    add_primary,
-    choose_head,
-    plan_rebalance,
-    reconcile,
-)
+from rpcproxy.proxy import RebalanceTiming
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rpcproxy.sim.arrays import Fleet
 
 BUCKET_S = 60.0
 """Width of the rate buckets: the reference's figures are per-minute averages."""
-
-_PROGRESS_EVERY = 8192
-"""Events between progress reports; a power of two so the check is a mask."""
 
 ProgressCallback = Callable[[float], None]
 """Receives the fraction of virtual time simulated so far, in [0, 1]."""
@@ -212,123 +205,9 @@ class FleetResult:
         }
 
 
-class _SimAddress(Address):
-    """An :class:`~proxy.Address` whose hash is computed once.
-
-    The generated dataclass hash rebuilds ``(host, port)`` on every call, and
-    the proxy functions hash each server a few dozen times per rebalance
-    (frozensets, dict look-ups): a fifth of the simulator's time. The servers
-    of a run are a handful of singletons, so caching the (identical) hash
-    changes nothing but the speed. (Like any dataclass, it compares unequal to
-    a plain ``Address`` of the same name; the simulator never mixes the two.)
-    """
-
-    __slots__ = ("_hash",)
-    _hash: int
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(host, port)
-        object.__setattr__(self, "_hash", hash((host, port)))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-
-def server_addresses(count: int) -> tuple[Address, ...]:
-    """``server-1:4647`` .. ``server-N:4647``: stable names for reports."""
-    return tuple(_SimAddress(f"server-{i + 1}", 4647) for i in range(count))
-
-
-def _all_known(servers: tuple[Address, ...], num_nodes: int) -> ProxyState:
-    """A state with every server as a primary, in index order.
-
-    That is also what a freshly started client holds after its first
-    heartbeat: every client receives the same list, so they all start on the
-    same head.
-    """
-    state = ProxyState(num_nodes=num_nodes)
-    for addr in servers:
-        state, _ = add_primary(state, addr)
-    return state
-
-
-def _initial_fleet(
-    config: FleetConfig,
-    servers: tuple[Address, ...],
-    alive: dict[Address, bool],
-    rng: random.Random,
-) -> tuple[list[ProxyState], list[float]]:
-    """Every client's starting state and first timer.
-
-    States are immutable, so clients that start alike share one object: the
-    partition and cold-start fleets cost nothing to build.
-    """
-    n = config.clients
-    timing = config.timing
-    rand = rng.random
-    if config.partition:
-        # Every client knows only server-1 (never a dead one: those are the
-        # last K) and armed its timer then, so the interval is the one-server
-        # interval, rate-limited for the whole fleet. The heartbeat that then
-        # brings every server adds them as primaries without touching the
-        # timer; being the same for every client, it is computed once.
-        alone, _ = add_primary(ProxyState(num_nodes=n), servers[0])
-        learned = alone
-        for addr in servers[1:]:
-            learned, _ = add_primary(learned, addr)
-        states = [learned] * n
-        if config.cold_start:
-            return states, _cold_timers(config, rng)
-        return states, [rand() * timing.rebalance_interval(n, 1, rand()) for _ in range(n)]
-    base = _all_known(servers, n)
-    if config.cold_start:
-        return [base] * n, _cold_timers(config, rng)
-    # Steady state: each client has already rebalanced once (uncounted), with
-    # the real functions, so its head is a random live server, and its next
-    # rebalance is spread uniformly over one interval.
-    states = []
-    for _ in range(n):
-        plan = plan_rebalance(base, rng)
-        index = None if plan is None else choose_head(plan.candidates, alive)
-        if plan is None or index is None:
-            states.append(base)
-        else:
-            states.append(reconcile(base, plan, index).state)
-    timers = [rand() * timing.rebalance_interval(n, len(state.active), rand()) for state in states]
-    return states, timers
-
-
-def _cold_timers(config: FleetConfig, rng: random.Random) -> list[float]:
-    """First timers of a fleet started together: ours jittered, or the reference's fixed one."""
-    timing = config.timing
-    if config.reference_first_timer:
-        return [timing.min_reuse_s] * config.clients
-    rand = rng.random
-    return [timing.first_interval(rand()) for _ in range(config.clients)]
-
-
-@dataclass(slots=True)
-class _Tally:
-    """What the event loop accumulates; mutable, private to one run."""
-
-    minute_counts: list[list[int]]
-    heads: list[int]
-    snapshots: list[tuple[int, ...]] = field(default_factory=list)
-    first_done: int = 0
-    first_earliest: float = 0.0
-    first_latest: float = 0.0
-    full_at: float | None = None
-    rebalances: int = 0
-    unanswered: int = 0
-
-    def first_rebalance(self, t: float, clients: int) -> None:
-        """Note a client's first rebalance; once per client, so off the hot path."""
-        self.first_done += 1
-        if self.first_done == 1:
-            self.first_earliest = t
-        self.first_latest = t
-        if self.first_done == clients:
-            self.full_at = t
+def server_names(count: int) -> tuple[str, ...]:
+    """``server-1`` .. ``server-N``: stable names for reports."""
+    return tuple(f"server-{i + 1}" for i in range(count))
 
 
 def simulate(config: FleetConfig, progress: ProgressCallback | None = None) -> FleetResult:
@@ -341,115 +220,76 @@ def simulate(config: FleetConfig, progress: ProgressCallback | None = None) -> F
     config.validate()
     if progress is not None:
         progress(0.0)
-    rng = random.Random(config.seed)
-    servers = server_addresses(config.servers)
-    live_count = config.servers - config.dead
-    # The ping outcomes are fixed for the whole run, so one shared mapping
-    # serves every rebalance without allocating.
-    alive = {addr: i < live_count for i, addr in enumerate(servers)}
-    index_of = {addr: i for i, addr in enumerate(servers)}
-    states, timers = _initial_fleet(config, servers, alive, rng)
-    tally = _Tally(
-        minute_counts=[[0] * config.servers for _ in range(config.minutes)],
-        heads=[0] * config.servers,
-    )
-    for state in states:
-        tally.heads[index_of[state.active[0]]] += 1
+    # Imported here, not at the top: cli.main imports this module for every
+    # command, and only a simulation needs numpy.
+    import numpy as np  # noqa: PLC0415
 
-    _run_events(
-        config,
-        states=states,
-        timers=timers,
-        alive=alive,
-        index_of=index_of,
-        rng=rng,
-        tally=tally,
+    from rpcproxy.sim.arrays import run_minutes  # noqa: PLC0415
+
+    gen = np.random.default_rng(config.seed)
+    fleet = _initial_fleet(config, gen)
+    tallies = run_minutes(
+        fleet,
+        timing=config.timing,
+        servers=config.servers,
+        live=config.servers - config.dead,
+        minutes=config.minutes,
+        bucket_s=BUCKET_S,
+        gen=gen,
         progress=progress,
     )
-
-    while len(tally.snapshots) <= config.minutes:
-        tally.snapshots.append(tuple(tally.heads))
     if progress is not None:
         progress(1.0)
+    done = tallies.first_done
     return FleetResult(
         config=config,
-        server_names=tuple(addr.host for addr in servers),
-        per_minute=tuple(zip(*tally.minute_counts, strict=True)),
-        heads_by_minute=tuple(tally.snapshots),
-        time_to_full_rebalance_s=tally.full_at,
-        first_rebalance_window_s=(
-            (tally.first_earliest, tally.first_latest) if tally.first_done else None
-        ),
-        rebalances=tally.rebalances,
-        unanswered=tally.unanswered,
+        server_names=server_names(config.servers),
+        per_minute=tuple(tuple(column) for column in tallies.minute_counts.T.tolist()),
+        heads_by_minute=tuple(tallies.snapshots),
+        time_to_full_rebalance_s=tallies.first_latest if done == config.clients else None,
+        first_rebalance_window_s=(tallies.first_earliest, tallies.first_latest) if done else None,
+        rebalances=tallies.rebalances,
+        # Every client knows every server and at least one answers (validate
+        # refuses dead >= servers), so some candidate always answers.
+        unanswered=0,
     )
 
 
-def _run_events(
-    config: FleetConfig,
-    *,
-    states: list[ProxyState],
-    timers: list[float],
-    alive: dict[Address, bool],
-    index_of: dict[Address, int],
-    rng: random.Random,
-    tally: _Tally,
-    progress: ProgressCallback | None,
-) -> None:
-    """Fire every timer due before the end, in time order, through the real proxy code.
+def _initial_fleet(config: FleetConfig, gen: np.random.Generator) -> Fleet:
+    """Every client's starting head and first timer.
 
-    The heap holds one ``(time, client)`` entry per client, replaced in place
-    when the client re-arms, so its size never changes; ties fire in client
-    order, which keeps a seeded run exactly reproducible.
+    * partition: every client armed its timer knowing only ``server-1`` (the
+      one-server interval, rate-limited for the whole fleet), then a
+      heartbeat brought every server without touching the timer; its head
+      is still ``server-1``.
+    * cold start: every client starts at 0 on ``server-1`` (every client
+      receives the same list) with a first timer: ours jittered, or the
+      reference's fixed ``min_reuse_s``.
+    * steady state: each client has already rebalanced once (uncounted), so
+      its head is a random live server, and its next rebalance is spread
+      uniformly over one interval.
     """
+    import numpy as np  # noqa: PLC0415
+
+    from rpcproxy.sim.arrays import Fleet, first_intervals, head_dtype, intervals  # noqa: PLC0415
+
     n = config.clients
-    end = config.minutes * BUCKET_S
-    heap = [(t, c) for c, t in enumerate(timers)]
-    heapq.heapify(heap)
-    rebalanced = bytearray(n)
-    # Local names: the loop runs about half a million times for the
-    # 100,000-client hour, and attribute look-ups are a good part of its cost.
-    minute_counts = tally.minute_counts
-    heads = tally.heads
-    snapshots = tally.snapshots
-    replace_top = heapq.heapreplace
-    rand = rng.random
-    interval = config.timing.rebalance_interval
-    bucket_s = BUCKET_S
-    next_boundary = 0.0
-    rebalances = unanswered = events = 0
-
-    while heap:
-        t, c = heap[0]
-        if t >= end:
-            break
-        while t >= next_boundary:
-            snapshots.append(tuple(heads))
-            next_boundary += bucket_s
-        events += 1
-        if progress is not None and not events & (_PROGRESS_EVERY - 1):
-            progress(t / end)
-        state = states[c]
-        plan = plan_rebalance(state, rng)
-        if plan is not None:
-            index = choose_head(plan.candidates, alive)
-            if index is None:
-                unanswered += 1
-            else:
-                # Nothing changes the membership while a simulated ping is in
-                # flight, so the outcome is never ``abandoned``.
-                heads[index_of[state.active[0]]] -= 1
-                state = reconcile(state, plan, index).state
-                states[c] = state
-                new_head = index_of[plan.candidates[index]]
-                heads[new_head] += 1
-                minute_counts[int(t // bucket_s)][new_head] += 1
-                rebalances += 1
-                if not rebalanced[c]:
-                    rebalanced[c] = 1
-                    tally.first_rebalance(t, n)
-        # Every rebalance restarts the timer, even one that found nobody.
-        replace_top(heap, (t + interval(n, len(state.active), rand()), c))
-
-    tally.rebalances = rebalances
-    tally.unanswered = unanswered
+    timing = config.timing
+    dtype = head_dtype(config.servers)
+    head = np.zeros(n, dtype=dtype)
+    if config.cold_start:
+        if config.reference_first_timer:
+            due = np.full(n, timing.min_reuse_s)
+        else:
+            due = first_intervals(timing, gen.random(n))
+    else:
+        known = 1 if config.partition else config.servers
+        # Uniform over one interval: where in it the client stands, times
+        # the interval itself (with its own jitter draw).
+        position = gen.random(n)
+        due = intervals(timing, n, known, gen.random(n))
+        due *= position
+        del position
+        if not config.partition and config.servers >= 2:
+            head = gen.integers(0, config.servers - config.dead, size=n, dtype=dtype)
+    return Fleet(due=due, head=head, rebalanced=np.zeros(n, dtype=bool))

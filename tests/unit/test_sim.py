@@ -9,13 +9,29 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import random
+import subprocess
+import sys
+import tracemalloc
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rpcproxy.cli.simulate import add_simulate_parser, run_simulate
-from rpcproxy.proxy import RebalanceTiming
+from rpcproxy.proxy import (
+    Address,
+    ProxyState,
+    RebalanceTiming,
+    add_primary,
+    choose_head,
+    plan_rebalance,
+    reconcile,
+)
 from rpcproxy.sim import FleetConfig, FleetResult, simulate
+from rpcproxy.sim.arrays import first_intervals, intervals
 from rpcproxy.sim.progress import ProgressBar, progress_bar
 
 N = 2_000
@@ -44,6 +60,129 @@ def test_mean_rate_is_fleet_over_servers_times_interval(
     assert result.mean_rate_per_sec == pytest.approx(expected, rel=0.10)
     for rate in result.rates_per_sec:
         assert rate == pytest.approx(expected, rel=0.15)
+
+
+@pytest.mark.parametrize(
+    ("clients", "min_reuse_s", "conns", "per_server"),
+    [
+        (10_000, 600.0, 64.0, 2.67),  # the reference's figures, at their own sizes
+        (10_000, 120.0, 64.0, 13.3),
+        (100_000, 600.0, 64.0, 26.7),
+        # A hundred times the first fleet with a hundred times the cap: the
+        # same intervals, so a hundred times every server's rate.
+        (1_000_000, 600.0, 6_400.0, 266.7),
+    ],
+)
+def test_the_reference_rates_per_server(
+    clients: int, min_reuse_s: float, conns: float, per_server: float
+) -> None:
+    timing = RebalanceTiming(min_reuse_s=min_reuse_s, conns_per_sec_per_server=conns)
+    result = run(clients=clients, timing=timing)
+    assert result.mean_rate_per_sec == pytest.approx(per_server, rel=0.02)
+    for rate in result.rates_per_sec:
+        assert rate == pytest.approx(per_server, rel=0.05)
+
+
+def test_a_larger_fleet_gives_the_same_per_server_rates_scaled() -> None:
+    small = run(clients=N)
+    large = run(clients=100 * N)
+    for a, b in zip(small.rates_per_sec, large.rates_per_sec, strict=True):
+        assert b / 100 == pytest.approx(a, rel=0.10)
+    assert large.mean_rate_per_sec / 100 == pytest.approx(small.mean_rate_per_sec, rel=0.03)
+    assert large.load_share == pytest.approx(small.load_share, abs=0.03)
+
+
+@pytest.mark.parametrize(("clients", "conns"), [(100_000, 64.0), (1_000_000, 640.0)])
+def test_partition_recovers_in_about_26_minutes(clients: int, conns: float) -> None:
+    # The reference's figure: 100,000 clients on one server at 64/s move in
+    # N / c = 1,562.5 s; ten times the fleet at ten times the cap, the same.
+    timing = RebalanceTiming(conns_per_sec_per_server=conns)
+    result = run(clients=clients, partition=True, minutes=40, timing=timing)
+    full = result.time_to_full_rebalance_s
+    assert full is not None
+    assert full == pytest.approx(clients / conns, rel=0.01)
+    assert 25 <= full / 60 < 27
+
+
+_EDGE_US = [0.0, 0.25, 0.5, 1 - 2**-53, math.nextafter(1 - 2**-53, 0.0)]
+
+
+@pytest.mark.parametrize(
+    "timing",
+    [
+        RebalanceTiming(),
+        RebalanceTiming(min_reuse_s=120.0),
+        RebalanceTiming(conns_per_sec_per_server=0.25),
+        RebalanceTiming(min_reuse_s=0.1, jitter_fraction=3.0),
+        RebalanceTiming(min_reuse_s=1e9, jitter_fraction=0.7),
+    ],
+)
+@pytest.mark.parametrize(("num_nodes", "num_servers"), [(0, 0), (1, 1), (10_000, 5), (10**7, 3)])
+def test_vectorised_interval_is_the_formula_bit_for_bit(
+    timing: RebalanceTiming, num_nodes: int, num_servers: int
+) -> None:
+    rng = random.Random(SEED)
+    us = [*_EDGE_US, *(rng.random() for _ in range(500))]
+    got = intervals(timing, num_nodes, num_servers, np.array(us))
+    assert got.tolist() == [timing.rebalance_interval(num_nodes, num_servers, u) for u in us]
+    assert first_intervals(timing, np.array(us)).tolist() == [timing.first_interval(u) for u in us]
+
+
+@pytest.mark.parametrize(("servers", "dead"), [(5, 0), (5, 2), (3, 1)])
+def test_the_proxy_functions_pick_a_uniform_live_head_keeping_every_server(
+    servers: int, dead: int
+) -> None:
+    # What sim/arrays.py relies on: a client knowing every server as a
+    # primary rebalances to a live server drawn uniformly, whatever its
+    # current head, and keeps every server active (the interval's S).
+    names = [Address(f"server-{i + 1}", 4647) for i in range(servers)]
+    alive = {addr: i < servers - dead for i, addr in enumerate(names)}
+    state = ProxyState(num_nodes=N)
+    for addr in names:
+        state, _ = add_primary(state, addr)
+    rng = random.Random(SEED)
+    heads: Counter[Address] = Counter()
+    draws = 20_000
+    for _ in range(draws):
+        plan = plan_rebalance(state, rng)
+        assert plan is not None
+        index = choose_head(plan.candidates, alive)
+        assert index is not None
+        state = reconcile(state, plan, index).state
+        assert len(state.active) == servers
+        heads[state.active[0]] += 1
+    live = servers - dead
+    for addr in names[live:]:
+        assert heads[addr] == 0
+    for addr in names[:live]:
+        assert heads[addr] / draws == pytest.approx(1 / live, abs=0.02)
+
+
+@pytest.mark.parametrize("mode", [{}, {"partition": True}, {"cold_start": True}])
+def test_peak_memory_per_client_is_bounded(mode: dict[str, bool]) -> None:
+    # Arrays, not an object per client: a few dozen bytes a client (a
+    # ProxyState and a heap entry each cost about 390), and the same at two
+    # sizes, so ten million clients fit in well under a gigabyte.
+    run(clients=100, minutes=20, **mode)  # imports and caches outside the trace
+    peaks = {}
+    for clients in (50_000, 200_000):
+        tracemalloc.start()
+        try:
+            run(clients=clients, minutes=20, **mode)
+            peaks[clients] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    for clients, peak in peaks.items():
+        assert peak / clients <= 64
+    assert (peaks[200_000] - peaks[50_000]) / 150_000 <= 64
+
+
+def test_numpy_is_loaded_only_by_a_simulation() -> None:
+    # cli.main imports the simulator for every command; serve's idle memory
+    # must not pay for numpy.
+    code = "import sys, rpcproxy.cli.main; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(
