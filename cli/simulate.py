@@ -175,5 +175,6 @@ def print_summary(result: FleetResult, out: TextIO) -> None:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "not within the run"
-    whole, secs = divmod(seconds, 60.0)
-    return f"{int(whole)}m {secs:04.1f}s ({seconds:.1f} s)"
+    # Rounded to tenths first, so 899.97 s reads 15m 00.0s, never 14m 60.0s.
+    whole, tenths = divmod(round(seconds * 10), 600)
+    return f"{whole}m {tenths / 10:04.1f}s ({seconds:.1f} s)"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rpcproxy.cli.simulate import add_simulate_parser, run_simulate
+from rpcproxy.cli.simulate import _duration, add_simulate_parser, run_simulate
 from rpcproxy.proxy import (
     Address,
     ProxyState,
@@ -365,3 +365,11 @@ def test_cli_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_simulate(args) == 0
     assert target.read_bytes().startswith(b"\x89PNG")
     assert str(target) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(899.97, "15m 00.0s"), (1560.0, "26m 00.0s"), (59.95, "1m 00.0s"), (61.2, "1m 01.2s")],
+)
+def test_durations_never_read_60_seconds(seconds: float, shown: str) -> None:
+    assert _duration(seconds).startswith(shown)
