@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rpcproxy.bus.probes import NomadProber, NomadTls, load_tls
+from rpcproxy.bus.probes import NomadProber, NomadTls, load_tls, nomad
 from rpcproxy.bus.probes.nomad import TlsSessions
 from rpcproxy.proxy import Address
 from tests.nomadpeer import CertPair, NomadPeer, TLSFiles, build_peer, make_tls_files
@@ -155,3 +155,22 @@ def test_the_cache_is_bounded_and_evicts_the_oldest(peer: NomadPeer, tls_files: 
     assert len(sessions) == 0
     sessions.keep(tls, endpoints[1], session)
     assert len(sessions) == 0
+
+
+def test_a_resumed_session_is_offered_again_until_it_is_old(
+    peer: NomadPeer, tls_files: TLSFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session that resumed is kept as it is (reading the new one costs);
+    past TLS_SESSION_REFRESH_S the newest one the server sent replaces it."""
+    addr = address(peer)
+    with NomadProber(timeout_s=TIMEOUT_S, tls=client_tls(tls_files)) as prober:
+        assert ping(prober, addr)
+        [first] = prober.tls_sessions._sessions.values()
+        assert ping(prober, addr) and ping(prober, addr)
+        assert list(prober.tls_sessions._sessions.values()) == [first]
+        monkeypatch.setattr(nomad, "TLS_SESSION_REFRESH_S", 0.0)
+        assert ping(prober, addr)
+        [newer] = prober.tls_sessions._sessions.values()
+        assert newer is not first
+        assert ping(prober, addr)
+    assert peer.tls_handshakes() == [False, True, True, True, True], peer.stderr()
