@@ -25,6 +25,8 @@ TLS ``0x04`` and the handshake, ``0x01``, the request, the reply, close).
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import socket
 import tempfile
 import time
@@ -182,6 +184,48 @@ def _measure(peer: NomadPeer, tls: TLSFiles | None, rounds: int, pings: int) -> 
     return _Sides(ours, go, raw, no_resume)
 
 
+def _profile_resumed(peer: NomadPeer, tls: TLSFiles, pings: int) -> str:
+    """Where a resumed ping of ours spends its time, from cProfile: what the
+    note says when the TLS target is not met (issue 20's rule)."""
+    nomad_tls = load_tls(
+        ca_file=str(tls.ca),
+        cert_file=str(tls.client.cert),
+        key_file=str(tls.client.key),
+        region=tls.region,
+    )
+    host, port = peer.host_port
+    addr = Address(host, port)
+    profile = cProfile.Profile()
+    with NomadProber(timeout_s=PING_TIMEOUT_S, tls=nomad_tls) as prober:
+        prober([addr])  # The full handshake; every later one resumes.
+        begin = time.perf_counter()
+        profile.enable()
+        for _ in range(pings):
+            prober([addr])
+        profile.disable()
+        wall_us = (time.perf_counter() - begin) * 1e6 / pings
+    parts = {"handshake": 0.0, "wrap": 0.0, "poll": 0.0}
+    stats: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    for (filename, _, name), (_, _, own_s, _, _) in stats.items():
+        if "do_handshake" in name:
+            parts["handshake"] += own_s
+        elif "_wrap_socket" in name:
+            parts["wrap"] += own_s
+        elif name == "poll" and filename.endswith("poll.py"):
+            parts["poll"] += own_s
+    per = {key: value * 1e6 / pings for key, value in parts.items()}
+    rest = wall_us - sum(per.values())
+    return (
+        f"Profile of {pings} resumed pings of ours (cProfile on, so slower than the rounds):"
+        f" {wall_us:.0f} us each, of which OpenSSL's handshake (`do_handshake`, the client"
+        f" side of a resumed TLS 1.3 handshake with its key exchange) {per['handshake']:.0f} us,"
+        f" `SSLContext.wrap_socket` (a new SSL object) {per['wrap']:.0f} us, waiting in poll for"
+        f" the peer {per['poll']:.0f} us, and the rest (connect, close, the engine,"
+        f" the reply, and cProfile's own cost) {rest:.0f} us."
+    )
+
+
 def _rows(result: Result, mode: str, sides: _Sides) -> Spread:
     def pct(values: list[float]) -> str:
         return Spread.of(values).fmt(0) if values else "-"
@@ -234,6 +278,7 @@ def nomad_ping(rounds: int, plain_pings: int, tls_pings: int) -> Result:
         with NomadPeer("tls", tls, report_resumption=True) as peer:
             ratios["tls"] = _rows(result, "tls", _measure(peer, tls, rounds, tls_pings))
             handshakes = peer.tls_handshakes()
+            profile = _profile_resumed(peer, tls, tls_pings)
     resumed = sum(handshakes)
     ours_handshakes = rounds * tls_pings + WARMUP_PINGS
     result.notes.append(
@@ -254,7 +299,7 @@ def nomad_ping(rounds: int, plain_pings: int, tls_pings: int) -> Result:
         " ticket), so its handshakes resume; Go's client has no"
         f" session cache. The peer saw {resumed} of {len(handshakes)} handshakes resume"
         f" (ours made {ours_handshakes}, the first a full one; nobody else resumes)."
-        " 'ours without resumption' is the same prober with `max_tls_sessions=0`."
+        " 'ours without resumption' is the same prober with `max_tls_sessions=0`. " + profile
     )
     # Plain has no target: the figure says how far ours is from Go's client.
     result.report(f"plain: per ping, ours / Go {ratios['plain'].fmt(2)}")
