@@ -235,6 +235,10 @@ class NomadPeer:
             handshake (the peer's default, Nomad's, is 5 s).
         tls_upgrade: with TLS, accept plain connections too (Nomad's
             ``rpc_upgrade_mode``).
+        report_resumption: log whether each TLS handshake resumed a session,
+            read back with :meth:`tls_handshakes`.
+        listen: the address to listen on (default ``127.0.0.1:0``, a free
+            port); a test restarts a peer on the port it had with it.
 
     Attributes:
         address: ``"127.0.0.1:port"``, known once entered.
@@ -251,10 +255,12 @@ class NomadPeer:
         peers: list[str] | None = None,
         handshake_timeout_s: float | None = None,
         tls_upgrade: bool = False,
+        report_resumption: bool = False,
+        listen: str = "127.0.0.1:0",
     ) -> None:
         if mode == "tls" and tls is None:
             raise ValueError('mode "tls" needs tls=make_tls_files(...)')
-        args = ["-listen", "127.0.0.1:0"]
+        args = ["-listen", listen]
         if mode == "hang":
             args.append("-hang")
         if mode == "tls":
@@ -264,6 +270,8 @@ class NomadPeer:
             args += ["-tls-cert", str(pair.cert), "-tls-key", str(pair.key), "-tls-ca", str(ca)]
             if tls_upgrade:
                 args.append("-tls-upgrade")
+            if report_resumption:
+                args.append("-report-resumption")
         if leader is not None:
             args += ["-leader", leader]
         if peers is not None:
@@ -334,6 +342,19 @@ class NomadPeer:
             return "stderr: (not started)"
         self._stderr.seek(0)
         return "stderr:\n" + self._stderr.read().decode(errors="replace")
+
+    def tls_handshakes(self) -> list[bool]:
+        """Whether each completed TLS handshake so far resumed a session, in
+        the order the peer logged them (needs ``report_resumption``)."""
+        if self._stderr is None:
+            return []
+        self._stderr.seek(0)
+        found: list[bool] = []
+        for line in self._stderr.read().decode(errors="replace").splitlines():
+            _, marker, verdict = line.partition("tls handshake resumed=")
+            if marker:
+                found.append(verdict.strip() == "true")
+        return found
 
     def stop(self) -> int | None:
         """SIGTERM, wait, and return the exit code (killed if it would not go).

@@ -15,17 +15,29 @@ zmq ping's window, deadlines, off-thread name resolution and prompt close:
 4. read the reply through a bounded :class:`ValueSplitter`: the header, which
    must echo ``Seq`` with an empty ``Error``, then the body.
 
+With TLS the prober keeps the last TLS session of each server (a bounded
+:class:`TlsSessions`) and offers it on the next handshake with that server:
+every ping is a new connection, and a resumed handshake (TLS 1.3's PSK, or a
+TLS 1.2 ticket) skips the certificate exchange and signature checks that
+make a full one cost what it does. A session is taken out of the cache when
+offered and put back (the newest one the server sent) only after a ping
+succeeded, so a failed or timed-out handshake drops it.
+
 Every step is in the candidate's one deadline (the engine's), so a server
 that accepts and says nothing, or trickles a byte a second, costs one timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import socket
 import ssl
 import stat
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -47,6 +59,7 @@ __all__ = [
     "NomadProber",
     "NomadTls",
     "ReplyCheck",
+    "TlsSessions",
     "TlsSetupError",
     "load_tls",
     "server_name",
@@ -57,6 +70,19 @@ MAX_REPLY_BYTES: Final = 64 * 1024
 (and an error string); the bound is what a hostile server can make us hold."""
 
 _RECV_BYTES: Final = 4096
+
+MAX_TLS_SESSIONS: Final = 256
+"""Servers whose TLS session is kept: a cluster has 3 to 7 servers, and a
+list fed by a peer that controls names must not grow the cache without end."""
+
+TLS_SESSION_REFRESH_S: Final = 600.0
+"""How long a session that keeps resuming is offered again as it is. Taking
+the new session the server sent after every ping costs about 0.2 ms (the
+``session`` getter copies it, certificates and all), an eighth of a resumed
+ping here; a session older than this is replaced by the newest, so one
+whose ticket key the server retired (Go rotates them daily) is gone soon.
+A server that stops resuming it gets a full handshake, and that one's
+session is kept instead."""
 
 
 def server_name(region: str) -> str:
@@ -172,6 +198,63 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+class TlsSessions:
+    """The last resumable TLS session of each server, bounded, oldest evicted.
+
+    Keyed by the resolved endpoint; bound to one :class:`NomadTls`, so that
+    a session is only ever offered with the context (CA, certificate, name
+    checks) it was made under. :meth:`bind` to another configuration empties
+    it. Thread-safe: the engine runs attempts on the calling thread, but
+    a prober may be called from more than one.
+    """
+
+    def __init__(self, max_entries: int = MAX_TLS_SESSIONS) -> None:
+        if max_entries < 0:
+            raise ValueError("max_entries must be >= 0")
+        self.max_entries = max_entries
+        self._tls: NomadTls | None = None
+        self._sessions: OrderedDict[Endpoint, ssl.SSLSession] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def bind(self, tls: NomadTls | None) -> None:
+        """Use ``tls`` from now on; a different one drops every session."""
+        with self._lock:
+            if tls is not self._tls:
+                self._sessions.clear()
+                self._tls = tls
+
+    def take(self, tls: NomadTls, endpoint: Endpoint) -> ssl.SSLSession | None:
+        """Remove and return the session kept for ``endpoint``, if any.
+
+        Taken, not read: if the handshake that offers it fails (or never
+        ends), there is nothing to drop, and the next ping starts afresh.
+        """
+        with self._lock:
+            if tls is not self._tls:
+                return None
+            return self._sessions.pop(endpoint, None)
+
+    def keep(self, tls: NomadTls, endpoint: Endpoint, session: ssl.SSLSession | None) -> None:
+        """Remember ``session`` for ``endpoint`` if it can resume a handshake."""
+        # Without a ticket (or a session id, for a TLS 1.2 server with a
+        # cache) a session cannot resume anything; TLS 1.3 servers send
+        # their ticket after the handshake, so it is here only once the
+        # reply has been read past it.
+        if session is None or not (session.has_ticket or session.id):
+            return
+        with self._lock:
+            if tls is not self._tls or self.max_entries == 0:
+                return
+            self._sessions[endpoint] = session
+            self._sessions.move_to_end(endpoint)
+            while len(self._sessions) > self.max_entries:
+                self._sessions.popitem(last=False)
+
+
 # -- the reply -------------------------------------------------------------------------
 
 
@@ -226,6 +309,8 @@ class _NomadPing(TcpConnect):
     def __init__(self, endpoint: Endpoint, prober: NomadProber) -> None:
         super().__init__(endpoint)
         self._tls = prober.tls
+        self._sessions = prober.tls_sessions
+        self._offered: ssl.SSLSession | None = None
         seq = prober.next_seq()
         self._request = RPC_NOMAD + encode_request(seq)
         self._reply = ReplyCheck(seq, max_value_bytes=prober.max_reply_bytes)
@@ -233,6 +318,15 @@ class _NomadPing(TcpConnect):
         self._out = bytearray()
 
     def connected(self) -> Step:
+        assert self.sock is not None
+        # Every message here is one small write the other side waits for
+        # (0x04, each handshake flight, the request): Nagle would hold one
+        # back until the previous one is acknowledged, and a delayed ACK
+        # makes that 40 ms. A resumed TLS 1.3 handshake hits it on every
+        # ping (our Finished, then the request). Go's net sets TCP_NODELAY
+        # on every connection, Nomad's included.
+        with contextlib.suppress(OSError):  # Only slower without it.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._tls is None:
             self._phase, self._out = _SEND_REQUEST, bytearray(self._request)
         else:
@@ -281,10 +375,16 @@ class _NomadPing(TcpConnect):
     def _start_tls(self) -> None:
         assert self.sock is not None and self._tls is not None
         # wrap_socket takes over the descriptor (the plain socket is detached).
+        # The offered session came from this very context and server name
+        # (TlsSessions is bound to one NomadTls), so ssl accepts it; whether
+        # the server resumes is the server's choice, and a full handshake
+        # with full verification is what happens when it does not.
+        self._offered = self._sessions.take(self._tls, self.endpoint)
         self.sock = self._tls.context.wrap_socket(
             self.sock,
             server_hostname=self._tls.server_hostname,
             do_handshake_on_connect=False,
+            session=self._offered,
         )
         self._phase = _HANDSHAKE
 
@@ -299,7 +399,24 @@ class _NomadPing(TcpConnect):
                 return False  # Closed before the reply was whole.
             verdict = self._reply.feed(data)
             if verdict is not None:
+                if verdict and isinstance(self.sock, ssl.SSLSocket):
+                    self._keep_session(self.sock)
                 return verdict
+
+    def _keep_session(self, sock: ssl.SSLSocket) -> None:
+        assert self._tls is not None
+        offered = self._offered
+        if (
+            offered is not None
+            and sock.session_reused
+            and time.time() - offered.time < TLS_SESSION_REFRESH_S
+        ):
+            session: ssl.SSLSession | None = offered
+        else:
+            # Read after the reply, so a TLS 1.3 ticket sent after the
+            # handshake (before the reply) has been taken in.
+            session = sock.session
+        self._sessions.keep(self._tls, self.endpoint, session)
 
 
 class NomadProber(WindowedProber):
@@ -308,9 +425,12 @@ class NomadProber(WindowedProber):
     Args:
         timeout_s: the deadline of one candidate's whole ping, TLS included.
         tls: when given, every ping upgrades to TLS first (``0x04``).
+            Assigning :attr:`tls` later drops every kept TLS session.
         max_reply_bytes: the largest reply header or body accepted.
         window: attempts open at once (:func:`bus.service.ping.window_for`).
         resolver: where names are resolved (the process's shared one if None).
+        max_tls_sessions: servers whose TLS session is kept for resumption
+            (0 turns resumption off).
     """
 
     fds_per_attempt = 1
@@ -323,13 +443,27 @@ class NomadProber(WindowedProber):
         max_reply_bytes: int = MAX_REPLY_BYTES,
         window: int | None = None,
         resolver: Resolver | None = None,
+        max_tls_sessions: int = MAX_TLS_SESSIONS,
     ) -> None:
         super().__init__(timeout_s=timeout_s, window=window, resolver=resolver)
+        self.tls_sessions = TlsSessions(max_tls_sessions)
         self.tls = tls
         self.max_reply_bytes = max_reply_bytes
         # Each attempt its own Seq: a reply meant for another is not taken.
         self._seqs = itertools.count(1)
         self._seq_lock = threading.Lock()
+
+    @property
+    def tls(self) -> NomadTls | None:
+        """The TLS configuration of every ping (None: plain)."""
+        return self._tls
+
+    @tls.setter
+    def tls(self, tls: NomadTls | None) -> None:
+        # New CA or certificate files: no session made under the old ones
+        # may be offered again.
+        self._tls = tls
+        self.tls_sessions.bind(tls)
 
     def next_seq(self) -> int:
         """The next request number (wraps inside Go's uint64)."""

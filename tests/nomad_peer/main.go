@@ -10,7 +10,7 @@
 // Server mode (the default):
 //
 //	nomad-peer -listen 127.0.0.1:0 [-hang] [-leader ADDR] [-peers A,B]
-//	           [-tls-cert F -tls-key F -tls-ca F [-tls-upgrade]]
+//	           [-tls-cert F -tls-key F -tls-ca F [-tls-upgrade] [-report-resumption]]
 //
 // prints "listening HOST:PORT" as its first line on stdout, then serves until
 // SIGTERM or SIGINT, when it closes every connection and exits 0. With the
@@ -18,6 +18,9 @@
 // connections are served (the client must present a certificate signed by
 // -tls-ca), and any plain first byte closes the connection, unless
 // -tls-upgrade (Nomad's rpc_upgrade_mode) lets plain connections through too.
+// -report-resumption logs one line per completed TLS handshake on stderr,
+// "tls handshake resumed=true" or "=false" (ConnectionState().DidResume), so
+// a test can check that a client's session resumption really happens.
 //
 // Client mode (the benchmark's side-by-side baseline):
 //
@@ -61,6 +64,8 @@ func main() {
 	flag.StringVar(&cfg.tlsCA, "tls-ca", "", "PEM CA that must have signed the other side's certificate")
 	flag.BoolVar(&cfg.tlsUpgrade, "tls-upgrade", false,
 		"with TLS, still accept plain connections (Nomad's tls.rpc_upgrade_mode)")
+	flag.BoolVar(&cfg.reportResumption, "report-resumption", false,
+		"log \"tls handshake resumed=true|false\" on stderr after every completed TLS handshake")
 	flag.StringVar(&cfg.call, "call", "", "client mode: ping the peer at this address and exit")
 	flag.IntVar(&cfg.count, "n", 1000, "client mode: how many Status.Ping calls")
 	flag.BoolVar(&cfg.connPerCall, "conn-per-call", false, "client mode: a new connection for every call")
@@ -92,6 +97,7 @@ type config struct {
 	tlsKey           string
 	tlsCA            string
 	tlsUpgrade       bool
+	reportResumption bool
 	call             string
 	count            int
 	connPerCall      bool

@@ -176,6 +176,12 @@ func (s *server) serveConn(raw net.Conn) {
 		return
 	}
 	tc.SetDeadline(time.Time{})
+	if s.cfg.reportResumption {
+		// One line per handshake, in accept order within a connection's
+		// goroutine: tests count the lines, they do not pair them with
+		// connections.
+		log.Printf("tls handshake resumed=%t", tc.ConnectionState().DidResume)
+	}
 	// The peer has authenticated: Nomad sets no deadline on the byte read
 	// inside TLS, so neither does this peer.
 	if first, ok = readFirst(tc, 0); !ok {
