@@ -240,10 +240,17 @@ def watching(
         timeout_s=TRY_S,
         retries=TRIES,
     )
-    # Started and synced: the first lookup starts an asyncio watcher.
+    # Started and synced: the first lookup starts an asyncio watcher. Synced
+    # by its own re-sync, or by the lookup's reply: under load the watcher's
+    # first re-sync can fail (no connection up within TRY_S) while the
+    # lookup's reply, adopted as read-your-writes, already gives the view its
+    # base, and then no re-sync is ever wanted.
     driver(lambda c: c.find_server())
-    # Generous: under load a re-sync may time out (TRY_S) and retry a few times.
-    poll_until(lambda: stats_of(driver).resyncs >= 1, 30, what="the first re-sync")
+    poll_until(
+        lambda: stats_of(driver).resyncs >= 1 or driver.client._watcher.fresh() is not None,
+        30,
+        what="the watcher's first view",
+    )
     return driver
 
 
