@@ -7,8 +7,8 @@ recognised by their bytes and answered with the snapshot's pre-encoded reply
 same bytes the decode-and-encode path would send. State-changing ops become
 actor messages; the actor's reply comes back through a queue and a
 :class:`Waker`, and is sent from this thread, the only one that touches the
-socket. A write whose reply
-does not come within ``op_timeout_s`` is answered ``unavailable``.
+socket. A write whose reply does not come within ``op_timeout_s`` is
+answered ``unavailable``.
 
 Writes are admitted only while the actor keeps up (docs/protocol.md section 8):
 at most ``max_writes`` told and not yet answered by the actor, holding at
