@@ -44,7 +44,11 @@ class FakeRouter:
         return self.inbox.pop(0)
 
     def getsockopt(self, option: int) -> int:
-        assert option == zmq.RCVMORE
+        # One request at a time: more parts while the inbox holds any, and
+        # nothing more to read (ZMQ_EVENTS) once it is empty.
+        assert option in (zmq.RCVMORE, zmq.EVENTS)
+        if option == zmq.EVENTS:
+            return int(zmq.POLLIN) if self.inbox else 0
         return 1 if self.inbox else 0
 
     def send(self, frame: bytes, flags: int = 0) -> None:
@@ -286,3 +290,33 @@ def test_the_fast_path_is_timed_like_the_normal_path() -> None:
     router.inbox[:] = [*ENVELOPE, pack({"id": 9, "op": "find_server"})]
     server._serve_requests()
     assert count() == 2
+
+
+def test_many_peers_with_requests_queued_all_get_their_own_replies(
+    ctx: zmq.Context[Any],
+) -> None:
+    """Over a real socket: requests queued from several peers, read in batches, each answered."""
+    server = QueryServer(ctx, "tcp://127.0.0.1:*", cast(Any, None), BOX, instance=INSTANCE)
+    server.start()
+    peers = [ctx.socket(zmq.DEALER) for _ in range(4)]
+    try:
+        for peer in peers:
+            peer.linger = 0
+            peer.connect(server.bound_endpoint)
+        frames = [
+            pack({"op": "find_server", "id": 1000 + i}) if i % 3 else pack({"op": "ping", "id": i})
+            for i in range(30)
+        ]
+        for i, frame in enumerate(frames):
+            peers[i % len(peers)].send_multipart([b"", frame])
+        for index, peer in enumerate(peers):
+            sent = frames[index :: len(peers)]
+            for frame in sent:
+                assert peer.poll(5000), "no reply"
+                delimiter, reply = peer.recv_multipart()
+                assert delimiter == b""
+                assert reply == normally(frame)
+    finally:
+        for peer in peers:
+            peer.close()
+        server.stop()
