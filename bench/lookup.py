@@ -29,8 +29,10 @@ from common import (
 )
 
 PRIMARIES = "10.0.0.1:4647,10.0.0.2:4647,10.0.0.3:4647"
-THROUGHPUT_TARGET = 0.9
-CONCURRENCY_TARGET = 0.8
+THROUGHPUT_TARGET = 1.0
+"""Issue 20: the proxy answers find_server at least as fast as a raw echo server
+(it recognises the common frames by their bytes, bus/service/codec.py)."""
+CONCURRENCY_TARGET = 0.95
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,19 @@ def lookup_throughput(rounds: int, duration_s: float) -> Result:
         _side_rows(proxy_runs, echo_runs),
     )
     result.rows.append(["**ratio proxy / echo**", ratio.fmt(3), "", ""])
-    result.check(f"throughput ratio {ratio.fmt(3)}", f">= {THROUGHPUT_TARGET}", ratio.median >= 0.9)
+    result.check(
+        f"throughput ratio {ratio.fmt(3)}",
+        f">= {THROUGHPUT_TARGET}",
+        ratio.median >= THROUGHPUT_TARGET,
+    )
     result.notes.append(
         f"{rounds} alternating rounds of {duration_s:g} s per side; one client process sends"
         ' raw msgpack `{"op": "find_server"}` (no `id`) on a REQ socket and waits for'
         " each reply. The proxy knows 3 primaries; the echo server decodes each request"
-        " with msgpack and answers a fixed reply of the same shape. Figures are"
-        " median (min-max) over rounds; the ratio is taken per round."
+        " with msgpack and answers a fixed reply of the same shape. The request is one"
+        " of the frames the proxy recognises by its bytes and answers without decoding"
+        " (bus/service/codec.py, find_server_id); a request written any other way is"
+        " decoded. Figures are median (min-max) over rounds; the ratio is taken per round."
     )
     result.notes += _noise_note(ratio)
     return result

@@ -47,6 +47,7 @@ from rpcproxy.bus.wire import (
 from rpcproxy.proxy import DEFAULT_MAX_SERVERS, Address, Heartbeat, HeartbeatServer
 
 __all__ = [
+    "FIND_SERVER_NO_ID",
     "NO_ID",
     "OPS",
     "Decoder",
@@ -59,9 +60,11 @@ __all__ = [
     "encode_ok",
     "encode_reply",
     "encode_request_error",
+    "find_server_id",
     "new_instance_id",
     "peek_heartbeat",
     "server_of",
+    "split_at_id",
     "to_heartbeat",
 ]
 
@@ -393,6 +396,103 @@ def encode_error(code: ErrorCode, message: str, request_id: Any = NO_ID) -> byte
     if request_id is not NO_ID:
         reply["id"] = request_id
     return _ENCODER.encode(reply)
+
+
+# --------------------------------------------------------------------------
+# The find_server fast path: frames recognised by their bytes.
+#
+# Nearly every request a proxy answers is a find_server with no keys but
+# op, v and id, written the same way by every client of one library. For
+# those exact byte patterns the query socket skips the decode, the envelope
+# and the encode, and sends the snapshot's pre-encoded reply with the
+# request's id spliced in (the reply's keys are ok, id, the body, epoch,
+# instance: the id's bytes sit at a fixed place). Anything else, including
+# the same request written another way, takes the normal path; so the only
+# promise to keep is that a recognised frame gets the very bytes the normal
+# path would send, which tests/unit/test_codec.py checks against
+# encode_reply over ids of every MessagePack width.
+
+_OP_FIND_SERVER: Final = b"\xa2op\xabfind_server"
+_V1: Final = b"\xa1v\x01"
+_ID_KEY: Final = b"\xa2id"
+
+FIND_SERVER_NO_ID: Final = frozenset(
+    {
+        b"\x81" + _OP_FIND_SERVER,  # {"op": "find_server"}
+        b"\x82" + _OP_FIND_SERVER + _V1,  # {"op": "find_server", "v": 1}
+        b"\x82" + _V1 + _OP_FIND_SERVER,  # {"v": 1, "op": "find_server"}
+    }
+)
+"""The id-less find_server frames answered by the snapshot's cached reply bytes."""
+
+_FIND_SERVER_ID_PREFIXES: Final = (
+    b"\x82" + _OP_FIND_SERVER + _ID_KEY,  # {"op": "find_server", "id": ...}
+    # {"op": "find_server", "v": 1, "id": ...}: what rpcproxy's own client sends.
+    b"\x83" + _OP_FIND_SERVER + _V1 + _ID_KEY,
+)
+
+# First byte of a wider int -> (bytes after it, signed, the bound its value
+# must pass to be the shortest form, the one msgspec writes back).
+_INT_FORMS: Final[dict[int, tuple[int, bool, int]]] = {
+    0xCC: (1, False, 1 << 7),
+    0xCD: (2, False, 1 << 8),
+    0xCE: (4, False, 1 << 16),
+    0xCF: (8, False, 1 << 32),
+    0xD0: (1, True, -(1 << 5)),
+    0xD1: (2, True, -(1 << 7)),
+    0xD2: (4, True, -(1 << 15)),
+    0xD3: (8, True, -(1 << 31)),
+}
+
+
+def find_server_id(frame: bytes) -> bytes | None:
+    """The id bytes of a find_server frame the fast path answers, else None.
+
+    Recognised: ``{"op": "find_server", "id": X}`` and ``{"op":
+    "find_server", "v": 1, "id": X}`` in that key order, where ``X`` is an
+    int, nil, a bool or an ASCII string of under 256 bytes, written in the
+    shortest form (so that encoding the decoded id gives back the same
+    bytes). The caller splices the returned bytes into the reply as they are.
+    """
+    for prefix in _FIND_SERVER_ID_PREFIXES:
+        if frame.startswith(prefix):
+            raw = frame[len(prefix) :]
+            return raw if _canonical_value(raw) else None
+    return None
+
+
+def _canonical_value(raw: bytes) -> bool:
+    """Whether ``raw`` is exactly one int, nil, bool or ASCII str in msgspec's own form."""
+    if not raw:
+        return False
+    first = raw[0]
+    if len(raw) == 1:
+        # Fixints, nil, false, true; and the empty string.
+        return first <= 0x7F or first >= 0xE0 or first in (0xC0, 0xC2, 0xC3, 0xA0)
+    if 0xA0 <= first <= 0xBF:  # fixstr: up to 31 bytes
+        # ASCII is valid UTF-8 whatever the decoder; anything else takes the normal path.
+        return len(raw) == 1 + (first & 0x1F) and raw[1:].isascii()
+    if first == 0xD9:  # str8: msgspec uses it from 32 bytes on
+        return len(raw) == 2 + raw[1] and raw[1] >= 32 and raw[2:].isascii()
+    form = _INT_FORMS.get(first)
+    if form is None:
+        return False
+    width, signed, bound = form
+    if len(raw) != 1 + width:
+        return False
+    value = int.from_bytes(raw[1:], "big", signed=signed)
+    return value < bound if signed else value >= bound
+
+
+def split_at_id(reply_with_zero_id: bytes) -> tuple[bytes, bytes]:
+    """A success reply's bytes before and after its ``id``, given the reply encoded with id 0.
+
+    :func:`encode_reply` writes ``ok`` then ``id`` first, so the id (0: the
+    one byte ``\\x00``) follows the first ``"id"`` key; any other id's bytes
+    put between the two parts make that id's reply.
+    """
+    at = reply_with_zero_id.index(_ID_KEY + b"\x00") + len(_ID_KEY)
+    return reply_with_zero_id[:at], reply_with_zero_id[at + 1 :]
 
 
 def encode_request_error(error: RequestError) -> bytes:
