@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from rpcproxy.bus.standins.consul import HEALTH_PREFIX, ConsulCatalog, health_entry
-from tests.nomadapi import serving, wait_for_hangup
+from tests.nomadapi import serving, wait_for_hangup, write_body
 
 __all__ = ["HEALTH_PREFIX", "ConsulFixture", "ConsulRequest", "consul_api", "health_entry"]
 
@@ -173,15 +173,7 @@ def consul_api(
                 if state.encoding is not None and state.raw_body(request) is not None:
                     self.send_header("Content-Encoding", state.encoding)
                 self.end_headers()
-                trickle_s = state.trickle_s
-                if trickle_s is None:
-                    self.wfile.write(body)
-                    return
-                state.trickling.set()
-                for index in range(len(body)):
-                    self.wfile.write(body[index : index + 1])
-                    if self.wait_hangup(trickle_s):
-                        return
+                write_body(self, body, state.trickle_s, state.trickling)
 
         def wait_hangup(self, seconds: float) -> bool:
             """Wait ``seconds``; True (early) when the client hangs up or the stand-in closes."""

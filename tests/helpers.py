@@ -142,6 +142,11 @@ def free_port() -> int:
     return _free_port()
 
 
+def in_ci() -> bool:
+    """Whether the tests run under CI (``CI=true``, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
 def port_is_free(port: int) -> bool:
     """Whether a new listener could bind ``port`` now (as a restarted proxy would)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

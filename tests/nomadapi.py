@@ -110,6 +110,21 @@ def wait_for_hangup(connection: socket.socket, seconds: float, closing: threadin
     return False
 
 
+def write_body(
+    handler: Any, body: bytes, trickle_s: float | None, trickling: threading.Event
+) -> None:
+    """Write ``body`` whole, or a byte every ``trickle_s`` (setting ``trickling``)
+    until the client hangs up or the stand-in closes (``handler.wait_hangup``)."""
+    if trickle_s is None:
+        handler.wfile.write(body)
+        return
+    trickling.set()
+    for index in range(len(body)):
+        handler.wfile.write(body[index : index + 1])
+        if handler.wait_hangup(trickle_s):
+            return
+
+
 @contextlib.contextmanager
 def serving(
     handler: type[BaseHTTPRequestHandler],
@@ -268,15 +283,7 @@ def nomad_api(
                 if encoding is not None and not refused:
                     self.send_header("Content-Encoding", encoding)
                 self.end_headers()
-                trickle_s = state.trickle_s
-                if trickle_s is None:
-                    self.wfile.write(body)
-                    return
-                state.trickling.set()
-                for index in range(len(body)):
-                    self.wfile.write(body[index : index + 1])
-                    if self.wait_hangup(trickle_s):
-                        return
+                write_body(self, body, state.trickle_s, state.trickling)
 
         def wait_hangup(self, seconds: float) -> bool:
             """Wait ``seconds``; True (early) when the client hangs up or the fixture closes."""

@@ -161,8 +161,7 @@ class AsyncWatcher:
         return True
 
     def _names_a_server(self) -> bool:
-        view = self._follower.view
-        return self._stopping or (view is not None and view.server is not None)
+        return self._stopping or self._follower.names_a_server()
 
     def stats(self) -> WatchStats:
         follower = self._follower

@@ -126,6 +126,11 @@ class Follower(Generic[S]):
             return view
         return None
 
+    def names_a_server(self) -> bool:
+        """Whether the view, fresh or not, names a server (what ``call`` waits for)."""
+        view = self.view
+        return view is not None and view.server is not None
+
     def silent(self, now: float) -> bool:
         """No message from the stream for ``3 x refresh_s``."""
         return now - self.last_heard > self.limit_s

@@ -281,8 +281,7 @@ class Watcher:
             return self._changed.wait_for(self._names_a_server, timeout_s)
 
     def _names_a_server(self) -> bool:
-        view = self._follower.view
-        return self._stopping or (view is not None and view.server is not None)
+        return self._stopping or self._follower.names_a_server()
 
     def stats(self) -> WatchStats:
         with self._lock:

@@ -171,11 +171,6 @@ def run(
     return done
 
 
-def in_ci() -> bool:
-    """Whether the tests run under CI (``CI=true``, as CI services set it)."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
 def docker_unavailable_reason() -> str | None:
     """None when a Docker engine and a compose command answer; else why not."""
     if shutil.which("docker") is None:

@@ -20,10 +20,10 @@ from tests.compose.compose import (
     ComposeProject,
     ComposeSetup,
     docker_unavailable_reason,
-    in_ci,
     prepare_discovery,
     prepare_session,
 )
+from tests.helpers import in_ci
 
 PROJECT_KEY = pytest.StashKey[ComposeProject]()
 MEASUREMENTS_KEY = pytest.StashKey[list[str]]()

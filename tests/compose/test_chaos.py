@@ -41,7 +41,8 @@ from rpcproxy.bus.net.keys import CurveClient
 from rpcproxy.bus.probes import NomadProber
 from rpcproxy.proxy import parse_address
 from tests.compose.chaos import CheckResult, Op, Outage, check_invariant
-from tests.compose.compose import SERVER_SERVICES, SERVERS, ComposeProject, in_ci, wait_for
+from tests.compose.compose import SERVER_SERVICES, SERVERS, ComposeProject, wait_for
+from tests.helpers import in_ci
 
 pytestmark = pytest.mark.compose
 

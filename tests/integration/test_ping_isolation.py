@@ -20,8 +20,7 @@ import pytest
 
 from rpcproxy.bus.standins.standin import ServerStandIn
 from tests.blackhole import BLACKHOLE, blackhole_prefix
-from tests.compose.compose import in_ci
-from tests.helpers import free_port
+from tests.helpers import free_port, in_ci
 from tests.integration.serving import (
     RPCPROXY,
     NoReplyError,
