@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ from rpcproxy.bus.client import (
     ProxyTimeoutError,
     UnavailableError,
 )
-from rpcproxy.bus.service.codec import Decoder, RequestError
+from rpcproxy.bus.service.codec import Decoder, RequestError, new_instance_id
 from rpcproxy.bus.service.ops import AnyWriteOp, ReadOp, decode_request, plan
 from rpcproxy.bus.wire import Event, OpReply, Server
 from rpcproxy.proxy import (
@@ -293,7 +292,7 @@ class InMemoryProxy:
         clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.healthy: Callable[[str], bool] = healthy if healthy is not None else lambda _: True
-        self.instance = instance if instance is not None else secrets.token_hex(8)
+        self.instance = instance if instance is not None else new_instance_id()
         self.max_servers = max_servers
         self.events: list[dict[str, Any]] = []
         self.requests = 0

@@ -20,7 +20,7 @@ from typing import Any
 
 from rpcproxy import __version__
 from rpcproxy.bus.net.keys import CurveClient, CurveError
-from rpcproxy.bus.standins.standin import PROTOCOLS
+from rpcproxy.bus.standins import PROTOCOLS
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.cli.config import ConfigError, add_config_arguments, load_config
 from rpcproxy.cli.logs import setup_logging

@@ -22,8 +22,8 @@ import zmq
 from rpcproxy.bus.client import ProxyClient, ProxyError
 from rpcproxy.bus.net.keys import CurveClient, create_key_pair
 from rpcproxy.bus.probes import NomadProber, TcpProber, WindowedProber, ZmqProber
+from rpcproxy.bus.standins import Protocol
 from rpcproxy.bus.standins.publisher import HeartbeatPublisher
-from rpcproxy.bus.standins.standin import Protocol, ServerStandIn
 from rpcproxy.bus.wire import DEFAULT_QUERY_ENDPOINT
 from rpcproxy.proxy import HeartbeatServer, InvalidAddressError, parse_address
 
@@ -58,6 +58,9 @@ def server_prober(method: str, timeout_s: float) -> WindowedProber:
 
 def run_fake_server(bind: str, protocol: Protocol = "nomad") -> int:
     """Answer pings (Nomad's ``Status.Ping``, or zmq's) on ``bind`` until SIGINT or SIGTERM."""
+    # Loaded here, not with the CLI: a stand-in brings ssl, which serve never needs.
+    from rpcproxy.bus.standins.standin import ServerStandIn  # noqa: PLC0415
+
     standin = ServerStandIn(bind, protocol=protocol)
     stopping = stop_on_signals()
     try:

@@ -33,13 +33,12 @@ import contextlib
 import itertools
 import os
 import socket
-import ssl
 import stat
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, cast
 
 import zmq
 
@@ -53,6 +52,11 @@ from rpcproxy.bus.probes.msgpackrpc import (
     decode_response_header,
     encode_request,
 )
+
+if TYPE_CHECKING:
+    # Loaded at run time by TLS pings only (load_tls): ssl is 4.6 MiB of a
+    # proxy that pings in plain, which never needs it (issue 20's idle RSS).
+    import ssl
 
 __all__ = [
     "MAX_REPLY_BYTES",
@@ -145,6 +149,8 @@ def load_tls(
     Raises:
         TlsSetupError: a file is missing, unreadable or not what it should be.
     """
+    import ssl  # noqa: PLC0415 -- only a TLS configuration needs it (see the imports)
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
@@ -192,6 +198,8 @@ _SSL_REASONS: Final = {
 
 
 def _reason(exc: OSError) -> str:
+    import ssl  # noqa: PLC0415 -- load_tls has loaded it (see the imports)
+
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or ""
         return _SSL_REASONS.get(reason, reason or str(exc))
@@ -297,6 +305,17 @@ class ReplyCheck:
         return None
 
 
+def _tls_wait(exc: BaseException) -> int | None:
+    """What a non-blocking TLS step waits for (POLLIN, POLLOUT), or None: it failed."""
+    import ssl  # noqa: PLC0415 -- a TLS ping runs: load_tls has loaded it
+
+    if isinstance(exc, ssl.SSLWantReadError):
+        return zmq.POLLIN
+    if isinstance(exc, ssl.SSLWantWriteError):
+        return zmq.POLLOUT
+    return None
+
+
 # -- the attempt -----------------------------------------------------------------------
 
 _SEND_TLS_BYTE, _HANDSHAKE, _SEND_REQUEST, _RECEIVE = range(4)
@@ -344,17 +363,16 @@ class _NomadPing(TcpConnect):
         fd = self.sock.fileno()
         try:
             return self._advance()
-        except ssl.SSLWantReadError:
-            return fd, zmq.POLLIN
-        except ssl.SSLWantWriteError:
-            return fd, zmq.POLLOUT
         except BlockingIOError:
             # Plain sockets: sending waits for room, receiving for bytes.
             return fd, zmq.POLLIN if self._phase == _RECEIVE else zmq.POLLOUT
-        except (OSError, ValueError):
-            # Refused or reset, a TLS alert or a bad certificate (SSLError is an
-            # OSError), or an SSL object in a state it should not be in.
-            return False
+        except (OSError, ValueError) as exc:
+            # With TLS, a step that must wait for the socket (SSLWantReadError
+            # is an OSError, not a BlockingIOError). Otherwise refused or reset,
+            # a TLS alert or a bad certificate, or an SSL object in a state it
+            # should not be in. A plain ping never looks at ssl (see the imports).
+            wanted = _tls_wait(exc) if self._tls is not None else None
+            return False if wanted is None else (fd, wanted)
 
     def _advance(self) -> Step:
         assert self.sock is not None
@@ -366,8 +384,7 @@ class _NomadPing(TcpConnect):
             else:
                 self._phase = _RECEIVE
         if self._phase == _HANDSHAKE:
-            assert isinstance(self.sock, ssl.SSLSocket)
-            self.sock.do_handshake()
+            cast("ssl.SSLSocket", self.sock).do_handshake()
             self._phase, self._out = _SEND_REQUEST, bytearray(self._request)
             return self._advance()
         return self._receive()
@@ -399,8 +416,8 @@ class _NomadPing(TcpConnect):
                 return False  # Closed before the reply was whole.
             verdict = self._reply.feed(data)
             if verdict is not None:
-                if verdict and isinstance(self.sock, ssl.SSLSocket):
-                    self._keep_session(self.sock)
+                if verdict and self._tls is not None:
+                    self._keep_session(cast("ssl.SSLSocket", self.sock))
                 return verdict
 
     def _keep_session(self, sock: ssl.SSLSocket) -> None:

@@ -29,19 +29,18 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Self
 
 import msgspec
 import zmq
 
 from rpcproxy.bus.net.loop import SocketThread
+from rpcproxy.bus.standins import PROTOCOLS, Protocol
 from rpcproxy.bus.standins.nomad_rpc import NomadResponder, NomadRpcListener
 from rpcproxy.bus.wire import ErrorCode, Op
 
 __all__ = ["PROTOCOLS", "PingResponder", "Protocol", "Responder", "ServerStandIn"]
 
-Protocol = Literal["nomad", "zmq"]
-PROTOCOLS: Final[tuple[Protocol, ...]] = ("nomad", "zmq")
 
 log = logging.getLogger(__name__)
 
