@@ -8,6 +8,7 @@ of :mod:`actors.messages` (all exported here, listed once in its
 
 from rpcproxy.actors import messages as _messages
 from rpcproxy.actors.core import ProxyCore, ProxySettings
+from rpcproxy.actors.inbox import SimpleInboxActor
 from rpcproxy.actors.messages import *  # noqa: F403 (the vocabulary's __all__ is the one list)
 from rpcproxy.actors.prober import Prober, ProberActor
 from rpcproxy.actors.proxy_actor import ProxyActor
@@ -21,6 +22,7 @@ __all__ = [
     "ProxyActor",
     "ProxyCore",
     "ProxySettings",
+    "SimpleInboxActor",
     "Snapshot",
     "SnapshotBox",
     "TimerActor",

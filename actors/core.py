@@ -175,6 +175,9 @@ class ProxyCore:
         )
         # Heartbeats come from peers: what they make us warn about is rate-limited.
         self._peer_log = PeerLog(log, clock=clock)
+        # Changes published and answered but not yet logged, saved or
+        # announced (see _commit): (before, after, reason, epoch), in order.
+        self._aftermath: list[tuple[ProxyState, ProxyState, ChangeReason, int]] = []
 
     # Lifecycle ----------------------------------------------------------------
 
@@ -197,6 +200,7 @@ class ProxyCore:
         self._schedule(self._settings.timing.first_interval(self._rng.random()))
         self._commit(state, "added")
         self._publish()
+        self._follow_up()
 
     def replace_state(self, state: ProxyState) -> None:
         """Take ``state`` as it is, announcing nothing: the set-up of a test, not a change."""
@@ -243,6 +247,11 @@ class ProxyCore:
     # Messages -------------------------------------------------------------------
 
     def handle(self, message: ProxyMessage) -> None:
+        """One message: its change published, its reply answered, then the rest (_commit)."""
+        self._apply(message)
+        self._follow_up()
+
+    def _apply(self, message: ProxyMessage) -> None:
         """One case per message; a message type added to the union and not here is a type error."""
         match message:
             case NotifyFailed(addr, reply):
@@ -542,24 +551,37 @@ class ProxyCore:
     # Publishing ---------------------------------------------------------------------
 
     def _commit(self, state: ProxyState, reason: ChangeReason) -> None:
-        """Adopt ``state``, publish it, and announce a new active server."""
+        """Adopt ``state`` and publish it; logging, saving and announcing it follow.
+
+        They follow once the message's reply has been answered
+        (:meth:`_follow_up`): the writer waits for that reply, and handing it
+        over first lets the query thread send it while this thread logs (a
+        write to the log lets go of the GIL) instead of after, and before the
+        events thread wakes to compete for it (issue 20's write round trip).
+        """
         if state is self._state:
             return
         previous = self._state
-        before = previous.head
-        after = state.head
         self._state = state
-        if after != before:
+        if state.head != previous.head:
             # Counted before publishing: a reply built from the new snapshot
             # carries the epoch of the event announcing it.
             self._epoch += 1
         self._publish()
-        _log_membership(previous, state, reason)
-        if self._on_change is not None:
-            self._on_change(state)
-        if after != before:
-            log.info("active server %s -> %s (%s)", before, after, reason)
-            self._announce(ActiveServerChanged(after, reason, self._epoch))
+        self._aftermath.append((previous, state, reason, self._epoch))
+
+    def _follow_up(self) -> None:
+        """Announce, save and log the changes published since the last call, in order."""
+        changes, self._aftermath = self._aftermath, []
+        for previous, state, reason, epoch in changes:
+            before, after = previous.head, state.head
+            if after != before:
+                self._announce(ActiveServerChanged(after, reason, epoch))
+            if self._on_change is not None:
+                self._on_change(state)
+            _log_membership(previous, state, reason)
+            if after != before:
+                log.info("active server %s -> %s (%s)", before, after, reason)
 
     def _publish(self) -> None:
         self._version += 1

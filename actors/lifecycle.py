@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 
 import pykka
 
+from rpcproxy.actors.inbox import SimpleInboxActor
+
 __all__ = ["ReleasingActor", "stop_within"]
 
 
@@ -46,7 +48,7 @@ def stop_within(refs: Sequence[tuple[str, pykka.ActorRef[Any]]], timeout_s: floa
     return late
 
 
-class ReleasingActor(pykka.ThreadingActor):
+class ReleasingActor(SimpleInboxActor):
     """A threading actor that calls :meth:`release` when it stops and when it fails.
 
     pykka calls neither hook when ``on_start`` raises: an actor whose

@@ -33,7 +33,7 @@ from typing import Any
 import pykka
 import zmq
 
-from rpcproxy.actors import ActiveServerChanged, ChangeReason
+from rpcproxy.actors import ActiveServerChanged, ChangeReason, SimpleInboxActor
 from rpcproxy.actors.timer import Handle, Scheduler, ThreadingScheduler
 from rpcproxy.bus import wire
 from rpcproxy.bus.net.loop import needs_ipv6
@@ -88,7 +88,7 @@ class _Refresh:
     """Time to republish the current active server (told by the scheduler)."""
 
 
-class EventPublisher(pykka.ThreadingActor):
+class EventPublisher(SimpleInboxActor):
     """Publishes every change of the active server on ``endpoint``, and a refresh.
 
     Args:
