@@ -45,6 +45,7 @@ from simulate import simulate_benchmark
 from state_file import state_file
 from subscription_flood import subscription_flood
 from watch import watch_benchmarks
+from writes import write_round_trip
 
 Outcome = Result | list[Result]
 
@@ -124,6 +125,10 @@ BENCHMARKS: dict[str, Bench] = {
     "watch": Bench(
         full=lambda: watch_benchmarks(rounds=8, duration_s=1.0, changes=300, concurrency_rounds=4),
         quick=lambda: watch_benchmarks(rounds=3, duration_s=0.5, changes=100, concurrency_rounds=2),
+    ),
+    "writes": Bench(
+        full=lambda: write_round_trip(back_to_back=3000, paced=500, pause_s=0.02),
+        quick=lambda: write_round_trip(back_to_back=500, paced=100, pause_s=0.02),
     ),
     "simulate": Bench(
         full=lambda: simulate_benchmark(clients=10_000_000, rounds=3),
