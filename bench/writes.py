@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 
 from common import Result, free_port, percentile, running_serve, tcp
+
 from rpcproxy import ProxyClient
 
 PRIMARIES = "10.0.0.1:4647,10.0.0.2:4647,10.0.0.3:4647"
