@@ -36,7 +36,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import pykka
 import zmq
@@ -75,6 +75,10 @@ most a quarter of the actor under a flood (bench/flood.py: find_server's p99
 during a flood of 4096-server heartbeats is about halved from a factor of 1)."""
 
 _MAX_READ = 256
+
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_RCVMORE: Final = int(zmq.RCVMORE)
+"""pyzmq's flags as plain ints (or-ing its enum.Flag values costs, see query.py)."""
 """Messages read per wake-up, so the stop pipe is looked at between bursts."""
 
 
@@ -134,9 +138,7 @@ class HeartbeatListener(SocketThread):
         self._connect = tuple(connect)
         self._max_message_bytes = max_message_bytes
         self._rcvhwm = rcvhwm
-        self._pending: Conflator[str | None, zmq.Frame] = Conflator(
-            max_publishers, max_pending_bytes
-        )
+        self._pending: Conflator[str | None, bytes] = Conflator(max_publishers, max_pending_bytes)
         # Set while no batch is in the proxy's mailbox; cleared by this
         # thread when it tells one, set by the actor's thread when it is done.
         self._slot_free = threading.Event()
@@ -208,30 +210,35 @@ class HeartbeatListener(SocketThread):
 
     def _read(self) -> None:
         """Read what is queued, conflating it into the pending table."""
-        assert self._sub is not None
+        sub = self._sub
+        assert sub is not None
         for _ in range(_MAX_READ):
+            # recv_multipart's loop with int flags, and copied frames: a
+            # heartbeat is a few hundred bytes, which bytes hold for less than
+            # a zmq.Frame costs to make (pyzmq's advice: zero-copy pays from
+            # tens of kB). A frame near max_message_bytes costs one memcpy.
             try:
-                # copy=False: the payload stays in libzmq's buffer; most are
-                # only peeked at and superseded, never copied.
-                frames = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = [sub.recv(_NOBLOCK)]
             except zmq.Again:
                 return
+            while sub.getsockopt(_RCVMORE):
+                frames.append(sub.recv(_NOBLOCK))
             self._offer(frames)
 
-    def _offer(self, frames: list[zmq.Frame]) -> None:
+    def _offer(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
             self._drop("frames", "expected 2 frames (topic, payload), got %d", len(frames))
             return
         topic, payload = frames
-        if topic.bytes != self._topic:
+        if topic != self._topic:
             # Another region sharing our prefix: not an error, but counted.
             self.dropped["topic"] += 1
             self._metrics.rejected("topic")
             return
         try:
-            publisher, seq = peek_heartbeat(payload.buffer)
+            publisher, seq = peek_heartbeat(payload)
         except HeartbeatError as exc:
-            self._drop("payload", "%s", self._why(payload.bytes, exc))
+            self._drop("payload", "%s", self._why(payload, exc))
             return
         offered = self._pending.offer(publisher, seq, payload, len(payload))
         if offered.superseded:
@@ -259,7 +266,7 @@ class HeartbeatListener(SocketThread):
         batch: list[Heartbeat] = []
         for payload in self._pending.drain():
             try:
-                batch.append(self._decoder.heartbeat(payload.bytes))
+                batch.append(self._decoder.heartbeat(payload))
             except HeartbeatError as exc:
                 self._drop("payload", "%s", exc)
         if not batch:
