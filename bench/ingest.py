@@ -42,6 +42,8 @@ SERVERS = [
     for n in range(1, 8)
 ]
 TARGET_RATE = 10_000.0
+RATIO_TARGET = 0.95
+"""Heartbeats applied per second against the raw SUB's decoded ones (issue 20)."""
 POLL_INTERVAL_S = 0.002
 
 
@@ -267,6 +269,11 @@ def heartbeat_ingest(rounds: int, count: int) -> Result:
         f"applied heartbeats/s {rate.fmt(0)}",
         f">= {TARGET_RATE:,.0f}/s",
         rate.median >= TARGET_RATE,
+    )
+    result.check(
+        f"ratio proxy / raw SUB {ratio.fmt(3)}",
+        f">= {RATIO_TARGET:g} (issue 20)",
+        ratio.median >= RATIO_TARGET,
     )
     # A round that lost a heartbeat, or whose last one was not applied, raised
     # in verify(); this counts the rounds that were verified, so a run cut

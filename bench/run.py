@@ -80,7 +80,7 @@ BENCHMARKS: dict[str, Bench] = {
         full=lambda: rebalance(repetitions=5), quick=lambda: rebalance(repetitions=2)
     ),
     "ingest": Bench(
-        full=lambda: heartbeat_ingest(rounds=3, count=50_000),
+        full=lambda: heartbeat_ingest(rounds=7, count=50_000),
         quick=lambda: heartbeat_ingest(rounds=2, count=10_000),
     ),
     "memory": Bench(full=memory),

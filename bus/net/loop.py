@@ -209,12 +209,15 @@ class SocketThread:
                 return
             finally:
                 self._started.set()
+            poll = self.poller.poll
             while True:
-                events = dict(self.poller.poll(self.poll_timeout_ms()))
-                if control in events:
-                    control.recv()
-                    break
-                for sock in events:
+                # The list as it comes (no dict of it): this loop runs once per
+                # request of a lone client, whose round trip it is part of.
+                # control was registered first, so it comes first when ready.
+                for sock, _ in poll(self.poll_timeout_ms()):
+                    if sock is control:
+                        control.recv()
+                        return
                     self._dispatch(sock)
                 self.on_idle()
         except Exception:

@@ -216,6 +216,8 @@ class QueryServer(SocketThread):
         return max(0, int((self._deadlines[0][0] - self._clock()) * 1000) + 1)
 
     def on_idle(self) -> None:
+        if not self._deadlines:
+            return  # the common case, after every request: no clock read
         now = self._clock()
         while self._deadlines and self._deadlines[0][0] <= now:
             _, token = heapq.heappop(self._deadlines)
