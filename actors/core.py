@@ -248,8 +248,11 @@ class ProxyCore:
 
     def handle(self, message: ProxyMessage) -> None:
         """One message: its change published, its reply answered, then the rest (_commit)."""
-        self._apply(message)
-        self._follow_up()
+        try:
+            self._apply(message)
+        finally:
+            # Even when the message failed: what was published is announced.
+            self._follow_up()
 
     def _apply(self, message: ProxyMessage) -> None:
         """One case per message; a message type added to the union and not here is a type error."""

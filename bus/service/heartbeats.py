@@ -75,11 +75,11 @@ most a quarter of the actor under a flood (bench/flood.py: find_server's p99
 during a flood of 4096-server heartbeats is about halved from a factor of 1)."""
 
 _MAX_READ = 256
+"""Messages read per wake-up, so the stop pipe is looked at between bursts."""
 
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _RCVMORE: Final = int(zmq.RCVMORE)
 """pyzmq's flags as plain ints (or-ing its enum.Flag values costs, see query.py)."""
-"""Messages read per wake-up, so the stop pipe is looked at between bursts."""
 
 
 class HeartbeatListener(SocketThread):
