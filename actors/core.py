@@ -559,8 +559,8 @@ class ProxyCore:
         They follow once the message's reply has been answered
         (:meth:`_follow_up`): the writer waits for that reply, and handing it
         over first lets the query thread send it while this thread logs (a
-        write to the log lets go of the GIL) instead of after, and before the
-        events thread wakes to compete for it (issue 20's write round trip).
+        write to the log lets go of the GIL) instead of after (issue 20's
+        write round trip).
         """
         if state is self._state:
             return
@@ -574,17 +574,23 @@ class ProxyCore:
         self._aftermath.append((previous, state, reason, self._epoch))
 
     def _follow_up(self) -> None:
-        """Announce, save and log the changes published since the last call, in order."""
+        """Log, announce and save the changes published since the last call, in order.
+
+        The log comes first: announcing wakes the events actor and saving the
+        persist actor, and either would then compete with the query thread
+        for the GIL while it sends the reply; a log line is a few
+        microseconds of this thread, and the event could not go out sooner
+        anyway, as its actor needs the GIL this thread holds meanwhile.
+        """
         changes, self._aftermath = self._aftermath, []
         for previous, state, reason, epoch in changes:
             before, after = previous.head, state.head
-            if after != before:
-                self._announce(ActiveServerChanged(after, reason, epoch))
-            if self._on_change is not None:
-                self._on_change(state)
             _log_membership(previous, state, reason)
             if after != before:
                 log.info("active server %s -> %s (%s)", before, after, reason)
+                self._announce(ActiveServerChanged(after, reason, epoch))
+            if self._on_change is not None:
+                self._on_change(state)
 
     def _publish(self) -> None:
         self._version += 1
