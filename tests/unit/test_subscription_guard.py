@@ -193,10 +193,6 @@ class FakeXpub:
     def __init__(self) -> None:
         self.frames: list[FakeFrame] = []
 
-    def getsockopt(self, option: int) -> int:
-        assert option == zmq.EVENTS
-        return int(zmq.POLLIN) if self.frames else 0
-
     def recv(self, flags: int, copy: bool) -> FakeFrame:
         if not self.frames:
             raise zmq.Again
