@@ -12,10 +12,9 @@ rate=50_000.0)`` is the full run.
 
 from __future__ import annotations
 
-import socket
-import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -33,6 +32,7 @@ from flood import RssSampler
 from lookup import drive
 
 from tests.procfs import vm_rss_kib, vm_rss_mib
+from tests.zmtp import SubscriptionFlood
 
 FLOOD_GROWTH_TARGET_MIB = 30.0
 """RSS growth allowed over the flood: a few MiB are measured; keeping them all is 46 MiB per
@@ -48,76 +48,38 @@ FLOOD_CHUNK = 500
 """Subscriptions written at once (one ``sendall``)."""
 
 
-def _zmtp_frame(body: bytes, *, command: bool = False) -> bytes:
-    """One ZMTP 3.0 frame: flags (command, long), size, body."""
-    flags = 0x04 if command else 0x00
-    if len(body) > 255:
-        return bytes([flags | 0x02]) + struct.pack(">Q", len(body)) + body
-    return bytes([flags, len(body)]) + body
+class SubscriptionFlooder(SubscriptionFlood):
+    """Sends distinct subscriptions to the events endpoint, ``rate`` a second, for a ``with`` block.
 
-
-def _zmtp_sub_handshake() -> bytes:
-    """A SUB's greeting (ZMTP 3.0, NULL mechanism, as client) and its READY command."""
-    greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + bytes(32)
-    name, value = b"Socket-Type", b"SUB"
-    ready = b"\x05READY" + bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
-    return greeting + _zmtp_frame(ready, command=True)
-
-
-class SubscriptionFlooder(Background):
-    """Sends distinct subscriptions to the events endpoint, ``rate`` a second, from a thread.
-
-    It speaks ZMTP by hand (a SUB's greeting and READY, then one frame
-    ``\\x01`` + topic per subscription) rather than through a libzmq SUB: a
-    SUB keeps every subscription it sends, to send them again when it
-    reconnects, so a million would cost the benchmark gigabytes; this keeps
-    none, and never waits on libzmq's queues: it writes as fast as the
-    proxy's kernel buffers take. When the proxy closes the connection it
-    connects again and goes on with the next topics.
+    The peer of :class:`tests.zmtp.SubscriptionFlood` (ZMTP by hand, so it
+    keeps none of the subscriptions it sends and never waits on libzmq's
+    queues), paced.
     """
 
     def __init__(self, port: int, subscriptions: int, rate: float, topic_bytes: int) -> None:
-        super().__init__("the flooder")
-        self._port = port
-        self._total = subscriptions
+        super().__init__(port, subscriptions, self._topic_of(topic_bytes), chunk=FLOOD_CHUNK)
         self._rate = rate
-        self._topic_bytes = topic_bytes
-        self.sent = 0
-        self.connections = 0
-        self.elapsed_s = 0.0
+        self._begin = 0.0
 
-    def _topic(self, index: int) -> bytes:
-        # Past the digits no two share a byte: a trie stores each one's tail apart.
-        head = f"{index:09d}".encode()
-        return head + b"t" * (self._topic_bytes - len(head))
+    @staticmethod
+    def _topic_of(topic_bytes: int) -> Callable[[int], bytes]:
+        def topic(index: int) -> bytes:
+            # Past the digits no two share a byte: a trie stores each one's tail apart.
+            head = f"{index:09d}".encode()
+            return head + b"t" * (topic_bytes - len(head))
 
-    def _loop(self) -> None:
-        begin = time.monotonic()
-        while self.sent < self._total and not self._stop.is_set():
-            try:
-                conn = socket.create_connection(("127.0.0.1", self._port), timeout=1.0)
-            except OSError:
-                self._stop.wait(0.01)  # the proxy is busy accepting: try again shortly
-                continue
-            self.connections += 1
-            try:
-                conn.sendall(_zmtp_sub_handshake())
-                while self.sent < self._total and not self._stop.is_set():
-                    due = min(self._total, int((time.monotonic() - begin) * self._rate))
-                    if due <= self.sent:
-                        self._stop.wait(0.001)
-                        continue
-                    upto = min(due, self.sent + FLOOD_CHUNK)
-                    chunk = b"".join(
-                        _zmtp_frame(b"\x01" + self._topic(i)) for i in range(self.sent, upto)
-                    )
-                    conn.sendall(chunk)
-                    self.sent = upto
-            except OSError:
-                pass  # closed by the proxy (or stuck for a second): a new connection
-            finally:
-                conn.close()
-        self.elapsed_s = time.monotonic() - begin
+        return topic
+
+    def due(self) -> int:
+        return min(self.total, int((time.monotonic() - self._begin) * self._rate))
+
+    def __enter__(self) -> SubscriptionFlooder:
+        self._begin = time.monotonic()
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.join()
 
 
 class EventCounter(Background):
