@@ -113,17 +113,18 @@ class _Sides:
     """TLS only: ours with ``max_tls_sessions=0``."""
 
 
-def _measure(peer: NomadPeer, tls: TLSFiles | None, rounds: int, pings: int) -> _Sides:
-    nomad_tls = (
-        None
-        if tls is None
-        else load_tls(
-            ca_file=str(tls.ca),
-            cert_file=str(tls.client.cert),
-            key_file=str(tls.client.key),
-            region=tls.region,
-        )
+def _client_tls(tls: TLSFiles) -> NomadTls:
+    """The prober's TLS with the peer's CA and client certificate."""
+    return load_tls(
+        ca_file=str(tls.ca),
+        cert_file=str(tls.client.cert),
+        key_file=str(tls.client.key),
+        region=tls.region,
     )
+
+
+def _measure(peer: NomadPeer, tls: TLSFiles | None, rounds: int, pings: int) -> _Sides:
+    nomad_tls = None if tls is None else _client_tls(tls)
     host, port = peer.host_port
     addr = Address(host, port)
     ours, go, raw = _Side.empty(), _Side.empty(), _Side.empty()
@@ -187,12 +188,7 @@ def _measure(peer: NomadPeer, tls: TLSFiles | None, rounds: int, pings: int) -> 
 def _profile_resumed(peer: NomadPeer, tls: TLSFiles, pings: int) -> str:
     """Where a resumed ping of ours spends its time, from cProfile: what the
     note says when the TLS target is not met (issue 20's rule)."""
-    nomad_tls = load_tls(
-        ca_file=str(tls.ca),
-        cert_file=str(tls.client.cert),
-        key_file=str(tls.client.key),
-        region=tls.region,
-    )
+    nomad_tls = _client_tls(tls)
     host, port = peer.host_port
     addr = Address(host, port)
     profile = cProfile.Profile()

@@ -79,7 +79,7 @@ class SubscriptionFlooder(SubscriptionFlood):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.join()
+        self.close()
 
 
 class EventCounter(Background):

@@ -68,7 +68,8 @@ class SubscriptionFlood:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
-    def join(self) -> None:
+    def close(self) -> None:
+        """Stop sending (if it has not finished) and wait for the thread."""
         self.stop.set()
         self._thread.join()
 

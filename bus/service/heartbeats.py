@@ -36,13 +36,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any
 
 import pykka
 import zmq
 
 from rpcproxy.actors import ApplyHeartbeats
-from rpcproxy.bus.net.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.bus.net.loop import SocketThread, Waker, needs_ipv6, recv_frames
 from rpcproxy.bus.service.codec import Decoder, HeartbeatError, peek_heartbeat
 from rpcproxy.bus.service.conflate import Conflator
 from rpcproxy.bus.service.counts import NO_COUNTS, HeartbeatRejection, ServiceCounts
@@ -76,10 +76,6 @@ during a flood of 4096-server heartbeats is about halved from a factor of 1)."""
 
 _MAX_READ = 256
 """Messages read per wake-up, so the stop pipe is looked at between bursts."""
-
-_NOBLOCK: Final = int(zmq.NOBLOCK)
-_RCVMORE: Final = int(zmq.RCVMORE)
-"""pyzmq's flags as plain ints (or-ing its enum.Flag values costs, see query.py)."""
 
 
 class HeartbeatListener(SocketThread):
@@ -213,16 +209,11 @@ class HeartbeatListener(SocketThread):
         sub = self._sub
         assert sub is not None
         for _ in range(_MAX_READ):
-            # recv_multipart's loop with int flags, and copied frames: a
-            # heartbeat is a few hundred bytes, which bytes hold for less than
-            # a zmq.Frame costs to make (pyzmq's advice: zero-copy pays from
-            # tens of kB). A frame near max_message_bytes costs one memcpy.
-            try:
-                frames = [sub.recv(_NOBLOCK)]
-            except zmq.Again:
+            # Copied, not zero-copy: most payloads are only peeked at and
+            # superseded, and one near max_message_bytes costs one memcpy.
+            frames = recv_frames(sub)
+            if frames is None:
                 return
-            while sub.getsockopt(_RCVMORE):
-                frames.append(sub.recv(_NOBLOCK))
             self._offer(frames)
 
     def _offer(self, frames: list[bytes]) -> None:

@@ -35,7 +35,7 @@ import pykka
 import zmq
 
 from rpcproxy.actors import Refused, SnapshotBox
-from rpcproxy.bus.net.loop import SocketThread, Waker, needs_ipv6
+from rpcproxy.bus.net.loop import SocketThread, Waker, needs_ipv6, recv_frames
 from rpcproxy.bus.service.codec import (
     FIND_SERVER_NO_ID,
     NO_ID,
@@ -84,8 +84,6 @@ a million.
 
 _SEND_MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 _SEND_LAST: Final = int(zmq.NOBLOCK)
-_RECV: Final = int(zmq.NOBLOCK)
-_RCVMORE: Final = int(zmq.RCVMORE)
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 """Flags as plain ints: pyzmq's are enum.Flag values, and or-ing them (as its
@@ -260,13 +258,9 @@ class QueryServer(SocketThread):
 
     def _serve_one(self, router: zmq.Socket[bytes]) -> bytes | None:
         """Read and answer one request; returns its routing id, None if none was read."""
-        # recv_multipart's loop, with int flags (see _SEND_MORE).
-        try:
-            frames = [router.recv(_RECV)]
-        except zmq.Again:
+        frames = recv_frames(router)
+        if frames is None:
             return None
-        while router.getsockopt(_RCVMORE):
-            frames.append(router.recv(_RECV))
         if len(frames) > _MAX_FRAMES:
             self._refuse_envelope(frames)
             return frames[0]
