@@ -200,10 +200,25 @@ class Harness:
         return self.box.current.state
 
     def request(self, make: Callable[[Callable[[Any], None]], Any]) -> Any:
-        """Tell ``make(reply)`` and wait for the reply's value."""
+        """Tell ``make(reply)``, wait for the reply's value and for the message's whole handling.
+
+        The actor answers a write before it logs, announces and saves it
+        (``ProxyCore._follow_up``), so the reply alone does not mean the log
+        line is written: :meth:`settled` waits for the rest.
+        """
         future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
         self.ref.tell(make(future.set))
-        return future.get(timeout=TIMEOUT)
+        result = future.get(timeout=TIMEOUT)
+        self.settled()
+        return result
+
+    def settled(self) -> None:
+        """Return once the actor has handled every message told before this call.
+
+        The mailbox is first in, first out: a call queued behind them is
+        answered only after their handling, follow-up included, has finished.
+        """
+        assert self.ref.proxy().started().get(timeout=TIMEOUT) is True
 
     def send(self, make: Callable[[Callable[[Any], None]], Any]) -> pykka.ThreadingFuture[Any]:
         """Tell ``make(reply)`` and return the future without waiting."""
@@ -220,6 +235,7 @@ class Harness:
 
         self.ref.tell(make(reply))
         result, seen = future.get(timeout=TIMEOUT)
+        self.settled()
         return result, seen
 
     def events(self) -> list[Any]:
